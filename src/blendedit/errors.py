@@ -1,0 +1,15 @@
+"""Errors that blendedit reports to a person: one line, naming the argument and the value."""
+
+from __future__ import annotations
+
+
+class BlendEditError(ValueError):
+    """Base class: a problem with what the user asked for, reported as one clear line."""
+
+
+class InputError(BlendEditError):
+    """A bad argument or file: unreadable image, mask mismatch, empty mask, absurd size."""
+
+
+class ModelNotFoundError(BlendEditError):
+    """A model id or path that could not be found or loaded."""

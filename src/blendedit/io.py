@@ -1,0 +1,139 @@
+"""Reading user images and writing results: checked inputs, atomic outputs, never an overwrite."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from blendedit.errors import InputError
+
+MIN_SIDE = 16  # px; smaller inputs cannot hold a meaningful edit
+MAX_SIDE = 16384  # px; larger inputs are almost certainly a mistake (and would exhaust memory)
+MAX_PIXELS = 100_000_000
+_IMAGE_MODES = ("RGB", "RGBA", "L", "LA", "P", "1")
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's decompression-bomb guard at our own limit
+
+
+def open_image(source: str | os.PathLike[str] | Image.Image, name: str) -> Image.Image:
+    """Open a file (or accept a PIL image), fully decoded, with one clear error line on failure."""
+    if isinstance(source, Image.Image):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"{name}: no such file: {str(path)!r}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return (
+                im.copy()
+                if im.mode != "P"
+                else im.convert("RGBA" if "transparency" in im.info else "RGB")
+            )
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise InputError(f"{name}: cannot read {str(path)!r} as an image ({e})") from None
+
+
+def load_image(source: str | os.PathLike[str] | Image.Image, name: str = "image") -> Image.Image:
+    """The photo to edit as an RGB image; rejects absurd sizes and transparent or exotic modes."""
+    im = open_image(source, name)
+    w, h = im.size
+    if min(w, h) < MIN_SIDE or max(w, h) > MAX_SIDE or w * h > MAX_PIXELS:
+        raise InputError(
+            f"{name}: size {w}x{h} is outside the supported range "
+            f"({MIN_SIDE} to {MAX_SIDE} px a side, {MAX_PIXELS:,} px in all)"
+        )
+    if im.mode not in _IMAGE_MODES:
+        raise InputError(f"{name}: unsupported image mode {im.mode!r}; save it as 8-bit RGB")
+    if im.mode in ("RGBA", "LA") and im.getchannel("A").getextrema()[0] < 255:
+        raise InputError(
+            f"{name}: the image has transparent pixels; flatten it to RGB "
+            "(or pass its alpha channel as --mask)"
+        )
+    return im.convert("RGB")
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL -> float (1, 3, H, W) in [0, 1]."""
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+
+
+def tensor_to_pil(image: torch.Tensor) -> Image.Image:
+    """Float (3, H, W) in [0, 1] -> RGB PIL (rounded, clipped)."""
+    arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return Image.fromarray(arr.permute(1, 2, 0).cpu().numpy())
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same folder, then rename: no half-written outputs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        if path.exists():
+            raise InputError(f"out: refusing to overwrite existing file {str(path)!r}")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    _atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+
+def save_gif(frames: list[Image.Image], path: Path, duration_ms: int = 120) -> None:
+    _atomic_write(
+        path,
+        lambda f: frames[0].save(
+            f, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0
+        ),
+    )
+
+
+def save_json(data: dict[str, Any], path: Path) -> None:
+    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def slug(text: str, max_len: int = 40) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return s[:max_len].rstrip("-") or "edit"
+
+
+def check_out_dir(out: str | os.PathLike[str]) -> Path:
+    """Fail early, before any work, when ``out`` exists and holds anything."""
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise InputError(f"out: {str(path)!r} already exists and is not empty; choose a new folder")
+    return path
+
+
+def prepare_out_dir(
+    out: str | os.PathLike[str] | None, prompt: str, root: str = "blendedit-out"
+) -> Path:
+    """The folder a run writes into. An explicit ``out`` must be new or empty (an earlier run's
+    outputs are never overwritten); without one, a fresh ``root/<time>-<prompt>`` folder is made."""
+    if out is not None:
+        path = check_out_dir(out)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    base = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(prompt)}"
+    path, n = base, 1
+    while True:
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")

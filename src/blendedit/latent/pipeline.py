@@ -1,0 +1,428 @@
+"""The Blended Latent Diffusion editor: image + mask + prompt in, ranked candidate edits out.
+
+Reads as numbered stages, like a diffusers pipeline; the loop itself is ``sampling.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from blendedit import masks as M
+from blendedit.config import EditConfig
+from blendedit.errors import InputError
+from blendedit.io import load_image, open_image, pil_to_tensor, tensor_to_pil
+from blendedit.latent.sampling import (
+    blend_timesteps,
+    blended_latent_diffusion,
+    classifier_free_guidance,
+    step_kwargs,
+)
+from blendedit.models import (
+    DEFAULT_MODEL,
+    SDComponents,
+    load_sd_components,
+    make_scheduler,
+    parse_dtype,
+)
+from blendedit.ranking import DEFAULT_CLIP_MODEL, ClipScorer, rank_order
+from blendedit.reconstruct import stitch
+from blendedit.results import Candidate, EditResult, Timings
+
+logger = logging.getLogger(__name__)
+
+ImageInput = str | os.PathLike[str] | Image.Image
+MaskInput = str | os.PathLike[str] | Image.Image | np.ndarray
+ProgressFn = Callable[[int, int], None]  # (steps done, steps in all); raise to cancel
+
+
+def working_size(size: tuple[int, int], long_side: int, multiple: int) -> tuple[int, int]:
+    """(W, H) scaled so the long side is ``long_side``, aspect kept, both multiples of ``multiple``."""
+    w, h = size
+    scale = long_side / max(w, h)
+    return tuple(max(multiple, round(v * scale / multiple) * multiple) for v in (w, h))  # type: ignore[return-value]
+
+
+def load_mask(mask: MaskInput, size: tuple[int, int], invert: bool) -> np.ndarray:
+    """A mask file, PIL image or array as a checked bool (H, W) array at the image's ``size``."""
+    if isinstance(mask, np.ndarray):
+        if mask.shape != (size[1], size[0]):
+            raise InputError(
+                f"mask: array shape {mask.shape} does not match the image's {(size[1], size[0])}"
+            )
+        m = mask.astype(bool) ^ invert
+    else:
+        m = M.mask_from_image(open_image(mask, "mask"), size, invert)
+    M.check_mask(m)
+    return m
+
+
+def resolve_seeds(
+    n: int, seed: int | None, seeds: Sequence[int] | None, generator: torch.Generator | None
+) -> list[int]:
+    """One seed per candidate: explicit ``seeds``; else ``seed``, seed + 1, ...; else drawn from
+    ``generator``. Recorded in each result, so any one result can be regenerated alone."""
+    if seeds is not None:
+        out = [int(s) for s in seeds]
+        if not out or any(not 0 <= s < 2**63 for s in out):
+            raise InputError(
+                f"seeds: {list(seeds)!r} must be a non-empty list of ints in [0, 2**63)"
+            )
+        return out
+    if seed is None:
+        if generator is None:
+            raise InputError(
+                "seed: pass seed=INT or generator=torch.Generator (no hidden randomness)"
+            )
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    return [seed + i for i in range(n)]
+
+
+class BlendedLatentDiffusion:
+    """Blended Latent Diffusion (Avrahami, Fried, Lischinski 2023) on a Stable Diffusion 1.x/2.x
+    model. ``editor(image, mask, prompt, seed=0)`` returns an :class:`EditResult`."""
+
+    def __init__(
+        self,
+        vae: Any,
+        unet: Any,
+        text_encoder: Any,
+        tokenizer: Any,
+        scheduler: Any,
+        clip: ClipScorer | None = None,
+        name: str = "",
+    ) -> None:
+        self.vae, self.unet, self.text_encoder, self.tokenizer = vae, unet, text_encoder, tokenizer
+        self.scheduler = scheduler  # its config is the base of every scheduler made per call
+        self.clip = clip
+        self.name = name
+        for m in (vae, unet, text_encoder):
+            m.eval().requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike[str] = DEFAULT_MODEL,
+        *,
+        clip_model: str | None = DEFAULT_CLIP_MODEL,
+        torch_dtype: torch.dtype | str | None = None,
+        local_files_only: bool | None = None,
+        model_config: str | None = None,
+    ) -> BlendedLatentDiffusion:
+        """Load from a hub id, a local diffusers folder or a single .safetensors/.ckpt file.
+        ``clip_model=None`` skips the ranking model (results then come in generation order)."""
+        dtype = parse_dtype(torch_dtype)
+        parts: SDComponents = load_sd_components(model, dtype, local_files_only, model_config)
+        clip = ClipScorer.from_pretrained(clip_model, dtype) if clip_model else None
+        return cls(
+            parts.vae,
+            parts.unet,
+            parts.text_encoder,
+            parts.tokenizer,
+            parts.scheduler,
+            clip,
+            str(model),
+        )
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> BlendedLatentDiffusion:
+        for m in (self.vae, self.unet, self.text_encoder):
+            m.to(device=device, dtype=dtype)
+        if self.clip is not None and device is not None:
+            self.clip.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_size(self) -> int:
+        """The resolution the model was trained at (512 for SD 2.1-base and 1.5, 768 for SD 2.1)."""
+        s = self.unet.config.sample_size
+        return int(s if isinstance(s, int) else max(s)) * self.vae_scale_factor
+
+    # -- building blocks -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """Text -> (1, L, D) CLIP text-encoder hidden states, padded to the tokenizer's length."""
+        max_len = min(
+            self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings
+        )
+        tok = self.tokenizer(
+            prompt, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt"
+        )
+        if len(self.tokenizer(prompt).input_ids) > max_len:
+            logger.warning("prompt longer than %d tokens; the rest is ignored", max_len)
+        mask = (
+            tok.attention_mask.to(self.device)
+            if getattr(self.text_encoder.config, "use_attention_mask", False)
+            else None
+        )
+        return self.text_encoder(tok.input_ids.to(self.device), attention_mask=mask)[0]
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """SPEC 1 step 1: (B, 3, H, W) in [-1, 1] -> z = E(x) (posterior mean), scaled by the VAE's
+        own ``scaling_factor`` (and ``shift_factor`` where the VAE has one)."""
+        z = self.vae.encode(image.to(self.device, self.vae.dtype)).latent_dist.mode()
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return (z - shift) * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+        """(B, C, h, w) latents -> (B, 3, H, W) images in [0, 1], decoded ``chunk`` at a time."""
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        out = []
+        for part in z.split(chunk):
+            x = self.vae.decode(
+                part.to(self.vae.dtype) / self.vae.config.scaling_factor + shift, return_dict=False
+            )[0]
+            out.append((x.float() / 2 + 0.5).clamp(0, 1))
+        return torch.cat(out)
+
+    # -- the edit ---------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        image: ImageInput,
+        mask: MaskInput,
+        prompt: str,
+        *,
+        config: EditConfig | None = None,
+        seed: int | None = None,
+        seeds: Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool | ProgressFn = False,
+        return_process: bool = False,
+        **settings: Any,
+    ) -> EditResult:
+        """Edit the masked region of ``image`` to follow ``prompt``.
+
+        Settings come from ``config`` (an :class:`EditConfig`, e.g. a preset) overridden by keyword
+        arguments of the same names (``num_images=4, guidance_scale=5, ...``). Randomness only
+        through ``seed`` (default ``config.seed``), explicit ``seeds``, or a ``generator``.
+        ``return_process`` keeps each step's one-step clean estimate for the best result.
+        """
+        t_start = time.perf_counter()
+        timings = Timings()
+        cfg = (config or EditConfig()).replace(**settings).validate()
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("prompt: must be a non-empty text")
+        if seed is None and seeds is None and generator is None:
+            seed = cfg.seed
+        seed_list = resolve_seeds(cfg.num_images, seed, seeds, generator)
+
+        # 1. Inputs: the photo, and its mask at the photo's size (bool (H, W)).
+        src = load_image(image, "image")
+        mask_np = load_mask(mask, src.size, cfg.invert_mask)
+
+        # 2. Working resolution: long side = size (default: the model's), multiples of 8.
+        f = self.vae_scale_factor
+        work_w, work_h = working_size(src.size, cfg.size or self.native_size, f)
+        latent_hw = (work_h // f, work_w // f)
+        src_work = (
+            src
+            if src.size == (work_w, work_h)
+            else src.resize((work_w, work_h), Image.Resampling.LANCZOS)
+        )
+        x = pil_to_tensor(src_work) * 2 - 1  # (1, 3, H, W) in [-1, 1]
+        mask_full = M.to_tensor(mask_np)  # (1, 1, H0, W0)
+        mask_work = M.resize_mask(mask_full, (work_h, work_w))  # (1, 1, H, W) coverage
+
+        # 3. Text: prompt and negative prompt for classifier-free guidance.
+        t0 = time.perf_counter()
+        cond = self.encode_prompt(prompt)  # (1, L, D)
+        uncond = self.encode_prompt(cfg.negative_prompt)
+
+        # 4. z_init = E(x) * scaling factor.
+        z_init = self.encode_image(x).to(self.dtype)  # (1, C, h, w)
+        timings.encode = time.perf_counter() - t0
+
+        # 5. Latent mask (max-pool keeps thin strokes) and the progressive shrinking stages.
+        m_latent = M.latent_mask(mask_full, latent_hw)  # (1, 1, h, w)
+        shrink = cfg.mask_shrink == "on" or (
+            cfg.mask_shrink == "auto" and M.has_thin_parts(m_latent, min(cfg.shrink_kernels))
+        )
+        stages = M.shrink_stages(m_latent, cfg.shrink_kernels) if shrink else m_latent[None]
+        timesteps = blend_timesteps(
+            self._scheduler(cfg), cfg.num_inference_steps, cfg.blend_start, self.device
+        )
+        n_steps = len(timesteps)
+        stage_per_step = M.stage_of_step(n_steps, stages.shape[0])
+        stages_dev = stages.to(self.device, self.dtype)
+        step_masks = [stages_dev[s] for s in stage_per_step]  # each (1, 1, h, w)
+
+        # 6-7. Denoise: candidates in chunks of batch_size, each with its own seed's noise.
+        t0 = time.perf_counter()
+        total = len(seed_list) * n_steps
+        bar = tqdm(
+            total=total, desc="denoising", unit="step", disable=progress is not True, leave=False
+        )
+        report = progress if callable(progress) else None
+        latents: list[torch.Tensor] = []
+        x0_frames: list[torch.Tensor] = []  # (steps, C, h, w) for the first candidate of each chunk
+        try:
+            for i in range(0, len(seed_list), cfg.batch_size):
+                chunk = seed_list[i : i + cfg.batch_size]
+                z, frames = self._denoise_chunk(
+                    cfg,
+                    chunk,
+                    z_init,
+                    cond,
+                    uncond,
+                    step_masks,
+                    bar,
+                    report,
+                    i * n_steps,
+                    return_process,
+                )
+                latents.append(z.cpu())
+                x0_frames.extend(frames)
+        finally:
+            bar.close()
+        z_all = torch.cat(latents)  # (N, C, h, w)
+        timings.denoise = time.perf_counter() - t0
+
+        # 8. Decode: x_hat = D(z).
+        t0 = time.perf_counter()
+        decoded = self.decode_latents(z_all.to(self.device), cfg.decode_batch_size)  # (N, 3, H, W)
+        timings.decode = time.perf_counter() - t0
+
+        # 9. Rank by CLIP similarity of the masked result to the prompt (paper 4.4).
+        t0 = time.perf_counter()
+        scores = None
+        if cfg.rank and self.clip is not None and len(seed_list) > 0:
+            scores = self.clip.score(decoded, mask_work, prompt)
+        elif cfg.rank and self.clip is None and len(seed_list) > 1:
+            logger.warning("no CLIP model loaded: results are not ranked")
+        order = rank_order(scores, len(seed_list))
+        timings.rank = time.perf_counter() - t0
+
+        # 10. Back to the input's size, background from the input (stitch) or the decoder.
+        t0 = time.perf_counter()
+        src_np = np.asarray(src)
+        candidates = []
+        for rank, idx in enumerate(order, start=1):
+            dec = decoded[idx : idx + 1]
+            if (work_w, work_h) != src.size:
+                dec = F.interpolate(
+                    dec, size=(src.height, src.width), mode="bicubic", antialias=True
+                ).clamp(0, 1)
+            dec_img = tensor_to_pil(dec[0])
+            out = (
+                dec_img
+                if cfg.background == "decoded"
+                else Image.fromarray(stitch(np.asarray(dec_img), src_np, mask_np, cfg.feather))
+            )
+            process = None
+            if return_process and rank == 1 and x0_frames:
+                process = [
+                    tensor_to_pil(im) for im in self.decode_latents(x0_frames[idx].to(self.device))
+                ]
+            candidates.append(
+                Candidate(
+                    image=out,
+                    seed=seed_list[idx],
+                    rank=rank,
+                    score=None if scores is None else float(scores[idx]),
+                    decoded=dec_img,
+                    latent=z_all[idx],
+                    process=process,
+                )
+            )
+        timings.background = time.perf_counter() - t0
+        timings.total = time.perf_counter() - t_start
+
+        return EditResult(
+            candidates=candidates,
+            prompt=prompt,
+            settings={
+                **cfg.to_dict(),
+                "model": self.name,
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "shrink_applied": shrink,
+            },
+            working_size=(work_w, work_h),
+            input_size=src.size,
+            latent_masks=stages[:, 0].cpu(),
+            stage_per_step=stage_per_step,
+            timesteps=[int(t) for t in timesteps.tolist()],
+            timings=timings,
+        )
+
+    def _scheduler(self, cfg: EditConfig) -> Any:
+        """A fresh scheduler per run: schedulers keep state (step index, solver history)."""
+        return make_scheduler(cfg.scheduler, self.scheduler.config)
+
+    @torch.no_grad()
+    def _denoise_chunk(
+        self,
+        cfg: EditConfig,
+        chunk_seeds: list[int],
+        z_init: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        step_masks: list[torch.Tensor],
+        bar: Any,
+        report: ProgressFn | None,
+        steps_before: int,
+        keep_process: bool,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        b = len(chunk_seeds)
+        gens = [torch.Generator("cpu").manual_seed(s) for s in chunk_seeds]
+        # Noise drawn on the CPU in float32 from each seed: identical on any device and dtype.
+        noise = torch.cat([torch.randn(z_init.shape, generator=g) for g in gens]).to(
+            self.device, self.dtype
+        )
+        scheduler = self._scheduler(cfg)
+        timesteps = blend_timesteps(
+            scheduler, cfg.num_inference_steps, cfg.blend_start, self.device
+        )
+        model_fn = classifier_free_guidance(
+            self.unet, cond.expand(b, -1, -1), uncond.expand(b, -1, -1), cfg.guidance_scale
+        )
+        z0 = z_init.expand(b, -1, -1, -1)
+        frames: list[torch.Tensor] = []
+        total = bar.total
+
+        def on_step(i: int, t: torch.Tensor, z: torch.Tensor, out: Any) -> None:
+            bar.update(b)
+            if report is not None:
+                report(steps_before + (i + 1) * b, total)
+            if keep_process:
+                x0 = getattr(out, "pred_original_sample", None)
+                if x0 is not None:  # the one-step estimate of the clean latent, blended (fig. 6)
+                    frames.append((x0 * step_masks[i] + z0 * (1 - step_masks[i])).cpu())
+
+        z = blended_latent_diffusion(
+            model_fn,
+            scheduler,
+            z0,
+            noise,
+            timesteps,
+            step_masks,
+            step_kwargs(scheduler, gens, cfg.eta),
+            on_step,
+        )
+        per_image = [torch.stack([f[j] for f in frames]) for j in range(b)] if frames else []
+        return z, per_image

@@ -1,0 +1,132 @@
+"""Masks: from any user image to the binary pixel mask, the latent mask and the shrinking schedule.
+
+Conventions: masks are float tensors of 0/1 with shape (B, 1, H, W); 1 = the region to edit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from blendedit.errors import InputError
+
+MASK_THRESHOLD = 128  # 8-bit grey level at and above which a mask pixel counts as "edit"
+ASPECT_TOLERANCE = 0.02  # relative aspect-ratio difference allowed between mask and image
+
+
+def mask_from_image(mask: Image.Image, size: tuple[int, int], invert: bool = False) -> np.ndarray:
+    """A user's mask image (modes L, 1, P, RGB, or RGBA/LA whose alpha is the mask) as a boolean
+    (H, W) array at the image's ``size`` = (W, H). White (or opaque) = edit."""
+    if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
+        alpha = mask.convert("RGBA").getchannel("A")
+        # A fully opaque alpha carries no mask: use the colours instead.
+        grey = mask.convert("L") if alpha.getextrema() == (255, 255) else alpha
+    elif mask.mode in ("L", "1", "P", "RGB", "I;16", "I", "F"):
+        grey = mask.convert("L") if mask.mode not in ("I;16", "I", "F") else _wide_to_l(mask)
+    else:
+        raise InputError(f"mask: unsupported image mode {mask.mode!r} (use a black/white image)")
+    if grey.size != size:
+        w, h = size
+        mw, mh = grey.size
+        if abs(mw / mh - w / h) > ASPECT_TOLERANCE * (w / h):
+            raise InputError(
+                f"mask: size {mw}x{mh} does not match the image's {w}x{h} (different aspect ratio)"
+            )
+        downscale = mw > w
+        grey = grey.resize(size, Image.Resampling.BOX if downscale else Image.Resampling.NEAREST)
+    binary = np.asarray(grey) >= MASK_THRESHOLD
+    return ~binary if invert else binary
+
+
+def _wide_to_l(mask: Image.Image) -> Image.Image:
+    a = np.asarray(mask, dtype=np.float64)
+    top = a.max() if a.max() > 0 else 1.0
+    return Image.fromarray((a / top * 255).round().astype(np.uint8))
+
+
+def check_mask(mask: np.ndarray, name: str = "mask") -> None:
+    """An empty or full mask leaves nothing to edit or nothing to keep: reject it."""
+    frac = float(mask.mean())
+    if frac == 0.0:
+        raise InputError(f"{name}: the mask is empty (no white pixels); paint the region to edit")
+    if frac == 1.0:
+        raise InputError(
+            f"{name}: the mask covers the whole image; nothing would be kept (use text-to-image)"
+        )
+
+
+def to_tensor(mask: np.ndarray) -> torch.Tensor:
+    """Boolean (H, W) -> float (1, 1, H, W)."""
+    return torch.from_numpy(mask.astype(np.float32))[None, None]
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Area-resample a (B, 1, H, W) mask to ``size`` = (H', W'): fractional coverage in [0, 1]."""
+    return F.interpolate(mask, size=size, mode="area") if mask.shape[-2:] != size else mask
+
+
+def latent_mask(mask: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+    """SPEC 1 step 2: the pixel mask at latent resolution, keeping every latent cell that the mask
+    touches (max-pool), so a stroke thinner than the VAE's 8 px cell never vanishes.
+
+    mask: (B, 1, H, W) in [0, 1] -> (B, 1, h, w) of 0/1.
+    """
+    return (F.adaptive_max_pool2d(mask, latent_size) > 0).to(mask.dtype)
+
+
+def dilate(mask: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Binary dilation with an all-ones ``kernel`` x ``kernel`` square (odd size)."""
+    if kernel <= 1:
+        return mask
+    return F.max_pool2d(mask, kernel, stride=1, padding=kernel // 2)
+
+
+def erode(mask: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Binary erosion; outside the image counts as inside the mask (no border erosion)."""
+    return 1 - dilate(1 - mask, kernel)
+
+
+THIN_FRACTION = 0.25  # share of a latent mask in thin parts above which it counts as thin
+
+
+def thin_fraction(mask: torch.Tensor, kernel: int = 3) -> float:
+    """Share of the latent mask's cells that a morphological opening with ``kernel`` removes: the
+    parts narrower than ``kernel`` cells (plus the corners of diagonal edges)."""
+    opened = dilate(erode(mask, kernel), kernel)
+    return float((mask - opened).clamp(min=0).sum() / mask.sum().clamp(min=1))
+
+
+def has_thin_parts(mask: torch.Tensor, kernel: int = 3) -> bool:
+    """The "thin masks" of paper 4.3 that progressive shrinking is for: more than ``THIN_FRACTION``
+    of the latent mask lies in parts narrower than ``kernel`` cells (24 px for SD and kernel 3)."""
+    return thin_fraction(mask, kernel) > THIN_FRACTION
+
+
+def shrink_stages(mask: torch.Tensor, kernels: tuple[int, ...] = (7, 5, 3)) -> torch.Tensor:
+    """Progressive mask shrinking (paper 4.3, appendix C): the latent mask dilated by each kernel,
+    most dilated first, then the mask itself.
+
+    mask: (B, 1, h, w) -> (len(kernels) + 1, B, 1, h, w).
+    """
+    ordered = sorted(kernels, reverse=True)
+    return torch.stack([dilate(mask, k) for k in ordered] + [mask])
+
+
+def stage_of_step(num_steps: int, num_stages: int) -> list[int]:
+    """Split ``num_steps`` denoising steps into ``num_stages`` (near-)equal consecutive parts."""
+    return [min(i * num_stages // num_steps, num_stages - 1) for i in range(num_steps)]
+
+
+def feather(mask: np.ndarray, width: int) -> np.ndarray:
+    """An alpha (H, W) float32 that is 1 on the mask and falls linearly to 0 at ``width`` px
+    outside it; exactly 0 beyond that band, so the input's pixels there are kept bit for bit."""
+    import cv2
+
+    m = mask.astype(bool)
+    if width <= 0:
+        return m.astype(np.float32)
+    # Distance (px) from each background pixel to the nearest mask pixel.
+    dist = cv2.distanceTransform((~m).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return np.clip(1.0 - dist / float(width), 0.0, 1.0).astype(np.float32)

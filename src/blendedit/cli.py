@@ -256,7 +256,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
         save_json,
         save_png,
     )
-    from blendedit.latent.pipeline import BlendedLatentDiffusion, load_mask
+    from blendedit.latent.pipeline import BlendedLatentDiffusion
+    from blendedit.masks import load_mask
     from blendedit.models import parse_device, parse_dtype
 
     # 1. Check everything the user gave before any slow work and before creating any folder.

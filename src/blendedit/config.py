@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from blendedit.errors import InputError
 
@@ -101,3 +104,24 @@ def preset(name: str) -> EditConfig:
     if name not in PRESETS:
         raise InputError(f"preset: unknown {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def resolve_seeds(
+    n: int, seed: int | None, seeds: Sequence[int] | None, generator: torch.Generator | None
+) -> list[int]:
+    """One seed per candidate: explicit ``seeds``; else ``seed``, seed + 1, ...; else drawn from
+    ``generator``. Recorded in each result, so any one result can be regenerated alone."""
+    if seeds is not None:
+        out = [int(s) for s in seeds]
+        if not out or any(not 0 <= s < 2**63 for s in out):
+            raise InputError(
+                f"seeds: {list(seeds)!r} must be a non-empty list of ints in [0, 2**63)"
+            )
+        return out
+    if seed is None:
+        if generator is None:
+            raise InputError(
+                "seed: pass seed=INT or generator=torch.Generator (no hidden randomness)"
+            )
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    return [seed + i for i in range(n)]

@@ -137,3 +137,10 @@ def prepare_out_dir(
         except FileExistsError:
             n += 1
             path = base.with_name(f"{base.name}-{n}")
+
+
+def working_size(size: tuple[int, int], long_side: int, multiple: int) -> tuple[int, int]:
+    """(W, H) scaled so the long side is ``long_side``, aspect kept, both multiples of ``multiple``."""
+    w, h = size
+    scale = long_side / max(w, h)
+    return tuple(max(multiple, round(v * scale / multiple) * multiple) for v in (w, h))  # type: ignore[return-value]

@@ -5,12 +5,17 @@ Conventions: masks are float tensors of 0/1 with shape (B, 1, H, W); 1 = the reg
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from blendedit.errors import InputError
+from blendedit.io import open_image
+
+MaskInput = str | os.PathLike[str] | Image.Image | np.ndarray
 
 MASK_THRESHOLD = 128  # 8-bit grey level at and above which a mask pixel counts as "edit"
 ASPECT_TOLERANCE = 0.02  # relative aspect-ratio difference allowed between mask and image
@@ -55,6 +60,20 @@ def check_mask(mask: np.ndarray, name: str = "mask") -> None:
         raise InputError(
             f"{name}: the mask covers the whole image; nothing would be kept (use text-to-image)"
         )
+
+
+def load_mask(mask: MaskInput, size: tuple[int, int], invert: bool) -> np.ndarray:
+    """A mask file, PIL image or array as a checked bool (H, W) array at the image's ``size``."""
+    if isinstance(mask, np.ndarray):
+        if mask.shape != (size[1], size[0]):
+            raise InputError(
+                f"mask: array shape {mask.shape} does not match the image's {(size[1], size[0])}"
+            )
+        m = mask.astype(bool) ^ invert
+    else:
+        m = mask_from_image(open_image(mask, "mask"), size, invert)
+    check_mask(m)
+    return m
 
 
 def to_tensor(mask: np.ndarray) -> torch.Tensor:

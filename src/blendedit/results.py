@@ -56,12 +56,11 @@ class EditResult:
     settings: dict[str, Any]
     working_size: tuple[int, int]  # (W, H) the model ran at
     input_size: tuple[int, int]  # (W, H) of the input and of every result image
-    latent_masks: (
-        torch.Tensor
-    )  # (S, 1, h, w) the blend mask of each shrinking stage, last = m_latent
-    stage_per_step: list[int]  # which of latent_masks each denoising step used
-    timesteps: list[int]
+    timesteps: list[int]  # the model timesteps that were run
     timings: Timings
+    method: str = "latent"
+    latent_masks: torch.Tensor | None = None  # (S, 1, h, w) blend mask per shrinking stage
+    stage_per_step: list[int] | None = None  # which of latent_masks each denoising step used
 
     @property
     def images(self) -> list[Image.Image]:
@@ -81,12 +80,13 @@ class EditResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "method": self.method,
             "prompt": self.prompt,
             "settings": self.settings,
             "input_size": list(self.input_size),
             "working_size": list(self.working_size),
             "timesteps": self.timesteps,
-            "mask_stages": int(self.latent_masks.shape[0]),
+            "mask_stages": None if self.latent_masks is None else int(self.latent_masks.shape[0]),
             "stage_per_step": self.stage_per_step,
             "timings": self.timings.to_dict(),
             "results": [c.to_dict() for c in self.candidates],

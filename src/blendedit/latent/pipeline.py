@@ -18,9 +18,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from blendedit import masks as M
-from blendedit.config import EditConfig
+from blendedit.config import EditConfig, resolve_seeds
 from blendedit.errors import InputError
-from blendedit.io import load_image, open_image, pil_to_tensor, tensor_to_pil
+from blendedit.io import load_image, pil_to_tensor, tensor_to_pil, working_size
 from blendedit.latent.sampling import (
     blend_timesteps,
     blended_latent_diffusion,
@@ -41,50 +41,7 @@ from blendedit.results import Candidate, EditResult, Timings
 logger = logging.getLogger(__name__)
 
 ImageInput = str | os.PathLike[str] | Image.Image
-MaskInput = str | os.PathLike[str] | Image.Image | np.ndarray
 ProgressFn = Callable[[int, int], None]  # (steps done, steps in all); raise to cancel
-
-
-def working_size(size: tuple[int, int], long_side: int, multiple: int) -> tuple[int, int]:
-    """(W, H) scaled so the long side is ``long_side``, aspect kept, both multiples of ``multiple``."""
-    w, h = size
-    scale = long_side / max(w, h)
-    return tuple(max(multiple, round(v * scale / multiple) * multiple) for v in (w, h))  # type: ignore[return-value]
-
-
-def load_mask(mask: MaskInput, size: tuple[int, int], invert: bool) -> np.ndarray:
-    """A mask file, PIL image or array as a checked bool (H, W) array at the image's ``size``."""
-    if isinstance(mask, np.ndarray):
-        if mask.shape != (size[1], size[0]):
-            raise InputError(
-                f"mask: array shape {mask.shape} does not match the image's {(size[1], size[0])}"
-            )
-        m = mask.astype(bool) ^ invert
-    else:
-        m = M.mask_from_image(open_image(mask, "mask"), size, invert)
-    M.check_mask(m)
-    return m
-
-
-def resolve_seeds(
-    n: int, seed: int | None, seeds: Sequence[int] | None, generator: torch.Generator | None
-) -> list[int]:
-    """One seed per candidate: explicit ``seeds``; else ``seed``, seed + 1, ...; else drawn from
-    ``generator``. Recorded in each result, so any one result can be regenerated alone."""
-    if seeds is not None:
-        out = [int(s) for s in seeds]
-        if not out or any(not 0 <= s < 2**63 for s in out):
-            raise InputError(
-                f"seeds: {list(seeds)!r} must be a non-empty list of ints in [0, 2**63)"
-            )
-        return out
-    if seed is None:
-        if generator is None:
-            raise InputError(
-                "seed: pass seed=INT or generator=torch.Generator (no hidden randomness)"
-            )
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    return [seed + i for i in range(n)]
 
 
 class BlendedLatentDiffusion:
@@ -205,7 +162,7 @@ class BlendedLatentDiffusion:
     def __call__(
         self,
         image: ImageInput,
-        mask: MaskInput,
+        mask: M.MaskInput,
         prompt: str,
         *,
         config: EditConfig | None = None,
@@ -234,7 +191,7 @@ class BlendedLatentDiffusion:
 
         # 1. Inputs: the photo, and its mask at the photo's size (bool (H, W)).
         src = load_image(image, "image")
-        mask_np = load_mask(mask, src.size, cfg.invert_mask)
+        mask_np = M.load_mask(mask, src.size, cfg.invert_mask)
 
         # 2. Working resolution: long side = size (default: the model's), multiples of 8.
         f = self.vae_scale_factor

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network from a test
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import (
@@ -20,7 +21,6 @@ from tiny_models import (
     tiny_vae,
 )
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network from a test
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]

@@ -221,13 +221,19 @@ def _say(args: argparse.Namespace, msg: str) -> None:
 
 
 def _quiet_libraries() -> None:
+    """Our own messages and progress bar only; the libraries' chatter would bury them."""
+    import warnings
+
     import diffusers
+    import huggingface_hub
     import transformers
 
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    for lib in (diffusers, transformers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def process_grid(frames: list[Any], columns: int = 8) -> Any:
@@ -261,6 +267,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from blendedit.models import parse_device, parse_dtype
 
     # 1. Check everything the user gave before any slow work and before creating any folder.
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    _quiet_libraries()
     cfg = config_from_args(args)
     image = load_image(args.image, "image")
     mask = load_mask(open_image(args.mask, "mask"), image.size, cfg.invert_mask)
@@ -270,9 +279,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
     dtype = parse_dtype(
         ("fp16" if device.type == "cuda" else "fp32") if args.dtype == "auto" else args.dtype
     )
-    if args.offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-    _quiet_libraries()
 
     # 2. Load the models.
     t0 = time.perf_counter()
@@ -328,7 +334,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="blendedit: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("blendedit: %(message)s"))
+    logging.getLogger("blendedit").addHandler(handler)
     try:
         if args.command == "edit":
             return cmd_edit(args)

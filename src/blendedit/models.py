@@ -4,13 +4,16 @@ choosing a noise scheduler by name. Failures become one line that says what was 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from blendedit.errors import InputError, ModelNotFoundError
+
+T = TypeVar("T")
 
 # Stability AI removed its SD 2.x repositories from the hub in November 2025; the sd2-community
 # legacy account hosts the same files. SD 2.1-base is what the paper's official SD2 script uses.
@@ -67,6 +70,47 @@ def describe_load_failure(arg: str, model: str, error: BaseException) -> str:
     )
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (one TCP connect), so an offline machine gets
+    its answer at once instead of after the hub client's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
+        "1",
+        "true",
+        "yes",
+    ):
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_cached_first(
+    arg: str, name: str, load: Callable[[bool], T], local_files_only: bool | None
+) -> T:
+    """``load(local_files_only)`` from a local folder or the cache first; reach the hub only when
+    the files are missing there, the caller allows it, and the hub answers."""
+    try:
+        return load(True)
+    except (OSError, ValueError) as e:
+        if local_files_only or Path(name).exists():
+            raise ModelNotFoundError(describe_load_failure(arg, name, e)) from None
+        if not hub_reachable():
+            offline = OSError("offline: the hub cannot be reached from this machine")
+            raise ModelNotFoundError(describe_load_failure(arg, name, offline)) from None
+    try:
+        return load(False)
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(describe_load_failure(arg, name, e)) from None
+
+
 def make_scheduler(name: str, base_config: Any) -> Any:
     """A scheduler by our short name (see ``SCHEDULERS``), from the model's own scheduler config
     so its training schedule and prediction type (epsilon or v) carry over."""
@@ -109,40 +153,32 @@ def load_sd_components(
                 f"model: {name!r} is a folder but not a diffusers Stable Diffusion model "
                 f"(missing {', '.join(missing)}/)"
             )
-        local_files_only = True
     elif name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ModelNotFoundError(
             f"model: {name!r} is neither an existing path nor a hub id of the form 'owner/name'"
         )
-    return _load_diffusers(name, torch_dtype, local_files_only)
+    parts = load_cached_first(
+        "model", name, lambda local: _load_diffusers(name, torch_dtype, local), local_files_only
+    )
+    if parts.unet.config.in_channels != 4:
+        raise InputError(
+            f"model: {name!r} has a {parts.unet.config.in_channels}-channel UNet (an inpainting "
+            "model); Blended Latent Diffusion needs a plain text-to-image model with 4 latent channels"
+        )
+    return parts
 
 
-def _load_diffusers(
-    name: str, torch_dtype: torch.dtype | None, local_files_only: bool | None
-) -> SDComponents:
+def _load_diffusers(name: str, torch_dtype: torch.dtype | None, local: bool) -> SDComponents:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    kw: dict[str, Any] = {}
-    if local_files_only is not None:
-        kw["local_files_only"] = local_files_only
-    try:
-        scheduler_config = DDIMScheduler.load_config(name, subfolder="scheduler", **kw)
-        tokenizer = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer", **kw)
-        text_encoder = CLIPTextModel.from_pretrained(
-            name, subfolder="text_encoder", torch_dtype=torch_dtype, **kw
-        )
-        vae = AutoencoderKL.from_pretrained(name, subfolder="vae", torch_dtype=torch_dtype, **kw)
-        unet = UNet2DConditionModel.from_pretrained(
-            name, subfolder="unet", torch_dtype=torch_dtype, **kw
-        )
-    except (OSError, ValueError) as e:
-        raise ModelNotFoundError(describe_load_failure("model", name, e)) from None
-    if unet.config.in_channels != 4:
-        raise InputError(
-            f"model: {name!r} has a {unet.config.in_channels}-channel UNet (an inpainting model); "
-            "Blended Latent Diffusion needs a plain text-to-image model with 4 latent channels"
-        )
+    kw: dict[str, Any] = {"local_files_only": local}
+    scheduler_config = DDIMScheduler.load_config(name, subfolder="scheduler", **kw)
+    tokenizer = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer", **kw)
+    dt = {"torch_dtype": torch_dtype, **kw}
+    text_encoder = CLIPTextModel.from_pretrained(name, subfolder="text_encoder", **dt)
+    vae = AutoencoderKL.from_pretrained(name, subfolder="vae", **dt)
+    unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", **dt)
     scheduler = DDIMScheduler.from_config(scheduler_config)
     return SDComponents(vae, unet, text_encoder, tokenizer, scheduler)
 

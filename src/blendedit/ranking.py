@@ -47,25 +47,27 @@ class ClipScorer:
     ) -> ClipScorer:
         from transformers import CLIPModel, CLIPTokenizer
 
-        from blendedit.models import describe_load_failure
+        from blendedit.models import load_cached_first
+
+        def load(local: bool) -> ClipScorer:
+            model = CLIPModel.from_pretrained(
+                model_id, torch_dtype=torch_dtype, local_files_only=local
+            )
+            tokenizer = CLIPTokenizer.from_pretrained(model_id, local_files_only=local)
+            mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+            try:  # the processor config, where present, states the normalisation
+                from transformers import CLIPImageProcessor
+
+                proc = CLIPImageProcessor.from_pretrained(model_id, local_files_only=local)
+                mean, std = tuple(proc.image_mean), tuple(proc.image_std)
+            except (OSError, ValueError, ImportError):
+                pass
+            return cls(model, tokenizer, mean, std)
 
         try:
-            model = CLIPModel.from_pretrained(model_id, torch_dtype=torch_dtype)
-            tokenizer = CLIPTokenizer.from_pretrained(model_id)
-        except (OSError, ValueError) as e:
-            raise ModelNotFoundError(
-                describe_load_failure("clip-model", model_id, e)
-                + "; or turn ranking off with --no-rank"
-            ) from None
-        mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-        try:  # the processor config, where present, states the normalisation
-            from transformers import CLIPImageProcessor
-
-            proc = CLIPImageProcessor.from_pretrained(model_id)
-            mean, std = tuple(proc.image_mean), tuple(proc.image_std)
-        except (OSError, ValueError, ImportError):
-            pass
-        return cls(model, tokenizer, mean, std)
+            return load_cached_first("clip-model", model_id, load, None)
+        except ModelNotFoundError as e:
+            raise ModelNotFoundError(f"{e}; or turn ranking off with --no-rank") from None
 
     @property
     def device(self) -> torch.device:

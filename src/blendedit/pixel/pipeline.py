@@ -1,0 +1,535 @@
+"""The Blended Diffusion editor (pixel space, ADM + CLIP guidance) and the local CLIP-guided baseline.
+
+Same call and result as :class:`~blendedit.latent.pipeline.BlendedLatentDiffusion`: image + mask +
+prompt in, ranked candidate edits out, read as numbered stages. SPEC 2; official code
+``omriav/blended-diffusion``.
+
+Working resolution. ADM works at a fixed square size (256 for the released model). With
+``fit="stretch"`` (default, as the official code does) the photo is resized to image_size x
+image_size, changing its aspect ratio, and each result is resized back to the photo's size, so the
+model sees every pixel of the photo at the highest resolution it has. ``fit="pad"`` keeps the aspect
+ratio instead: the long side is scaled to image_size and the short side reflect-padded (the padding
+counts as background: blended back / preserved, never edited), and the padding is cropped off
+afterwards. Results always come back at the input's size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from blendedit import masks as M
+from blendedit.config import BACKGROUND_MODES, resolve_seeds
+from blendedit.errors import InputError
+from blendedit.io import load_image, pil_to_tensor, tensor_to_pil
+from blendedit.metrics import LPIPS
+from blendedit.models import parse_dtype
+from blendedit.pixel.adm import ADM256_UNCOND, ADMConfig, ADMUNet, load_adm
+from blendedit.pixel.gaussian import GaussianDiffusion, MeanVariance
+from blendedit.pixel.guidance import (
+    Augmenter,
+    clip_guidance_grad,
+    guided_mean_variance,
+    make_augmenter,
+)
+from blendedit.ranking import DEFAULT_CLIP_MODEL, ClipScorer, rank_order
+from blendedit.reconstruct import stitch
+from blendedit.results import Candidate, EditResult, Timings
+
+logger = logging.getLogger(__name__)
+
+ImageInput = str | os.PathLike[str] | Image.Image
+ProgressFn = Callable[[int, int], None]  # (steps done, steps in all); raise to cancel
+
+SAMPLERS = ("ddpm", "ddim")
+FIT_MODES = ("stretch", "pad")
+
+
+@dataclass(frozen=True)
+class PixelConfig:
+    """Blended Diffusion settings (SPEC 2; defaults are the official script's)."""
+
+    num_images: int = 8  # candidates generated, one seed each: seed, seed + 1, ...
+    timestep_respacing: str = "100"  # guided-diffusion respacing of the 1000 training steps
+    skip_timesteps: int = 25  # start from the input noised to step K - skip - 1, run K - skip steps
+    sampler: str = "ddpm"  # ddpm (official) or ddim
+    eta: float = 0.0  # DDIM stochasticity
+    clip_guidance_lambda: float = 1000.0  # weight of the CLIP loss
+    range_lambda: float = 50.0  # weight of the range loss on the clean estimate
+    aug_num: int = 8  # augmented copies for the CLIP loss (plus one plain resize)
+    local: bool = False  # True: local CLIP-guided diffusion baseline (no blending, background loss)
+    lpips_sim_lambda: float = 1000.0  # local only: LPIPS background loss weight
+    l2_sim_lambda: float = 10000.0  # local only: L2 background loss weight
+    invert_mask: bool = False  # edit outside the mask instead
+    fit: str = "stretch"  # stretch to the model's square size (official) or pad (keep aspect)
+    rank: bool = True  # rank candidates by CLIP similarity of the masked result to the prompt
+    background: str = "stitch"  # stitch: input pixels outside the mask; decoded: raw model output
+    feather: int = 8  # px; width of the soft band outside the mask (stitch); at most 16
+    batch_size: int = 4  # candidates per UNet call
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.timestep_respacing, int) and not isinstance(
+            self.timestep_respacing, bool
+        ):
+            object.__setattr__(self, "timestep_respacing", str(self.timestep_respacing))
+
+    def replace(self, **changes: Any) -> PixelConfig:
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise InputError(f"config: unknown setting(s) {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> PixelConfig:
+        """Reject values that cannot work, with the field name and value in one line.
+        (The respacing and skip are checked against the model's schedule when an edit runs.)"""
+
+        def bad(name: str, why: str) -> InputError:
+            return InputError(f"{name}: {getattr(self, name)!r} {why}")
+
+        if not 1 <= self.num_images <= 1024:
+            raise bad("num_images", "must be between 1 and 1024")
+        if not isinstance(self.timestep_respacing, str):
+            raise bad("timestep_respacing", "must be a respacing string such as '100'")
+        if self.skip_timesteps < 0:
+            raise bad("skip_timesteps", "must be >= 0")
+        if self.sampler not in SAMPLERS:
+            raise bad("sampler", f"must be one of {', '.join(SAMPLERS)}")
+        if self.eta < 0:
+            raise bad("eta", "must be >= 0")
+        for name in ("clip_guidance_lambda", "range_lambda", "lpips_sim_lambda", "l2_sim_lambda"):
+            if not 0.0 <= getattr(self, name) < float("inf"):
+                raise bad(name, "must be a finite number >= 0")
+        if not 0 <= self.aug_num <= 64:
+            raise bad("aug_num", "must be between 0 and 64")
+        if self.fit not in FIT_MODES:
+            raise bad("fit", f"must be one of {', '.join(FIT_MODES)}")
+        if self.background not in BACKGROUND_MODES:
+            raise bad("background", f"must be one of {', '.join(BACKGROUND_MODES)}")
+        if not 0 <= self.feather <= 16:
+            raise bad("feather", "must be between 0 and 16 px")
+        if self.batch_size < 1:
+            raise bad("batch_size", "must be at least 1")
+        if not 0 <= self.seed < 2**63:
+            raise bad("seed", "must be in [0, 2**63)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PIXEL_PRESETS: dict[str, PixelConfig] = {
+    # The official script: 100 respaced steps, skip 25, DDPM, 8 augmentations, ranked batch of 8.
+    "default": PixelConfig(),
+    # The paper's advice: generate at least 64 and rank them.
+    "paper": PixelConfig(num_images=64),
+    # The local CLIP-guided diffusion baseline (paper's first algorithm), official loss weights.
+    "local": PixelConfig(local=True),
+    # One quick look: half the steps (the same starting noise level), 4 candidates.
+    "draft": PixelConfig(num_images=4, timestep_respacing="50", skip_timesteps=12),
+}
+
+
+def pixel_preset(name: str) -> PixelConfig:
+    if name not in PIXEL_PRESETS:
+        raise InputError(f"preset: unknown {name!r}; choose one of {', '.join(PIXEL_PRESETS)}")
+    return PIXEL_PRESETS[name]
+
+
+def _model_config(model_config: str | os.PathLike[str] | ADMConfig | dict | None) -> ADMConfig:
+    if model_config is None:
+        return ADM256_UNCOND
+    if isinstance(model_config, ADMConfig):
+        return model_config
+    if isinstance(model_config, dict):
+        return ADMConfig.from_dict(model_config)
+    path = Path(model_config)
+    if not path.is_file():
+        raise InputError(f"model_config: no such file: {str(path)!r} (a guided-diffusion JSON)")
+    return ADMConfig.from_json(path)
+
+
+class BlendedDiffusion:
+    """Blended Diffusion (Avrahami, Lischinski, Fried 2022) on OpenAI's ADM model with CLIP
+    guidance; ``local=True`` gives the local CLIP-guided diffusion baseline.
+    ``editor(image, mask, prompt, seed=0)`` returns an :class:`EditResult`."""
+
+    def __init__(
+        self,
+        model: ADMUNet,
+        clip: ClipScorer | None,
+        lpips: LPIPS | None = None,
+        name: str = "",
+    ) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.config: ADMConfig = model.config
+        self.clip = clip
+        self.lpips = lpips.eval().requires_grad_(False) if lpips is not None else None
+        self.name = name
+        self._warned_lpips = False
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: str | os.PathLike[str],
+        *,
+        model_config: str | os.PathLike[str] | ADMConfig | dict | None = None,
+        clip_model: str | None = DEFAULT_CLIP_MODEL,
+        lpips_weights: tuple[str, str] | None = None,
+        lpips_net: str = "vgg",
+        torch_dtype: torch.dtype | str | None = None,
+    ) -> BlendedDiffusion:
+        """Load an ADM checkpoint (``256x256_diffusion_uncond.pt`` or a .safetensors copy).
+
+        ``model_config``: an :class:`ADMConfig`, a guided-diffusion JSON file, or None for
+        :data:`ADM256_UNCOND` (its ``timestep_respacing`` is not used; :class:`PixelConfig`'s is).
+        ``clip_model``: hub id or local folder of the guiding/ranking CLIP (None: no guidance,
+        for clip_guidance_lambda=0 only). ``lpips_weights``: local (trunk, lin) files for the local
+        baseline's LPIPS term (:meth:`LPIPS.from_pretrained`, official net "vgg"); None leaves the
+        term out. ``torch_dtype`` "fp16" uses guided-diffusion's mixed precision (the official
+        setting on the GPU); any other dtype casts the whole UNet.
+        """
+        cfg = _model_config(model_config)
+        dtype = parse_dtype(torch_dtype)
+        if dtype == torch.float16:
+            cfg, load_dtype = dataclasses.replace(cfg, use_fp16=True), torch.float32
+        else:
+            load_dtype = dtype or torch.float32
+        model = load_adm(checkpoint, cfg, dtype=load_dtype)
+        clip = ClipScorer.from_pretrained(clip_model, dtype) if clip_model else None
+        lpips = (
+            LPIPS.from_pretrained(lpips_weights[0], lpips_weights[1], lpips_net)  # type: ignore[arg-type]
+            if lpips_weights is not None
+            else None
+        )
+        return cls(model, clip, lpips, str(checkpoint))
+
+    def to(self, device: torch.device | str | None = None) -> BlendedDiffusion:
+        if device is not None:
+            self.model.to(device)
+            if self.clip is not None:
+                self.clip.to(device)
+            if self.lpips is not None:
+                self.lpips.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    # -- building blocks -------------------------------------------------------------------------
+
+    def make_diffusion(self, cfg: PixelConfig) -> GaussianDiffusion:
+        """The model's diffusion with ``cfg.timestep_respacing``."""
+        c = self.config
+        return GaussianDiffusion.create(
+            c.diffusion_steps,
+            c.noise_schedule,
+            cfg.timestep_respacing,
+            rescale_timesteps=c.rescale_timesteps,
+            learn_sigma=c.learn_sigma,
+            sigma_small=c.sigma_small,
+            predict_xstart=c.predict_xstart,
+        )
+
+    def fit_input(
+        self, src: Image.Image, mask: np.ndarray, fit: str
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int, int]]:
+        """The photo and mask at the model's square size.
+
+        Returns x0 (1, 3, S, S) in [−1, 1], the working mask (1, 1, S, S) of 0/1 (every pixel the
+        mask touches: max-pooled, so thin strokes survive the resize) and the box
+        (left, top, width, height) of the photo inside the square.
+        """
+        s = self.image_size
+        mask_t = M.to_tensor(mask)  # (1, 1, H0, W0)
+        if fit == "stretch":
+            w, h, left, top = s, s, 0, 0
+        else:
+            scale = s / max(src.size)
+            w, h = (max(1, min(s, round(v * scale))) for v in src.size)
+            left, top = (s - w) // 2, (s - h) // 2
+        img = src if src.size == (w, h) else src.resize((w, h), Image.Resampling.LANCZOS)
+        x0 = pil_to_tensor(img) * 2 - 1  # (1, 3, h, w)
+        m = (F.adaptive_max_pool2d(mask_t, (h, w)) > 0).float()  # (1, 1, h, w)
+        pad = (left, s - w - left, top, s - h - top)
+        if any(pad):
+            reflect = max(pad[0], pad[1]) < w and max(pad[2], pad[3]) < h
+            x0 = F.pad(x0, pad, mode="reflect" if reflect else "replicate")
+            m = F.pad(m, pad)  # the padding is background
+        return x0, m, (left, top, w, h)
+
+    # -- the edit ---------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        image: ImageInput,
+        mask: M.MaskInput,
+        prompt: str,
+        *,
+        config: PixelConfig | None = None,
+        seed: int | None = None,
+        seeds: Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool | ProgressFn = False,
+        return_process: bool = False,
+        **settings: Any,
+    ) -> EditResult:
+        """Edit the masked region of ``image`` to follow ``prompt``.
+
+        Settings come from ``config`` (a :class:`PixelConfig`, e.g. a preset) overridden by
+        keyword arguments of the same names (``num_images=4, local=True, ...``). Randomness only
+        through ``seed`` (default ``config.seed``), explicit ``seeds``, or a ``generator``; each
+        candidate draws its start noise, step noise, blending noise and augmentations from its own
+        CPU generator, so any one result can be regenerated alone from its recorded seed.
+        ``return_process`` keeps each step's clean estimate x̂_0 for the best result.
+        """
+        t_begin = time.perf_counter()
+        timings = Timings()
+        cfg = (config or PixelConfig()).replace(**settings).validate()
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("prompt: must be a non-empty text")
+        if cfg.clip_guidance_lambda and self.clip is None:
+            raise InputError(
+                "clip_guidance_lambda: CLIP guidance needs a CLIP model (load with clip_model=...)"
+            )
+        if seed is None and seeds is None and generator is None:
+            seed = cfg.seed
+        seed_list = resolve_seeds(cfg.num_images, seed, seeds, generator)
+
+        # 1. Inputs: the photo, and its mask at the photo's size (bool (H, W)).
+        src = load_image(image, "image")
+        mask_np = M.load_mask(mask, src.size, cfg.invert_mask)
+
+        # 2. Working resolution: the model's square size (stretched, or padded to keep aspect).
+        t0 = time.perf_counter()
+        x0, m_work, box = self.fit_input(src, mask_np, cfg.fit)
+        x0, m_work = x0.to(self.device), m_work.to(self.device)
+
+        # 3. Schedule: start at t_start = K - skip - 1 and run t_start..0 (SPEC 2).
+        diffusion = self.make_diffusion(cfg)
+        k = diffusion.num_steps
+        if cfg.skip_timesteps >= k:
+            raise InputError(
+                f"skip_timesteps: {cfg.skip_timesteps} leaves no step of the {k} in"
+                f" timestep_respacing={cfg.timestep_respacing!r}"
+            )
+        steps = list(range(k - cfg.skip_timesteps - 1, -1, -1))
+
+        # 4. Text: the prompt's CLIP embedding; the augmentations at CLIP's input size.
+        text_embed = augmenter = None
+        if cfg.clip_guidance_lambda and self.clip is not None:
+            text_embed = self.clip.embed_text([prompt])  # (1, D)
+            augmenter = make_augmenter(cfg.aug_num, self.clip.image_size)
+        lpips = None
+        if cfg.local and cfg.lpips_sim_lambda:
+            lpips = self.lpips
+            if lpips is None and not self._warned_lpips:
+                logger.warning(
+                    "local mode: no LPIPS weights loaded (lpips_weights=None); the background"
+                    " loss uses the L2 term only"
+                )
+                self._warned_lpips = True
+        timings.encode = time.perf_counter() - t0
+
+        # 5-6. Denoise with CLIP guidance, blending the noised input outside the mask (or the
+        # background loss instead, local mode); candidates in chunks of batch_size.
+        t0 = time.perf_counter()
+        total = len(seed_list) * len(steps)
+        bar = tqdm(
+            total=total, desc="denoising", unit="step", disable=progress is not True, leave=False
+        )
+        report = progress if callable(progress) else None
+        samples: list[torch.Tensor] = []
+        frames: list[torch.Tensor] = []  # (steps, 3, S, S) uint8 per candidate
+        try:
+            for i in range(0, len(seed_list), cfg.batch_size):
+                chunk = seed_list[i : i + cfg.batch_size]
+                guidance = partial(
+                    clip_guidance_grad,
+                    diffusion=diffusion,
+                    mask=m_work,
+                    clip=self.clip,
+                    text_embed=text_embed,
+                    augmenter=augmenter,
+                    clip_weight=cfg.clip_guidance_lambda if augmenter is not None else 0.0,
+                    range_weight=cfg.range_lambda,
+                    source=x0 if cfg.local else None,
+                    l2_weight=cfg.l2_sim_lambda if cfg.local else 0.0,
+                    lpips_weight=cfg.lpips_sim_lambda if cfg.local else 0.0,
+                    lpips=lpips,
+                )
+                x, chunk_frames = self._denoise_chunk(
+                    cfg, diffusion, chunk, x0, m_work, steps, guidance, augmenter,
+                    bar, report, i * len(steps), return_process,
+                )  # fmt: skip
+                samples.append(x.cpu())
+                frames.extend(chunk_frames)
+        finally:
+            bar.close()
+        x_all = torch.cat(samples)  # (N, 3, S, S) in [-1, 1]
+        timings.denoise = time.perf_counter() - t0
+
+        # 7. Back to the input's size: crop the padding, resize (no decoder in pixel space).
+        t0 = time.perf_counter()
+        decoded = self._to_input_size(x_all, box, src.size)  # (N, 3, H0, W0) in [0, 1]
+        timings.decode = time.perf_counter() - t0
+
+        # 8. Rank by CLIP similarity of the masked result to the prompt (paper section 4).
+        t0 = time.perf_counter()
+        scores = None
+        mask_full = M.to_tensor(mask_np)
+        if cfg.rank and self.clip is not None:
+            scores = self.clip.score(decoded, mask_full, prompt)
+        elif cfg.rank and self.clip is None and len(seed_list) > 1:
+            logger.warning("no CLIP model loaded: results are not ranked")
+        order = rank_order(scores, len(seed_list))
+        timings.rank = time.perf_counter() - t0
+
+        # 9. Background: the input's pixels outside the mask (stitch) or the raw model output.
+        t0 = time.perf_counter()
+        src_np = np.asarray(src)
+        candidates = []
+        for rank, idx in enumerate(order, start=1):
+            dec_img = tensor_to_pil(decoded[idx])
+            out = (
+                dec_img
+                if cfg.background == "decoded"
+                else Image.fromarray(stitch(np.asarray(dec_img), src_np, mask_np, cfg.feather))
+            )
+            process = None
+            if return_process and rank == 1 and frames:
+                process = [
+                    tensor_to_pil(f)
+                    for f in self._to_input_size(frames[idx].float() / 255 * 2 - 1, box, src.size)
+                ]
+            candidates.append(
+                Candidate(
+                    image=out,
+                    seed=seed_list[idx],
+                    rank=rank,
+                    score=None if scores is None else float(scores[idx]),
+                    decoded=dec_img,
+                    process=process,
+                )
+            )
+        timings.background = time.perf_counter() - t0
+        timings.total = time.perf_counter() - t_begin
+
+        s = self.image_size
+        return EditResult(
+            candidates=candidates,
+            prompt=prompt,
+            settings={
+                **cfg.to_dict(),
+                "algorithm": "local-clip-guided-diffusion" if cfg.local else "blended-diffusion",
+                "model": self.name,
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "image_size": s,
+                "lpips_used": lpips is not None,
+            },
+            working_size=(s, s),
+            input_size=src.size,
+            timesteps=[int(diffusion.timestep_map[t]) for t in steps],
+            timings=timings,
+            method="pixel",
+        )
+
+    @staticmethod
+    def _to_input_size(
+        x: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]
+    ) -> torch.Tensor:
+        """(N, 3, S, S) in [−1, 1] -> (N, 3, H0, W0) in [0, 1]: crop the photo's box, resize."""
+        left, top, w, h = box
+        x = ((x.float()[..., top : top + h, left : left + w] + 1) / 2).clamp(0, 1)
+        if (w, h) != size:
+            x = F.interpolate(
+                x, size=(size[1], size[0]), mode="bicubic", antialias=True, align_corners=False
+            ).clamp(0, 1)
+        return x
+
+    def _denoise_chunk(
+        self,
+        cfg: PixelConfig,
+        diffusion: GaussianDiffusion,
+        chunk_seeds: list[int],
+        x0: torch.Tensor,
+        mask: torch.Tensor,
+        steps: list[int],
+        guidance: Any,
+        augmenter: Augmenter | None,
+        bar: Any,
+        report: ProgressFn | None,
+        steps_before: int,
+        keep_process: bool,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        b = len(chunk_seeds)
+        gens = [torch.Generator("cpu").manual_seed(s) for s in chunk_seeds]
+        # Start: the input noised to t_start, noise drawn on the CPU from each candidate's seed.
+        x = torch.cat([diffusion.q_sample(x0, steps[0], generator=g) for g in gens])
+        guide = partial(guidance, generators=gens) if augmenter is not None else guidance
+        ddim = cfg.sampler == "ddim"
+        history: list[torch.Tensor] = []
+        total = bar.total
+        for n, t in enumerate(steps):
+            out = guided_mean_variance(self.model, diffusion, x, t, guide, score=ddim)
+            x = self._step(diffusion, out, x, t, gens, ddim, cfg.eta)
+            if not cfg.local:  # blend: the input noised to the level just reached (x0 at the end)
+                bg = (
+                    torch.cat([diffusion.q_sample(x0, t - 1, generator=g) for g in gens])
+                    if t > 0
+                    else x0
+                )
+                x = x * mask + bg * (1 - mask)
+            if keep_process:  # the clean estimate, with the input outside the mask (paper fig. 6)
+                est = out.pred_xstart if cfg.local else out.pred_xstart * mask + x0 * (1 - mask)
+                history.append(((est.clamp(-1, 1) + 1) * 127.5).round().byte().cpu())
+            bar.update(b)
+            if report is not None:
+                report(steps_before + (n + 1) * b, total)
+        per_image = [torch.stack([h[j] for h in history]) for j in range(b)] if history else []
+        return x.detach(), per_image
+
+    @staticmethod
+    def _step(
+        diffusion: GaussianDiffusion,
+        out: MeanVariance,
+        x: torch.Tensor,
+        t: int,
+        gens: list[torch.Generator],
+        ddim: bool,
+        eta: float,
+    ) -> torch.Tensor:
+        """x_{t-1} from the guided ``out``; each candidate's noise from its own generator."""
+        if ddim and eta == 0:
+            return diffusion.ddim_step(out, x, t)
+        parts = []
+        for j, g in enumerate(gens):
+            fields = (out.mean, out.variance, out.log_variance, out.pred_xstart)
+            o = MeanVariance(*(v[j : j + 1] for v in fields))
+            if ddim:
+                parts.append(diffusion.ddim_step(o, x[j : j + 1], t, eta, g))
+            else:
+                parts.append(diffusion.ddpm_step(o, t, g))
+        return torch.cat(parts)

@@ -17,11 +17,22 @@ FAST = ["--steps", "4", "--size", "64", "--device", "cpu", "--quiet"]
 
 @pytest.fixture()
 def edit_args(tiny_sd_dir, tiny_clip_dir, shared_images):
-    def make(*extra: str, image: str = "chelsea.png", mask: str = "chelsea.mask-eyes.png") -> list[str]:
+    def make(
+        *extra: str, image: str = "chelsea.png", mask: str = "chelsea.mask-eyes.png"
+    ) -> list[str]:
         return [
-            "edit", str(shared_images / image), "--mask", str(shared_images / mask),
-            "--prompt", "sunglasses", "--model", str(tiny_sd_dir), "--clip-model", str(tiny_clip_dir),
-            *FAST, *extra,
+            "edit",
+            str(shared_images / image),
+            "--mask",
+            str(shared_images / mask),
+            "--prompt",
+            "sunglasses",
+            "--model",
+            str(tiny_sd_dir),
+            "--clip-model",
+            str(tiny_clip_dir),
+            *FAST,
+            *extra,
         ]
 
     return make
@@ -36,7 +47,14 @@ def _error_line(capsys) -> str:
 
 def test_edit_writes_ranked_pngs_and_result_json(edit_args, tmp_path, shared_images, capsys):
     out = tmp_path / "run"
-    assert main(edit_args("--out", str(out), "--num-images", "3", "--seed", "5", "--save-process", "gif")) == 0
+    assert (
+        main(
+            edit_args(
+                "--out", str(out), "--num-images", "3", "--seed", "5", "--save-process", "gif"
+            )
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == str(out)
     report = json.loads((out / "result.json").read_text())
     results = report["results"]
@@ -50,7 +68,11 @@ def test_edit_writes_ranked_pngs_and_result_json(edit_args, tmp_path, shared_ima
         assert Image.open(out / r["file"]).size == src.size
     assert report["prompt"] == "sunglasses" and report["method"] == "latent"
     settings = report["settings"]
-    assert settings["num_inference_steps"] == 4 and settings["num_images"] == 3 and settings["seed"] == 5
+    assert (
+        settings["num_inference_steps"] == 4
+        and settings["num_images"] == 3
+        and settings["seed"] == 5
+    )
     assert settings["blend_start"] == 0.25 and settings["scheduler"] == "ddim"
     assert set(report["timings"]) >= {"load", "encode", "denoise", "decode", "rank", "total"}
     gif = out / f"process-{results[0]['file'].removesuffix('.png')}.gif"
@@ -64,7 +86,10 @@ def test_result_regenerates_from_its_json(edit_args, tmp_path):
     assert main(edit_args("--out", str(first), "--num-images", "2", "--batch-size", "1")) == 0
     chosen = json.loads((first / "result.json").read_text())["results"][1]
     again = tmp_path / "again"
-    assert main(edit_args("--out", str(again), "--num-images", "1", "--seed", str(chosen["seed"]))) == 0
+    assert (
+        main(edit_args("--out", str(again), "--num-images", "1", "--seed", str(chosen["seed"])))
+        == 0
+    )
     a = np.asarray(Image.open(first / chosen["file"]))
     b = np.asarray(Image.open(again / f"01-seed{chosen['seed']}.png"))
     assert np.array_equal(a, b)
@@ -73,18 +98,47 @@ def test_result_regenerates_from_its_json(edit_args, tmp_path):
 def test_no_rank_and_options_map_onto_settings(edit_args, tmp_path):
     out = tmp_path / "run"
     argv = edit_args(
-        "--out", str(out), "--no-rank", "--num-images", "2", "--scheduler", "dpm++",
-        "--guidance", "5", "--blend-start", "0.5", "--no-mask-shrink", "--background", "decoded",
-        "--feather", "4", "--negative-prompt", "blurry", "--invert-mask",
-        image="rocket.png", mask="rocket.mask-sky.png",
+        "--out",
+        str(out),
+        "--no-rank",
+        "--num-images",
+        "2",
+        "--scheduler",
+        "dpm++",
+        "--guidance",
+        "5",
+        "--blend-start",
+        "0.5",
+        "--no-mask-shrink",
+        "--background",
+        "decoded",
+        "--feather",
+        "4",
+        "--negative-prompt",
+        "blurry",
+        "--invert-mask",
+        image="rocket.png",
+        mask="rocket.mask-sky.png",
     )
     assert main(argv) == 0
     report = json.loads((out / "result.json").read_text())
     s = report["settings"]
-    assert (s["rank"], s["scheduler"], s["guidance_scale"], s["blend_start"]) == (False, "dpm++", 5.0, 0.5)
-    assert (s["mask_shrink"], s["background"], s["feather"], s["invert_mask"]) == ("off", "decoded", 4, True)
+    assert (s["rank"], s["scheduler"], s["guidance_scale"], s["blend_start"]) == (
+        False,
+        "dpm++",
+        5.0,
+        0.5,
+    )
+    assert (s["mask_shrink"], s["background"], s["feather"], s["invert_mask"]) == (
+        "off",
+        "decoded",
+        4,
+        True,
+    )
     assert s["negative_prompt"] == "blurry"
-    assert [r["seed"] for r in report["results"]] == [0, 1] and report["results"][0]["clip_score"] is None
+    assert [r["seed"] for r in report["results"]] == [0, 1] and report["results"][0][
+        "clip_score"
+    ] is None
 
 
 def test_existing_output_folder_is_never_overwritten(edit_args, tmp_path, capsys):
@@ -120,12 +174,17 @@ def test_default_output_folders_are_fresh(edit_args, tmp_path, monkeypatch):
         (["--shrink-kernels", "4,2"], "shrink_kernels: (4, 2) must be odd sizes >= 1"),
     ],
 )
-def test_bad_input_exits_with_one_line_and_writes_nothing(edit_args, tmp_path, capsys, change, expected):
+def test_bad_input_exits_with_one_line_and_writes_nothing(
+    edit_args, tmp_path, capsys, change, expected
+):
     if "--device" in change and __import__("torch").cuda.is_available():
         pytest.skip("this machine has a GPU")
     empty = tmp_path / "empty.png"
     Image.new("L", (451, 300), 0).save(empty)
-    change = [str(empty) if c == "EMPTY" else str(tmp_path / "nope.png") if c == "MISSING" else c for c in change]
+    change = [
+        str(empty) if c == "EMPTY" else str(tmp_path / "nope.png") if c == "MISSING" else c
+        for c in change
+    ]
     argv = edit_args("--out", str(tmp_path / "run"))
     for flag, value in zip(change[::2], change[1::2], strict=True):
         if flag in argv:
@@ -142,7 +201,14 @@ def test_help_teaches(capsys):
         main(["edit", "--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for words in ("--mask", "--blend-start", "--no-mask-shrink", "--background", "examples:", "result.json"):
+    for words in (
+        "--mask",
+        "--blend-start",
+        "--no-mask-shrink",
+        "--background",
+        "examples:",
+        "result.json",
+    ):
         assert words in text
 
 
@@ -151,10 +217,28 @@ def test_console_script_runs_an_edit(tiny_sd_dir, tiny_clip_dir, shared_images, 
     exe = shutil.which("blendedit") or pytest.skip("console script not installed")
     out = tmp_path / "run"
     proc = subprocess.run(
-        [exe, "edit", str(shared_images / "coffee.png"), "--mask", str(shared_images / "coffee.mask-drink.png"),
-         "--prompt", "green matcha tea", "--model", str(tiny_sd_dir), "--clip-model", str(tiny_clip_dir),
-         "--num-images", "2", "--out", str(out), "--offline", *FAST],
-        capture_output=True, text=True, timeout=300,
+        [
+            exe,
+            "edit",
+            str(shared_images / "coffee.png"),
+            "--mask",
+            str(shared_images / "coffee.mask-drink.png"),
+            "--prompt",
+            "green matcha tea",
+            "--model",
+            str(tiny_sd_dir),
+            "--clip-model",
+            str(tiny_clip_dir),
+            "--num-images",
+            "2",
+            "--out",
+            str(out),
+            "--offline",
+            *FAST,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert len(list(out.glob("0?-seed*.png"))) == 2

@@ -99,12 +99,6 @@ def test_validate_accepts_edges(field: str, value: Any) -> None:
     EditConfig().replace(**{field: value}).validate()
 
 
-@pytest.mark.xfail(
-    reason="src gap: EditConfig.validate() does not check `scheduler` against "
-    "models.SCHEDULERS; an unknown name is only rejected later, by make_scheduler, after the "
-    "image, prompt and VAE encoding work",
-    strict=True,
-)
 def test_validate_rejects_unknown_scheduler() -> None:
     with pytest.raises(InputError) as e:
         EditConfig(scheduler="heun").validate()

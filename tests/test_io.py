@@ -137,12 +137,6 @@ def test_transparent_palette_file(tmp_path: Path) -> None:
     _one_line(e, "image", "transparent")
 
 
-@pytest.mark.xfail(
-    reason="src bug: load_image accepts a palette PIL image with a transparent colour "
-    "(open_image only expands P-with-transparency for files), silently dropping the "
-    "transparency that the same image from a file is rejected for",
-    strict=True,
-)
 def test_transparent_palette_pil_image() -> None:
     im = Image.new("P", (32, 32))
     im.putpalette([0, 0, 0, 255, 255, 255])

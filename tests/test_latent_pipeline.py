@@ -309,7 +309,7 @@ BAD_INPUTS = [
     ({"image": "not-an-image"}, "image: cannot read"),
     ({"image": "tiny"}, "image: size 8x8 is outside the supported range"),
     ({"prompt": ""}, "prompt: must be a non-empty text"),
-    ({"scheduler": "heun"}, "scheduler: unknown name 'heun'"),
+    ({"scheduler": "heun"}, "scheduler: 'heun' is unknown; choose one of ddim"),
     ({"blend_start": 1.0}, "blend_start: 1.0 must be in [0, 1)"),
     ({"size": 100000}, "size: 100000 must be between 64 and 4096 px"),
     ({"num_images": 0}, "num_images: 0 must be between 1 and 1024"),

@@ -319,11 +319,6 @@ def test_stage_of_step_single_stage() -> None:
     assert stage_of_step(5, 1) == [0] * 5
 
 
-@pytest.mark.xfail(
-    reason="src bug: stage_of_step with fewer steps than stages never reaches the last stage "
-    "(stage_of_step(3, 4) == [0, 1, 2]), so the final blend uses a dilated mask, not the mask",
-    strict=True,
-)
 def test_stage_of_step_fewer_steps_than_stages_ends_on_the_mask() -> None:
     # e.g. 4 steps with blend_start 0.25 -> 3 steps, and 4 shrinking stages.
     s = stage_of_step(3, 4)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from blendedit.errors import InputError
+from blendedit.models import SCHEDULERS
 
 BACKGROUND_MODES = ("stitch", "decoded")
 MASK_SHRINK_MODES = ("auto", "on", "off")
@@ -64,6 +65,8 @@ class EditConfig:
             raise bad("guidance_scale", "must be between 0 and 100")
         if self.size is not None and not 64 <= self.size <= MAX_WORKING_SIDE:
             raise bad("size", f"must be between 64 and {MAX_WORKING_SIDE} px")
+        if self.scheduler not in SCHEDULERS:
+            raise bad("scheduler", f"is unknown; choose one of {', '.join(SCHEDULERS)}")
         if self.mask_shrink not in MASK_SHRINK_MODES:
             raise bad("mask_shrink", f"must be one of {', '.join(MASK_SHRINK_MODES)}")
         if any(k < 1 or k % 2 == 0 for k in self.shrink_kernels):

@@ -33,11 +33,7 @@ def open_image(source: str | os.PathLike[str] | Image.Image, name: str) -> Image
     try:
         with Image.open(path) as im:
             im.load()
-            return (
-                im.copy()
-                if im.mode != "P"
-                else im.convert("RGBA" if "transparency" in im.info else "RGB")
-            )
+            return im.copy()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise InputError(f"{name}: cannot read {str(path)!r} as an image ({e})") from None
 
@@ -45,6 +41,8 @@ def open_image(source: str | os.PathLike[str] | Image.Image, name: str) -> Image
 def load_image(source: str | os.PathLike[str] | Image.Image, name: str = "image") -> Image.Image:
     """The photo to edit as an RGB image; rejects absurd sizes and transparent or exotic modes."""
     im = open_image(source, name)
+    if im.mode == "P":  # a palette may carry a transparent colour: check it as alpha
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     w, h = im.size
     if min(w, h) < MIN_SIDE or max(w, h) > MAX_SIDE or w * h > MAX_PIXELS:
         raise InputError(

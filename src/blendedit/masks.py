@@ -134,8 +134,11 @@ def shrink_stages(mask: torch.Tensor, kernels: tuple[int, ...] = (7, 5, 3)) -> t
 
 
 def stage_of_step(num_steps: int, num_stages: int) -> list[int]:
-    """Split ``num_steps`` denoising steps into ``num_stages`` (near-)equal consecutive parts."""
-    return [min(i * num_stages // num_steps, num_stages - 1) for i in range(num_steps)]
+    """Split ``num_steps`` denoising steps into ``num_stages`` (near-)equal consecutive parts.
+    The last step always uses the last stage (the mask itself), even with fewer steps than stages."""
+    stages = [i * num_stages // num_steps for i in range(num_steps)]
+    stages[-1] = num_stages - 1
+    return stages
 
 
 def feather(mask: np.ndarray, width: int) -> np.ndarray:

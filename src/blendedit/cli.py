@@ -182,12 +182,47 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--background",
         choices=BACKGROUND_MODES,
-        help="stitch: the photo's own pixels outside the mask, feathered (default); decoded: raw decoder output",
+        help=(
+            "how the photo returns outside the mask (paper 4.2): stitch = its own pixels, "
+            "feathered (default); decoded = raw decoder output; poisson = seamless cloning "
+            "(colours may shift); latent = latent optimisation (over-smooth); decoder = per-image "
+            "decoder fine-tuning (the paper's choice, slowest)"
+        ),
     )
     m.add_argument(
         "--feather",
         type=int,
         help="px of soft transition outside the mask for stitch, 0-16 (default 8)",
+    )
+    m.add_argument(
+        "--keep",
+        type=int,
+        help="return only the top K after ranking; background reconstruction runs on those only",
+    )
+    m.add_argument(
+        "--recon-steps",
+        type=int,
+        dest="recon_steps",
+        help="Adam steps for latent/decoder (default 75)",
+    )
+    m.add_argument(
+        "--recon-lr",
+        type=float,
+        dest="recon_lr",
+        help="learning rate for latent/decoder (default 0.1 latent, 1e-4 decoder)",
+    )
+    m.add_argument(
+        "--recon-lambda",
+        type=float,
+        dest="recon_lambda",
+        help="weight of the background term for latent/decoder (default 100)",
+    )
+    m.add_argument(
+        "--paste-back",
+        action="store_const",
+        const=True,
+        dest="paste_back",
+        help="after poisson/latent/decoder, put the photo's own pixels back beyond the feather band",
     )
 
     o = e.add_argument_group("ranking and output")
@@ -334,6 +369,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import torch
+
+    # Subnormal floats make CPU arithmetic (Adam states, tiny activations) up to 30x slower; values
+    # below 1e-38 do not change any image. The library leaves this process-wide switch alone.
+    torch.set_flush_denormal(True)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("blendedit: %(message)s"))
     logging.getLogger("blendedit").addHandler(handler)
@@ -348,8 +388,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("blendedit: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # out of memory and other device failures: one line, not a traceback
-        import torch
-
         if isinstance(e, torch.OutOfMemoryError):
             print(
                 "blendedit: error: out of memory; lower --batch-size or --size, or use --dtype fp16",

@@ -12,7 +12,7 @@ import torch
 from blendedit.errors import InputError
 from blendedit.models import SCHEDULERS
 
-BACKGROUND_MODES = ("stitch", "decoded")
+BACKGROUND_MODES = ("stitch", "decoded", "poisson", "latent", "decoder")
 MASK_SHRINK_MODES = ("auto", "on", "off")
 MAX_WORKING_SIDE = 4096  # px; the long side the model works at
 
@@ -33,8 +33,13 @@ class EditConfig:
     mask_shrink: str = "auto"  # progressive mask shrinking: auto (thin masks only), on, off
     shrink_kernels: tuple[int, ...] = (7, 5, 3)  # dilation kernels, one stage each, then the mask
     rank: bool = True  # rank candidates by CLIP similarity of the masked result to the prompt
-    background: str = "stitch"  # stitch: input pixels outside the mask; decoded: raw VAE output
+    background: str = "stitch"  # how the input returns outside the mask; see reconstruct.py
     feather: int = 8  # px; width of the soft band outside the mask (stitch); at most 16
+    keep: int | None = None  # return (and reconstruct) only the top K after ranking; None = all
+    recon_steps: int = 75  # Adam steps of latent / decoder reconstruction (official code: 75)
+    recon_lr: float | None = None  # None: 0.1 for latent, 1e-4 for decoder (official code)
+    recon_lambda: float = 100.0  # weight of the background term (paper: 100)
+    paste_back: bool = False  # after poisson/latent/decoder, stitch the input back beyond feather
     batch_size: int = 8  # candidates per UNet call (classifier-free guidance doubles it)
     decode_batch_size: int = (
         1  # latents per VAE decode; 1 keeps each result independent of the batch
@@ -73,6 +78,14 @@ class EditConfig:
             raise bad("shrink_kernels", "must be odd sizes >= 1")
         if self.background not in BACKGROUND_MODES:
             raise bad("background", f"must be one of {', '.join(BACKGROUND_MODES)}")
+        if self.keep is not None and not 1 <= self.keep <= self.num_images:
+            raise bad("keep", f"must be between 1 and num_images ({self.num_images})")
+        if not 0 <= self.recon_steps <= 10000:
+            raise bad("recon_steps", "must be between 0 and 10000")
+        if self.recon_lr is not None and not 0 < self.recon_lr <= 10:
+            raise bad("recon_lr", "must be in (0, 10]")
+        if self.recon_lambda < 0:
+            raise bad("recon_lambda", "must be >= 0")
         if not 0 <= self.feather <= 16:
             raise bad("feather", "must be between 0 and 16 px")
         if self.batch_size < 1:

@@ -35,6 +35,7 @@ from blendedit.errors import InputError
 __all__ = [
     "LPIPS",
     "background_metrics",
+    "background_report",
     "masked_lpips",
     "masked_mse",
     "masked_psnr",
@@ -498,3 +499,16 @@ def background_metrics(
     if lpips is not None:
         out["lpips"] = masked_lpips(lpips, x, y, bg).to(torch.float64)
     return out
+
+
+def background_report(result: ImageLike, source: ImageLike, mask: ImageLike) -> dict[str, float]:
+    """What ``result.json`` records per result: background PSNR (dB, ``inf`` if untouched), MSE and
+    SSIM outside the mask, and the seam score at its border; plain floats."""
+    bg = background_metrics(result, source, mask)
+    seam = seam_score(result, source, mask)
+    return {
+        "background_psnr": round(float(bg["psnr"][0]), 4),
+        "background_mse": float(bg["mse"][0]),
+        "background_ssim": round(float(bg["ssim"][0]), 6),
+        "seam": round(float(seam[0]), 6),
+    }

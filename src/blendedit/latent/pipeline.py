@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from blendedit import masks as M
+from blendedit import reconstruct as R
 from blendedit.config import EditConfig, resolve_seeds
 from blendedit.errors import InputError
 from blendedit.io import load_image, pil_to_tensor, tensor_to_pil, working_size
@@ -27,6 +29,7 @@ from blendedit.latent.sampling import (
     classifier_free_guidance,
     step_kwargs,
 )
+from blendedit.metrics import background_report
 from blendedit.models import (
     DEFAULT_MODEL,
     SDComponents,
@@ -35,7 +38,6 @@ from blendedit.models import (
     parse_dtype,
 )
 from blendedit.ranking import DEFAULT_CLIP_MODEL, ClipScorer, rank_order
-from blendedit.reconstruct import stitch
 from blendedit.results import Candidate, EditResult, Timings
 
 logger = logging.getLogger(__name__)
@@ -145,17 +147,18 @@ class BlendedLatentDiffusion:
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return (z - shift) * self.vae.config.scaling_factor
 
+    @staticmethod
+    def decode_with(vae: Any, z: torch.Tensor) -> torch.Tensor:
+        """x = D(z): (B, C, h, w) scaled latents -> (B, 3, H, W) in [-1, 1]; differentiable."""
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        param = next(vae.parameters())
+        return vae.decode(z.to(param) / vae.config.scaling_factor + shift, return_dict=False)[0]
+
     @torch.no_grad()
     def decode_latents(self, z: torch.Tensor, chunk: int = 4) -> torch.Tensor:
         """(B, C, h, w) latents -> (B, 3, H, W) images in [0, 1], decoded ``chunk`` at a time."""
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        out = []
-        for part in z.split(chunk):
-            x = self.vae.decode(
-                part.to(self.vae.dtype) / self.vae.config.scaling_factor + shift, return_dict=False
-            )[0]
-            out.append((x.float() / 2 + 0.5).clamp(0, 1))
-        return torch.cat(out)
+        parts = [self.decode_with(self.vae, part).float() for part in z.split(chunk)]
+        return (torch.cat(parts) / 2 + 0.5).clamp(0, 1)
 
     # -- the edit ---------------------------------------------------------------------------------
 
@@ -275,27 +278,26 @@ class BlendedLatentDiffusion:
         order = rank_order(scores, len(seed_list))
         timings.rank = time.perf_counter() - t0
 
-        # 10. Back to the input's size, background from the input (stitch) or the decoder.
+        # 10. Keep the top K; reconstruct their background (paper 4.2) at the input's size.
         t0 = time.perf_counter()
         src_np = np.asarray(src)
         candidates = []
-        for rank, idx in enumerate(order, start=1):
-            dec = decoded[idx : idx + 1]
-            if (work_w, work_h) != src.size:
-                dec = F.interpolate(
-                    dec, size=(src.height, src.width), mode="bicubic", antialias=True
-                ).clamp(0, 1)
-            dec_img = tensor_to_pil(dec[0])
-            out = (
-                dec_img
-                if cfg.background == "decoded"
-                else Image.fromarray(stitch(np.asarray(dec_img), src_np, mask_np, cfg.feather))
+        for rank, idx in enumerate(order[: cfg.keep or len(order)], start=1):
+            dec_img = self._to_input_size(decoded[idx : idx + 1], src.size)
+            out = self._background(
+                cfg,
+                z_all[idx : idx + 1],
+                decoded[idx : idx + 1],
+                x,
+                mask_work,
+                dec_img,
+                src_np,
+                mask_np,
             )
             process = None
             if return_process and rank == 1 and x0_frames:
-                process = [
-                    tensor_to_pil(im) for im in self.decode_latents(x0_frames[idx].to(self.device))
-                ]
+                frames = self.decode_latents(x0_frames[idx].to(self.device))
+                process = [tensor_to_pil(im) for im in frames]
             candidates.append(
                 Candidate(
                     image=out,
@@ -305,6 +307,7 @@ class BlendedLatentDiffusion:
                     decoded=dec_img,
                     latent=z_all[idx],
                     process=process,
+                    metrics=background_report(out, src_np, mask_np),
                 )
             )
         timings.background = time.perf_counter() - t0
@@ -326,6 +329,52 @@ class BlendedLatentDiffusion:
             timesteps=[int(t) for t in timesteps.tolist()],
             timings=timings,
         )
+
+    @staticmethod
+    def _to_input_size(image: torch.Tensor, size: tuple[int, int]) -> Image.Image:
+        """(1, 3, H, W) in [0, 1] at the working size -> PIL at the input's (W, H)."""
+        if tuple(image.shape[-2:]) != (size[1], size[0]):
+            image = F.interpolate(image, size=(size[1], size[0]), mode="bicubic", antialias=True)
+        return tensor_to_pil(image[0].clamp(0, 1))
+
+    def _background(
+        self,
+        cfg: EditConfig,
+        z: torch.Tensor,
+        decoded: torch.Tensor,
+        x: torch.Tensor,
+        mask_work: torch.Tensor,
+        dec_img: Image.Image,
+        src_np: np.ndarray,
+        mask_np: np.ndarray,
+    ) -> Image.Image:
+        """SPEC 1 "Background reconstruction" for one kept result. z (1, C, h, w); decoded
+        (1, 3, H, W) in [0, 1] and x (1, 3, H, W) in [-1, 1] at the working size; mask_work
+        (1, 1, H, W) coverage; dec_img, src_np, mask_np at the input's size."""
+        mode = cfg.background
+        if mode == "decoded":
+            return dec_img
+        if mode == "stitch":
+            return Image.fromarray(R.stitch(np.asarray(dec_img), src_np, mask_np, cfg.feather))
+        if mode == "poisson":
+            out = R.poisson(np.asarray(dec_img), src_np, mask_np)
+        else:
+            args = (decoded.to(self.device) * 2 - 1, x.to(self.device), mask_work.to(self.device))
+            opts = {"steps": cfg.recon_steps, "lam": cfg.recon_lambda}
+            opts["lr"] = cfg.recon_lr or R.RECON_DEFAULTS[mode]["lr"]
+            z0 = z.to(self.device)
+            if mode == "latent":
+                decode = partial(self.decode_with, self.vae)
+                z_star = R.optimise_latent(decode, z0, *args, **opts)
+                recon = self.decode_latents(z_star)
+            else:  # decoder
+                recon = (
+                    R.finetune_decoder(self.vae, self.decode_with, z0, *args, **opts) / 2 + 0.5
+                ).clamp(0, 1)
+            out = np.asarray(self._to_input_size(recon, (src_np.shape[1], src_np.shape[0])))
+        if cfg.paste_back:  # the input's own pixels beyond the feather band
+            out = R.stitch(out, src_np, mask_np, cfg.feather)
+        return Image.fromarray(out)
 
     def _scheduler(self, cfg: EditConfig) -> Any:
         """A fresh scheduler per run: schedulers keep state (step index, solver history)."""

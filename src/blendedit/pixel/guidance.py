@@ -162,43 +162,54 @@ class Augmenter:
 
     DRAWS_PER_COPY = 13  # angle, tx, ty, affine-on, 4 corners x 2, perspective-on
 
-    def matrices(
-        self, generator: torch.Generator, height: int, width: int
-    ) -> tuple[Tensor, Tensor]:
-        """(num, 3, 3) affine and (num, 3, 3) perspective matrices in pixel coordinates, float32
-        on the CPU, drawn from ``generator`` (identity where a transform is not applied)."""
-        u = torch.rand((self.num, self.DRAWS_PER_COPY), generator=generator, device="cpu")
+    def draw(self, generator: torch.Generator) -> Tensor:
+        """(num, 13) uniforms in [0, 1) from ``generator`` (on the CPU, float32): per copy the
+        angle, x and y shift, affine on/off, 4 corners x 2 offsets, perspective on/off."""
+        return torch.rand((self.num, self.DRAWS_PER_COPY), generator=generator, device="cpu")
+
+    def matrices(self, u: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+        """Uniforms (num, 13) -> (num, 3, 3) affine and (num, 3, 3) perspective matrices in pixel
+        coordinates, float32, with kornia's RandomAffine / RandomPerspective("basic") parameter
+        distributions (identity where a transform is not applied, probability 1 − p)."""
         u = u.to(torch.float32)
-        n = self.num
+        n = u.shape[0]
         # RandomAffine: angle ~ U(-deg, deg), shift ~ U(-t·W, t·W) x U(-t·H, t·H), about the centre.
         angle = (2 * u[:, 0] - 1) * self.degrees
-        shift = torch.stack(
-            [
-                (2 * u[:, 1] - 1) * self.translate * width,
-                (2 * u[:, 2] - 1) * self.translate * height,
-            ],
-            dim=-1,
-        )
+        shift = (2 * u[:, 1:3] - 1) * self.translate * torch.tensor([width, height])
         center = torch.tensor([width / 2 - 0.5, height / 2 - 0.5]).expand(n, 2)
         affine = get_affine_matrix2d(shift, center, torch.ones(n, 2), angle)  # (n, 3, 3)
-        # RandomPerspective ("basic"): each corner moves inwards by up to distortion·extent/2.
+        # RandomPerspective: each corner moves inwards by up to distortion·(W − 1, H − 1)/2.
         start = torch.tensor(
             [[0.0, 0.0], [width - 1.0, 0.0], [width - 1.0, height - 1.0], [0.0, height - 1.0]]
         ).expand(n, 4, 2)
-        factor = torch.tensor(
-            [self.distortion * (width - 1) / 2, self.distortion * (height - 1) / 2]
-        )
+        factor = self.distortion * torch.tensor([width - 1.0, height - 1.0]) / 2
         inward = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
-        end = start + factor * u[:, 4:12].view(n, 4, 2) * inward
+        end = start + factor * u[:, 4:12].reshape(n, 4, 2) * inward
         persp = get_perspective_transform(start, end)  # (n, 3, 3)
         eye = torch.eye(3).expand(n, 3, 3)
         affine = torch.where((u[:, 3] < self.p).view(n, 1, 1), affine, eye)
         persp = torch.where((u[:, 12] < self.p).view(n, 1, 1), persp, eye)
         return affine, persp
 
+    def warp(self, images: Tensor, affine: Tensor, persp: Tensor) -> Tensor:
+        """Apply per-image (N, 3, 3) matrices to (N, C, H, W) as kornia's modules do: the affine
+        warp (bilinear, ``padding_mode``) then the perspective warp (bilinear, zeros), both with
+        align_corners=False. Differentiable with respect to ``images``."""
+        size = tuple(images.shape[-2:])
+        dev = {"device": images.device, "dtype": images.dtype}
+        out = warp_affine(
+            images,
+            affine[:, :2].to(**dev),
+            size,
+            padding_mode=self.padding_mode,
+            align_corners=False,
+        )
+        return warp_perspective(out, persp.to(**dev), size, align_corners=False)
+
     def __call__(self, images: Tensor, generators: GeneratorArg) -> Tensor:
         """(B, C, H, W) -> ((num + 1)·B, C, size, size), copy-major: [plain of all B, copy 1 of
-        all B, ...]. Sample j's copies use ``generators[j]`` (one generator: shared by all)."""
+        all B, ...]. Image j's copies use ``generators[j]``; a single generator is drawn from for
+        each image in turn."""
         b = images.shape[0]
         gens = [generators] * b if isinstance(generators, torch.Generator) else list(generators)
         if len(gens) != b:
@@ -206,23 +217,11 @@ class Augmenter:
         plain = F.adaptive_avg_pool2d(images, (self.size, self.size))  # the official resize
         if self.num == 0:
             return plain
-        mats = [self.matrices(g, self.size, self.size) for g in gens]
+        mats = [self.matrices(self.draw(g), self.size, self.size) for g in gens]
         # copy-major order: row k·B + j is copy k of image j
         affine = torch.stack([m[0] for m in mats], dim=1).reshape(-1, 3, 3)
         persp = torch.stack([m[1] for m in mats], dim=1).reshape(-1, 3, 3)
-        tiled = plain.repeat(self.num, 1, 1, 1)
-        dev = dict(device=images.device, dtype=images.dtype)
-        warped = warp_affine(
-            tiled,
-            affine[:, :2].to(**dev),
-            (self.size, self.size),
-            padding_mode=self.padding_mode,
-            align_corners=False,
-        )
-        warped = warp_perspective(
-            warped, persp.to(**dev), (self.size, self.size), align_corners=False
-        )
-        return torch.cat([plain, warped])
+        return torch.cat([plain, self.warp(plain.repeat(self.num, 1, 1, 1), affine, persp)])
 
 
 def make_augmenter(

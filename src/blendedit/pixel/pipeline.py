@@ -11,6 +11,22 @@ model sees every pixel of the photo at the highest resolution it has. ``fit="pad
 ratio instead: the long side is scaled to image_size and the short side reflect-padded (the padding
 counts as background: blended back / preserved, never edited), and the padding is cropped off
 afterwards. Results always come back at the input's size.
+
+Where this follows the brief / SPEC rather than the official code, on purpose:
+
+* Blending after the step t -> t-1 uses the input noised to t-1, the level just reached, and the
+  clean input after the last step (official: ``q_sample(x0, t)``, one level noisier, so its last
+  blend adds a little noise; its final image is x̂_0 of the last step, ours the last sample, which
+  differ only by the tiny guided shift at t = 0).
+* ``aug_num`` counts augmented copies, plus one plain resize (official: ``aug_num`` copies in all,
+  one plain, the rest augmented with probability 0.7 per transform; here always).
+* The working mask marks every pixel the mask touches (max-pool; official: nearest resize).
+* Every random draw (start noise, step noise, blending noise, augmentation parameters) comes from
+  the candidate's own CPU generator (official: one global seed, the same blending noise for the
+  whole batch), and losses are per sample, so a candidate does not depend on its batch.
+* The local baseline's LPIPS term needs local weight files (``lpips_weights``); without them it
+  uses the L2 term alone and logs a warning once. ``background="stitch"`` pastes the input back
+  outside the mask in local mode too (official: not for the baseline; use "decoded" for that).
 """
 
 from __future__ import annotations

@@ -242,3 +242,94 @@ def test_console_script_runs_an_edit(tiny_sd_dir, tiny_clip_dir, shared_images, 
     )
     assert proc.returncode == 0, proc.stderr
     assert len(list(out.glob("0?-seed*.png"))) == 2
+
+
+@pytest.fixture(scope="module")
+def adm_reference():
+    from conftest import REPO
+
+    ref = REPO.parent / "shared" / "reference" / "adm"
+    if not (ref / "tiny_adm.safetensors").is_file():
+        pytest.skip(f"ADM reference model not found at {ref}")
+    return ref
+
+
+@pytest.mark.parametrize(
+    ("method", "algorithm"),
+    [("pixel", "blended-diffusion"), ("local-clip", "local-clip-guided-diffusion")],
+)
+def test_pixel_methods_end_to_end(
+    adm_reference, tiny_clip_dir, shared_images, tmp_path, method, algorithm
+):
+    """Blended Diffusion and the local CLIP-guided baseline on the tiny reference ADM model."""
+    out = tmp_path / method
+    argv = [
+        "edit",
+        str(shared_images / "chelsea.png"),
+        "--mask",
+        str(shared_images / "chelsea.mask-eyes.png"),
+        "--prompt",
+        "sunglasses",
+        "--method",
+        method,
+        "--model",
+        str(adm_reference / "tiny_adm.safetensors"),
+        "--model-config",
+        str(adm_reference / "tiny_adm_config.json"),
+        "--clip-model",
+        str(tiny_clip_dir),
+        "--respacing",
+        "10",
+        "--skip-timesteps",
+        "6",
+        "--aug-num",
+        "2",
+        "--num-images",
+        "2",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    report = json.loads((out / "result.json").read_text())
+    assert report["method"] == "pixel" and report["settings"]["algorithm"] == algorithm
+    assert [r["rank"] for r in report["results"]] == [1, 2]
+    scores = [r["clip_score"] for r in report["results"]]
+    assert scores == sorted(scores, reverse=True)
+    size = Image.open(shared_images / "chelsea.png").size
+    assert all(Image.open(out / r["file"]).size == size for r in report["results"])
+
+
+def test_flags_of_the_other_method_are_refused(adm_reference, shared_images, capsys):
+    argv = [
+        "edit",
+        str(shared_images / "chelsea.png"),
+        "--mask",
+        str(shared_images / "chelsea.mask-eyes.png"),
+        "--prompt",
+        "x",
+        "--method",
+        "pixel",
+        "--model",
+        str(adm_reference / "tiny_adm.safetensors"),
+        "--steps",
+        "10",
+    ]
+    assert main(argv) == 2
+    assert "num_inference_steps: applies to --method latent only" in _error_line(capsys)
+    assert main(argv[:-4]) == 2
+    assert "model: --method pixel needs --model" in _error_line(capsys)
+
+
+def test_compare_backgrounds_writes_figure_and_table(edit_args, tmp_path):
+    out = tmp_path / "cmp"
+    argv = edit_args("--out", str(out), "--recon-steps", "3")
+    argv[0] = "compare-backgrounds"
+    assert main(argv) == 0
+    fig = Image.open(out / "comparison.png")
+    assert fig.width == 6 * 256  # input + five modes
+    table = (out / "comparison.md").read_text()
+    for mode in ("decoded", "stitch", "poisson", "latent", "decoder"):
+        assert f"| {mode} |" in table

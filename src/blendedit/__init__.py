@@ -11,18 +11,22 @@ from __future__ import annotations
 from blendedit.config import PRESETS, EditConfig
 from blendedit.errors import BlendEditError, InputError, ModelNotFoundError
 from blendedit.latent.pipeline import BlendedLatentDiffusion
+from blendedit.pixel.pipeline import PIXEL_PRESETS, BlendedDiffusion, PixelConfig
 from blendedit.results import Candidate, EditResult, Timings
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PIXEL_PRESETS",
     "PRESETS",
     "BlendEditError",
+    "BlendedDiffusion",
     "BlendedLatentDiffusion",
     "Candidate",
     "EditConfig",
     "EditResult",
     "InputError",
     "ModelNotFoundError",
+    "PixelConfig",
     "Timings",
 ]

@@ -13,8 +13,9 @@ from typing import Any
 
 from blendedit import __version__
 from blendedit.config import BACKGROUND_MODES, MASK_SHRINK_MODES, PRESETS, EditConfig, preset
-from blendedit.errors import BlendEditError
+from blendedit.errors import BlendEditError, InputError
 from blendedit.models import DEFAULT_MODEL, DTYPES, SCHEDULERS
+from blendedit.pixel.pipeline import PIXEL_PRESETS, PixelConfig, pixel_preset
 from blendedit.ranking import DEFAULT_CLIP_MODEL
 
 EDIT_EXAMPLES = """\
@@ -40,6 +41,9 @@ def _kernels(text: str) -> tuple[int, ...]:
         ) from None
 
 
+METHODS = ("latent", "pixel", "local-clip")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blendedit",
@@ -60,6 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EDIT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _edit_arguments(e)
+
+    c = sub.add_parser(
+        "compare-backgrounds",
+        help="one edit, every background mode side by side (paper fig. 4), with metrics",
+        description=(
+            "Runs one edit (the first seed) and reconstructs its background with each mode: "
+            "decoded, stitch, poisson, latent, decoder. Writes comparison.png (full images and "
+            "zooms on the mask border) and comparison.md (background PSNR, SSIM, MSE, seam score "
+            "and time per mode) into --out. Takes the same options as edit."
+        ),
+    )
+    _edit_arguments(c)
+    return parser
+
+
+def _edit_arguments(e: argparse.ArgumentParser) -> None:
+    """The options of ``edit`` (shared by ``compare-backgrounds``); each maps onto a field."""
     e.add_argument("image", help="the photo to edit (PNG, JPEG, ...; any size)")
     e.add_argument(
         "--mask",
@@ -73,13 +95,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = e.add_argument_group("model")
     g.add_argument(
+        "--method",
+        default="latent",
+        choices=METHODS,
+        help=(
+            "latent: Blended Latent Diffusion on Stable Diffusion (default); pixel: Blended "
+            "Diffusion on OpenAI's ADM with CLIP guidance; local-clip: the local CLIP-guided "
+            "diffusion baseline (no blending, background loss)"
+        ),
+    )
+    g.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
-        help=f"hub id, local diffusers folder, or .safetensors file (default: {DEFAULT_MODEL})",
+        default=None,
+        help=(
+            f"latent: hub id, local diffusers folder, or .safetensors file (default: "
+            f"{DEFAULT_MODEL}); pixel/local-clip: the ADM checkpoint file "
+            "(256x256_diffusion_uncond.pt or .safetensors)"
+        ),
     )
     g.add_argument(
         "--model-config",
-        help="for a single-file checkpoint offline: a local diffusers folder with its configs",
+        help=(
+            "latent, single-file checkpoint offline: a local diffusers folder with its configs; "
+            "pixel/local-clip: guided-diffusion model settings JSON (default: the official 256 "
+            "unconditional settings)"
+        ),
     )
     g.add_argument(
         "--clip-model",
@@ -107,12 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--preset",
         default="default",
-        choices=list(PRESETS),
-        help="named settings: "
+        choices=sorted(set(PRESETS) | set(PIXEL_PRESETS)),
+        help="named settings; latent: "
         + "; ".join(
-            f"{k}: {v.scheduler}, {v.num_inference_steps} steps, {v.num_images} images"
+            f"{k} ({v.scheduler}, {v.num_inference_steps} steps, {v.num_images} images)"
             for k, v in PRESETS.items()
-        ),
+        )
+        + "; pixel: "
+        + ", ".join(PIXEL_PRESETS),
     )
     s.add_argument(
         "--num-images", type=int, dest="num_images", help="candidates to generate (default 8)"
@@ -225,6 +267,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="after poisson/latent/decoder, put the photo's own pixels back beyond the feather band",
     )
 
+    p = e.add_argument_group("pixel and local-clip methods (Blended Diffusion, SPEC 2)")
+    p.add_argument(
+        "--respacing", dest="timestep_respacing", help='respaced steps of 1000 (default "100")'
+    )
+    p.add_argument(
+        "--skip-timesteps",
+        type=int,
+        dest="skip_timesteps",
+        help="steps skipped at the start (default 25)",
+    )
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], help="default ddpm (official)")
+    p.add_argument(
+        "--clip-guidance",
+        type=float,
+        dest="clip_guidance_lambda",
+        help="CLIP loss weight (default 1000)",
+    )
+    p.add_argument(
+        "--range-lambda", type=float, dest="range_lambda", help="range loss weight (default 50)"
+    )
+    p.add_argument(
+        "--aug-num", type=int, dest="aug_num", help="augmented copies for the CLIP loss (default 8)"
+    )
+    p.add_argument(
+        "--fit",
+        choices=["stretch", "pad"],
+        help="non-square photos: stretch to the model's square (official) or pad",
+    )
+    p.add_argument(
+        "--lpips-weights",
+        nargs=2,
+        metavar=("TRUNK", "LIN"),
+        help="local-clip: LPIPS VGG trunk and lin weight files (without them only the L2 term is used)",
+    )
+    p.add_argument(
+        "--lpips-lambda",
+        type=float,
+        dest="lpips_sim_lambda",
+        help="local-clip: LPIPS background loss weight (default 1000)",
+    )
+    p.add_argument(
+        "--l2-lambda",
+        type=float,
+        dest="l2_sim_lambda",
+        help="local-clip: L2 background loss weight (default 10000)",
+    )
+
     o = e.add_argument_group("ranking and output")
     o.add_argument(
         "--no-rank",
@@ -239,15 +328,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="also save the best result's denoising process (one-step clean estimates, paper fig. 6)",
     )
     o.add_argument("--quiet", action="store_true", help="no progress bar or messages")
-    return parser
 
 
-CONFIG_FIELDS = {f for f in EditConfig.__dataclass_fields__}
+LATENT_FIELDS = set(EditConfig.__dataclass_fields__)
+PIXEL_FIELDS = set(PixelConfig.__dataclass_fields__)
 
 
-def config_from_args(args: argparse.Namespace) -> EditConfig:
-    given = {k: v for k, v in vars(args).items() if k in CONFIG_FIELDS and v is not None}
-    return preset(args.preset).replace(**given).validate()
+def config_from_args(args: argparse.Namespace) -> EditConfig | PixelConfig:
+    """The method's preset, overridden by every flag the user gave; a flag of the other method is
+    an error, not silently ignored."""
+    fields = LATENT_FIELDS if args.method == "latent" else PIXEL_FIELDS
+    given = {
+        k: v for k, v in vars(args).items() if k in LATENT_FIELDS | PIXEL_FIELDS and v is not None
+    }
+    for name in given.keys() - fields:
+        other = "latent" if name in LATENT_FIELDS else "pixel and local-clip"
+        raise InputError(f"{name}: applies to --method {other} only, not {args.method}")
+    if args.method == "latent":
+        return preset(args.preset).replace(**given).validate()
+    if args.method == "local-clip":
+        given["local"] = True
+    return pixel_preset(args.preset).replace(**given).validate()
 
 
 def _say(args: argparse.Namespace, msg: str) -> None:
@@ -283,25 +384,16 @@ def process_grid(frames: list[Any], columns: int = 8) -> Any:
     return grid
 
 
-def cmd_edit(args: argparse.Namespace) -> int:
+def _prepare(args: argparse.Namespace, rank: bool | None = None) -> tuple[Any, Any, Any, Any]:
+    """Check every input before any slow work and before creating any folder, then load the
+    models. Returns (config, image, mask, editor)."""
     import os
 
-    import torch
-
-    from blendedit.io import (
-        check_out_dir,
-        load_image,
-        open_image,
-        prepare_out_dir,
-        save_gif,
-        save_json,
-        save_png,
-    )
+    from blendedit.io import check_out_dir, load_image, open_image
     from blendedit.latent.pipeline import BlendedLatentDiffusion
     from blendedit.masks import load_mask
     from blendedit.models import parse_device, parse_dtype
 
-    # 1. Check everything the user gave before any slow work and before creating any folder.
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     _quiet_libraries()
@@ -314,17 +406,44 @@ def cmd_edit(args: argparse.Namespace) -> int:
     dtype = parse_dtype(
         ("fp16" if device.type == "cuda" else "fp32") if args.dtype == "auto" else args.dtype
     )
+    if args.method == "latent":
+        model = args.model or DEFAULT_MODEL
+        _say(args, f"loading {model} ({str(dtype).removeprefix('torch.')} on {device}) ...")
+        editor = BlendedLatentDiffusion.from_pretrained(
+            model,
+            clip_model=args.clip_model if (cfg.rank if rank is None else rank) else None,
+            torch_dtype=dtype,
+            model_config=args.model_config,
+        )
+    else:
+        from blendedit.pixel.pipeline import BlendedDiffusion
 
-    # 2. Load the models.
+        if args.model is None:
+            raise InputError(
+                f"model: --method {args.method} needs --model with the ADM checkpoint file "
+                "(256x256_diffusion_uncond.pt from openai/guided-diffusion)"
+            )
+        _say(args, f"loading {args.model} ({str(dtype).removeprefix('torch.')} on {device}) ...")
+        editor = BlendedDiffusion.from_pretrained(
+            args.model,
+            model_config=args.model_config,
+            clip_model=args.clip_model,
+            lpips_weights=tuple(args.lpips_weights) if args.lpips_weights else None,
+            torch_dtype=dtype,
+        )
+    return cfg, image, mask, editor.to(device)
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    import torch
+
+    from blendedit.io import prepare_out_dir, save_gif, save_json, save_png
+
+    # 1-2. Check the inputs, load the models.
     t0 = time.perf_counter()
-    _say(args, f"loading {args.model} ({str(dtype).removeprefix('torch.')} on {device}) ...")
-    editor = BlendedLatentDiffusion.from_pretrained(
-        args.model,
-        clip_model=args.clip_model if cfg.rank else None,
-        torch_dtype=dtype,
-        model_config=args.model_config,
-    ).to(device)
+    cfg, image, mask, editor = _prepare(args)
     load_s = time.perf_counter() - t0
+    device = editor.device
 
     # 3. Edit, then write: the folder is made only now, so a failure above leaves nothing behind.
     result = editor(
@@ -366,6 +485,32 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare_backgrounds(args: argparse.Namespace) -> int:
+    from blendedit.figures import compare_backgrounds, comparison_figure, comparison_table
+    from blendedit.io import prepare_out_dir, save_png, write_text
+
+    if args.method != "latent":
+        raise InputError(f"method: compare-backgrounds needs --method latent, not {args.method}")
+    cfg, image, mask, editor = _prepare(args, rank=False)
+    rows = compare_backgrounds(
+        editor, image, mask, args.prompt, config=cfg.replace(num_images=1, rank=False)
+    )
+    out = prepare_out_dir(args.out, args.prompt)
+    save_png(comparison_figure(image, mask, rows), out / "comparison.png")
+    for r in rows:
+        save_png(r.image, out / f"{r.mode}.png")
+    w, h = image.size
+    header = (
+        f"# Background reconstruction on {Path(args.image).name} ({w}x{h}), prompt {args.prompt!r}\n\n"
+        f"Model `{args.model}`, working size {cfg.size or editor.native_size}, seed {cfg.seed}, "
+        f"{cfg.num_inference_steps} steps, device {editor.device}.\n\n"
+    )
+    write_text(header + comparison_table(rows), out / "comparison.md")
+    _say(args, comparison_table(rows))
+    print(out)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -380,6 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "edit":
             return cmd_edit(args)
+        if args.command == "compare-backgrounds":
+            return cmd_compare_backgrounds(args)
         parser.error(f"unknown command {args.command!r}")
     except BlendEditError as e:
         print(f"blendedit: error: {e}", file=sys.stderr)

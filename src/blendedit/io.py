@@ -116,6 +116,10 @@ def save_json(data: dict[str, Any], path: Path) -> None:
     _atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def write_text(text: str, path: Path) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def slug(text: str, max_len: int = 40) -> str:
     s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return s[:max_len].rstrip("-") or "edit"

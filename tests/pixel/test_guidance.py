@@ -36,16 +36,6 @@ REF = _reference_dir()
 needs_ref = pytest.mark.skipif(not REF.is_dir(), reason=f"ADM reference data not found at {REF}")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many tiny ops: one intra-op thread is barely slower alone and far faster on a busy CPU
-    (two OpenMP threads spin against each other there), so these tests pin it and restore it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def clip(tiny_clip_dir: Path) -> ClipScorer:
     return ClipScorer.from_pretrained(str(tiny_clip_dir))

@@ -32,16 +32,6 @@ pytestmark = pytest.mark.skipif(not REF.is_dir(), reason=f"ADM reference data no
 FAST = {"timestep_respacing": "10", "skip_timesteps": 5, "aug_num": 2, "num_images": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many tiny ops: one intra-op thread is barely slower alone and far faster on a busy CPU
-    (two OpenMP threads spin against each other there), so these tests pin it and restore it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def editor(tiny_clip_dir: Path) -> BlendedDiffusion:
     """Loaded through the real path: safetensors checkpoint + guided-diffusion JSON config."""

@@ -491,7 +491,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
 
             state = load_file(str(path), device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # any failure to parse the file is the user's input problem
         raise InputError(f"cannot read ADM checkpoint {path}: {_one_line(e)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import math
 import sys
@@ -43,6 +44,10 @@ def _kernels(text: str) -> tuple[int, ...]:
 
 METHODS = ("latent", "pixel", "local-clip")
 
+# Modules that add a subcommand: each has add_parser(subparsers), which registers its parser with
+# set_defaults(run=function), and run(args) -> exit status. Kept apart so this file stays thin.
+COMMAND_MODULES: list[str] = []
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -77,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _edit_arguments(c)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
@@ -527,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_edit(args)
         if args.command == "compare-backgrounds":
             return cmd_compare_backgrounds(args)
-        parser.error(f"unknown command {args.command!r}")
+        return int(args.run(args))  # a command from COMMAND_MODULES
     except BlendEditError as e:
         print(f"blendedit: error: {e}", file=sys.stderr)
         return 2

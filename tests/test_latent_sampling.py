@@ -54,7 +54,7 @@ def test_blend_timesteps_skips_floor_of_fraction() -> None:
     ref = tiny_scheduler()
     ref.set_timesteps(50)
     sched = tiny_scheduler()
-    ts = blend_timesteps(sched, 50, 0.25, CPU)
+    ts = blend_timesteps(sched, 50, 0.25)
     assert len(ts) == 38  # floor(50 * 0.25) = 12 skipped
     assert ts[0] == ref.timesteps[12]
     assert torch.equal(ts, ref.timesteps[12:])
@@ -63,13 +63,13 @@ def test_blend_timesteps_skips_floor_of_fraction() -> None:
 def test_blend_timesteps_zero_keeps_all() -> None:
     ref = tiny_scheduler()
     ref.set_timesteps(50)
-    ts = blend_timesteps(tiny_scheduler(), 50, 0.0, CPU)
+    ts = blend_timesteps(tiny_scheduler(), 50, 0.0)
     assert len(ts) == 50 and torch.equal(ts, ref.timesteps)
 
 
 def test_blend_timesteps_sets_begin_index_where_supported() -> None:
     sched = EulerDiscreteScheduler.from_config(tiny_scheduler().config)
-    ts = blend_timesteps(sched, 20, 0.5, CPU)
+    ts = blend_timesteps(sched, 20, 0.5)
     assert len(ts) == 10
     assert sched.begin_index == 10
 
@@ -103,7 +103,7 @@ def _run(
     sched: Any, steps: int, masks: list[torch.Tensor] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]]:
     z_init, noise, m = _inputs()
-    ts = blend_timesteps(sched, steps, 0.25, CPU)
+    ts = blend_timesteps(sched, steps, 0.25)
     step_masks = masks if masks is not None else [m] * len(ts)
     seen: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -145,7 +145,7 @@ def test_inside_the_mask_is_the_scheduler_step() -> None:
         assert torch.equal(z * m, prev * m)
     # The first step by hand, on a fresh scheduler.
     sched = tiny_scheduler()
-    ts2 = blend_timesteps(sched, 10, 0.25, CPU)
+    ts2 = blend_timesteps(sched, 10, 0.25)
     assert torch.equal(ts2, ts)
     z0 = sched.add_noise(z_init, noise, ts2[:1])
     manual = sched.step(model_fn(sched.scale_model_input(z0, ts2[0]), ts2[0]), ts2[0], z0, eta=0.0)

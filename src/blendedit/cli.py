@@ -15,7 +15,7 @@ from typing import Any
 from blendedit import __version__
 from blendedit.config import BACKGROUND_MODES, MASK_SHRINK_MODES, PRESETS, EditConfig, preset
 from blendedit.errors import BlendEditError, InputError
-from blendedit.models import DEFAULT_MODEL, DTYPES, SCHEDULERS
+from blendedit.models import DEFAULT_MODEL, DTYPES, SCHEDULERS, quiet_libraries
 from blendedit.pixel.pipeline import PIXEL_PRESETS, PixelConfig, pixel_preset
 from blendedit.ranking import DEFAULT_CLIP_MODEL
 
@@ -46,7 +46,7 @@ METHODS = ("latent", "pixel", "local-clip")
 
 # Modules that add a subcommand: each has add_parser(subparsers), which registers its parser with
 # set_defaults(run=function), and run(args) -> exit status. Kept apart so this file stays thin.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["blendedit.bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,22 +363,6 @@ def _say(args: argparse.Namespace, msg: str) -> None:
         print(msg, file=sys.stderr)
 
 
-def _quiet_libraries() -> None:
-    """Our own messages and progress bar only; the libraries' chatter would bury them."""
-    import warnings
-
-    import diffusers
-    import huggingface_hub
-    import transformers
-
-    for lib in (diffusers, transformers):
-        lib.utils.logging.set_verbosity_error()
-        lib.utils.logging.disable_progress_bar()
-    huggingface_hub.utils.logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-
-
 def process_grid(frames: list[Any], columns: int = 8) -> Any:
     from PIL import Image
 
@@ -403,7 +387,7 @@ def _prepare(args: argparse.Namespace, rank: bool | None = None) -> tuple[Any, A
 
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
-    _quiet_libraries()
+    quiet_libraries()
     cfg = config_from_args(args)
     image = load_image(args.image, "image")
     mask = load_mask(open_image(args.mask, "mask"), image.size, cfg.invert_mask)

@@ -40,6 +40,7 @@ class EditConfig:
     recon_lr: float | None = None  # None: 0.1 for latent, 1e-4 for decoder (official code)
     recon_lambda: float = 100.0  # weight of the background term (paper: 100)
     paste_back: bool = False  # after poisson/latent/decoder, stitch the input back beyond feather
+    metrics: bool = True  # background PSNR/MSE/SSIM and seam score per result (result.json)
     batch_size: int = 8  # candidates per UNet call (classifier-free guidance doubles it)
     decode_batch_size: int = (
         1  # latents per VAE decode; 1 keeps each result independent of the batch

@@ -232,3 +232,19 @@ def parse_device(name: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device: {name!r} asked for, but this machine has no CUDA GPU")
     return dev
+
+
+def quiet_libraries() -> None:
+    """Our own messages and progress bar only; the libraries' chatter would bury them."""
+    import warnings
+
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
+    warnings.filterwarnings("ignore", category=FutureWarning)

@@ -27,9 +27,15 @@ def stitch(result: np.ndarray, source: np.ndarray, mask: np.ndarray, width: int)
 
     result, source: (H, W, 3) uint8; mask: (H, W) bool -> (H, W, 3) uint8.
     """
-    alpha = feather(mask, width)[..., None]  # (H, W, 1) float32
-    mixed = np.rint(alpha * result.astype(np.float32) + (1 - alpha) * source.astype(np.float32))
-    return np.where(alpha > 0, mixed.clip(0, 255).astype(np.uint8), source)
+    return composite(result, source, feather(mask, width))
+
+
+def composite(result: np.ndarray, source: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """result * alpha + source * (1 - alpha), rounded; the source bit for bit where alpha is 0.
+    alpha: (H, W) float in [0, 1], e.g. ``masks.feather`` (computed once for a whole batch)."""
+    a = alpha[..., None]  # (H, W, 1)
+    mixed = np.rint(a * result.astype(np.float32) + (1 - a) * source.astype(np.float32))
+    return np.where(a > 0, mixed.clip(0, 255).astype(np.uint8), source)
 
 
 def poisson(result: np.ndarray, source: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -38,12 +38,10 @@ def blend(z_fg: torch.Tensor, z_bg: torch.Tensor, mask: torch.Tensor) -> torch.T
     return z_fg * mask + z_bg * (1 - mask)
 
 
-def blend_timesteps(
-    scheduler: Any, num_inference_steps: int, blend_start: float, device: torch.device
-) -> torch.Tensor:
+def blend_timesteps(scheduler: Any, num_inference_steps: int, blend_start: float) -> torch.Tensor:
     """SPEC 1 step 3: set the full schedule and skip its first floor(steps * blend_start) steps
-    (official scripts: 12 of 50, leaving 38). Returns the timesteps still to run."""
-    scheduler.set_timesteps(num_inference_steps, device=device)
+    (official scripts: 12 of 50, leaving 38). Returns the timesteps still to run, on the host."""
+    scheduler.set_timesteps(num_inference_steps, device="cpu")
     skip = int(num_inference_steps * blend_start) * scheduler.order
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(skip)
@@ -79,12 +77,15 @@ def blended_latent_diffusion(
     timesteps: what ``blend_timesteps`` returned; step_masks[i]: (B or 1, 1, h, w) for step i.
     """
     kwargs = extra_step_kwargs or {}
-    z = scheduler.add_noise(z_init, noise, timesteps[:1])  # noise E(x) to the first kept level
+    # Host timesteps index the scheduler's tables; one device copy, made here, feeds the UNet and
+    # add_noise. With DDIM no step then waits for the GPU (no host-device sync inside the loop).
+    t_dev = timesteps.to(z_init.device)
+    z = scheduler.add_noise(z_init, noise, t_dev[:1])  # noise E(x) to the first kept level
     for i, t in enumerate(timesteps):
-        out = scheduler.step(model_fn(scheduler.scale_model_input(z, t), t), t, z, **kwargs)
+        out = scheduler.step(model_fn(scheduler.scale_model_input(z, t), t_dev[i]), t, z, **kwargs)
         # Background at the level z_fg has just reached (t'), and clean after the last step.
-        t_next = timesteps[i + 1 : i + 2]
-        z_bg = scheduler.add_noise(z_init, noise, t_next) if len(t_next) else z_init
+        last = i + 1 == len(timesteps)
+        z_bg = z_init if last else scheduler.add_noise(z_init, noise, t_dev[i + 1 : i + 2])
         z = blend(out.prev_sample, z_bg, step_masks[i])
         if callback is not None:
             callback(i, t, z, out)

@@ -1,0 +1,701 @@
+"""``blendedit bench``: time a ranked batch edit end to end and per stage, next to diffusers'
+``StableDiffusionInpaintPipeline`` on the same components, with random weights (speed does not
+depend on the weights) of full-size architectures kept here as presets, or tiny ones for a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from blendedit.errors import InputError
+
+# -- architectures (diffusers / transformers configs of the published models) ---------------------
+
+_SD_UNET = {
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+}
+_SD_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "scaling_factor": 0.18215,
+}
+_CLIP_L_TEXT = {  # SD 1.x text encoder: OpenAI CLIP ViT-L/14
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
+}
+_OPENCLIP_H_TEXT = {  # SD 2.x text encoder: OpenCLIP ViT-H/14 (23 of 24 layers)
+    "vocab_size": 49408,
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 23,
+    "hidden_act": "gelu",
+    "projection_dim": 512,
+}
+_CLIP_B16 = {  # the ranking model: OpenAI CLIP ViT-B/16
+    "text": {
+        "vocab_size": 49408,
+        "hidden_size": 512,
+        "intermediate_size": 2048,
+        "num_attention_heads": 8,
+        "num_hidden_layers": 12,
+        "projection_dim": 512,
+    },
+    "vision": {
+        "image_size": 224,
+        "patch_size": 16,
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_attention_heads": 12,
+        "num_hidden_layers": 12,
+        "projection_dim": 512,
+    },
+    "projection_dim": 512,
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A Stable Diffusion model's shape: enough to build it with random weights."""
+
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    text: dict[str, Any]
+    clip: dict[str, Any]
+    resolution: int  # px
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "sd15": Architecture(
+        {**_SD_UNET, "sample_size": 64, "cross_attention_dim": 768, "attention_head_dim": 8},
+        {**_SD_VAE, "sample_size": 512},
+        _CLIP_L_TEXT,
+        _CLIP_B16,
+        512,
+    ),
+    "sd2-base": Architecture(
+        {
+            **_SD_UNET,
+            "sample_size": 64,
+            "cross_attention_dim": 1024,
+            "attention_head_dim": (5, 10, 20, 20),
+            "use_linear_projection": True,
+        },
+        {**_SD_VAE, "sample_size": 512},
+        _OPENCLIP_H_TEXT,
+        _CLIP_B16,
+        512,
+    ),
+    "sd2": Architecture(
+        {
+            **_SD_UNET,
+            "sample_size": 96,
+            "cross_attention_dim": 1024,
+            "attention_head_dim": (5, 10, 20, 20),
+            "use_linear_projection": True,
+        },
+        {**_SD_VAE, "sample_size": 768},
+        _OPENCLIP_H_TEXT,
+        _CLIP_B16,
+        768,
+    ),
+    "tiny": Architecture(  # the test suite's tiny models: seconds on a CPU
+        {
+            "in_channels": 4,
+            "out_channels": 4,
+            "layers_per_block": 1,
+            "block_out_channels": (32, 64),
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+            "cross_attention_dim": 32,
+            "attention_head_dim": 4,
+            "sample_size": 16,
+        },
+        {
+            **_SD_VAE,
+            "block_out_channels": (8, 8, 16, 16),
+            "norm_num_groups": 8,
+            "layers_per_block": 1,
+            "sample_size": 128,
+        },
+        {
+            "vocab_size": 520,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "projection_dim": 32,
+        },
+        {
+            "text": {
+                "vocab_size": 520,
+                "hidden_size": 32,
+                "intermediate_size": 37,
+                "num_attention_heads": 4,
+                "num_hidden_layers": 2,
+                "projection_dim": 32,
+            },
+            "vision": {
+                "image_size": 32,
+                "patch_size": 8,
+                "hidden_size": 32,
+                "intermediate_size": 37,
+                "num_attention_heads": 4,
+                "num_hidden_layers": 2,
+                "projection_dim": 32,
+            },
+            "projection_dim": 32,
+        },
+        128,
+    ),
+}
+
+# Dense (no sparsity) bf16/fp16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
+PEAK_TFLOPS = {
+    "H100 80GB HBM3": 989.4,
+    "H100 SXM": 989.4,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H200": 989.4,
+    "A100": 312.0,
+    "A10G": 70.0,
+    "A10": 125.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "RTX 4090": 165.2,
+    "RTX 3090": 71.0,
+}
+
+
+def device_peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+# -- building random-weight components ---------------------------------------------------------------
+
+
+def _special_tokens(cfg: dict[str, Any]) -> dict[str, Any]:
+    # Our tokenizer's ids: <|startoftext|> 512, <|endoftext|> 513 (pooling reads the eos position).
+    return {
+        **cfg,
+        "bos_token_id": 512,
+        "eos_token_id": 513,
+        "pad_token_id": 513,
+        "max_position_embeddings": 77,
+    }
+
+
+def build_editor(
+    arch: Architecture, device: torch.device, dtype: torch.dtype, workdir: Path
+) -> Any:
+    """A BlendedLatentDiffusion of the given architecture with random weights, built on ``device``."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from blendedit.latent.pipeline import BlendedLatentDiffusion
+    from blendedit.ranking import ClipScorer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(write_char_vocab(workdir)), model_max_length=77)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**arch.unet)
+        vae = AutoencoderKL(**arch.vae)
+        text = CLIPTextModel(CLIPTextConfig(**_special_tokens(arch.text)))
+        clip_cfg = CLIPConfig(
+            text_config=_special_tokens(arch.clip["text"]),
+            vision_config=arch.clip["vision"],
+            projection_dim=arch.clip["projection_dim"],
+        )
+        clip = CLIPModel(clip_cfg)
+    editor = BlendedLatentDiffusion(
+        vae, unet, text, tokenizer, scheduler, ClipScorer(clip.to(dtype), tokenizer), "random"
+    )
+    return editor.to(device, dtype)
+
+
+def write_char_vocab(folder: Path) -> Path:
+    """A character-level CLIP BPE vocabulary (no merges); enough to tokenize any prompt."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    chars = [chr(c) for c in cs]
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return folder
+
+
+# -- measuring ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchResult:
+    """One benchmark run; every number the table shows."""
+
+    preset: str
+    device: str
+    dtype: str
+    batch: int
+    steps_run: int
+    resolution: int
+    scheduler: str
+    compile: bool
+    warmup_s: float = 0.0
+    total_s: float = 0.0
+    stages_s: dict[str, float] = field(default_factory=dict)
+    per_step_ms: float = 0.0
+    images_per_s: float = 0.0
+    unet_tflop_per_step: float = 0.0
+    unet_tflops: float = 0.0
+    peak_fraction: float | None = None
+    peak_memory_gb: float | None = None
+    diffusers_total_s: float | None = None
+    diffusers_per_step_ms: float | None = None
+    speedup_vs_diffusers: float | None = None
+    per_step_ratio_vs_diffusers: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def unet_flops(editor: Any, batch: int, latent_hw: tuple[int, int]) -> float:
+    """FLOPs of one guided UNet call (both halves, 2 x batch) by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = getattr(editor.unet, "_orig_mod", editor.unet)
+    z = torch.zeros(
+        2 * batch, unet.config.in_channels, *latent_hw, device=editor.device, dtype=editor.dtype
+    )
+    ctx = torch.zeros(
+        2 * batch, 77, unet.config.cross_attention_dim, device=editor.device, dtype=editor.dtype
+    )
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(z, torch.tensor(500, device=editor.device), encoder_hidden_states=ctx)
+    return float(counter.get_total_flops())
+
+
+def _timed_steps(device: torch.device, run: Callable[[Callable[[], None]], Any]) -> float:
+    """Mean ms per denoising step, from device-synchronised timestamps at the end of every step;
+    blendedit (progress callback) and diffusers (callback_on_step_end) are timed the same way."""
+    stamps: list[float] = []
+
+    def mark() -> None:
+        _sync(device)
+        stamps.append(time.perf_counter())
+
+    run(mark)
+    return (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1) * 1000
+
+
+def run_bench(
+    preset: str = "sd2-base",
+    device: str | torch.device = "cuda",
+    dtype: torch.dtype = torch.float16,
+    batch: int = 24,
+    steps: int = 50,
+    blend_start: float = 0.25,
+    scheduler: str = "ddim",
+    compile: bool = False,
+    channels_last: bool = True,
+    repeats: int = 2,
+    compare_diffusers: bool = True,
+    background: str = "stitch",
+    keep: int | None = None,
+    image: str | Path | None = None,
+    mask: str | Path | None = None,
+    peak_tflops: float | None = None,
+) -> BenchResult:
+    """Benchmark one configuration. Random weights; a real photo and mask (examples/)."""
+    from blendedit.config import EditConfig
+    from blendedit.latent.sampling import blend_timesteps
+    from blendedit.models import make_scheduler
+
+    if preset not in ARCHITECTURES:
+        raise InputError(f"preset: unknown {preset!r}; choose one of {', '.join(ARCHITECTURES)}")
+    arch = ARCHITECTURES[preset]
+    dev = torch.device(device)
+    photo, photo_mask = _inputs(image, mask, arch.resolution)
+    with tempfile.TemporaryDirectory() as tmp:
+        editor = build_editor(arch, dev, dtype, Path(tmp))
+    editor.optimize(channels_last=channels_last and dev.type == "cuda", compile=compile)
+    cfg = EditConfig(
+        num_images=batch,
+        batch_size=batch,
+        decode_batch_size=min(batch, 8),
+        num_inference_steps=steps,
+        blend_start=blend_start,
+        scheduler=scheduler,
+        size=arch.resolution,
+        background=background,
+        keep=keep,
+        mask_shrink="off",
+        metrics=False,
+    ).validate()
+    n_steps = len(
+        blend_timesteps(make_scheduler(scheduler, editor.scheduler.config), steps, blend_start)
+    )
+    res = BenchResult(
+        preset,
+        device_name(dev),
+        str(dtype).removeprefix("torch."),
+        batch,
+        n_steps,
+        arch.resolution,
+        scheduler,
+        compile,
+    )
+
+    # Warm-up (and compilation), reported apart from the steady state.
+    t0 = time.perf_counter()
+    editor(photo, photo_mask, "a vase of red roses", config=cfg, seed=0)
+    _sync(dev)
+    res.warmup_s = time.perf_counter() - t0
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    runs = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        out = editor(photo, photo_mask, "a vase of red roses", config=cfg, seed=100 * (r + 1))
+        _sync(dev)
+        runs.append((time.perf_counter() - t0, out.timings))
+    total, timings = min(runs, key=lambda x: x[0])
+    res.total_s = total
+    res.stages_s = {
+        k: round(v, 4) for k, v in timings.to_dict().items() if k not in ("total", "load")
+    }
+    res.images_per_s = batch / total
+    if dev.type == "cuda":
+        res.peak_memory_gb = torch.cuda.max_memory_allocated(dev) / 1e9
+
+    res.per_step_ms = min(
+        _timed_steps(
+            dev,
+            lambda mark: editor(
+                photo,
+                photo_mask,
+                "a vase of red roses",
+                config=cfg,
+                seed=7,
+                progress=lambda done, all_: mark(),
+            ),
+        )
+        for _ in range(repeats)
+    )
+    latent_hw = tuple(
+        s // editor.vae_scale_factor
+        for s in _work_hw(photo, arch.resolution, editor.vae_scale_factor)
+    )
+    flops = unet_flops(editor, batch, latent_hw)  # type: ignore[arg-type]
+    res.unet_tflop_per_step = flops / 1e12
+    res.unet_tflops = flops / (res.stages_s["denoise"] / n_steps) / 1e12
+    peak = peak_tflops or device_peak_tflops(dev)
+    res.peak_fraction = res.unet_tflops / peak if peak else None
+
+    if compare_diffusers:
+        _bench_diffusers(editor, photo, photo_mask, cfg, n_steps, dev, res, repeats)
+    return res
+
+
+def _work_hw(photo: Image.Image, long_side: int, f: int) -> tuple[int, int]:
+    from blendedit.io import working_size
+
+    w, h = working_size(photo.size, long_side, f)
+    return h, w
+
+
+def _inputs(
+    image: str | Path | None, mask: str | Path | None, resolution: int
+) -> tuple[Image.Image, np.ndarray]:
+    from blendedit.io import load_image
+    from blendedit.masks import load_mask, open_image
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    if image is None and (examples / "chelsea.png").is_file():
+        image, mask = examples / "chelsea.png", examples / "chelsea.mask-eyes.png"
+    if image is None:  # installed without the examples: a square of noise, a centred box mask
+        rng = np.random.default_rng(0)
+        photo = Image.fromarray(rng.integers(0, 255, (resolution, resolution, 3), dtype=np.uint8))
+        m = np.zeros((resolution, resolution), bool)
+        m[resolution // 4 : resolution // 2, resolution // 4 : 3 * resolution // 4] = True
+        return photo, m
+    photo = load_image(image)
+    # Square at the model's resolution: the table's numbers are for a 512x512 (768x768) edit.
+    photo = photo.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    return photo, load_mask(open_image(mask, "mask").resize(photo.size), photo.size, False)
+
+
+def _bench_diffusers(
+    editor: Any,
+    photo: Image.Image,
+    mask: np.ndarray,
+    cfg: Any,
+    n_steps: int,
+    dev: torch.device,
+    res: BenchResult,
+    repeats: int,
+) -> None:
+    """The same work through diffusers' StableDiffusionInpaintPipeline (4-channel UNet: it blends
+    like BLD), same components, dtype, scheduler, steps, batch; no ranking, no stitching."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from blendedit.models import make_scheduler
+
+    pipe = StableDiffusionInpaintPipeline(
+        vae=editor.vae,
+        text_encoder=editor.text_encoder,
+        tokenizer=editor.tokenizer,
+        unet=editor.unet,
+        scheduler=make_scheduler(cfg.scheduler, editor.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    # diffusers runs int(steps * strength) steps: pick strength so both run the same n_steps.
+    strength = (n_steps + 0.5) / cfg.num_inference_steps
+    mask_img = Image.fromarray(mask.astype(np.uint8) * 255)
+    call = {
+        "prompt": "a vase of red roses",
+        "image": photo,
+        "mask_image": mask_img,
+        "height": res.resolution,
+        "width": res.resolution,
+        "strength": strength,
+        "num_inference_steps": cfg.num_inference_steps,
+        "guidance_scale": cfg.guidance_scale,
+        "num_images_per_prompt": cfg.num_images,
+        "output_type": "pil",
+    }
+
+    def gens(seed: int) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(seed + i) for i in range(cfg.num_images)]
+
+    pipe(**call, generator=gens(0))  # warm-up
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        pipe(**call, generator=gens(100 * (r + 1)))
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    res.diffusers_total_s = min(times)
+    res.diffusers_per_step_ms = min(
+        _timed_steps(
+            dev,
+            lambda mark: pipe(
+                **call, generator=gens(7), callback_on_step_end=lambda p, i, t, kw: (mark(), kw)[1]
+            ),
+        )
+        for _ in range(repeats)
+    )
+    res.speedup_vs_diffusers = res.diffusers_total_s / res.total_s
+    res.per_step_ratio_vs_diffusers = res.per_step_ms / res.diffusers_per_step_ms
+
+
+# -- reporting ------------------------------------------------------------------------------------------
+
+
+def table(results: list[BenchResult]) -> str:
+    """Markdown table of the runs."""
+    head = (
+        "| preset | device | dtype | batch | steps | compile | end to end (s) | images/s | per step (ms) "
+        "| UNet TFLOP/s | of peak | peak mem (GB) | diffusers (s) | speed-up | per-step ratio | warm-up (s) |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def f(v: float | None, fmt: str) -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    for r in results:
+        lines.append(
+            f"| {r.preset} | {r.device} | {r.dtype} | {r.batch} | {r.steps_run} | {r.compile} | "
+            f"{r.total_s:.3f} | {r.images_per_s:.2f} | {r.per_step_ms:.1f} | {r.unet_tflops:.1f} | "
+            f"{f(r.peak_fraction and 100 * r.peak_fraction, '.0f')}{'%' if r.peak_fraction else ''} | "
+            f"{f(r.peak_memory_gb, '.1f')} | {f(r.diffusers_total_s, '.3f')} | "
+            f"{f(r.speedup_vs_diffusers, '.2f')}x | {f(r.per_step_ratio_vs_diffusers, '.3f')} | {r.warmup_s:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def stages_table(results: list[BenchResult]) -> str:
+    names = ["encode", "denoise", "decode", "rank", "background"]
+    lines = [
+        "| preset | device | " + " | ".join(f"{n} (s)" for n in names) + " |",
+        "|" + "---|" * (len(names) + 2),
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.preset} | {r.device} | "
+            + " | ".join(f"{r.stages_s.get(n, 0):.3f}" for n in names)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def append_report(results: list[BenchResult], path: Path, command: str) -> None:
+    """Add a dated section to ``docs/benchmarks.md`` (earlier sections are kept) and a JSON copy."""
+    from blendedit.io import write_text
+
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    section = (
+        f"\n## {stamp}: {results[0].device}\n\n`{command}`; torch {torch.__version__}, random weights.\n\n"
+        + table(results)
+        + "\nStages of the best end-to-end run:\n\n"
+        + stages_table(results)
+    )
+    old = path.read_text() if path.is_file() else "# Benchmarks\n\nWritten by `blendedit bench`.\n"
+    tmp = path.with_name(path.name + ".new")
+    write_text(old + section, tmp)
+    tmp.replace(path)
+    json_path = path.with_suffix(".json")
+    data = json.loads(json_path.read_text()) if json_path.is_file() else []
+    data.extend({"time": stamp, "command": command, **asdict(r)} for r in results)
+    tmp = json_path.with_name(json_path.name + ".new")
+    write_text(json.dumps(data, indent=2) + "\n", tmp)
+    tmp.replace(json_path)
+
+
+# -- command line -----------------------------------------------------------------------------------
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time a ranked batch edit, per stage, next to diffusers' inpaint pipeline",
+        description=(
+            "Times a ranked batch edit end to end and per stage (encode, denoise, decode, rank, "
+            "background) with random weights of a full-size architecture (no download), and the "
+            "same work through diffusers' StableDiffusionInpaintPipeline on the same components. "
+            "Prints a table (seconds, images/s, per-step ms, UNet TFLOP/s and share of the device's "
+            "dense bf16/fp16 peak, peak memory, ratio to diffusers) and appends it to --report."
+        ),
+    )
+    p.add_argument(
+        "--preset",
+        default="sd2-base",
+        choices=list(ARCHITECTURES),
+        help="architecture (default sd2-base, 512x512)",
+    )
+    p.add_argument("--device", default="auto", help="cuda, cpu, ...; auto = CUDA if present")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="auto = fp16 on a GPU, fp32 on a CPU",
+    )
+    p.add_argument(
+        "--batch", type=int, default=24, help="ranked batch size (default 24, the paper's)"
+    )
+    p.add_argument("--steps", type=int, default=50, help="full schedule length (default 50)")
+    p.add_argument(
+        "--blend-start",
+        type=float,
+        default=0.25,
+        help="fraction skipped (default 0.25: 38 steps run)",
+    )
+    p.add_argument("--scheduler", default="ddim", help="noise scheduler (default ddim)")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the UNet (warm-up reported apart)"
+    )
+    p.add_argument("--no-channels-last", action="store_true", help="keep the default memory layout")
+    p.add_argument("--no-diffusers", action="store_true", help="skip the diffusers comparison")
+    p.add_argument(
+        "--repeats", type=int, default=2, help="timed runs; the best is reported (default 2)"
+    )
+    p.add_argument(
+        "--background", default="stitch", help="background mode to time (default stitch)"
+    )
+    p.add_argument("--keep", type=int, help="reconstruct only the top K")
+    p.add_argument(
+        "--peak-tflops", type=float, help="the device's dense peak, if not in the built-in table"
+    )
+    p.add_argument(
+        "--report",
+        default="docs/benchmarks.md",
+        help="markdown file to append to (default docs/benchmarks.md)",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: Any) -> int:
+    import sys
+
+    from blendedit.models import parse_device, parse_dtype, quiet_libraries
+
+    quiet_libraries()
+    dev = parse_device(args.device)
+    dtype = parse_dtype(
+        ("fp16" if dev.type == "cuda" else "fp32") if args.dtype == "auto" else args.dtype
+    )
+    result = run_bench(
+        args.preset,
+        dev,
+        dtype,
+        batch=args.batch,
+        steps=args.steps,
+        blend_start=args.blend_start,
+        scheduler=args.scheduler,
+        compile=args.compile,
+        channels_last=not args.no_channels_last,
+        repeats=args.repeats,
+        compare_diffusers=not args.no_diffusers,
+        background=args.background,
+        keep=args.keep,
+        peak_tflops=args.peak_tflops,
+    )
+    print(table([result]) + "\n" + stages_table([result]))
+    append_report([result], Path(args.report), "blendedit " + " ".join(sys.argv[1:]))
+    print(f"appended to {args.report}", file=sys.stderr)
+    return 0

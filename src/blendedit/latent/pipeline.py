@@ -283,7 +283,7 @@ class BlendedLatentDiffusion:
         # 9. Rank by CLIP similarity of the masked result to the prompt (paper 4.4).
         t0 = time.perf_counter()
         scores = None
-        if cfg.rank and self.clip is not None and len(seed_list) > 0:
+        if cfg.rank and self.clip is not None:
             scores = self.clip.score(decoded, mask_work, prompt)
         elif cfg.rank and self.clip is None and len(seed_list) > 1:
             logger.warning("no CLIP model loaded: results are not ranked")
@@ -335,6 +335,7 @@ class BlendedLatentDiffusion:
                 "model": self.name,
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "shrink_applied": shrink,
+                "batch_size_used": chunk_size,  # smaller than batch_size after out-of-memory
             },
             working_size=(work_w, work_h),
             input_size=src.size,

@@ -1,11 +1,10 @@
 """Tiny random-weight Stable Diffusion and CLIP components, built from config in code (no downloads).
 
-Shared by ``conftest.py`` fixtures and by ``blendedit bench --tiny``-style scripts in tests.
+Shared by the ``conftest.py`` fixtures; ``blendedit bench --preset tiny`` builds the same shapes.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -19,29 +18,12 @@ from transformers import (
     CLIPVisionConfig,
 )
 
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte-to-unicode table (printable stand-ins for the 256 byte values)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
+from blendedit.bench import write_char_vocab
 
 
 def write_tiny_vocab(folder: Path) -> Path:
     """A character-level CLIP BPE vocabulary (no merges): every word splits into its characters."""
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return folder
+    return write_char_vocab(folder)
 
 
 def tiny_tokenizer(folder: Path) -> CLIPTokenizer:

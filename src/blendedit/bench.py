@@ -5,6 +5,7 @@ depend on the weights) of full-size architectures kept here as presets, or tiny 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import tempfile
@@ -112,19 +113,6 @@ ARCHITECTURES: dict[str, Architecture] = {
         _CLIP_B16,
         512,
     ),
-    "sd2": Architecture(
-        {
-            **_SD_UNET,
-            "sample_size": 96,
-            "cross_attention_dim": 1024,
-            "attention_head_dim": (5, 10, 20, 20),
-            "use_linear_projection": True,
-        },
-        {**_SD_VAE, "sample_size": 768},
-        _OPENCLIP_H_TEXT,
-        _CLIP_B16,
-        768,
-    ),
     "tiny": Architecture(  # the test suite's tiny models: seconds on a CPU
         {
             "in_channels": 4,
@@ -175,6 +163,13 @@ ARCHITECTURES: dict[str, Architecture] = {
         128,
     ),
 }
+
+ARCHITECTURES["sd2"] = dataclasses.replace(  # SD 2.1 (768-v): the same networks at 768x768
+    ARCHITECTURES["sd2-base"],
+    unet={**ARCHITECTURES["sd2-base"].unet, "sample_size": 96},
+    vae={**_SD_VAE, "sample_size": 768},
+    resolution=768,
+)
 
 # Dense (no sparsity) bf16/fp16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
 PEAK_TFLOPS = {

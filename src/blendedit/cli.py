@@ -46,7 +46,7 @@ METHODS = ("latent", "pixel", "local-clip")
 
 # Modules that add a subcommand: each has add_parser(subparsers), which registers its parser with
 # set_defaults(run=function), and run(args) -> exit status. Kept apart so this file stays thin.
-COMMAND_MODULES: list[str] = ["blendedit.bench"]
+COMMAND_MODULES: list[str] = ["blendedit.bench", "blendedit.eval.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -502,6 +502,18 @@ def cmd_compare_backgrounds(args: argparse.Namespace) -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a message comes, not when the handler was made."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -510,9 +522,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Subnormal floats make CPU arithmetic (Adam states, tiny activations) up to 30x slower; values
     # below 1e-38 do not change any image. The library leaves this process-wide switch alone.
     torch.set_flush_denormal(True)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("blendedit: %(message)s"))
-    logging.getLogger("blendedit").addHandler(handler)
+    log = logging.getLogger("blendedit")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):  # once per process
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("blendedit: %(message)s"))
+        log.addHandler(handler)
     try:
         if args.command == "edit":
             return cmd_edit(args)

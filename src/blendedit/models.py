@@ -39,7 +39,6 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "unipc": ("UniPCMultistepScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}),
     "euler-a": ("EulerAncestralDiscreteScheduler", {}),
-    "lms": ("LMSDiscreteScheduler", {}),
 }
 
 _SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")

@@ -1,0 +1,254 @@
+"""``blendedit eval``: the paper's quantitative evaluation of every method on the same inputs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from blendedit.config import PRESETS
+from blendedit.errors import InputError
+from blendedit.eval.methods import DEFAULT_METHODS, METHODS, EvalModels
+from blendedit.eval.metrics import DEFAULT_CLASSIFIER, DEFAULT_SCORE_CLIP_MODEL
+from blendedit.eval.protocol import DEFAULT_MAX_SIDE
+from blendedit.models import DEFAULT_MODEL, DTYPES, SCHEDULERS, quiet_libraries
+from blendedit.pixel.pipeline import PIXEL_PRESETS
+from blendedit.ranking import DEFAULT_CLIP_MODEL
+
+EXAMPLES = """\
+examples:
+  # the paper's protocol on a GPU: 50 inputs, every method, recommended batches
+  blendedit eval --images photos/ --out eval-run --pixel-model 256x256_diffusion_uncond.pt \\
+      --lpips-weights alexnet.pth alex_lin.pth
+  # a quick look: 5 inputs, small batches
+  blendedit eval --images photos/ --methods latent,diffusers-inpaint --out quick --limit 5 --batch 4
+
+Run it again with the same arguments to resume: finished inputs are read back, never remade.
+Outputs in --out: report.md, report.json, precision_vs_time.png, grid.png, predictions/.
+"""
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in names if m not in METHODS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(bad) or text!r}; choose from {', '.join(METHODS)}"
+        )
+    return names
+
+
+def _batch(text: str) -> int | dict[str, int]:
+    """``8`` for every method, or ``latent=24,pixel=16``."""
+    try:
+        if "=" not in text:
+            return int(text)
+        out = {}
+        for part in text.split(","):
+            name, _, value = part.partition("=")
+            if name.strip() not in METHODS:
+                raise argparse.ArgumentTypeError(f"unknown method {name.strip()!r} in --batch")
+            out[name.strip()] = int(value)
+        return out
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or method=number,... like latent=24,pixel=16; got {text!r}"
+        ) from None
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="the paper's evaluation: precision, diversity, background fidelity, CLIP score, time",
+        description=(
+            "Blended Latent Diffusion paper, section 5 and appendix C.1: per photo a random "
+            "rectangle (sides uniform in [dim/5, dim/2]) and a random ImageNet class name as the "
+            "prompt; each method generates its recommended batch (latent 24, pixel 64); "
+            "precision = the prompt's class in an ImageNet classifier's top 5 for the masked "
+            "prediction (batch average and top-ranked only); diversity = mean pairwise LPIPS of "
+            "the correct masked predictions; plus background PSNR/MSE/SSIM/LPIPS, CLIP score and "
+            "time. Resumable: predictions are cached in --out."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--images", required=True, help="folder of photos (*.mask*.* files skipped)")
+    p.add_argument(
+        "--methods",
+        type=_methods,
+        default=DEFAULT_METHODS,
+        help=f"comma-separated, from: {', '.join(METHODS)} (default: all)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="run folder: new, or an earlier run of the same inputs to resume",
+    )
+    p.add_argument("--n-images", type=int, default=50, help="inputs in the protocol (default 50)")
+    p.add_argument(
+        "--limit", type=int, help="evaluate only the first N inputs (quick runs; resumable)"
+    )
+    p.add_argument(
+        "--batch",
+        type=_batch,
+        help="predictions per input: N for every method or method=N,... "
+        "(default: recommended, latent* and diffusers-inpaint 24, pixel and local-clip 64)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the whole protocol (default 0)")
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=DEFAULT_MAX_SIDE,
+        help=f"photos larger than this are downscaled first (default {DEFAULT_MAX_SIDE} px)",
+    )
+    p.add_argument(
+        "--no-single-timing",
+        action="store_false",
+        dest="time_single",
+        help="skip the extra one-prediction run per input that Table 2's single-image time needs",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+
+    g = p.add_argument_group("models")
+    g.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"Stable Diffusion (default {DEFAULT_MODEL})"
+    )
+    g.add_argument("--model-config", help="for a single-file SD checkpoint offline: its configs")
+    g.add_argument(
+        "--pixel-model", help="ADM checkpoint for pixel and local-clip (without it: skipped)"
+    )
+    g.add_argument("--pixel-model-config", help="guided-diffusion JSON (default: the 256 uncond)")
+    g.add_argument(
+        "--clip-model",
+        default=DEFAULT_CLIP_MODEL,
+        help=f"CLIP for ranking and pixel guidance (default {DEFAULT_CLIP_MODEL}); 'none': unranked",
+    )
+    g.add_argument(
+        "--score-clip-model",
+        default=DEFAULT_SCORE_CLIP_MODEL,
+        help=f"CLIP for the CLIP score (default {DEFAULT_SCORE_CLIP_MODEL}); 'none': no CLIP score",
+    )
+    g.add_argument(
+        "--classifier",
+        default=DEFAULT_CLASSIFIER,
+        help=f"ImageNet classifier from transformers for precision (default {DEFAULT_CLASSIFIER}; "
+        "the paper used EfficientNet without naming the variant)",
+    )
+    g.add_argument(
+        "--lpips-weights",
+        nargs=2,
+        metavar=("TRUNK", "LIN"),
+        help="LPIPS trunk (torchvision alexnet/vgg16 state dict) and lin (lpips v0.1) files for "
+        "diversity and background LPIPS; without them those two are reported as unavailable",
+    )
+    g.add_argument("--lpips-net", choices=["alex", "vgg"], default="alex", help="default alex")
+    g.add_argument(
+        "--local-lpips-weights",
+        nargs=2,
+        metavar=("TRUNK", "LIN"),
+        help="local-clip's LPIPS background loss (VGG); without them it uses the L2 term only",
+    )
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps; auto = best there is")
+    g.add_argument(
+        "--dtype", default="auto", choices=["auto", *DTYPES], help="auto = fp16 on CUDA, else fp32"
+    )
+    g.add_argument("--offline", action="store_true", help="never reach the hub")
+
+    s = p.add_argument_group("method settings (defaults: the official scripts')")
+    s.add_argument(
+        "--steps", type=int, dest="num_inference_steps", help="latent: schedule length (50)"
+    )
+    s.add_argument("--size", type=int, help="latent: working long side in px (model's native)")
+    s.add_argument("--guidance", type=float, dest="guidance_scale", help="latent: CFG scale (7.5)")
+    s.add_argument("--scheduler", choices=list(SCHEDULERS), help="latent: scheduler (ddim)")
+    s.add_argument(
+        "--recon-steps", type=int, dest="recon_steps", help="latent-decoder: Adam steps (75)"
+    )
+    s.add_argument(
+        "--unet-batch",
+        type=int,
+        help="predictions per model call, every method (latent 8, pixel 4); lower it on small GPUs",
+    )
+    s.add_argument("--respacing", dest="timestep_respacing", help='pixel: respaced steps ("100")')
+    s.add_argument(
+        "--skip-timesteps", type=int, dest="skip_timesteps", help="pixel: steps skipped (25)"
+    )
+    s.add_argument("--aug-num", type=int, dest="aug_num", help="pixel: CLIP augmentations (8)")
+    s.add_argument("--sampler", choices=["ddpm", "ddim"], help="pixel: sampler (ddpm)")
+    p.set_defaults(run=run)
+
+
+LATENT_FLAGS = ("num_inference_steps", "size", "guidance_scale", "scheduler", "recon_steps")
+PIXEL_FLAGS = ("timestep_respacing", "skip_timesteps", "aug_num", "sampler")
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[Any, EvalModels]:
+    from blendedit.eval.runner import EvalSettings
+
+    def none(v: str | None) -> str | None:
+        return None if v is None or v.lower() == "none" else v
+
+    latent = PRESETS["default"].replace(
+        **{k: getattr(args, k) for k in LATENT_FLAGS if getattr(args, k) is not None}
+    )
+    pixel = PIXEL_PRESETS["default"].replace(
+        **{k: getattr(args, k) for k in PIXEL_FLAGS if getattr(args, k) is not None}
+    )
+    if args.unet_batch is not None:
+        latent = latent.replace(batch_size=args.unet_batch)
+        pixel = pixel.replace(batch_size=args.unet_batch)
+    settings = EvalSettings(
+        methods=tuple(args.methods),
+        n_images=args.n_images,
+        seed=args.seed,
+        batch=args.batch,
+        limit=args.limit,
+        latent=latent,
+        pixel=pixel,
+        time_single=args.time_single,
+        max_side=args.max_side,
+        progress=not args.quiet,
+    )
+    models = EvalModels(
+        sd_model=args.model,
+        sd_model_config=args.model_config,
+        pixel_model=args.pixel_model,
+        pixel_model_config=args.pixel_model_config,
+        clip_model=none(args.clip_model),
+        score_clip_model=none(args.score_clip_model),
+        classifier=args.classifier,
+        lpips_weights=tuple(args.lpips_weights) if args.lpips_weights else None,
+        lpips_net=args.lpips_net,
+        local_lpips_weights=tuple(args.local_lpips_weights) if args.local_lpips_weights else None,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    return settings.check(), models
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from blendedit.eval.runner import run_eval
+
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    if args.n_images < 1:
+        raise InputError(f"n_images: must be at least 1, got {args.n_images}")
+    quiet_libraries()
+    settings, models = settings_from_args(args)
+    report = run_eval(args.images, args.out, settings, models)
+    if not args.quiet:
+        for name, m in report["methods"].items():
+            if m["status"] != "ok":
+                print(f"blendedit: {name}: skipped: {m['note']}", file=sys.stderr)
+                continue
+            r, t = m["results"], m["time"]
+            pb, p1 = r["precision_batch"], r["precision_top1"]
+            print(
+                f"blendedit: {name}: precision {100 * pb:.1f}% batch, {100 * p1:.1f}% top-1; "
+                f"{t['batch_mean_s']:.2f} s per batch of {m['batch']}",
+                file=sys.stderr,
+            )
+    print(os.path.join(args.out, "report.md"))
+    return 0

@@ -559,7 +559,7 @@ def table(results: list[BenchResult]) -> str:
             f"{r.total_s:.3f} | {r.images_per_s:.2f} | {r.per_step_ms:.1f} | {r.unet_tflops:.3g} | "
             f"{f(r.peak_fraction and 100 * r.peak_fraction, '.0f')}{'%' if r.peak_fraction else ''} | "
             f"{f(r.peak_memory_gb, '.1f')} | {f(r.diffusers_total_s, '.3f')} | "
-            f"{f(r.speedup_vs_diffusers, '.2f')}x | {f(r.per_step_ratio_vs_diffusers, '.3f')} | {r.warmup_s:.1f} |"
+            f"{f(r.speedup_vs_diffusers, '.2f')}{'x' if r.speedup_vs_diffusers else ''} | {f(r.per_step_ratio_vs_diffusers, '.3f')} | {r.warmup_s:.1f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -46,7 +46,7 @@ METHODS = ("latent", "pixel", "local-clip")
 
 # Modules that add a subcommand: each has add_parser(subparsers), which registers its parser with
 # set_defaults(run=function), and run(args) -> exit status. Kept apart so this file stays thin.
-COMMAND_MODULES: list[str] = ["blendedit.bench", "blendedit.eval.cli"]
+COMMAND_MODULES: list[str] = ["blendedit.bench", "blendedit.eval.cli", "blendedit.web.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,295 @@
+"""The interactive editor end to end in a real headless browser: ``blendedit serve`` with tiny
+random-weight models in a subprocess, driven by Playwright on Debian's Chromium.
+
+Skipped when Playwright or Chromium is missing (``.ci/run`` installs both). Set
+``BLENDEDIT_SCREENSHOTS=docs/web`` to write the page's screenshots there (the ones in the docs).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')"
+)
+expect = sync_api.expect
+
+
+def _chromium() -> str | None:
+    for c in (os.environ.get("BLENDEDIT_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium"):
+        if c and Path(c).is_file():
+            return c
+    return None
+
+
+CHROMIUM = _chromium()
+if CHROMIUM is None:
+    pytest.skip(
+        "Chromium not found (apt-get install chromium, or set BLENDEDIT_CHROMIUM)",
+        allow_module_level=True,
+    )
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = os.environ.get("BLENDEDIT_SCREENSHOTS")
+VIEWPORT = {"width": 1400, "height": 1000}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tiny_sd_dir: Path, tiny_clip_dir: Path, tmp_path_factory) -> Iterator[str]:
+    """``blendedit serve`` on 127.0.0.1 and a free port; yields the URL it prints."""
+    tmp = tmp_path_factory.mktemp("serve")
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_TEMP_DIR": str(tmp / "gradio"),
+        "TMPDIR": str(tmp),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable, "-m", "blendedit.cli", "serve",
+        "--model", str(tiny_sd_dir), "--clip-model", str(tiny_clip_dir),
+        "--device", "cpu", "--offline", "--port", str(_free_port()),
+        "--max-side", "1024", "--max-upload-mb", "1", "--max-results", "16",
+    ]  # fmt: skip
+    log = open(tmp / "server.log", "w+")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout=120)
+    try:
+        if not line or not line[0].startswith("http://127.0.0.1:"):
+            log.seek(0)
+            pytest.fail(f"blendedit serve printed no URL: {line!r}\n{log.read()[-3000:]}")
+        yield line[0].strip()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _page(browser, url: str, outside: list[str]):
+    """A new tab (its own session) on the app; requests for anything but the server are recorded
+    in ``outside``. (Recorded, not intercepted: routing every request through Python slows the
+    editor's many uploads; the test machine has no internet access to reach anyway.)"""
+    page = browser.new_context(viewport=VIEWPORT, accept_downloads=True).new_page()
+
+    def watch(request) -> None:
+        u = request.url
+        if not (u.startswith(url) or u.startswith(("data:", "blob:"))):
+            outside.append(u)
+
+    page.on("request", watch)
+    page.goto(url)
+    page.locator("#editor").wait_for(timeout=60_000)
+    return page
+
+
+def _shot(page, name: str) -> None:
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / name), full_page=True)
+
+
+def _upload(page, path: Path) -> None:
+    page.locator("#editor input[type=file]").first.set_input_files(str(path))
+
+
+def _paint(page, strokes: list[tuple[float, float, float]]) -> None:
+    """Brush strokes (x0, x1, y as fractions of the canvas); checks that paint appeared."""
+    page.get_by_role("button", name="Brush", exact=True).click()
+    canvas = page.locator("#editor canvas").first
+    for _attempt in range(3):
+        box = canvas.bounding_box()
+        x0, y0 = box["x"] + box["width"] * strokes[0][0], box["y"] + box["height"] * strokes[0][2]
+        clip = {"x": x0 - 4, "y": y0 - 4, "width": 8, "height": 8}
+        before = np.asarray(Image.open(io.BytesIO(page.screenshot(clip=clip))), dtype=int)
+        for a, b, y in strokes:
+            yy = box["y"] + box["height"] * y
+            page.mouse.move(box["x"] + box["width"] * a, yy)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] * b, yy, steps=3)
+            page.mouse.up()
+        page.mouse.move(box["x"] + 5, box["y"] + box["height"] - 5)
+        time.sleep(0.3)
+        after = np.asarray(Image.open(io.BytesIO(page.screenshot(clip=clip))), dtype=int)
+        if np.abs(after - before).max() > 40:
+            return
+        time.sleep(1)  # the canvas was not ready yet
+    pytest.fail("the brush left no paint on the editor's canvas")
+
+
+def _set(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(value)
+    box.press("Enter")
+
+
+def _toasts(page) -> list[str]:
+    return [t.inner_text() for t in page.locator(".toast-body").all()]
+
+
+def _close_toasts(page) -> None:
+    for c in page.locator(".toast-close").all():
+        c.click()
+
+
+def _idle(page) -> None:
+    """Before a screenshot: wait until no component shows a pending event."""
+    if not SCREENSHOTS:
+        return
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=status-tracker]')]"
+        ".every(e => e.classList.contains('hide') || !e.textContent.trim())",
+        timeout=30_000,
+    )
+
+
+def test_paint_generate_keep_undo_queue_cancel_in_a_browser(
+    server, browser, shared_images: Path, tmp_path
+):
+    outside: list[str] = []
+    page = _page(browser, server, outside)
+    _shot(page, "01-start.png")
+
+    _upload(page, shared_images / "chelsea.png")
+    expect(page.locator("#status")).to_contain_text("New photo", timeout=30_000)
+    expect(page.locator("#status")).to_contain_text("451×300 px")
+
+    # A bad input is one clear line, not a stack trace.
+    page.locator("#prompt textarea").fill("sunglasses")
+    page.locator("#generate").click()
+    expect(page.locator(".toast-body").first).to_contain_text("mask: nothing painted")
+    assert not any("Traceback" in t for t in _toasts(page))
+    _close_toasts(page)
+
+    _paint(page, [(0.3, 0.7, 0.36), (0.3, 0.7, 0.42)])  # across the cat's eyes
+    _set(page, "num-images", "2")
+    _set(page, "steps", "4")
+    _shot(page, "02-painted.png")
+    page.locator("#generate").click()
+    expect(page.locator("#status")).to_contain_text("2 results for 'sunglasses'", timeout=90_000)
+    thumbs = page.locator("#results .thumbnail-item")
+    expect(thumbs).to_have_count(2)
+    captions = [c.inner_text() for c in page.locator("#results .caption-label").all()]
+    assert re.fullmatch(r"#1 seed \d+ score -?\d\.\d{4}", captions[0]), captions
+    assert captions[1].startswith("#2 seed ")
+    second_seed = int(captions[1].split()[2])
+    _idle(page)
+    _shot(page, "03-results.png")
+
+    thumbs.nth(1).click()
+    expect(page.locator("#status")).to_contain_text("Selected #2")
+    page.locator("#keep").click()
+    expect(page.locator("#status")).to_contain_text("Kept #2")
+    expect(page.locator("#history .thumbnail-item")).to_have_count(2)  # original + step 1
+    expect(page.locator("#undo")).to_be_enabled()
+    _idle(page)
+    _shot(page, "04-kept.png")
+
+    with page.expect_download() as dl:
+        page.locator("#download-trail").click()
+    assert dl.value.suggested_filename == "result.json"
+    trail = json.loads(Path(dl.value.path()).read_text())
+    (step,) = trail["steps"]
+    assert step["prompt"] == "sunglasses" and step["seed"] == second_seed and step["rank"] == 2
+    assert step["settings"]["num_inference_steps"] == 4 and step["settings"]["batch_size"] == 1
+    assert 0.02 < step["mask_fraction"] < 0.5  # the painted strokes, nothing else
+    with page.expect_download() as dl:
+        page.locator("#download-image").click()
+    assert Image.open(dl.value.path()).size == (451, 300)
+
+    page.locator("#undo").click()
+    expect(page.locator("#status")).to_contain_text("Undid step 1")
+    expect(page.locator("#history .thumbnail-item")).to_have_count(1)
+    expect(page.locator("#prompt textarea")).to_have_value("sunglasses")
+    expect(page.locator("#redo")).to_be_enabled()
+    _idle(page)
+    _shot(page, "05-undone.png")
+
+    # The undone step's mask is back in the editor: run it again, long, so that a second tab
+    # waits in the queue behind it (one generation at a time), then cancel it.
+    other = _page(browser, server, outside)
+    _upload(other, shared_images / "chelsea.png")
+    expect(other.locator("#status")).to_contain_text("New photo", timeout=30_000)
+    _set(page, "num-images", "16")
+    _set(page, "steps", "200")  # 16 results x 150 steps
+    page.locator("#generate").click()
+    expect(page.locator("#results")).to_contain_text("denoising", timeout=60_000)
+    other.locator("#prompt textarea").fill("a hat")
+    other.locator("#generate").click()  # nothing painted: it says so, but only on its turn
+    expect(other.locator("#results")).to_contain_text("queue: 1/1", timeout=30_000)
+    _shot(other, "07-queue.png")
+    assert _toasts(other) == []
+    page.locator("#cancel").click()
+    expect(page.locator("#status")).to_contain_text("Cancelled.")
+    expect(other.locator(".toast-body").first).to_contain_text(
+        "mask: nothing painted", timeout=60_000
+    )
+
+    page.locator("#redo").click()
+    expect(page.locator("#history .thumbnail-item")).to_have_count(2)
+    assert outside == [], f"the page tried to reach outside the server: {outside}"
+
+
+def test_upload_caps_are_told_in_one_line(server, browser, tmp_path: Path):
+    outside: list[str] = []
+    page = _page(browser, server, outside)
+    noise = tmp_path / "noise.png"  # about 1.4 MiB, over the server's 1 MiB cap
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (700, 700, 3), dtype=np.uint8)).save(noise)
+    _upload(page, noise)
+    msg = page.locator("#upload-check-msg")
+    expect(msg).to_contain_text("noise.png is 1.4 MiB")
+    expect(msg).to_contain_text("--max-upload-mb")
+    wide = tmp_path / "wide.png"  # small file, too many pixels for --max-side 1024
+    Image.new("RGB", (1200, 800), "teal").save(wide)
+    _upload(page, wide)
+    expect(msg).to_contain_text("wide.png is 1200x800 px")
+    expect(msg).to_contain_text("--max-side")
+    _shot(page, "06-upload-cap.png")
+    expect(page.locator("#status")).to_contain_text("Upload a photo to start")
+    assert outside == []

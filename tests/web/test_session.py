@@ -1,0 +1,267 @@
+"""The interactive session's logic: history, undo/redo, trails, and replay to identical pixels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from blendedit.config import EditConfig
+from blendedit.errors import InputError
+from blendedit.web.session import (
+    Generation,
+    Result,
+    Session,
+    SessionError,
+    make_config,
+    parse_trail,
+    pixels_sha256,
+    replay,
+)
+
+
+def _photo(w: int = 40, h: int = 30, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def _mask(w: int = 40, h: int = 30) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    m[5:15, 10:30] = True
+    return m
+
+
+def _generation(session: Session, prompt: str, n: int = 3, seed: int = 0) -> Generation:
+    """A Generate without a model: n results, each a different solid grey."""
+    size = session.current_image.size
+    results = [
+        Result(Image.new("RGB", size, (40 * i, 0, 0)), seed + i, i + 1, 0.5 - i / 10)
+        for i in range(n)
+    ]
+    return Generation(
+        base=session.current_id,
+        prompt=prompt,
+        mask=_mask(*size),
+        method="latent",
+        settings=EditConfig(num_images=n).to_dict(),
+        seeds=[seed + i for i in range(n)],
+        results=results,
+    )
+
+
+# -- history ---------------------------------------------------------------------------------------
+
+
+def test_keep_undo_redo_move_along_the_history():
+    s = Session(_photo())
+    assert s.current_id == 0 and s.current_image is s.original
+    assert not s.can_undo and not s.can_redo and s.history == []
+
+    g1 = _generation(s, "a hat")
+    step1 = s.keep(g1, 1)  # the second-ranked result
+    assert step1.seed == 1 and step1.rank == 2 and step1.prompt == "a hat"
+    assert s.current_image is step1.image and s.cursor == 1 and s.can_undo
+    g2 = _generation(s, "a scarf", seed=10)
+    step2 = s.keep(g2)  # default: the best
+    assert step2.seed == 10 and [st.prompt for st in s.history] == ["a hat", "a scarf"]
+
+    assert s.undo() is step2
+    assert s.current_image is step1.image and s.can_redo and s.redo_count == 1
+    assert s.undo() is step1
+    assert s.current_image is s.original and not s.can_undo and s.redo_count == 2
+    with pytest.raises(SessionError, match="nothing to undo"):
+        s.undo()
+    assert s.redo() is step1 and s.redo() is step2
+    with pytest.raises(SessionError, match="nothing to redo"):
+        s.redo()
+    assert s.current_image is step2.image
+
+
+def test_a_new_keep_after_undo_clears_redo():
+    s = Session(_photo())
+    g1 = _generation(s, "a hat")
+    s.keep(g1, 0)
+    s.keep(_generation(s, "a scarf"), 0)
+    s.undo()
+    assert s.can_redo
+    # Back on step 1: another result of a new Generate replaces the undone step.
+    s.keep(_generation(s, "a bow tie"), 2)
+    assert not s.can_redo and [st.prompt for st in s.steps] == ["a hat", "a bow tie"]
+    # After undoing to the original, the first Generate is current again: its other results
+    # can be kept instead (try another result), which drops the whole undone branch.
+    s.undo()
+    s.undo()
+    s.keep(g1, 1)
+    assert [st.prompt for st in s.steps] == ["a hat"] and s.history[0].seed == 1
+
+
+def test_results_of_an_older_image_cannot_be_kept():
+    s = Session(_photo())
+    g1 = _generation(s, "a hat")
+    s.keep(g1, 0)
+    with pytest.raises(SessionError, match="earlier image"):
+        s.keep(g1, 1)  # made from the original, which is no longer current
+    with pytest.raises(SessionError, match="no result #9"):
+        s.keep(_generation(s, "x"), 8)
+
+
+def test_step_ids_stay_unique_across_undo():
+    s = Session(_photo())
+    s.keep(_generation(s, "a"), 0)
+    s.undo()
+    step = s.keep(_generation(s, "b"), 0)
+    assert step.id == 2 and s.current_id == 2  # never reuses 1: a stale Generation can't match
+
+
+def test_session_checks_the_photo():
+    with pytest.raises(InputError, match="size 8x8"):
+        Session(Image.new("RGB", (8, 8)))
+
+
+# -- trails ----------------------------------------------------------------------------------------
+
+
+def test_trail_round_trips_through_json():
+    s = Session(_photo())
+    s.keep(_generation(s, "a hat"), 1)
+    s.keep(_generation(s, "a scarf", seed=7), 0)
+    s.keep(_generation(s, "undone"), 0)
+    s.undo()  # an undone step is not part of the current image's trail
+    data = json.loads(json.dumps(s.to_trail({"name": "tiny", "dtype": "float32"})))
+    assert data["format"] == "blendedit-session" and data["version"] == 1
+    assert [st["prompt"] for st in data["steps"]] == ["a hat", "a scarf"]
+    assert data["steps"][0]["seed"] == 1 and data["steps"][1]["seed"] == 7
+    assert data["steps"][0]["result_sha256"] == pixels_sha256(s.history[0].image)
+
+    trail = parse_trail(data)
+    assert np.array_equal(np.asarray(trail.original), np.asarray(s.original))
+    assert trail.model == {"name": "tiny", "dtype": "float32"}
+    for got, step in zip(trail.steps, s.history, strict=True):
+        assert got.prompt == step.prompt and got.seed == step.seed and got.seeds == step.seeds
+        assert np.array_equal(got.mask, step.mask)
+        assert make_config(got.method, got.settings) == make_config(step.method, step.settings)
+
+
+def test_trail_file_and_its_errors(tmp_path: Path):
+    s = Session(_photo())
+    s.keep(_generation(s, "a hat"), 0)
+    good = s.to_trail()
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(good))
+    assert len(parse_trail(path).steps) == 1
+
+    def bad(change, match: str) -> None:
+        data = json.loads(json.dumps(good))
+        change(data)
+        with pytest.raises(InputError, match=match) as e:
+            parse_trail(data)
+        assert "\n" not in str(e.value)
+
+    bad(lambda d: d.update(format="other"), "not a blendedit session trail")
+    bad(lambda d: d.update(version=99), "version 99")
+    bad(lambda d: d["original"].update(png_base64="!!"), "original: not a base64 PNG")
+    bad(lambda d: d["steps"][0].update(mask_png_base64="aGVsbG8="), "step 1 mask: not a base64")
+    bad(lambda d: d["steps"][0].pop("seed"), "step 1: missing or malformed")
+    bad(lambda d: d["steps"][0].update(method="magic"), "method: 'magic' is unknown")
+    small = Session(_photo(32, 24))
+    small.keep(_generation(small, "x"), 0)
+    other_mask = small.to_trail()["steps"][0]["mask_png_base64"]
+    bad(
+        lambda d: d["steps"][0].update(mask_png_base64=other_mask), "mask is 32x24, the photo 40x30"
+    )
+    with pytest.raises(InputError, match="no such file"):
+        parse_trail(tmp_path / "missing.json")
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(InputError, match="cannot read"):
+        parse_trail(tmp_path / "junk.json")
+
+
+def test_make_config_rejects_unknown_and_bad_settings():
+    with pytest.raises(InputError, match="unknown setting"):
+        make_config("latent", {"num_images": 2, "warp_speed": 9})
+    with pytest.raises(InputError, match="num_inference_steps"):
+        make_config("latent", {"num_inference_steps": 0})
+    cfg = make_config("latent", {"shrink_kernels": [5, 3]})
+    assert cfg.shrink_kernels == (5, 3)
+
+
+# -- replay ------------------------------------------------------------------------------------------
+
+
+FAST = {"size": 64, "num_inference_steps": 4}
+
+
+def test_replay_regenerates_identical_pixels(editor, shared_images: Path):
+    """Two kept steps, the second from a batched Generate (batch_size 2): replaying the trail
+    from JSON gives every step's image pixel for pixel."""
+    photo = Image.open(shared_images / "chelsea.png")
+    s = Session(photo)
+    eyes = np.asarray(Image.open(shared_images / "chelsea.mask-eyes.png")) >= 128
+
+    cfg1 = EditConfig(num_images=2, batch_size=1, **FAST)
+    r1 = editor(s.current_image, eyes, "sunglasses", config=cfg1, seed=11)
+    g1 = Generation.from_edit(s.current_id, "sunglasses", eyes, "latent", cfg1, [11, 12], r1)
+    s.keep(g1, 1)  # the second-ranked: replay must not just take the best
+
+    nose = np.zeros_like(eyes)
+    nose[170:250, 180:280] = True
+    cfg2 = EditConfig(num_images=3, batch_size=2, invert_mask=False, **FAST)
+    r2 = editor(s.current_image, nose, "a red nose", config=cfg2, seed=40)
+    g2 = Generation.from_edit(s.current_id, "a red nose", nose, "latent", cfg2, [40, 41, 42], r2)
+    kept = next(i for i, r in enumerate(g2.results) if r.seed == 41)  # in the batch of two
+    s.keep(g2, kept)
+
+    trail = json.loads(json.dumps(s.to_trail({"name": str(editor.name)})))
+    assert trail["steps"][1]["seeds"] == [40, 41, 42]
+    assert parse_trail(trail).steps[1].replay_seeds() == [40, 41]
+    seen = []
+    images = replay(trail, editor, on_step=lambda i, step, im: seen.append((i, step.seed)))
+    assert seen == [(1, g1.results[1].seed), (2, 41)]
+    for got, step, rec in zip(images, s.history, trail["steps"], strict=True):
+        assert got.size == photo.size
+        assert np.array_equal(np.asarray(got), np.asarray(step.image))
+        assert pixels_sha256(got) == rec["result_sha256"]
+    # The steps really edited: the second result differs from the first inside its mask only.
+    a, b = (np.asarray(im, dtype=np.int16) for im in images)
+    assert np.abs(a - b)[nose].max() > 0
+
+
+def test_replay_needs_the_trails_kind_of_model(editor):
+    s = Session(_photo(64, 64))
+    m = np.zeros((64, 64), bool)
+    m[10:30, 10:30] = True
+    g = Generation(
+        0, "x", m, "pixel", {"num_images": 1}, [0], [Result(Image.new("RGB", (64, 64)), 0, 1)]
+    )
+    s.keep(g, 0)
+    with pytest.raises(InputError, match="needs an ADM checkpoint"):
+        replay(s.to_trail(), editor)
+
+
+def test_replay_pixel_method(tiny_clip_dir: Path):
+    """The same trail logic for Blended Diffusion (local-clip), on the tiny reference ADM."""
+    ref = Path(__file__).resolve().parents[3] / "shared" / "reference" / "adm"
+    if not ref.is_dir():
+        pytest.skip(f"ADM reference data not found at {ref}")
+    from blendedit.pixel.pipeline import BlendedDiffusion, PixelConfig
+
+    adm = BlendedDiffusion.from_pretrained(
+        ref / "tiny_adm.safetensors",
+        model_config=ref / "tiny_adm_config.json",
+        clip_model=str(tiny_clip_dir),
+    )
+    s = Session(_photo(32, 32, seed=3))
+    m = np.zeros((32, 32), bool)
+    m[8:20, 10:24] = True
+    cfg = PixelConfig(
+        num_images=2, timestep_respacing="10", skip_timesteps=5, aug_num=2, local=True
+    )
+    r = adm(s.current_image, m, "a red ball", config=cfg, seed=5)
+    s.keep(Generation.from_edit(0, "a red ball", m, "local-clip", cfg, [5, 6], r), 1)
+    trail = json.loads(json.dumps(s.to_trail()))
+    assert trail["steps"][0]["settings"]["local"] is True
+    (image,) = replay(trail, adm)
+    assert np.array_equal(np.asarray(image), np.asarray(s.current_image))

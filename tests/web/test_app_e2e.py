@@ -188,15 +188,16 @@ def _idle(page) -> None:
     )
 
 
-def test_paint_generate_keep_undo_queue_cancel_in_a_browser(
-    server, browser, shared_images: Path, tmp_path
-):
+def test_paint_generate_keep_undo_queue_cancel_in_a_browser(server, browser, shared_images: Path):
     outside: list[str] = []
     page = _page(browser, server, outside)
     _shot(page, "01-start.png")
+    other = _page(browser, server, outside)  # a second tab, for the queue at the end
 
-    _upload(page, shared_images / "chelsea.png")
-    expect(page.locator("#status")).to_contain_text("New photo", timeout=30_000)
+    for tab in (page, other):
+        _upload(tab, shared_images / "chelsea.png")
+    for tab in (page, other):
+        expect(tab.locator("#status")).to_contain_text("New photo", timeout=60_000)
     expect(page.locator("#status")).to_contain_text("451×300 px")
 
     # A bad input is one clear line, not a stack trace.
@@ -252,9 +253,6 @@ def test_paint_generate_keep_undo_queue_cancel_in_a_browser(
 
     # The undone step's mask is back in the editor: run it again, long, so that a second tab
     # waits in the queue behind it (one generation at a time), then cancel it.
-    other = _page(browser, server, outside)
-    _upload(other, shared_images / "chelsea.png")
-    expect(other.locator("#status")).to_contain_text("New photo", timeout=30_000)
     _set(page, "num-images", "16")
     _set(page, "steps", "200")  # 16 results x 150 steps
     page.locator("#generate").click()

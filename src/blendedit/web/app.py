@@ -6,8 +6,9 @@ and CLIP scores. Keep one and it becomes the input of the next edit; the history
 Redo move along the kept steps; the current image and the session's ``result.json`` trail (every
 step's prompt, mask, seed and settings: ``blendedit replay`` regenerates it) can be downloaded.
 
-Safe by default: the CLI binds 127.0.0.1; uploads are capped in bytes (Gradio's ``max_file_size``)
-and in pixels (``max_side``); one generation runs at a time (a queue with a visible position, and a
+Safe by default: the CLI binds 127.0.0.1; uploads are capped in bytes and in pixels, told in one
+line in the browser before a file is sent (``UPLOAD_CHECK_JS``) and enforced by the server
+(Gradio's ``max_file_size``, and ``max_side`` on arrival); one generation runs at a time (a queue with a visible position, and a
 lock, so a cancelled run still finishing holds the device until it stops); every bad input is a
 one-line message, never a stack trace. Gradio's telemetry and version check are switched off
 before it is imported, and the page loads nothing from outside the server.
@@ -16,6 +17,7 @@ before it is imported, and the page loads nothing from outside the server.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import secrets
@@ -59,7 +61,7 @@ PROGRESS_EVERY_S = 0.25  # at most four progress updates a second reach the page
 class ServeOptions:
     """Limits of a served editor."""
 
-    max_upload_mb: float = 20.0  # bytes of one uploaded file
+    max_upload_mb: float = 20.0  # MiB of one photo file (told in the browser before it is sent)
     max_side: int = 2048  # px; longest side of an uploaded photo
     max_results: int = 16  # results per Generate
     max_queue: int = 16  # Generate requests waiting; more are refused with a message
@@ -348,8 +350,6 @@ class EditorApp:
         png = folder / f"blendedit-step{s.cursor}.png"
         trail = folder / "result.json"
         if not trail.exists():
-            import json
-
             folder.mkdir(parents=True, exist_ok=True)
             s.current_image.save(png, format="PNG")
             tmp = folder / ".result.json.tmp"
@@ -652,32 +652,31 @@ class EditorApp:
             self._names.update({c: name for name, c in controls.items()})
             gen_inputs = {state, editor, prompt, invert, *controls.values()}
 
+            # Progress, queue position and errors show on one component per event, not on all.
+            quiet = {"show_progress": "minimal", "show_progress_on": [history]}
             editor.upload(
-                friendly(self.on_upload), [editor, state], [v for v in view if v is not editor]
+                friendly(self.on_upload),
+                [editor, state],
+                [v for v in view if v is not editor],
+                **quiet,
             )
-            editor.clear(friendly(self.on_clear), [state], view)
-            clear.click(friendly(self.on_clear), [state], view)
-            gen = gen_btn.click(
-                friendly(self.generate),
-                gen_inputs,
-                [results, status, controls["seed"], state],
-                concurrency_limit=1,
-                concurrency_id="device",
-                show_progress="full",
-            )
-            prompt.submit(
-                friendly(self.generate),
-                gen_inputs,
-                [results, status, controls["seed"], state],
-                concurrency_limit=1,
-                concurrency_id="device",
-                show_progress="full",
-            )
-            cancel_btn.click(self.cancel, None, status, cancels=[gen], queue=False)
-            results.select(friendly(self.select), [state], [state, status])
-            keep_btn.click(friendly(self.keep), [state], view)
-            undo_btn.click(friendly(self.undo), [state], [*view, prompt])
-            redo_btn.click(friendly(self.redo), [state], view)
+            editor.clear(friendly(self.on_clear), [state], view, **quiet)
+            clear.click(friendly(self.on_clear), [state], view, **quiet)
+            run = {
+                "fn": friendly(self.generate),
+                "inputs": gen_inputs,
+                "outputs": [results, status, controls["seed"], state],
+                "concurrency_limit": 1,
+                "concurrency_id": "device",
+                "show_progress": "full",
+                "show_progress_on": [results],
+            }
+            runs = [gen_btn.click(**run), prompt.submit(**run)]
+            cancel_btn.click(self.cancel, None, status, cancels=runs, queue=False)
+            results.select(friendly(self.select), [state], [state, status], show_progress="hidden")
+            keep_btn.click(friendly(self.keep), [state], view, **quiet)
+            undo_btn.click(friendly(self.undo), [state], [*view, prompt], **quiet)
+            redo_btn.click(friendly(self.redo), [state], view, **quiet)
             demo.unload(self.unload)
         demo.queue(max_size=o.max_queue, default_concurrency_limit=1)
         self.demo = demo

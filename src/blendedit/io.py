@@ -21,7 +21,10 @@ MIN_SIDE = 16  # px; smaller inputs cannot hold a meaningful edit
 MAX_SIDE = 16384  # px; larger inputs are almost certainly a mistake (and would exhaust memory)
 MAX_PIXELS = 100_000_000
 _IMAGE_MODES = ("RGB", "RGBA", "L", "LA", "P", "1")
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's decompression-bomb guard at our own limit
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+ImageInput = (
+    str | os.PathLike[str] | Image.Image
+)  # a path or an image, wherever a photo is taken  # PIL's decompression-bomb guard at our own limit
 
 
 def open_image(source: str | os.PathLike[str] | Image.Image, name: str) -> Image.Image:

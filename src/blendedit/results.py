@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
+
+ProgressFn = Callable[[int, int], None]  # (steps done, steps in all); raise inside to cancel
 
 
 @dataclass

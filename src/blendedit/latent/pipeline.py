@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -22,7 +22,7 @@ from blendedit import masks as M
 from blendedit import reconstruct as R
 from blendedit.config import EditConfig, resolve_seeds
 from blendedit.errors import InputError
-from blendedit.io import load_image, pil_to_tensor, tensor_to_pil, working_size
+from blendedit.io import ImageInput, load_image, pil_to_tensor, tensor_to_pil, working_size
 from blendedit.latent.sampling import (
     blend_timesteps,
     blended_latent_diffusion,
@@ -38,12 +38,9 @@ from blendedit.models import (
     parse_dtype,
 )
 from blendedit.ranking import DEFAULT_CLIP_MODEL, ClipScorer, rank_order
-from blendedit.results import Candidate, EditResult, Timings
+from blendedit.results import Candidate, EditResult, ProgressFn, Timings
 
 logger = logging.getLogger(__name__)
-
-ImageInput = str | os.PathLike[str] | Image.Image
-ProgressFn = Callable[[int, int], None]  # (steps done, steps in all); raise to cancel
 
 
 class BlendedLatentDiffusion:

@@ -35,7 +35,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from blendedit import masks as M
 from blendedit.config import BACKGROUND_MODES, resolve_seeds
 from blendedit.errors import InputError
-from blendedit.io import load_image, pil_to_tensor, tensor_to_pil
+from blendedit.io import ImageInput, load_image, pil_to_tensor, tensor_to_pil
 from blendedit.metrics import LPIPS
 from blendedit.models import parse_dtype
 from blendedit.pixel.adm import ADM256_UNCOND, ADMConfig, ADMUNet, load_adm
@@ -63,12 +63,10 @@ from blendedit.pixel.guidance import (
 )
 from blendedit.ranking import DEFAULT_CLIP_MODEL, ClipScorer, rank_order
 from blendedit.reconstruct import stitch
-from blendedit.results import Candidate, EditResult, Timings
+from blendedit.results import Candidate, EditResult, ProgressFn, Timings
 
 logger = logging.getLogger(__name__)
 
-ImageInput = str | os.PathLike[str] | Image.Image
-ProgressFn = Callable[[int, int], None]  # (steps done, steps in all); raise to cancel
 
 SAMPLERS = ("ddpm", "ddim")
 FIT_MODES = ("stretch", "pad")

@@ -440,7 +440,7 @@ def run_bench(
     res.peak_fraction = res.unet_tflops / peak if peak else None
 
     if compare_diffusers:
-        _bench_diffusers(editor, photo, photo_mask, cfg, n_steps, dev, res, repeats)
+        _bench_diffusers(editor, photo, photo_mask, cfg, dev, res, repeats)
     return res
 
 
@@ -477,30 +477,13 @@ def _bench_diffusers(
     photo: Image.Image,
     mask: np.ndarray,
     cfg: Any,
-    n_steps: int,
     dev: torch.device,
     res: BenchResult,
     repeats: int,
 ) -> None:
     """The same work through diffusers' StableDiffusionInpaintPipeline (4-channel UNet: it blends
     like BLD), same components, dtype, scheduler, steps, batch; no ranking, no stitching."""
-    from diffusers import StableDiffusionInpaintPipeline
-
-    from blendedit.models import make_scheduler
-
-    pipe = StableDiffusionInpaintPipeline(
-        vae=editor.vae,
-        text_encoder=editor.text_encoder,
-        tokenizer=editor.tokenizer,
-        unet=editor.unet,
-        scheduler=make_scheduler(cfg.scheduler, editor.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    # diffusers runs int(steps * strength) steps: pick strength so both run the same n_steps.
-    strength = (n_steps + 0.5) / cfg.num_inference_steps
+    pipe, strength = editor.diffusers_inpaint(cfg)  # runs BLD's number of steps
     mask_img = Image.fromarray(mask.astype(np.uint8) * 255)
     call = {
         "prompt": "a vase of red roses",

@@ -50,7 +50,7 @@ from blendedit.eval.metrics import (
 )
 from blendedit.io import tensor_to_pil, working_size
 from blendedit.metrics import LPIPS
-from blendedit.models import DEFAULT_MODEL, make_scheduler, parse_device, parse_dtype
+from blendedit.models import DEFAULT_MODEL, parse_device, parse_dtype
 from blendedit.pixel.pipeline import PixelConfig
 from blendedit.ranking import DEFAULT_CLIP_MODEL, ClipScorer, rank_order
 
@@ -344,30 +344,17 @@ class DiffusersInpaintRunner(EditorRunner):
     """diffusers' ``StableDiffusionInpaintPipeline`` on the BLD editor's own components."""
 
     @cached_property
-    def pipe(self) -> Any:
-        from diffusers import StableDiffusionInpaintPipeline
+    def _pipe_and_strength(self) -> tuple[Any, float]:
+        return self.editor.diffusers_inpaint(self.config)
 
-        editor, config = self.editor, self.config
-        pipe = StableDiffusionInpaintPipeline(
-            vae=editor.vae,
-            text_encoder=editor.text_encoder,
-            tokenizer=editor.tokenizer,
-            unet=editor.unet,
-            scheduler=make_scheduler(config.scheduler, editor.scheduler.config),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+    @property
+    def pipe(self) -> Any:
+        return self._pipe_and_strength[0]
 
     @property
     def strength(self) -> float:
-        """diffusers runs ``int(steps * strength)`` steps; BLD runs ``steps - floor(steps *
-        blend_start)``. Half a step above that count makes the two equal for any step count."""
-        n = self.config.num_inference_steps
-        run = n - int(n * self.config.blend_start)
-        return (run + 0.5) / n
+        """Set so diffusers runs the same number of steps as BLD (see ``diffusers_inpaint``)."""
+        return self._pipe_and_strength[1]
 
     def settings(self) -> dict[str, Any]:
         c = self.config

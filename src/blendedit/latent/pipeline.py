@@ -389,6 +389,27 @@ class BlendedLatentDiffusion:
             out = R.composite(out, src_np, alpha)
         return Image.fromarray(out)
 
+    def diffusers_inpaint(self, cfg: EditConfig) -> tuple[Any, float]:
+        """diffusers' ``StableDiffusionInpaintPipeline`` on this editor's own components (with a
+        4-channel UNet it blends like BLD, SPEC 5), and the ``strength`` that makes it run the same
+        steps: diffusers runs ``int(steps * strength)``, BLD ``steps - floor(steps * blend_start)``;
+        half a step above that count makes the two equal. For comparisons (bench, eval)."""
+        from diffusers import StableDiffusionInpaintPipeline
+
+        pipe = StableDiffusionInpaintPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=self._scheduler(cfg),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        n = cfg.num_inference_steps
+        return pipe, (n - int(n * cfg.blend_start) + 0.5) / n
+
     def _sync(self) -> None:
         """Wait for the device at a stage boundary, so stage timings are true (never per step)."""
         if self.device.type == "cuda":

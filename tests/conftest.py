@@ -27,7 +27,8 @@ torch.set_flush_denormal(True)
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_IMAGES = Path(os.environ.get("BLENDEDIT_SHARED", REPO.parent / "shared")) / "data" / "images"
+# The test photos, their masks and cases.json, kept in the repository (see LICENSES.md there).
+SHARED_IMAGES = REPO / "tests" / "data" / "images"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -41,8 +42,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def shared_images() -> Path:
-    if not SHARED_IMAGES.is_dir():
-        pytest.skip(f"shared test photos not found at {SHARED_IMAGES}")
     return SHARED_IMAGES
 
 

@@ -76,16 +76,16 @@ def test_tiny_cpu_bench_measures_every_stage_and_diffusers(tmp_path):
 
 def test_out_of_memory_halves_the_batch(editor, shared_images, monkeypatch):
     """A chunk that does not fit is retried in halves, never a crash; results are the same seeds."""
-    real = type(editor)._denoise_chunk
+    real = type(editor).generate
     sizes = []
 
-    def flaky(self, cfg, chunk, *args, **kwargs):
+    def flaky(self, state, chunk, *args, **kwargs):
         sizes.append(len(chunk))
         if len(chunk) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, cfg, chunk, *args, **kwargs)
+        return real(self, state, chunk, *args, **kwargs)
 
-    monkeypatch.setattr(type(editor), "_denoise_chunk", flaky)
+    monkeypatch.setattr(type(editor), "generate", flaky)
     r = editor(
         shared_images / "chelsea.png",
         shared_images / "chelsea.mask-eyes.png",

@@ -248,7 +248,7 @@ def test_console_script_runs_an_edit(tiny_sd_dir, tiny_clip_dir, shared_images, 
 def adm_reference():
     from conftest import REPO
 
-    ref = REPO.parent / "shared" / "reference" / "adm"
+    ref = REPO / "tests" / "data" / "reference" / "adm"
     if not (ref / "tiny_adm.safetensors").is_file():
         pytest.skip(f"ADM reference model not found at {ref}")
     return ref
@@ -333,3 +333,35 @@ def test_compare_backgrounds_writes_figure_and_table(edit_args, tmp_path):
     table = (out / "comparison.md").read_text()
     for mode in ("decoded", "stitch", "poisson", "latent", "decoder"):
         assert f"| {mode} |" in table
+
+
+def test_edit_writes_the_chosen_format_with_parameters_and_marker(edit_args, tmp_path):
+    from blendedit.photo import AI_SOURCE_TYPE
+
+    out = tmp_path / "jpeg"
+    args = ["--out", str(out), "--num-images", "1", "--format", "jpeg", "--quality", "80"]
+    assert main(edit_args(*args, "--region", "crop", "--mask-grow", "4")) == 0
+    report = json.loads((out / "result.json").read_text())
+    assert report["settings"]["region_used"]["mode"] == "crop"
+    name = report["results"][0]["file"]
+    assert name.endswith(".jpg")
+    raw = (out / name).read_bytes()
+    assert AI_SOURCE_TYPE.encode() in raw  # XMP: AI-edited, IPTC DigitalSourceType
+    im = Image.open(out / name)
+    assert im.format == "JPEG"
+    comment = im.getexif().get_ifd(0x8769).get(0x9286)
+    assert comment and "sunglasses" in comment.decode("utf-16-be", "ignore")
+
+    bare = tmp_path / "bare"
+    assert main(edit_args("--out", str(bare), "--num-images", "1", "--no-metadata")) == 0
+    png = Image.open(next(bare.glob("01-*.png")))
+    assert "parameters" not in png.info
+    assert AI_SOURCE_TYPE.encode() in next(bare.glob("01-*.png")).read_bytes()
+
+
+def test_bad_region_and_quality_are_one_line(edit_args, capsys):
+    with pytest.raises(SystemExit):
+        main(edit_args("--region", "middle"))
+    capsys.readouterr()
+    assert main(edit_args("--quality", "0")) == 2
+    assert "quality: 0" in _error_line(capsys)

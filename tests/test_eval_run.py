@@ -26,7 +26,7 @@ N_IMAGES, BATCH, MAX_SIDE = 3, 2, 128
 def adm_reference():
     from conftest import REPO
 
-    ref = REPO.parent / "shared" / "reference" / "adm"
+    ref = REPO / "tests" / "data" / "reference" / "adm"
     if not (ref / "tiny_adm.safetensors").is_file():
         pytest.skip(f"ADM reference model not found at {ref}")
     return ref

@@ -640,6 +640,11 @@ def add_parser(sub: Any) -> None:
         "--peak-tflops", type=float, help="the device's dense peak, if not in the built-in table"
     )
     p.add_argument(
+        "--photo-sizes",
+        help="instead: one edit per photo size in MP (e.g. 0.25,12,24,48), time per stage and "
+        "peak memory on the CPU, a ~500x400 px mask (--batch images, --steps steps)",
+    )
+    p.add_argument(
         "--report",
         default="docs/benchmarks.md",
         help="markdown file to append to (default docs/benchmarks.md)",
@@ -653,6 +658,8 @@ def run(args: Any) -> int:
     from blendedit.models import parse_device, parse_dtype, quiet_libraries
 
     quiet_libraries()
+    if args.photo_sizes:
+        return run_photo_sizes(args)
     dev = parse_device(args.device)
     dtype = parse_dtype(
         ("fp16" if dev.type == "cuda" else "fp32") if args.dtype == "auto" else args.dtype
@@ -675,5 +682,36 @@ def run(args: Any) -> int:
     )
     print(table([result]) + "\n" + stages_table([result]))
     append_report([result], Path(args.report), "blendedit " + " ".join(sys.argv[1:]))
+    print(f"appended to {args.report}", file=sys.stderr)
+    return 0
+
+
+def run_photo_sizes(args: Any) -> int:
+    """``--photo-sizes``: the photo-size table (``blendedit.bench_photos``), appended to --report."""
+    import sys
+
+    from blendedit.bench_photos import run_sizes
+    from blendedit.bench_photos import table as photo_table
+    from blendedit.io import write_text
+
+    try:
+        sizes = [float(v) for v in args.photo_sizes.split(",")]
+    except ValueError:
+        raise InputError(
+            f"photo-sizes: {args.photo_sizes!r} is not a list like 0.25,12,24"
+        ) from None
+    rows = run_sizes(sizes, args.preset, args.batch, args.steps)
+    text = photo_table(rows)
+    print(text)
+    report = Path(args.report)
+    cmd = "blendedit " + " ".join(sys.argv[1:])
+    section = (
+        f"\n## Photo size: `{args.preset}` preset, CPU ({device_name(torch.device('cpu'))}), "
+        f"{args.batch} image(s), {args.steps} steps\n\n`{cmd}`\n\n{text}"
+    )
+    old = report.read_text() if report.is_file() else "# Benchmarks\n"
+    tmp = report.with_name(report.name + ".new")
+    write_text(old + section, tmp)
+    tmp.replace(report)
     print(f"appended to {args.report}", file=sys.stderr)
     return 0

@@ -16,8 +16,10 @@ from blendedit import __version__
 from blendedit.config import BACKGROUND_MODES, MASK_SHRINK_MODES, PRESETS, EditConfig, preset
 from blendedit.errors import BlendEditError, InputError
 from blendedit.models import DEFAULT_MODEL, DTYPES, SCHEDULERS, quiet_libraries
+from blendedit.photo import OUTPUT_FORMATS
 from blendedit.pixel.pipeline import PIXEL_PRESETS, PixelConfig, pixel_preset
 from blendedit.ranking import DEFAULT_CLIP_MODEL
+from blendedit.region import REGION_MODES
 
 EDIT_EXAMPLES = """\
 examples:
@@ -26,9 +28,10 @@ examples:
   blendedit edit beach.png --mask person.png --invert-mask --prompt "a snowy mountain"
   blendedit edit photo.png --mask m.png --prompt "fire" --model ./my-sd15-folder --preset fast
 
-Outputs go to --out (default: a new folder under ./blendedit-out/): one PNG per result named
-by rank and seed (01-seed3.png is the best), and result.json with the prompt, the settings and,
-per result, its seed, rank and CLIP score. To regenerate one result alone, run again with
+Outputs go to --out (default: a new folder under ./blendedit-out/): one file per result named
+by rank and seed (01-seed3.png is the best; the photo's own format, colour profile, bit depth and
+EXIF, with the generation parameters and an AI-edit marker), and result.json with the prompt, the
+settings and, per result, its seed, rank and CLIP score. To regenerate one result alone, run again with
 --seed SEED --num-images 1 and the same settings.
 """
 
@@ -201,7 +204,39 @@ def _edit_arguments(e: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, dest="batch_size", help="candidates per UNet call (default 8)"
     )
 
+    r = e.add_argument_group("working region (photos of any size)")
+    r.add_argument(
+        "--region",
+        choices=REGION_MODES,
+        help=(
+            "crop = edit a box around the mask at the model's resolution and paste it back; "
+            "full = the whole photo at the model's resolution; auto = crop whenever that gives "
+            "the mask more pixels (default)"
+        ),
+    )
+    r.add_argument(
+        "--context",
+        type=int,
+        help="px of context around the mask's box for crop (default: a fifth of its mean side, >= 16)",
+    )
+
     m = e.add_argument_group("mask and background")
+    m.add_argument(
+        "--soft-mask",
+        action="store_const",
+        const=True,
+        dest="soft_mask",
+        help="grey levels of the mask are per-pixel change strengths (default: binarised at 50%%)",
+    )
+    m.add_argument(
+        "--mask-grow", type=int, dest="mask_grow", help="px to grow the mask by (negative: shrink)"
+    )
+    m.add_argument(
+        "--mask-blur",
+        type=float,
+        dest="mask_blur",
+        help="px (Gaussian sigma) to blur the mask by: a softer paste edge",
+    )
     m.add_argument(
         "--invert-mask",
         action="store_const",
@@ -334,6 +369,18 @@ def _edit_arguments(e: argparse.ArgumentParser) -> None:
         choices=["gif", "grid"],
         help="also save the best result's denoising process (one-step clean estimates, paper fig. 6)",
     )
+    o.add_argument(
+        "--format",
+        choices=OUTPUT_FORMATS,
+        dest="out_format",
+        help="file format of the results (default: the photo's own if png/jpeg/webp, else png)",
+    )
+    o.add_argument("--quality", type=int, help="jpeg/webp quality 1-100 (default 95)")
+    o.add_argument(
+        "--no-metadata",
+        action="store_true",
+        help="leave the generation parameters out of the files (the AI-edit marker stays)",
+    )
     o.add_argument("--quiet", action="store_true", help="no progress bar or messages")
 
 
@@ -380,17 +427,21 @@ def _prepare(args: argparse.Namespace, rank: bool | None = None) -> tuple[Any, A
     models. Returns (config, image, mask, editor)."""
     import os
 
-    from blendedit.io import check_out_dir, load_image, open_image
+    from blendedit.frame import photo_mask
+    from blendedit.io import check_out_dir
     from blendedit.latent.pipeline import BlendedLatentDiffusion
-    from blendedit.masks import load_mask
     from blendedit.models import parse_device, parse_dtype
+    from blendedit.photo import read_photo
 
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     quiet_libraries()
     cfg = config_from_args(args)
-    image = load_image(args.image, "image")
-    mask = load_mask(open_image(args.mask, "mask"), image.size, cfg.invert_mask)
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        raise InputError(f"quality: {args.quality!r} must be between 1 and 100")
+    image = read_photo(args.image, "image")
+    photo_mask(args.mask, image, cfg)  # checked now; the editor reads it again
+    mask = args.mask
     if args.out is not None:
         check_out_dir(args.out)
     device = parse_device(args.device)
@@ -429,6 +480,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     import torch
 
     from blendedit.io import prepare_out_dir, save_gif, save_json, save_png
+    from blendedit.photo import output_format
 
     # 1-2. Check the inputs, load the models.
     t0 = time.perf_counter()
@@ -448,16 +500,19 @@ def cmd_edit(args: argparse.Namespace) -> int:
     result.timings.load = load_s
     out = prepare_out_dir(args.out, args.prompt)
     files = []
+    fmt = output_format(args.out_format, image)
     for c in result.candidates:
-        name = f"{c.rank:02d}-seed{c.seed}.png"
-        save_png(c.image, out / name)
+        name = f"{c.rank:02d}-seed{c.seed}.{'jpg' if fmt == 'jpeg' else fmt}"
+        params = None if args.no_metadata else result.parameters(c)
+        c.save(out / name, format=fmt, quality=args.quality, parameters=params)
         files.append(name)
     best = result.best
+    stem = files[0].rsplit(".", 1)[0]
     if args.save_process and best.process:
         if args.save_process == "gif":
-            save_gif(best.process, out / f"process-{files[0].removesuffix('.png')}.gif")
+            save_gif(best.process, out / f"process-{stem}.gif")
         else:
-            save_png(process_grid(best.process), out / f"process-{files[0]}")
+            save_png(process_grid(best.process), out / f"process-{stem}.png")
     report = result.to_dict()
     report["image"] = str(Path(args.image))
     report["mask"] = str(Path(args.mask))
@@ -482,12 +537,15 @@ def cmd_compare_backgrounds(args: argparse.Namespace) -> int:
 
     if args.method != "latent":
         raise InputError(f"method: compare-backgrounds needs --method latent, not {args.method}")
+    from blendedit.frame import photo_mask
+
     cfg, image, mask, editor = _prepare(args, rank=False)
     rows = compare_backgrounds(
         editor, image, mask, args.prompt, config=cfg.replace(num_images=1, rank=False)
     )
     out = prepare_out_dir(args.out, args.prompt)
-    save_png(comparison_figure(image, mask, rows), out / "comparison.png")
+    shown = photo_mask(mask, image, cfg) >= 128
+    save_png(comparison_figure(image.to_pil(), shown, rows), out / "comparison.png")
     for r in rows:
         save_png(r.image, out / f"{r.mode}.png")
     w, h = image.size

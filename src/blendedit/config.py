@@ -5,23 +5,82 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from blendedit.errors import InputError
 from blendedit.models import SCHEDULERS
+from blendedit.region import REGION_MODES
 
 BACKGROUND_MODES = ("stitch", "decoded", "poisson", "latent", "decoder")
 MASK_SHRINK_MODES = ("auto", "on", "off")
 MAX_WORKING_SIDE = 4096  # px; the long side the model works at
+_C = TypeVar("_C", bound="FrameConfig")
 
 
 @dataclass(frozen=True)
-class EditConfig:
-    """Blended Latent Diffusion settings (SPEC 1; official SD2 script defaults where they exist)."""
+class FrameConfig:
+    """Settings of the edit frame, shared by every method (``blendedit.frame``)."""
 
     num_images: int = 8  # candidates generated, one seed each: seed, seed + 1, ...
+    invert_mask: bool = False  # edit outside the mask instead (e.g. replace the background)
+    region: str = "auto"  # auto (crop when it gives the mask more pixels), crop, full
+    context: int | None = None  # px of context around the mask's box (crop); None = by its size
+    soft_mask: bool = False  # grey levels = per-pixel change strength (Differential Diffusion)
+    mask_grow: int = 0  # px; dilate the mask (negative: erode)
+    mask_blur: float = 0.0  # px; Gaussian sigma of a mask blur (soft edge of the paste)
+    rank: bool = True  # rank candidates by CLIP similarity of the masked result to the prompt
+    background: str = "stitch"  # how the input returns outside the mask; see reconstruct.py
+    feather: int = 8  # px; width of the soft band outside the mask (stitch); at most 16
+    paste_back: bool = False  # after poisson/latent/decoder, stitch the input back beyond feather
+    keep: int | None = None  # return (and reconstruct) only the top K after ranking; None = all
+    metrics: bool = True  # background PSNR/MSE/SSIM and seam score per result (result.json)
+    batch_size: int = 8  # candidates per model call
+    seed: int = 0
+
+    def replace(self: _C, **changes: Any) -> _C:
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise InputError(f"config: unknown setting(s) {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def _bad(self, name: str, why: str) -> InputError:
+        return InputError(f"{name}: {getattr(self, name)!r} {why}")
+
+    def validate(self: _C) -> _C:
+        """Reject values that cannot work, with the field name and value in one line."""
+        bad = self._bad
+        if not 1 <= self.num_images <= 1024:
+            raise bad("num_images", "must be between 1 and 1024")
+        if self.region not in REGION_MODES:
+            raise bad("region", f"must be one of {', '.join(REGION_MODES)}")
+        if self.context is not None and not 0 <= self.context <= 4096:
+            raise bad("context", "must be between 0 and 4096 px")
+        if not -256 <= self.mask_grow <= 256:
+            raise bad("mask_grow", "must be between -256 and 256 px")
+        if not 0 <= self.mask_blur <= 64:
+            raise bad("mask_blur", "must be between 0 and 64 px")
+        if self.background not in BACKGROUND_MODES:
+            raise bad("background", f"must be one of {', '.join(BACKGROUND_MODES)}")
+        if not 0 <= self.feather <= 16:
+            raise bad("feather", "must be between 0 and 16 px")
+        if self.keep is not None and not 1 <= self.keep <= self.num_images:
+            raise bad("keep", f"must be between 1 and num_images ({self.num_images})")
+        if self.batch_size < 1:
+            raise bad("batch_size", "must be at least 1")
+        if not 0 <= self.seed < 2**63:
+            raise bad("seed", "must be in [0, 2**63)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EditConfig(FrameConfig):
+    """Blended Latent Diffusion settings (SPEC 1; official SD2 script defaults where they exist)."""
+
     num_inference_steps: int = 50  # length of the full schedule; blend_start skips a part of it
     guidance_scale: float = 7.5  # classifier-free guidance weight
     blend_start: float = 0.25  # fraction of the schedule skipped: floor(steps * blend_start)
@@ -29,38 +88,16 @@ class EditConfig:
     scheduler: str = "ddim"  # see blendedit.models.SCHEDULERS
     eta: float = 0.0  # DDIM stochasticity (only for schedulers that take it)
     size: int | None = None  # long side of the working resolution in px; None = model's native
-    invert_mask: bool = False  # edit outside the mask instead (e.g. replace the background)
     mask_shrink: str = "auto"  # progressive mask shrinking: auto (thin masks only), on, off
     shrink_kernels: tuple[int, ...] = (7, 5, 3)  # dilation kernels, one stage each, then the mask
-    rank: bool = True  # rank candidates by CLIP similarity of the masked result to the prompt
-    background: str = "stitch"  # how the input returns outside the mask; see reconstruct.py
-    feather: int = 8  # px; width of the soft band outside the mask (stitch); at most 16
-    keep: int | None = None  # return (and reconstruct) only the top K after ranking; None = all
     recon_steps: int = 75  # Adam steps of latent / decoder reconstruction (official code: 75)
     recon_lr: float | None = None  # None: 0.1 for latent, 1e-4 for decoder (official code)
     recon_lambda: float = 100.0  # weight of the background term (paper: 100)
-    paste_back: bool = False  # after poisson/latent/decoder, stitch the input back beyond feather
-    metrics: bool = True  # background PSNR/MSE/SSIM and seam score per result (result.json)
-    batch_size: int = 8  # candidates per UNet call (classifier-free guidance doubles it)
-    decode_batch_size: int = (
-        1  # latents per VAE decode; 1 keeps each result independent of the batch
-    )
-    seed: int = 0
-
-    def replace(self, **changes: Any) -> EditConfig:
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise InputError(f"config: unknown setting(s) {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **changes)
+    decode_batch_size: int = 1  # latents per VAE decode; 1 keeps each result independent
 
     def validate(self) -> EditConfig:
-        """Reject values that cannot work, with the field name and value in one line."""
-
-        def bad(name: str, why: str) -> InputError:
-            return InputError(f"{name}: {getattr(self, name)!r} {why}")
-
-        if not 1 <= self.num_images <= 1024:
-            raise bad("num_images", "must be between 1 and 1024")
+        super().validate()
+        bad = self._bad
         if not 1 <= self.num_inference_steps <= 1000:
             raise bad("num_inference_steps", "must be between 1 and 1000")
         if not 0.0 <= self.blend_start < 1.0:
@@ -77,30 +114,20 @@ class EditConfig:
             raise bad("mask_shrink", f"must be one of {', '.join(MASK_SHRINK_MODES)}")
         if any(k < 1 or k % 2 == 0 for k in self.shrink_kernels):
             raise bad("shrink_kernels", "must be odd sizes >= 1")
-        if self.background not in BACKGROUND_MODES:
-            raise bad("background", f"must be one of {', '.join(BACKGROUND_MODES)}")
-        if self.keep is not None and not 1 <= self.keep <= self.num_images:
-            raise bad("keep", f"must be between 1 and num_images ({self.num_images})")
         if not 0 <= self.recon_steps <= 10000:
             raise bad("recon_steps", "must be between 0 and 10000")
         if self.recon_lr is not None and not 0 < self.recon_lr <= 10:
             raise bad("recon_lr", "must be in (0, 10]")
         if self.recon_lambda < 0:
             raise bad("recon_lambda", "must be >= 0")
-        if not 0 <= self.feather <= 16:
-            raise bad("feather", "must be between 0 and 16 px")
-        if self.batch_size < 1:
-            raise bad("batch_size", "must be at least 1")
         if self.decode_batch_size < 1:
             raise bad("decode_batch_size", "must be at least 1")
-        if not 0 <= self.seed < 2**63:
-            raise bad("seed", "must be in [0, 2**63)")
         if self.eta < 0:
             raise bad("eta", "must be >= 0")
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = super().to_dict()
         d["shrink_kernels"] = list(self.shrink_kernels)
         return d
 

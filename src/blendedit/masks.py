@@ -21,9 +21,9 @@ MASK_THRESHOLD = 128  # 8-bit grey level at and above which a mask pixel counts 
 ASPECT_TOLERANCE = 0.02  # relative aspect-ratio difference allowed between mask and image
 
 
-def mask_from_image(mask: Image.Image, size: tuple[int, int], invert: bool = False) -> np.ndarray:
-    """A user's mask image (modes L, 1, P, RGB, or RGBA/LA whose alpha is the mask) as a boolean
-    (H, W) array at the image's ``size`` = (W, H). White (or opaque) = edit."""
+def mask_levels(mask: Image.Image, size: tuple[int, int], invert: bool = False) -> np.ndarray:
+    """A user's mask image (modes L, 1, P, RGB, or RGBA/LA whose alpha is the mask) as uint8 grey
+    levels (H, W) at the image's ``size`` = (W, H): 255 = edit fully, 0 = keep."""
     if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
         alpha = mask.convert("RGBA").getchannel("A")
         # A fully opaque alpha carries no mask: use the colours instead.
@@ -41,8 +41,13 @@ def mask_from_image(mask: Image.Image, size: tuple[int, int], invert: bool = Fal
             )
         downscale = mw > w
         grey = grey.resize(size, Image.Resampling.BOX if downscale else Image.Resampling.NEAREST)
-    binary = np.asarray(grey) >= MASK_THRESHOLD
-    return ~binary if invert else binary
+    levels = np.asarray(grey, dtype=np.uint8)
+    return 255 - levels if invert else levels
+
+
+def mask_from_image(mask: Image.Image, size: tuple[int, int], invert: bool = False) -> np.ndarray:
+    """:func:`mask_levels` binarised at ``MASK_THRESHOLD``: a bool (H, W) array, True = edit."""
+    return mask_levels(mask, size, invert) >= MASK_THRESHOLD
 
 
 def _wide_to_l(mask: Image.Image) -> Image.Image:
@@ -77,8 +82,77 @@ def load_mask(mask: MaskInput, size: tuple[int, int], invert: bool) -> np.ndarra
 
 
 def to_tensor(mask: np.ndarray) -> torch.Tensor:
-    """Boolean (H, W) -> float (1, 1, H, W)."""
-    return torch.from_numpy(mask.astype(np.float32))[None, None]
+    """Boolean (H, W) -> float (1, 1, H, W); uint8 levels (H, W) -> strength in [0, 1]."""
+    m = mask.astype(np.float32) / 255 if mask.dtype == np.uint8 else mask.astype(np.float32)
+    return torch.from_numpy(m)[None, None]
+
+
+def array_levels(mask: np.ndarray, size: tuple[int, int], invert: bool) -> np.ndarray:
+    """A mask array at the image's ``size`` as uint8 levels (H, W): bool or 0/1 -> 0/255, uint8 as
+    is, float in [0, 1] scaled to 255."""
+    if mask.shape != (size[1], size[0]):
+        raise InputError(
+            f"mask: array shape {mask.shape} does not match the image's {(size[1], size[0])}"
+        )
+    if mask.dtype == np.uint8 and mask.max() > 1:
+        levels = mask
+    elif np.issubdtype(mask.dtype, np.floating):
+        if mask.size and (mask.min() < 0 or mask.max() > 1):
+            raise InputError("mask: a float mask array must lie in [0, 1]")
+        levels = np.rint(mask * 255).astype(np.uint8)
+    else:
+        levels = mask.astype(bool).astype(np.uint8) * 255
+    return 255 - levels if invert else levels
+
+
+def refine(levels: np.ndarray, grow: int = 0, blur: float = 0.0) -> np.ndarray:
+    """--mask-grow / --mask-blur on uint8 levels (H, W): grey dilation by a disc of ``grow`` px
+    (negative: erosion), then a Gaussian blur of sigma ``blur`` px (A1111's mask blur). Worked on
+    the mask's bounding box with room for both, so a 48 MP mask costs a small crop."""
+    import cv2
+
+    if grow == 0 and blur <= 0:
+        return levels
+    rows, cols = np.flatnonzero(levels.any(axis=1)), np.flatnonzero(levels.any(axis=0))
+    if rows.size == 0:
+        return levels
+    pad = abs(grow) + int(np.ceil(4 * blur)) + 2
+    h, w = levels.shape
+    y0, y1 = max(0, rows[0] - pad), min(h, rows[-1] + 1 + pad)
+    x0, x1 = max(0, cols[0] - pad), min(w, cols[-1] + 1 + pad)
+    part = levels[y0:y1, x0:x1]
+    if grow:
+        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * abs(grow) + 1,) * 2)
+        op = cv2.dilate if grow > 0 else cv2.erode
+        part = op(part, disc, borderType=cv2.BORDER_REPLICATE)
+    if blur > 0:
+        part = cv2.GaussianBlur(part, (0, 0), sigmaX=blur, borderType=cv2.BORDER_REPLICATE)
+    out = levels.copy()
+    out[y0:y1, x0:x1] = part
+    return out
+
+
+def paste_alpha(levels: np.ndarray, width: int, soft: bool) -> np.ndarray:
+    """The alpha (H, W) float32 of the final composite: the feathered binary mask (``feather``),
+    raised to the grey level where the mask is soft or blurred. 0/255 levels give ``feather`` of
+    the binary mask exactly."""
+    binary = levels >= MASK_THRESHOLD
+    alpha = feather(binary, width)
+    if soft or np.any((levels > 0) & (levels < 255)):
+        alpha = np.maximum(alpha, levels.astype(np.float32) / 255)
+    return alpha
+
+
+def step_masks(stages: torch.Tensor, stage_per_step: list[int], soft: bool) -> list[torch.Tensor]:
+    """The blend mask of each denoising step, (B or 1, 1, h, w) each. Binary: the step's shrinking
+    stage. Soft (Differential Diffusion, Levin & Fried 2024, folded into BLD's blend): at step i
+    of n a cell follows the model once its strength reaches the threshold 1 - i/n, else it stays
+    the noised source; strength 1 is free from the first step, 0 never, so 0/1 masks give the
+    binary masks exactly. stages: (S, B or 1, 1, h, w) strengths in [0, 1]."""
+    n = len(stage_per_step)
+    if not soft:
+        return [stages[s] for s in stage_per_step]
+    return [(stages[s] >= 1 - i / n).to(stages.dtype) for i, s in enumerate(stage_per_step)]
 
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -86,13 +160,16 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(mask, size=size, mode="area") if mask.shape[-2:] != size else mask
 
 
-def latent_mask(mask: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+def latent_mask(
+    mask: torch.Tensor, latent_size: tuple[int, int], soft: bool = False
+) -> torch.Tensor:
     """SPEC 1 step 2: the pixel mask at latent resolution, keeping every latent cell that the mask
     touches (max-pool), so a stroke thinner than the VAE's 8 px cell never vanishes.
 
-    mask: (B, 1, H, W) in [0, 1] -> (B, 1, h, w) of 0/1.
+    mask: (B, 1, H, W) in [0, 1] -> (B, 1, h, w) of 0/1; ``soft``: each cell's highest strength.
     """
-    return (F.adaptive_max_pool2d(mask, latent_size) > 0).to(mask.dtype)
+    pooled = F.adaptive_max_pool2d(mask, latent_size)
+    return pooled if soft else (pooled > 0).to(mask.dtype)
 
 
 def dilate(mask: torch.Tensor, kernel: int) -> torch.Tensor:

@@ -212,6 +212,12 @@ def _gauss_blur_valid(x: Tensor) -> Tensor:
 
 def _ssim(x: Tensor, y: Tensor, w: Tensor, erode: bool, name: str) -> Tensor:
     # x, y: (B,3,H,W); w: (B,1,H,W) -> (B,)
+    total, positions = _ssim_sums(x, y, w, erode)
+    return total / _nonempty(positions, name, "no SSIM window position inside the region")
+
+
+def _ssim_sums(x: Tensor, y: Tensor, w: Tensor, erode: bool) -> tuple[Tensor, Tensor]:
+    """(sum of weighted SSIM over window positions, sum of the weights), each (B,)."""
     H, W = x.shape[-2:]
     if min(H, W) < _SSIM_WIN:
         raise InputError(f"image: SSIM needs H, W >= {_SSIM_WIN}, got {H}x{W}")
@@ -226,8 +232,7 @@ def _ssim(x: Tensor, y: Tensor, w: Tensor, erode: bool, name: str) -> Tensor:
     # Weight of each window position: region value at its centre, or (erode) the minimum of the
     # region over the whole window, i.e. the region eroded by the window radius.
     wpos = -F.max_pool2d(-w, _SSIM_WIN, stride=1) if erode else w[..., r:-r, r:-r]
-    total = _nonempty(wpos.sum(dim=(1, 2, 3)), name, "no SSIM window position inside the region")
-    return (smap * wpos).sum(dim=(1, 2, 3)) / total
+    return (smap * wpos).sum(dim=(1, 2, 3)), wpos.sum(dim=(1, 2, 3))
 
 
 def masked_ssim(a: ImageLike, b: ImageLike, region: ImageLike, *, erode: bool = False) -> Tensor:
@@ -510,5 +515,41 @@ def background_report(result: ImageLike, source: ImageLike, mask: ImageLike) -> 
         "background_psnr": round(float(bg["psnr"][0]), 4),
         "background_mse": float(bg["mse"][0]),
         "background_ssim": round(float(bg["ssim"][0]), 6),
+        "seam": round(float(seam[0]), 6),
+    }
+
+
+def region_background_report(
+    result: np.ndarray,
+    source: np.ndarray,
+    mask: np.ndarray,
+    photo_size: tuple[int, int],
+    mask_pixels: int,
+) -> dict[str, float]:
+    """:func:`background_report` of a whole photo from a window of it: result, source (h, w, 3)
+    uint8 and mask (h, w) bool cover every changed pixel plus one SSIM window (11 px) beyond, and
+    ``mask_pixels`` is the mask's size in the whole photo of ``photo_size`` = (W, H). Outside the
+    window the result equals the source, so its pixels add zero error and SSIM windows of 1.
+    Empty when the mask leaves no background."""
+    h, w = mask.shape
+    pw, ph = photo_size
+    background = pw * ph - mask_pixels
+    if background <= 0:
+        return {}
+    x, y = _pair(result, source, ("result", "source"))
+    m = torch.from_numpy(mask)[None, None].to(x.dtype)
+    sq = ((x - y) ** 2 * (1 - m)).sum() / 3.0
+    mse_full = sq / background
+    # SSIM (eroded background): the window's positions plus every position outside it, each 1.
+    s_win, c_win = _ssim_sums(x, y, 1 - m, erode=True)
+    positions_win = (h - 10) * (w - 10)
+    touching = positions_win - float(c_win[0])  # positions whose window meets the mask
+    total = (ph - 10) * (pw - 10) - touching
+    ssim_full = (float(s_win[0]) + (total - float(c_win[0]))) / total if total > 0 else 1.0
+    seam = seam_score(result, source, mask)
+    return {
+        "background_psnr": round(float(_psnr(mse_full, 1.0)), 4),
+        "background_mse": float(mse_full),
+        "background_ssim": round(ssim_full, 6),
         "seam": round(float(seam[0]), 6),
     }

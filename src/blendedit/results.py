@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
+
+from blendedit.photo import Photo, format_parameters, save_photo
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps in all); raise inside to cancel
 
@@ -30,16 +35,53 @@ class Timings:
 
 @dataclass
 class Candidate:
-    """One edit. ``image`` has the input's size; ``rank`` is 1 for the best."""
+    """One edit: ``patch`` is the result inside the working region's ``box`` of ``photo``, in the
+    photo's own colour space and bit depth; outside it the result is the photo itself. ``rank`` is
+    1 for the best."""
 
-    image: Image.Image
+    patch: np.ndarray = field(repr=False)  # (h, w, C) like photo.pixels
+    box: tuple[int, int, int, int]  # (x0, y0, x1, y1) in the photo as shown
+    photo: Photo = field(repr=False)
     seed: int
     rank: int
     score: float | None = None
-    decoded: Image.Image | None = None  # raw decoder output, input size, before background handling
+    decoded: Image.Image | None = None  # raw model output at the box's size, before background
     latent: torch.Tensor | None = None  # (C, h, w) final latent, on the CPU
     process: list[Image.Image] | None = None  # one-step clean estimates per step (paper fig. 6)
     metrics: dict[str, float] = field(default_factory=dict)
+
+    def pixels(self) -> np.ndarray:
+        """The whole result (H, W, C) in the photo's own colour space and bit depth (a new array)."""
+        out = self.photo.pixels.copy()
+        x0, y0, x1, y1 = self.box
+        out[y0:y1, x0:x1] = self.patch
+        return out
+
+    @property
+    def image(self) -> Image.Image:
+        """The whole result as a Pillow image, shown like the input (made on each access)."""
+        return self.photo.to_pil(self.pixels())
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        format: str | None = None,
+        quality: int | None = None,
+        parameters: str | None = None,
+        marker: bool = True,
+    ) -> Path:
+        """Write the result atomically in the input's colour space, profile and bit depth, with
+        the generation ``parameters`` and the AI-edit marker (:func:`blendedit.photo.save_photo`)."""
+        return save_photo(
+            self.pixels(),
+            self.photo,
+            path,
+            format=format,
+            quality=quality,
+            parameters=parameters,
+            marker=marker,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,9 +101,10 @@ class EditResult:
     settings: dict[str, Any]
     working_size: tuple[int, int]  # (W, H) the model ran at
     input_size: tuple[int, int]  # (W, H) of the input and of every result image
-    timesteps: list[int]  # the model timesteps that were run
     timings: Timings
+    timesteps: list[int] = field(default_factory=list)  # the model timesteps that were run
     method: str = "latent"
+    region: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) the core worked on
     latent_masks: torch.Tensor | None = None  # (S, 1, h, w) blend mask per shrinking stage
     stage_per_step: list[int] | None = None  # which of latent_masks each denoising step used
 
@@ -81,6 +124,14 @@ class EditResult:
     def best(self) -> Candidate:
         return self.candidates[0]
 
+    def parameters(self, candidate: Candidate) -> str:
+        """A1111-style generation parameters of one result, for the file's metadata."""
+        return format_parameters(
+            self.prompt,
+            {**self.settings, "method": self.method, "size": self.working_size},
+            candidate.seed,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
@@ -88,6 +139,7 @@ class EditResult:
             "settings": self.settings,
             "input_size": list(self.input_size),
             "working_size": list(self.working_size),
+            "region": None if self.region is None else list(self.region),
             "timesteps": self.timesteps,
             "mask_stages": None if self.latent_masks is None else int(self.latent_masks.shape[0]),
             "stage_per_step": self.stage_per_step,

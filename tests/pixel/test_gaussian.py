@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,7 @@ from blendedit.errors import InputError
 from blendedit.pixel.adm import ADM256_UNCOND, ADMConfig, load_adm
 from blendedit.pixel.gaussian import GaussianDiffusion, condition_mean, space_timesteps
 
-
-def _reference_dir() -> Path:
-    here = Path(__file__).resolve().parents[3] / "shared" / "reference" / "adm"
-    if here.is_dir():
-        return here
-    return Path(os.environ.get("BLENDEDIT_SHARED", "/nonexistent")) / "reference" / "adm"
-
-
-REF = _reference_dir()
+REF = Path(__file__).resolve().parents[1] / "data" / "reference" / "adm"
 pytestmark = pytest.mark.skipif(not REF.is_dir(), reason=f"ADM reference data not found at {REF}")
 
 SCHEDULE_KEYS = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from functools import partial
 from pathlib import Path
 
@@ -24,15 +23,7 @@ from blendedit.pixel.guidance import (
 )
 from blendedit.ranking import ClipScorer
 
-
-def _reference_dir() -> Path:
-    here = Path(__file__).resolve().parents[3] / "shared" / "reference" / "adm"
-    if here.is_dir():
-        return here
-    return Path(os.environ.get("BLENDEDIT_SHARED", "/nonexistent")) / "reference" / "adm"
-
-
-REF = _reference_dir()
+REF = Path(__file__).resolve().parents[1] / "data" / "reference" / "adm"
 needs_ref = pytest.mark.skipif(not REF.is_dir(), reason=f"ADM reference data not found at {REF}")
 
 

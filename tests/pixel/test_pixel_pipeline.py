@@ -4,7 +4,6 @@ seeds, ranking, sizes, settings and errors."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +16,7 @@ from blendedit.pixel.adm import ADMConfig
 from blendedit.pixel.gaussian import GaussianDiffusion
 from blendedit.pixel.pipeline import PIXEL_PRESETS, BlendedDiffusion, PixelConfig, pixel_preset
 
-
-def _reference_dir() -> Path:
-    here = Path(__file__).resolve().parents[3] / "shared" / "reference" / "adm"
-    if here.is_dir():
-        return here
-    return Path(os.environ.get("BLENDEDIT_SHARED", "/nonexistent")) / "reference" / "adm"
-
-
-REF = _reference_dir()
+REF = Path(__file__).resolve().parents[1] / "data" / "reference" / "adm"
 pytestmark = pytest.mark.skipif(not REF.is_dir(), reason=f"ADM reference data not found at {REF}")
 
 # 10 respaced steps, skip 5: start at t = 4 and run 5 steps; 2 augmented copies.
@@ -173,9 +164,10 @@ def test_output_has_input_size(editor, shared_images, fit) -> None:
     assert src.size[0] != src.size[1]
     r = editor(
         src, shared_images / case["mask"], case["prompt"], seed=0, fit=fit, feather=0,
-        **{**FAST, "num_images": 1},
+        region="full", **{**FAST, "num_images": 1},
     )  # fmt: skip
-    assert r.input_size == src.size and r.working_size == (32, 32)
+    assert r.input_size == src.size
+    assert r.working_size == ((32, 32) if fit == "stretch" else (32, 21))  # pad: padded to 32
     assert all(im.size == src.size for im in r.images)
     assert r.best.decoded is not None and r.best.decoded.size == src.size
     mask = np.asarray(Image.open(shared_images / case["mask"]).convert("L")) >= 128
@@ -183,16 +175,18 @@ def test_output_has_input_size(editor, shared_images, fit) -> None:
 
 
 def test_fit_pad_keeps_aspect_and_marks_padding_as_background(editor) -> None:
-    src = Image.new("RGB", (64, 32), (200, 10, 10))
-    mask = np.zeros((32, 64), bool)
-    mask[:, 40:] = True
-    x0, m, box = editor.fit_input(src, mask, "pad")
+    cfg = PixelConfig(fit="pad")
+    assert editor.full_work_size((64, 32), cfg) == (32, 16)
+    assert editor.full_work_size((64, 32), PixelConfig()) == (32, 32)
+    x = torch.full((1, 3, 16, 32), 0.5)
+    mask = torch.zeros(1, 1, 16, 32)
+    mask[..., 20:] = 1
+    x0, m, box = editor.fit_input(x, mask)
     assert x0.shape == (1, 3, 32, 32) and m.shape == (1, 1, 32, 32)
     assert box == (0, 8, 32, 16)
     assert m[..., :8, :].sum() == 0 and m[..., 24:, :].sum() == 0  # padding: background
     assert m[..., 8:24, 20:].all() and not m[..., 8:24, :20].any()
-    x0, m, box = editor.fit_input(src, mask, "stretch")
-    assert box == (0, 0, 32, 32) and m[..., :, 20:].all()
+    assert torch.equal(x0, torch.full((1, 3, 32, 32), 0.5))  # reflected
 
 
 # -- samplers, process, progress ------------------------------------------------------------------
@@ -217,7 +211,7 @@ def test_process_frames_and_progress(editor, shared_images) -> None:
         seed=0, return_process=True, progress=lambda d, t: seen.append((d, t)), batch_size=1,
         **FAST,
     )  # fmt: skip
-    assert len(r.best.process) == 5 and r.best.process[0].size == r.input_size
+    assert len(r.best.process) == 5 and r.best.process[0].size == r.best.decoded.size
     assert r.candidates[1].process is None
     assert seen[-1] == (10, 10) and len(seen) == 10
     assert r.timings.total > 0 and r.timings.denoise > 0

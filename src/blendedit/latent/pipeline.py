@@ -1,35 +1,32 @@
 """The Blended Latent Diffusion editor: image + mask + prompt in, ranked candidate edits out.
 
-Reads as numbered stages, like a diffusers pipeline; the loop itself is ``sampling.py``.
+The method's core (paper Algorithm 1) as the stages the edit frame drives (``blendedit.frame``:
+photo, region, ranking, background and results are the frame's); the loop is ``sampling.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
-from tqdm.auto import tqdm
 
 from blendedit import masks as M
 from blendedit import reconstruct as R
 from blendedit.config import EditConfig, resolve_seeds
 from blendedit.errors import InputError
-from blendedit.io import ImageInput, load_image, pil_to_tensor, tensor_to_pil, working_size
+from blendedit.frame import Generated, Work, run_edit
+from blendedit.io import ImageInput, working_size
 from blendedit.latent.sampling import (
     blend_timesteps,
     blended_latent_diffusion,
     classifier_free_guidance,
     step_kwargs,
 )
-from blendedit.metrics import background_report
 from blendedit.models import (
     DEFAULT_MODEL,
     SDComponents,
@@ -37,10 +34,30 @@ from blendedit.models import (
     make_scheduler,
     parse_dtype,
 )
-from blendedit.ranking import DEFAULT_CLIP_MODEL, ClipScorer, rank_order
-from blendedit.results import Candidate, EditResult, ProgressFn, Timings
+from blendedit.ranking import DEFAULT_CLIP_MODEL, ClipScorer
+from blendedit.region import shapes_at
+from blendedit.results import EditResult, ProgressFn
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _LatentState:
+    """What :meth:`BlendedLatentDiffusion.prepare` shares between the candidates."""
+
+    cond: torch.Tensor  # (1, L, D)
+    uncond: torch.Tensor  # (1, L, D)
+    z_init: torch.Tensor  # (1, C, h, w) E(x)
+    x: torch.Tensor  # (1, 3, H, W) in [-1, 1], the region at the working size
+    mask: torch.Tensor  # (1, 1, H, W) edit strength at the working size
+    stages: torch.Tensor  # (S, 1, 1, h, w) latent mask per shrinking stage
+    stage_per_step: list[int]
+    step_masks: list[torch.Tensor]  # per step (1, 1, h, w), on the device
+    timesteps: torch.Tensor  # the steps to run, on the host
+    shrink: bool
+    num_steps: int
+    decode_chunk: int  # latents per VAE decode
+    latent_space: bool = True  # samples are latents (kept per candidate)
 
 
 class BlendedLatentDiffusion:
@@ -157,7 +174,7 @@ class BlendedLatentDiffusion:
         parts = [self.decode_with(self.vae, part).float() for part in z.split(chunk)]
         return (torch.cat(parts) / 2 + 0.5).clamp(0, 1)
 
-    # -- the edit ---------------------------------------------------------------------------------
+    # -- the edit: the frame's core protocol (blendedit.frame) ------------------------------------
 
     def __call__(
         self,
@@ -180,214 +197,121 @@ class BlendedLatentDiffusion:
         through ``seed`` (default ``config.seed``), explicit ``seeds``, or a ``generator``.
         ``return_process`` keeps each step's one-step clean estimate for the best result.
         """
-        t_start = time.perf_counter()
-        timings = Timings()
         cfg = (config or EditConfig()).replace(**settings).validate()
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError("prompt: must be a non-empty text")
         if seed is None and seeds is None and generator is None:
             seed = cfg.seed
         seed_list = resolve_seeds(cfg.num_images, seed, seeds, generator)
+        return run_edit(
+            self, image, mask, prompt, cfg, seed_list,
+            progress=progress, return_process=return_process, method="latent",
+        )  # fmt: skip
 
-        # 1. Inputs: the photo, and its mask at the photo's size (bool (H, W)).
-        src = load_image(image, "image")
-        mask_np = M.load_mask(mask, src.size, cfg.invert_mask)
+    def full_work_size(self, size: tuple[int, int], cfg: EditConfig) -> tuple[int, int]:
+        """The whole photo: long side = ``size`` (default the model's), multiples of 8."""
+        return working_size(size, cfg.size or self.native_size, self.vae_scale_factor)
 
-        # 2. Working resolution: long side = size (default: the model's), multiples of 8.
-        f = self.vae_scale_factor
-        work_w, work_h = working_size(src.size, cfg.size or self.native_size, f)
-        latent_hw = (work_h // f, work_w // f)
-        src_work = (
-            src
-            if src.size == (work_w, work_h)
-            else src.resize((work_w, work_h), Image.Resampling.LANCZOS)
-        )
-        x = pil_to_tensor(src_work) * 2 - 1  # (1, 3, H, W) in [-1, 1]
-        mask_full = M.to_tensor(mask_np)  # (1, 1, H0, W0)
-        mask_work = M.resize_mask(mask_full, (work_h, work_w))  # (1, 1, H, W) coverage
+    def work_shapes(self, cfg: EditConfig) -> list[tuple[int, int]]:
+        """A crop: shapes of about native**2 pixels, multiples of 64 (512x512, 576x448, ...)."""
+        return shapes_at(cfg.size or self.native_size)
 
-        # 3. Text: prompt and negative prompt for classifier-free guidance.
-        t0 = time.perf_counter()
-        cond = self.encode_prompt(prompt)  # (1, L, D)
+    def prepare(self, work: Work, cfg: EditConfig) -> _LatentState:
+        """Paper Algorithm 1 inputs: text, z_init = E(x), the latent mask and its stages."""
+        # Text: prompt and negative prompt for classifier-free guidance, (1, L, D) each.
+        cond = self.encode_prompt(work.prompt)
         uncond = self.encode_prompt(cfg.negative_prompt)
-
-        # 4. z_init = E(x) * scaling factor.
-        z_init = self.encode_image(x).to(self.dtype)  # (1, C, h, w)
-        self._sync()
-        timings.encode = time.perf_counter() - t0
-
-        # 5. Latent mask (max-pool keeps thin strokes) and the progressive shrinking stages.
-        m_latent = M.latent_mask(mask_full, latent_hw)  # (1, 1, h, w)
+        # z_init = E(x) * scaling factor, (1, C, h, w).
+        x = work.x
+        z_init = self.encode_image(x).to(self.dtype)
+        # Latent mask (max-pool keeps thin strokes) and the progressive shrinking stages.
+        m_latent = M.latent_mask(work.mask, tuple(z_init.shape[-2:]), work.soft)  # (1, 1, h, w)
         shrink = cfg.mask_shrink == "on" or (
-            cfg.mask_shrink == "auto" and M.has_thin_parts(m_latent, min(cfg.shrink_kernels))
+            cfg.mask_shrink == "auto"
+            and M.has_thin_parts((m_latent > 0).to(m_latent), min(cfg.shrink_kernels))
         )
         stages = M.shrink_stages(m_latent, cfg.shrink_kernels) if shrink else m_latent[None]
         timesteps = blend_timesteps(self._scheduler(cfg), cfg.num_inference_steps, cfg.blend_start)
-        n_steps = len(timesteps)
-        stage_per_step = M.stage_of_step(n_steps, stages.shape[0])
-        stages_dev = stages.to(self.device, self.dtype)
-        step_masks = [stages_dev[s] for s in stage_per_step]  # each (1, 1, h, w)
+        stage_per_step = M.stage_of_step(len(timesteps), stages.shape[0])
+        step_masks = M.step_masks(stages.to(self.device, self.dtype), stage_per_step, work.soft)
+        return _LatentState(
+            cond, uncond, z_init, x, work.mask, stages, stage_per_step, step_masks, timesteps,
+            shrink, len(timesteps), cfg.decode_batch_size,
+        )  # fmt: skip
 
-        # 6-7. Denoise: candidates in chunks of batch_size, each with its own seed's noise.
-        t0 = time.perf_counter()
-        total = len(seed_list) * n_steps
-        bar = tqdm(
-            total=total, desc="denoising", unit="step", disable=progress is not True, leave=False
+    @torch.no_grad()
+    def generate(
+        self,
+        state: _LatentState,
+        seeds: list[int],
+        cfg: EditConfig,
+        tick: Callable[[int], None],
+        keep_process: bool,
+    ) -> Generated:
+        """SPEC 1 steps 3-4 for one chunk, each candidate with its own seed's noise."""
+        b = len(seeds)
+        gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        # Noise drawn on the CPU in float32 from each seed: identical on any device and dtype.
+        noise = torch.cat([torch.randn(state.z_init.shape, generator=g) for g in gens]).to(
+            self.device, self.dtype
         )
-        report = progress if callable(progress) else None
-        latents: list[torch.Tensor] = []
-        x0_frames: list[torch.Tensor] = []  # per candidate: (steps, C, h, w) clean estimates
-        done, chunk_size = 0, cfg.batch_size
-        try:
-            while done < len(seed_list):
-                chunk = seed_list[done : done + chunk_size]
-                try:
-                    z, frames = self._denoise_chunk(
-                        cfg,
-                        chunk,
-                        z_init,
-                        cond,
-                        uncond,
-                        step_masks,
-                        bar,
-                        report,
-                        done * n_steps,
-                        return_process,
-                    )
-                except torch.OutOfMemoryError:
-                    if chunk_size == 1:
-                        raise
-                    chunk_size = max(1, chunk_size // 2)  # a batch that does not fit: halve it
-                    logger.warning("out of memory: continuing with batch_size %d", chunk_size)
-                    self._empty_cache()
-                    bar.n = done * n_steps
-                    continue
-                latents.append(z)
-                x0_frames.extend(frames)
-                done += len(chunk)
-        finally:
-            bar.close()
-        z_all = torch.cat(latents)  # (N, C, h, w) on the device
-        self._sync()
-        timings.denoise = time.perf_counter() - t0
+        scheduler = self._scheduler(cfg)
+        timesteps = blend_timesteps(scheduler, cfg.num_inference_steps, cfg.blend_start)
+        model_fn = classifier_free_guidance(
+            self.unet,
+            state.cond.expand(b, -1, -1),
+            state.uncond.expand(b, -1, -1),
+            cfg.guidance_scale,
+        )
+        z0 = state.z_init.expand(b, -1, -1, -1)
+        masks = state.step_masks
+        frames: list[torch.Tensor] = []
 
-        # 8. Decode: x_hat = D(z).
-        t0 = time.perf_counter()
-        decoded = self.decode_latents(z_all, cfg.decode_batch_size)  # (N, 3, H, W) in [0, 1]
-        self._sync()
-        timings.decode = time.perf_counter() - t0
+        def on_step(i: int, t: torch.Tensor, z: torch.Tensor, out: Any) -> None:
+            tick(b)
+            x0 = getattr(out, "pred_original_sample", None)
+            if keep_process and x0 is not None:  # the blended one-step clean estimate (fig. 6)
+                frames.append((x0 * masks[i] + z0 * (1 - masks[i])).cpu())
 
-        # 9. Rank by CLIP similarity of the masked result to the prompt (paper 4.4).
-        t0 = time.perf_counter()
-        scores = None
-        if cfg.rank and self.clip is not None:
-            scores = self.clip.score(decoded, mask_work, prompt)
-        elif cfg.rank and self.clip is None and len(seed_list) > 1:
-            logger.warning("no CLIP model loaded: results are not ranked")
-        order = rank_order(scores, len(seed_list))
-        timings.rank = time.perf_counter() - t0
+        z = blended_latent_diffusion(
+            model_fn, scheduler, z0, noise, timesteps, masks,
+            step_kwargs(scheduler, gens, cfg.eta), on_step,
+        )  # fmt: skip
+        per_image = [torch.stack([f[j] for f in frames]) for j in range(b)] if frames else []
+        return Generated(z, per_image)
 
-        # 10. Keep the top K; reconstruct their background (paper 4.2) at the input's size.
-        t0 = time.perf_counter()
-        src_np = np.asarray(src)
-        alpha = M.feather(mask_np, cfg.feather)  # (H0, W0): one feather for every candidate
-        candidates = []
-        for rank, idx in enumerate(order[: cfg.keep or len(order)], start=1):
-            dec_img = self._to_input_size(decoded[idx : idx + 1], src.size)
-            out = self._background(
-                cfg,
-                z_all[idx : idx + 1],
-                decoded[idx : idx + 1],
-                x,
-                mask_work,
-                dec_img,
-                src_np,
-                mask_np,
-                alpha,
-            )
-            process = None
-            if return_process and rank == 1 and x0_frames:
-                frames = self.decode_latents(x0_frames[idx].to(self.device))
-                process = [tensor_to_pil(im) for im in frames]
-            candidates.append(
-                Candidate(
-                    image=out,
-                    seed=seed_list[idx],
-                    rank=rank,
-                    score=None if scores is None else float(scores[idx]),
-                    decoded=dec_img,
-                    latent=z_all[idx].cpu(),
-                    process=process,
-                    metrics=background_report(out, src_np, mask_np) if cfg.metrics else {},
-                )
-            )
-        timings.background = time.perf_counter() - t0
-        timings.total = time.perf_counter() - t_start
+    def decode(self, state: _LatentState, samples: torch.Tensor) -> torch.Tensor:
+        """SPEC 1 step 5: x_hat = D(z), (N, 3, H, W) in [0, 1]."""
+        return self.decode_latents(samples.to(self.device), state.decode_chunk)
 
-        return EditResult(
-            candidates=candidates,
-            prompt=prompt,
-            settings={
-                **cfg.to_dict(),
+    def reconstruct(
+        self, state: _LatentState, sample: torch.Tensor, decoded: torch.Tensor, cfg: EditConfig
+    ) -> torch.Tensor:
+        """Paper 4.2: latent optimisation or per-image decoder fine-tuning, (1, 3, H, W) in
+        [0, 1] at the working size; the background term sees the input x outside the mask."""
+        mode = cfg.background
+        mask = (state.mask > 0).to(state.x)
+        args = (decoded.to(self.device) * 2 - 1, state.x.to(self.device), mask.to(self.device))
+        opts = {"steps": cfg.recon_steps, "lam": cfg.recon_lambda}
+        opts["lr"] = cfg.recon_lr or R.RECON_DEFAULTS[mode]["lr"]
+        z0 = sample.to(self.device)
+        if mode == "latent":
+            z_star = R.optimise_latent(partial(self.decode_with, self.vae), z0, *args, **opts)
+            return self.decode_latents(z_star)
+        if mode == "decoder":
+            out = R.finetune_decoder(self.vae, self.decode_with, z0, *args, **opts)
+            return (out / 2 + 0.5).clamp(0, 1)
+        raise InputError(f"background: {mode!r} is not a reconstruction of the latent method")
+
+    def describe(self, state: _LatentState, cfg: EditConfig) -> dict[str, Any]:
+        return {
+            "settings": {
                 "model": self.name,
                 "dtype": str(self.dtype).removeprefix("torch."),
-                "shrink_applied": shrink,
-                "batch_size_used": chunk_size,  # smaller than batch_size after out-of-memory
+                "shrink_applied": state.shrink,
             },
-            working_size=(work_w, work_h),
-            input_size=src.size,
-            latent_masks=stages[:, 0].cpu(),
-            stage_per_step=stage_per_step,
-            timesteps=[int(t) for t in timesteps.tolist()],
-            timings=timings,
-        )
-
-    @staticmethod
-    def _to_input_size(image: torch.Tensor, size: tuple[int, int]) -> Image.Image:
-        """(1, 3, H, W) in [0, 1] at the working size -> PIL at the input's (W, H)."""
-        if tuple(image.shape[-2:]) != (size[1], size[0]):
-            image = F.interpolate(image, size=(size[1], size[0]), mode="bicubic", antialias=True)
-        return tensor_to_pil(image[0].clamp(0, 1))
-
-    def _background(
-        self,
-        cfg: EditConfig,
-        z: torch.Tensor,
-        decoded: torch.Tensor,
-        x: torch.Tensor,
-        mask_work: torch.Tensor,
-        dec_img: Image.Image,
-        src_np: np.ndarray,
-        mask_np: np.ndarray,
-        alpha: np.ndarray,
-    ) -> Image.Image:
-        """SPEC 1 "Background reconstruction" for one kept result. z (1, C, h, w); decoded
-        (1, 3, H, W) in [0, 1] and x (1, 3, H, W) in [-1, 1] at the working size; mask_work
-        (1, 1, H, W) coverage; dec_img, src_np, mask_np at the input's size."""
-        mode = cfg.background
-        if mode == "decoded":
-            return dec_img
-        if mode == "stitch":
-            return Image.fromarray(R.composite(np.asarray(dec_img), src_np, alpha))
-        if mode == "poisson":
-            out = R.poisson(np.asarray(dec_img), src_np, mask_np)
-        else:
-            args = (decoded.to(self.device) * 2 - 1, x.to(self.device), mask_work.to(self.device))
-            opts = {"steps": cfg.recon_steps, "lam": cfg.recon_lambda}
-            opts["lr"] = cfg.recon_lr or R.RECON_DEFAULTS[mode]["lr"]
-            z0 = z.to(self.device)
-            if mode == "latent":
-                decode = partial(self.decode_with, self.vae)
-                z_star = R.optimise_latent(decode, z0, *args, **opts)
-                recon = self.decode_latents(z_star)
-            else:  # decoder
-                recon = (
-                    R.finetune_decoder(self.vae, self.decode_with, z0, *args, **opts) / 2 + 0.5
-                ).clamp(0, 1)
-            out = np.asarray(self._to_input_size(recon, (src_np.shape[1], src_np.shape[0])))
-        if cfg.paste_back:  # the input's own pixels beyond the feather band
-            out = R.composite(out, src_np, alpha)
-        return Image.fromarray(out)
+            "timesteps": [int(t) for t in state.timesteps.tolist()],
+            "latent_masks": state.stages[:, 0].cpu(),
+            "stage_per_step": state.stage_per_step,
+        }
 
     def diffusers_inpaint(self, cfg: EditConfig) -> tuple[Any, float]:
         """diffusers' ``StableDiffusionInpaintPipeline`` on this editor's own components (with a
@@ -410,15 +334,6 @@ class BlendedLatentDiffusion:
         n = cfg.num_inference_steps
         return pipe, (n - int(n * cfg.blend_start) + 0.5) / n
 
-    def _sync(self) -> None:
-        """Wait for the device at a stage boundary, so stage timings are true (never per step)."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _empty_cache(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
     def optimize(self, channels_last: bool = True, compile: bool = False) -> BlendedLatentDiffusion:
         """The fast path for GPUs: channels-last UNet/VAE memory layout and, optionally,
         ``torch.compile`` of the UNet (its first call compiles; ``blendedit bench`` reports that
@@ -433,54 +348,3 @@ class BlendedLatentDiffusion:
     def _scheduler(self, cfg: EditConfig) -> Any:
         """A fresh scheduler per run: schedulers keep state (step index, solver history)."""
         return make_scheduler(cfg.scheduler, self.scheduler.config)
-
-    @torch.no_grad()
-    def _denoise_chunk(
-        self,
-        cfg: EditConfig,
-        chunk_seeds: list[int],
-        z_init: torch.Tensor,
-        cond: torch.Tensor,
-        uncond: torch.Tensor,
-        step_masks: list[torch.Tensor],
-        bar: Any,
-        report: ProgressFn | None,
-        steps_before: int,
-        keep_process: bool,
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        b = len(chunk_seeds)
-        gens = [torch.Generator("cpu").manual_seed(s) for s in chunk_seeds]
-        # Noise drawn on the CPU in float32 from each seed: identical on any device and dtype.
-        noise = torch.cat([torch.randn(z_init.shape, generator=g) for g in gens]).to(
-            self.device, self.dtype
-        )
-        scheduler = self._scheduler(cfg)
-        timesteps = blend_timesteps(scheduler, cfg.num_inference_steps, cfg.blend_start)
-        model_fn = classifier_free_guidance(
-            self.unet, cond.expand(b, -1, -1), uncond.expand(b, -1, -1), cfg.guidance_scale
-        )
-        z0 = z_init.expand(b, -1, -1, -1)
-        frames: list[torch.Tensor] = []
-        total = bar.total
-
-        def on_step(i: int, t: torch.Tensor, z: torch.Tensor, out: Any) -> None:
-            bar.update(b)
-            if report is not None:
-                report(steps_before + (i + 1) * b, total)
-            if keep_process:
-                x0 = getattr(out, "pred_original_sample", None)
-                if x0 is not None:  # the one-step estimate of the clean latent, blended (fig. 6)
-                    frames.append((x0 * step_masks[i] + z0 * (1 - step_masks[i])).cpu())
-
-        z = blended_latent_diffusion(
-            model_fn,
-            scheduler,
-            z0,
-            noise,
-            timesteps,
-            step_masks,
-            step_kwargs(scheduler, gens, cfg.eta),
-            on_step,
-        )
-        per_image = [torch.stack([f[j] for f in frames]) for j in range(b)] if frames else []
-        return z, per_image

@@ -1,16 +1,16 @@
 """The Blended Diffusion editor (pixel space, ADM + CLIP guidance) and the local CLIP-guided baseline.
 
 Same call and result as :class:`~blendedit.latent.pipeline.BlendedLatentDiffusion`: image + mask +
-prompt in, ranked candidate edits out, read as numbered stages. SPEC 2; official code
-``omriav/blended-diffusion``.
+prompt in, ranked candidate edits out; the method's core as the stages the edit frame drives
+(``blendedit.frame``). SPEC 2; official code ``omriav/blended-diffusion``.
 
-Working resolution. ADM works at a fixed square size (256 for the released model). With
-``fit="stretch"`` (default, as the official code does) the photo is resized to image_size x
-image_size, changing its aspect ratio, and each result is resized back to the photo's size, so the
-model sees every pixel of the photo at the highest resolution it has. ``fit="pad"`` keeps the aspect
-ratio instead: the long side is scaled to image_size and the short side reflect-padded (the padding
-counts as background: blended back / preserved, never edited), and the padding is cropped off
-afterwards. Results always come back at the input's size.
+Working resolution. ADM works at a fixed square size (256 for the released model). A crop region
+(the default whenever it helps) is already square. For the whole photo, ``fit="stretch"`` (default,
+as the official code does) resizes it to image_size x image_size, changing its aspect ratio, and
+each result is resized back; ``fit="pad"`` keeps the aspect ratio instead: the long side is scaled
+to image_size and the short side reflect-padded (the padding counts as background: blended back /
+preserved, never edited), and the padding is cropped off afterwards. Results always come back at
+the input's size.
 
 Where this follows the brief / SPEC rather than the official code, on purpose:
 
@@ -34,23 +34,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from tqdm.auto import tqdm
 
 from blendedit import masks as M
-from blendedit.config import BACKGROUND_MODES, resolve_seeds
+from blendedit.config import FrameConfig, resolve_seeds
 from blendedit.errors import InputError
-from blendedit.io import ImageInput, load_image, pil_to_tensor, tensor_to_pil
+from blendedit.frame import Generated, Work, run_edit
+from blendedit.io import ImageInput
 from blendedit.metrics import LPIPS
 from blendedit.models import parse_dtype
 from blendedit.pixel.adm import ADM256_UNCOND, ADMConfig, ADMUNet, load_adm
@@ -61,22 +58,21 @@ from blendedit.pixel.guidance import (
     guided_mean_variance,
     make_augmenter,
 )
-from blendedit.ranking import DEFAULT_CLIP_MODEL, ClipScorer, rank_order
-from blendedit.reconstruct import stitch
-from blendedit.results import Candidate, EditResult, ProgressFn, Timings
+from blendedit.ranking import DEFAULT_CLIP_MODEL, ClipScorer
+from blendedit.results import EditResult, ProgressFn
 
 logger = logging.getLogger(__name__)
 
 
 SAMPLERS = ("ddpm", "ddim")
 FIT_MODES = ("stretch", "pad")
+PIXEL_BACKGROUNDS = ("stitch", "decoded", "poisson")  # no decoder to optimise in pixel space
 
 
 @dataclass(frozen=True)
-class PixelConfig:
+class PixelConfig(FrameConfig):
     """Blended Diffusion settings (SPEC 2; defaults are the official script's)."""
 
-    num_images: int = 8  # candidates generated, one seed each: seed, seed + 1, ...
     timestep_respacing: str = "100"  # guided-diffusion respacing of the 1000 training steps
     skip_timesteps: int = 25  # start from the input noised to step K - skip - 1, run K - skip steps
     sampler: str = "ddpm"  # ddpm (official) or ddim
@@ -87,13 +83,8 @@ class PixelConfig:
     local: bool = False  # True: local CLIP-guided diffusion baseline (no blending, background loss)
     lpips_sim_lambda: float = 1000.0  # local only: LPIPS background loss weight
     l2_sim_lambda: float = 10000.0  # local only: L2 background loss weight
-    invert_mask: bool = False  # edit outside the mask instead
     fit: str = "stretch"  # stretch to the model's square size (official) or pad (keep aspect)
-    rank: bool = True  # rank candidates by CLIP similarity of the masked result to the prompt
-    background: str = "stitch"  # stitch: input pixels outside the mask; decoded: raw model output
-    feather: int = 8  # px; width of the soft band outside the mask (stitch); at most 16
     batch_size: int = 4  # candidates per UNet call
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.timestep_respacing, int) and not isinstance(
@@ -101,21 +92,11 @@ class PixelConfig:
         ):
             object.__setattr__(self, "timestep_respacing", str(self.timestep_respacing))
 
-    def replace(self, **changes: Any) -> PixelConfig:
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise InputError(f"config: unknown setting(s) {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **changes)
-
     def validate(self) -> PixelConfig:
         """Reject values that cannot work, with the field name and value in one line.
         (The respacing and skip are checked against the model's schedule when an edit runs.)"""
-
-        def bad(name: str, why: str) -> InputError:
-            return InputError(f"{name}: {getattr(self, name)!r} {why}")
-
-        if not 1 <= self.num_images <= 1024:
-            raise bad("num_images", "must be between 1 and 1024")
+        super().validate()
+        bad = self._bad
         if not isinstance(self.timestep_respacing, str):
             raise bad("timestep_respacing", "must be a respacing string such as '100'")
         if self.skip_timesteps < 0:
@@ -131,18 +112,9 @@ class PixelConfig:
             raise bad("aug_num", "must be between 0 and 64")
         if self.fit not in FIT_MODES:
             raise bad("fit", f"must be one of {', '.join(FIT_MODES)}")
-        if self.background not in BACKGROUND_MODES:
-            raise bad("background", f"must be one of {', '.join(BACKGROUND_MODES)}")
-        if not 0 <= self.feather <= 16:
-            raise bad("feather", "must be between 0 and 16 px")
-        if self.batch_size < 1:
-            raise bad("batch_size", "must be at least 1")
-        if not 0 <= self.seed < 2**63:
-            raise bad("seed", "must be in [0, 2**63)")
+        if self.background not in PIXEL_BACKGROUNDS:
+            raise bad("background", f"must be one of {', '.join(PIXEL_BACKGROUNDS)} (pixel space)")
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 PIXEL_PRESETS: dict[str, PixelConfig] = {
@@ -174,6 +146,22 @@ def _model_config(model_config: str | os.PathLike[str] | ADMConfig | dict | None
     if not path.is_file():
         raise InputError(f"model_config: no such file: {str(path)!r} (a guided-diffusion JSON)")
     return ADMConfig.from_json(path)
+
+
+@dataclass
+class _PixelState:
+    """What :meth:`BlendedDiffusion.prepare` shares between the candidates."""
+
+    diffusion: GaussianDiffusion
+    steps: list[int]  # respaced steps to run, t_start..0
+    x0: torch.Tensor  # (1, 3, S, S) in [-1, 1], the region in the model's square
+    mask: torch.Tensor  # (1, 1, S, S) 0/1, every pixel the mask touches
+    step_masks: list[torch.Tensor]  # per step (1, 1, S, S): the blend mask (soft: thresholded)
+    box: tuple[int, int, int, int]  # (left, top, w, h) of the region in the square
+    text_embed: torch.Tensor | None
+    augmenter: Augmenter | None
+    lpips: LPIPS | None
+    num_steps: int
 
 
 class BlendedDiffusion:
@@ -268,33 +256,22 @@ class BlendedDiffusion:
         )
 
     def fit_input(
-        self, src: Image.Image, mask: np.ndarray, fit: str
+        self, x: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int, int]]:
-        """The photo and mask at the model's square size.
-
-        Returns x0 (1, 3, S, S) in [−1, 1], the working mask (1, 1, S, S) of 0/1 (every pixel the
-        mask touches: max-pooled, so thin strokes survive the resize) and the box
-        (left, top, width, height) of the photo inside the square.
-        """
+        """The working region in the model's square: x (1, 3, h, w) in [-1, 1] and its mask
+        (1, 1, h, w), h, w <= S, reflect-padded (the padding is background) to (1, 3, S, S) and
+        (1, 1, S, S); returns them and the box (left, top, w, h) of the region in the square."""
         s = self.image_size
-        mask_t = M.to_tensor(mask)  # (1, 1, H0, W0)
-        if fit == "stretch":
-            w, h, left, top = s, s, 0, 0
-        else:
-            scale = s / max(src.size)
-            w, h = (max(1, min(s, round(v * scale))) for v in src.size)
-            left, top = (s - w) // 2, (s - h) // 2
-        img = src if src.size == (w, h) else src.resize((w, h), Image.Resampling.LANCZOS)
-        x0 = pil_to_tensor(img) * 2 - 1  # (1, 3, h, w)
-        m = (F.adaptive_max_pool2d(mask_t, (h, w)) > 0).float()  # (1, 1, h, w)
+        h, w = x.shape[-2:]
+        left, top = (s - w) // 2, (s - h) // 2
         pad = (left, s - w - left, top, s - h - top)
         if any(pad):
             reflect = max(pad[0], pad[1]) < w and max(pad[2], pad[3]) < h
-            x0 = F.pad(x0, pad, mode="reflect" if reflect else "replicate")
-            m = F.pad(m, pad)  # the padding is background
-        return x0, m, (left, top, w, h)
+            x = F.pad(x, pad, mode="reflect" if reflect else "replicate")
+            mask = F.pad(mask, pad)
+        return x, mask, (left, top, w, h)
 
-    # -- the edit ---------------------------------------------------------------------------------
+    # -- the edit: the frame's core protocol (blendedit.frame) ------------------------------------
 
     def __call__(
         self,
@@ -319,11 +296,7 @@ class BlendedDiffusion:
         CPU generator, so any one result can be regenerated alone from its recorded seed.
         ``return_process`` keeps each step's clean estimate x̂_0 for the best result.
         """
-        t_begin = time.perf_counter()
-        timings = Timings()
         cfg = (config or PixelConfig()).replace(**settings).validate()
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError("prompt: must be a non-empty text")
         if cfg.clip_guidance_lambda and self.clip is None:
             raise InputError(
                 "clip_guidance_lambda: CLIP guidance needs a CLIP model (load with clip_model=...)"
@@ -331,17 +304,29 @@ class BlendedDiffusion:
         if seed is None and seeds is None and generator is None:
             seed = cfg.seed
         seed_list = resolve_seeds(cfg.num_images, seed, seeds, generator)
+        return run_edit(
+            self, image, mask, prompt, cfg, seed_list,
+            progress=progress, return_process=return_process, method="pixel",
+        )  # fmt: skip
 
-        # 1. Inputs: the photo, and its mask at the photo's size (bool (H, W)).
-        src = load_image(image, "image")
-        mask_np = M.load_mask(mask, src.size, cfg.invert_mask)
+    def full_work_size(self, size: tuple[int, int], cfg: PixelConfig) -> tuple[int, int]:
+        """The whole photo: stretched to the model's square (official), or its aspect kept with
+        the long side at the square's size (``fit="pad"``; padded in :meth:`prepare`)."""
+        s = self.image_size
+        if cfg.fit == "stretch":
+            return s, s
+        scale = s / max(size)
+        return max(1, min(s, round(size[0] * scale))), max(1, min(s, round(size[1] * scale)))
 
-        # 2. Working resolution: the model's square size (stretched, or padded to keep aspect).
-        t0 = time.perf_counter()
-        x0, m_work, box = self.fit_input(src, mask_np, cfg.fit)
+    def work_shapes(self, cfg: PixelConfig) -> list[tuple[int, int]]:
+        return [(self.image_size, self.image_size)]
+
+    def prepare(self, work: Work, cfg: PixelConfig) -> _PixelState:
+        """SPEC 2: the region in the model's square, the schedule, the text and augmentations."""
+        m = M.latent_mask(work.mask, tuple(work.mask.shape[-2:]), work.soft)  # every touched pixel
+        x0, m_work, box = self.fit_input(work.x, m)
         x0, m_work = x0.to(self.device), m_work.to(self.device)
-
-        # 3. Schedule: start at t_start = K - skip - 1 and run t_start..0 (SPEC 2).
+        # Schedule: start at t_start = K - skip - 1 and run t_start..0.
         diffusion = self.make_diffusion(cfg)
         k = diffusion.num_steps
         if cfg.skip_timesteps >= k:
@@ -350,11 +335,11 @@ class BlendedDiffusion:
                 f" timestep_respacing={cfg.timestep_respacing!r}"
             )
         steps = list(range(k - cfg.skip_timesteps - 1, -1, -1))
-
-        # 4. Text: the prompt's CLIP embedding; the augmentations at CLIP's input size.
+        step_masks = M.step_masks(m_work[None], [0] * len(steps), work.soft)
+        # Text: the prompt's CLIP embedding; the augmentations at CLIP's input size.
         text_embed = augmenter = None
         if cfg.clip_guidance_lambda and self.clip is not None:
-            text_embed = self.clip.embed_text([prompt])  # (1, D)
+            text_embed = self.clip.embed_text([work.prompt])  # (1, D)
             augmenter = make_augmenter(cfg.aug_num, self.clip.image_size)
         lpips = None
         if cfg.local and cfg.lpips_sim_lambda:
@@ -365,148 +350,80 @@ class BlendedDiffusion:
                     " loss uses the L2 term only"
                 )
                 self._warned_lpips = True
-        timings.encode = time.perf_counter() - t0
+        return _PixelState(
+            diffusion, steps, x0, (m_work > 0).to(x0), step_masks, box, text_embed, augmenter,
+            lpips, len(steps),
+        )  # fmt: skip
 
-        # 5-6. Denoise with CLIP guidance, blending the noised input outside the mask (or the
-        # background loss instead, local mode); candidates in chunks of batch_size.
-        t0 = time.perf_counter()
-        total = len(seed_list) * len(steps)
-        bar = tqdm(
-            total=total, desc="denoising", unit="step", disable=progress is not True, leave=False
+    def generate(
+        self,
+        state: _PixelState,
+        seeds: list[int],
+        cfg: PixelConfig,
+        tick: Callable[[int], None],
+        keep_process: bool,
+    ) -> Generated:
+        """SPEC 2 for one chunk: CLIP-guided denoising, blending the noised input outside the
+        mask (or the background loss instead, local mode)."""
+        guidance = partial(
+            clip_guidance_grad,
+            diffusion=state.diffusion,
+            mask=state.mask,
+            clip=self.clip,
+            text_embed=state.text_embed,
+            augmenter=state.augmenter,
+            clip_weight=cfg.clip_guidance_lambda if state.augmenter is not None else 0.0,
+            range_weight=cfg.range_lambda,
+            source=state.x0 if cfg.local else None,
+            l2_weight=cfg.l2_sim_lambda if cfg.local else 0.0,
+            lpips_weight=cfg.lpips_sim_lambda if cfg.local else 0.0,
+            lpips=state.lpips,
         )
-        report = progress if callable(progress) else None
-        samples: list[torch.Tensor] = []
-        frames: list[torch.Tensor] = []  # (steps, 3, S, S) uint8 per candidate
-        try:
-            for i in range(0, len(seed_list), cfg.batch_size):
-                chunk = seed_list[i : i + cfg.batch_size]
-                guidance = partial(
-                    clip_guidance_grad,
-                    diffusion=diffusion,
-                    mask=m_work,
-                    clip=self.clip,
-                    text_embed=text_embed,
-                    augmenter=augmenter,
-                    clip_weight=cfg.clip_guidance_lambda if augmenter is not None else 0.0,
-                    range_weight=cfg.range_lambda,
-                    source=x0 if cfg.local else None,
-                    l2_weight=cfg.l2_sim_lambda if cfg.local else 0.0,
-                    lpips_weight=cfg.lpips_sim_lambda if cfg.local else 0.0,
-                    lpips=lpips,
-                )
-                x, chunk_frames = self._denoise_chunk(
-                    cfg, diffusion, chunk, x0, m_work, steps, guidance, augmenter,
-                    bar, report, i * len(steps), return_process,
-                )  # fmt: skip
-                samples.append(x.cpu())
-                frames.extend(chunk_frames)
-        finally:
-            bar.close()
-        x_all = torch.cat(samples)  # (N, 3, S, S) in [-1, 1]
-        timings.denoise = time.perf_counter() - t0
+        x, frames = self._denoise_chunk(cfg, state, seeds, guidance, tick, keep_process)
+        return Generated(x.cpu(), frames)
 
-        # 7. Back to the input's size: crop the padding, resize (no decoder in pixel space).
-        t0 = time.perf_counter()
-        decoded = self._to_input_size(x_all, box, src.size)  # (N, 3, H0, W0) in [0, 1]
-        timings.decode = time.perf_counter() - t0
+    def decode(self, state: _PixelState, samples: torch.Tensor) -> torch.Tensor:
+        """No decoder in pixel space: (N, 3, S, S) in [-1, 1] (or uint8 process frames) -> the
+        region's box in the square, (N, 3, h, w) in [0, 1]."""
+        left, top, w, h = state.box
+        x = samples.float() / 127.5 - 1 if samples.dtype == torch.uint8 else samples.float()
+        return ((x[..., top : top + h, left : left + w] + 1) / 2).clamp(0, 1)
 
-        # 8. Rank by CLIP similarity of the masked result to the prompt (paper section 4).
-        t0 = time.perf_counter()
-        scores = None
-        mask_full = M.to_tensor(mask_np)
-        if cfg.rank and self.clip is not None:
-            scores = self.clip.score(decoded, mask_full, prompt)
-        elif cfg.rank and self.clip is None and len(seed_list) > 1:
-            logger.warning("no CLIP model loaded: results are not ranked")
-        order = rank_order(scores, len(seed_list))
-        timings.rank = time.perf_counter() - t0
+    def reconstruct(
+        self, state: _PixelState, sample: torch.Tensor, decoded: torch.Tensor, cfg: PixelConfig
+    ) -> torch.Tensor:
+        raise InputError(f"background: {cfg.background!r} needs a latent model's decoder")
 
-        # 9. Background: the input's pixels outside the mask (stitch) or the raw model output.
-        t0 = time.perf_counter()
-        src_np = np.asarray(src)
-        candidates = []
-        for rank, idx in enumerate(order, start=1):
-            dec_img = tensor_to_pil(decoded[idx])
-            out = (
-                dec_img
-                if cfg.background == "decoded"
-                else Image.fromarray(stitch(np.asarray(dec_img), src_np, mask_np, cfg.feather))
-            )
-            process = None
-            if return_process and rank == 1 and frames:
-                process = [
-                    tensor_to_pil(f)
-                    for f in self._to_input_size(frames[idx].float() / 255 * 2 - 1, box, src.size)
-                ]
-            candidates.append(
-                Candidate(
-                    image=out,
-                    seed=seed_list[idx],
-                    rank=rank,
-                    score=None if scores is None else float(scores[idx]),
-                    decoded=dec_img,
-                    process=process,
-                )
-            )
-        timings.background = time.perf_counter() - t0
-        timings.total = time.perf_counter() - t_begin
-
-        s = self.image_size
-        return EditResult(
-            candidates=candidates,
-            prompt=prompt,
-            settings={
-                **cfg.to_dict(),
+    def describe(self, state: _PixelState, cfg: PixelConfig) -> dict[str, Any]:
+        return {
+            "settings": {
                 "algorithm": "local-clip-guided-diffusion" if cfg.local else "blended-diffusion",
                 "model": self.name,
                 "dtype": str(self.dtype).removeprefix("torch."),
-                "image_size": s,
-                "lpips_used": lpips is not None,
+                "image_size": self.image_size,
+                "lpips_used": state.lpips is not None,
             },
-            working_size=(s, s),
-            input_size=src.size,
-            timesteps=[int(diffusion.timestep_map[t]) for t in steps],
-            timings=timings,
-            method="pixel",
-        )
-
-    @staticmethod
-    def _to_input_size(
-        x: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]
-    ) -> torch.Tensor:
-        """(N, 3, S, S) in [−1, 1] -> (N, 3, H0, W0) in [0, 1]: crop the photo's box, resize."""
-        left, top, w, h = box
-        x = ((x.float()[..., top : top + h, left : left + w] + 1) / 2).clamp(0, 1)
-        if (w, h) != size:
-            x = F.interpolate(
-                x, size=(size[1], size[0]), mode="bicubic", antialias=True, align_corners=False
-            ).clamp(0, 1)
-        return x
+            "timesteps": [int(state.diffusion.timestep_map[t]) for t in state.steps],
+        }
 
     def _denoise_chunk(
         self,
         cfg: PixelConfig,
-        diffusion: GaussianDiffusion,
+        state: _PixelState,
         chunk_seeds: list[int],
-        x0: torch.Tensor,
-        mask: torch.Tensor,
-        steps: list[int],
         guidance: Any,
-        augmenter: Augmenter | None,
-        bar: Any,
-        report: ProgressFn | None,
-        steps_before: int,
+        tick: Callable[[int], None],
         keep_process: bool,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        diffusion, x0, mask = state.diffusion, state.x0, state.mask
         b = len(chunk_seeds)
         gens = [torch.Generator("cpu").manual_seed(s) for s in chunk_seeds]
         # Start: the input noised to t_start, noise drawn on the CPU from each candidate's seed.
-        x = torch.cat([diffusion.q_sample(x0, steps[0], generator=g) for g in gens])
-        guide = partial(guidance, generators=gens) if augmenter is not None else guidance
+        x = torch.cat([diffusion.q_sample(x0, state.steps[0], generator=g) for g in gens])
+        guide = partial(guidance, generators=gens) if state.augmenter is not None else guidance
         ddim = cfg.sampler == "ddim"
         history: list[torch.Tensor] = []
-        total = bar.total
-        for n, t in enumerate(steps):
+        for n, t in enumerate(state.steps):
             out = guided_mean_variance(self.model, diffusion, x, t, guide, score=ddim)
             x = self._step(diffusion, out, x, t, gens, ddim, cfg.eta)
             if not cfg.local:  # blend: the input noised to the level just reached (x0 at the end)
@@ -515,13 +432,11 @@ class BlendedDiffusion:
                     if t > 0
                     else x0
                 )
-                x = x * mask + bg * (1 - mask)
+                x = x * state.step_masks[n] + bg * (1 - state.step_masks[n])
             if keep_process:  # the clean estimate, with the input outside the mask (paper fig. 6)
                 est = out.pred_xstart if cfg.local else out.pred_xstart * mask + x0 * (1 - mask)
                 history.append(((est.clamp(-1, 1) + 1) * 127.5).round().byte().cpu())
-            bar.update(b)
-            if report is not None:
-                report(steps_before + (n + 1) * b, total)
+            tick(b)
         per_image = [torch.stack([h[j] for h in history]) for j in range(b)] if history else []
         return x.detach(), per_image
 

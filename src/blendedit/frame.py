@@ -1,0 +1,362 @@
+"""The edit frame that every method runs through: orient -> region -> core -> paste -> measure.
+
+1. the photo as the user sees it (:mod:`blendedit.photo`: orientation, colour profile, bit depth)
+   and its mask (oriented the same way, grown, blurred, binarised unless soft);
+2. the working region (:mod:`blendedit.region`): a crop around the mask or the whole photo, at the
+   core's working size;
+3. the method's core (:class:`EditCore`): prepare, generate (in chunks, halving on out-of-memory),
+   decode; the frame ranks the candidates with the core's CLIP (BLD paper 4.4);
+4. background (BLD paper 4.2) and paste-back at exactly the crop's pixel box, in the photo's own
+   colour space and bit depth: pixels the edit leaves as they were are the input's own;
+5. metrics on the crop (of the result as written, seen in sRGB), exact for the whole photo.
+
+The frame imports no method: a core is anything with the small protocol below. Everything after
+decoding touches only the crop (no full-photo float arrays).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from blendedit import masks as M
+from blendedit import reconstruct as R
+from blendedit.config import FrameConfig
+from blendedit.errors import InputError
+from blendedit.io import open_image, pil_to_tensor
+from blendedit.metrics import region_background_report
+from blendedit.photo import Photo, orient_like, read_photo
+from blendedit.ranking import ClipScorer, rank_order
+from blendedit.region import Region, Size, choose_region
+from blendedit.results import Candidate, EditResult, ProgressFn, Timings
+
+logger = logging.getLogger(__name__)
+
+Tick = Callable[[int], None]  # report n more denoising steps done
+
+
+@dataclass
+class Work:
+    """What the frame hands a core: the region at the working size."""
+
+    x: torch.Tensor  # (1, 3, H, W) in [-1, 1], float32 on the CPU
+    mask: torch.Tensor  # (1, 1, H, W) in [0, 1]: area coverage, or (soft) per-pixel strength
+    soft: bool  # grey levels are per-pixel strengths (Differential Diffusion), not coverage
+    prompt: str
+
+
+@dataclass
+class Generated:
+    """A chunk of candidates from a core."""
+
+    samples: torch.Tensor  # (b, ...) what ``decode`` and ``reconstruct`` take
+    frames: list[torch.Tensor] = field(default_factory=list)  # per candidate (steps, ...)
+
+
+class Prepared(Protocol):
+    num_steps: int  # denoising steps per candidate
+
+
+class EditCore(Protocol):
+    """A method's core, driven by the frame."""
+
+    name: str
+    clip: ClipScorer | None
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def full_work_size(self, size: Size, cfg: Any) -> Size:
+        """Working (W, H) for the whole photo of ``size``."""
+
+    def work_shapes(self, cfg: Any) -> list[Size]:
+        """Working shapes a crop may take (its aspect is expanded to the nearest)."""
+
+    def prepare(self, work: Work, cfg: Any) -> Prepared:
+        """Text, encoding, masks and schedule: everything shared by the candidates."""
+
+    def generate(
+        self, state: Any, seeds: list[int], cfg: Any, tick: Tick, keep_process: bool
+    ) -> Generated:
+        """Denoise one chunk of candidates, one seed each."""
+
+    def decode(self, state: Any, samples: torch.Tensor) -> torch.Tensor:
+        """Samples -> (N, 3, H, W) images in [0, 1] at the working size."""
+
+    def reconstruct(
+        self, state: Any, sample: torch.Tensor, decoded: torch.Tensor, cfg: Any
+    ) -> torch.Tensor:
+        """Background "latent" / "decoder" (paper 4.2): (1, 3, H, W) in [0, 1], working size."""
+
+    def describe(self, state: Any, cfg: Any) -> dict[str, Any]:
+        """Extra ``EditResult`` fields ("settings", "timesteps", "latent_masks", ...)."""
+
+
+def photo_mask(mask: M.MaskInput, photo: Photo, cfg: FrameConfig) -> np.ndarray:
+    """The mask as uint8 levels (H, W) on the photo as shown: oriented like the photo, grown,
+    blurred; 0/255 unless ``soft_mask`` or ``mask_blur``. Rejects empty and full masks."""
+    if isinstance(mask, np.ndarray):
+        levels = M.array_levels(mask, photo.size, cfg.invert_mask)
+    else:
+        img = orient_like(open_image(mask, "mask"), photo)
+        levels = M.mask_levels(img, photo.size, cfg.invert_mask)
+    if not cfg.soft_mask:
+        levels = np.where(levels >= M.MASK_THRESHOLD, 255, 0).astype(np.uint8)
+    levels = M.refine(levels, cfg.mask_grow, cfg.mask_blur)
+    if not cfg.soft_mask:
+        M.check_mask(levels >= M.MASK_THRESHOLD)
+    elif levels.max() == 0 or levels.min() == 255:  # a soft gradient may touch every pixel
+        M.check_mask(levels > 0)
+    return levels
+
+
+def _to_box(image: torch.Tensor, size: Size) -> np.ndarray:
+    """(1, 3, H, W) in [0, 1] at the working size -> (h, w, 3) uint8 at the box's (W, H)."""
+    if tuple(image.shape[-2:]) != (size[1], size[0]):
+        image = F.interpolate(
+            image.float(), size=(size[1], size[0]), mode="bicubic", antialias=True
+        )
+    arr = (image[0].float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return arr.permute(1, 2, 0).cpu().numpy()
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device at a stage boundary, so stage timings are true (never per step)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_edit(
+    core: EditCore,
+    image: Any,
+    mask: M.MaskInput,
+    prompt: str,
+    cfg: FrameConfig,
+    seeds: Sequence[int],
+    *,
+    progress: bool | ProgressFn = False,
+    return_process: bool = False,
+    method: str = "latent",
+) -> EditResult:
+    """Edit the masked region of ``image`` with ``core``; see the module docstring."""
+    t_start = time.perf_counter()
+    timings = Timings()
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("prompt: must be a non-empty text")
+    seed_list = list(seeds)
+
+    # 1. The photo as shown, its mask as levels, the binary edit region and the paste alpha.
+    photo = read_photo(image, "image")
+    levels = photo_mask(mask, photo, cfg)  # (H0, W0) uint8
+    soft = cfg.soft_mask
+
+    # 2. Working region: the crop box (or whole photo) and its working size.
+    region = choose_region(
+        levels,
+        cfg.region,
+        core.full_work_size(photo.size, cfg),
+        core.work_shapes(cfg),
+        lambda size: core.full_work_size(size, cfg),
+        cfg.context,
+    )
+    box_levels = levels[region.slices]  # (h, w) uint8
+    src_box = photo.to_srgb(region.box)  # (h, w, 3) uint8 sRGB, what the model sees
+    ww, wh = region.work_size
+    src_work = Image.fromarray(src_box)
+    if src_work.size != (ww, wh):
+        src_work = src_work.resize((ww, wh), Image.Resampling.LANCZOS)
+    strength = M.to_tensor(box_levels if soft else box_levels >= M.MASK_THRESHOLD)
+    work = Work(
+        x=pil_to_tensor(src_work) * 2 - 1,  # (1, 3, H, W)
+        # coverage (binary), or each working pixel's strongest strength (soft: 0/1 stays 0/1)
+        mask=F.adaptive_max_pool2d(strength, (wh, ww))
+        if soft
+        else M.resize_mask(strength, (wh, ww)),
+        soft=soft,
+        prompt=prompt,
+    )
+
+    # 3. The core's shared preparation (text, encoding, masks, schedule).
+    t0 = time.perf_counter()
+    state = core.prepare(work, cfg)
+    _sync(core.device)
+    timings.encode = time.perf_counter() - t0
+
+    # 4. Denoise in chunks of batch_size; a chunk that does not fit halves the batch.
+    t0 = time.perf_counter()
+    total = len(seed_list) * state.num_steps
+    bar = tqdm(
+        total=total, desc="denoising", unit="step", disable=progress is not True, leave=False
+    )
+    report = progress if callable(progress) else None
+    done_steps = 0
+
+    def tick(n: int) -> None:
+        nonlocal done_steps
+        done_steps += n
+        bar.update(n)
+        if report is not None:
+            report(done_steps, total)
+
+    chunks: list[torch.Tensor] = []
+    frames: list[torch.Tensor] = []
+    done, chunk_size = 0, cfg.batch_size
+    try:
+        while done < len(seed_list):
+            chunk = seed_list[done : done + chunk_size]
+            try:
+                out = core.generate(state, chunk, cfg, tick, return_process)
+            except torch.OutOfMemoryError:
+                if chunk_size == 1:
+                    raise
+                chunk_size = max(1, chunk_size // 2)
+                logger.warning("out of memory: continuing with batch_size %d", chunk_size)
+                if core.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                done_steps = done * state.num_steps
+                bar.n = done_steps
+                continue
+            chunks.append(out.samples)
+            frames.extend(out.frames)
+            done += len(chunk)
+    finally:
+        bar.close()
+    samples = torch.cat(chunks)
+    _sync(core.device)
+    timings.denoise = time.perf_counter() - t0
+
+    # 5. Decode to images at the working size.
+    t0 = time.perf_counter()
+    decoded = core.decode(state, samples)  # (N, 3, H, W) in [0, 1]
+    _sync(core.device)
+    timings.decode = time.perf_counter() - t0
+
+    # 6. Rank by CLIP similarity of the masked result to the prompt (BLD paper 4.4).
+    t0 = time.perf_counter()
+    scores = None
+    if cfg.rank and core.clip is not None:
+        scores = core.clip.score(decoded, (work.mask > 0).to(decoded.dtype), prompt)
+    elif cfg.rank and core.clip is None and len(seed_list) > 1:
+        logger.warning("no CLIP model loaded: results are not ranked")
+    order = rank_order(scores, len(seed_list))
+    timings.rank = time.perf_counter() - t0
+
+    # 7. Background and paste-back of the top K, in the crop only.
+    t0 = time.perf_counter()
+    binary = box_levels >= M.MASK_THRESHOLD if not soft else box_levels > 0  # (h, w) bool
+    alpha = M.paste_alpha(box_levels, cfg.feather, soft)  # (h, w) float32
+    native_box = photo.native(region.box)  # (h, w, C) the input's own pixels
+    measure = _Measure(photo, region, levels, binary) if cfg.metrics else None
+    candidates = []
+    for rank, idx in enumerate(order[: cfg.keep or len(order)], start=1):
+        dec = _to_box(decoded[idx : idx + 1], region.size)  # (h, w, 3) uint8 sRGB
+        out = _background(core, state, cfg, samples[idx : idx + 1], decoded[idx : idx + 1], dec,
+                          src_box, binary, alpha, region)  # fmt: skip
+        changed = (out != src_box).any(axis=-1)  # (h, w): elsewhere the input's own pixels stay
+        patch = native_box.copy()
+        if changed.any():
+            patch[changed] = photo.from_srgb(out)[changed]
+        process = None
+        if return_process and rank == 1 and frames:
+            process = [  # at the box's size, like ``decoded``
+                Image.fromarray(_to_box(f[None], region.size))
+                for f in core.decode(state, frames[idx])
+            ]
+        candidates.append(
+            Candidate(
+                patch=patch,
+                box=region.box,
+                photo=photo,
+                seed=seed_list[idx],
+                rank=rank,
+                score=None if scores is None else float(scores[idx]),
+                decoded=Image.fromarray(dec),
+                latent=samples[idx].cpu() if getattr(state, "latent_space", False) else None,
+                process=process,
+                metrics=measure(patch) if measure is not None else {},
+            )
+        )
+    timings.background = time.perf_counter() - t0
+    timings.total = time.perf_counter() - t_start
+
+    extra = core.describe(state, cfg)
+    settings = {
+        **cfg.to_dict(),
+        **extra.pop("settings", {}),
+        "region_used": region.to_dict(),
+        "batch_size_used": chunk_size,  # smaller than batch_size after out-of-memory
+    }
+    return EditResult(
+        candidates=candidates,
+        prompt=prompt,
+        settings=settings,
+        working_size=region.work_size,
+        input_size=photo.size,
+        timings=timings,
+        method=method,
+        region=region.box,
+        **extra,
+    )
+
+
+def _background(
+    core: EditCore,
+    state: Any,
+    cfg: FrameConfig,
+    sample: torch.Tensor,
+    decoded: torch.Tensor,
+    dec: np.ndarray,
+    src: np.ndarray,
+    binary: np.ndarray,
+    alpha: np.ndarray,
+    region: Region,
+) -> np.ndarray:
+    """SPEC 1 "Background reconstruction" for one kept result, in the crop: (h, w, 3) uint8 sRGB.
+    dec: the raw decode at the box size; src: the input there; binary (h, w) the edit region."""
+    mode = cfg.background
+    if mode == "decoded":
+        return dec
+    if mode == "stitch":
+        return R.composite(dec, src, alpha)
+    if mode == "poisson":
+        out = R.poisson(dec, src, binary)
+    else:  # latent / decoder: the core optimises at the working size
+        out = _to_box(core.reconstruct(state, sample, decoded, cfg), region.size)
+    return R.composite(out, src, alpha) if cfg.paste_back else out
+
+
+class _Measure:
+    """Background metrics of a result on a window around the crop, exact for the whole photo
+    (outside the crop the output is the input, asserted on the window's ring)."""
+
+    def __init__(self, photo: Photo, region: Region, levels: np.ndarray, binary: np.ndarray):
+        pw, ph = photo.size
+        x0, y0, x1, y1 = region.box
+        g = 11  # one SSIM window beyond the box: every window that sees a change lies inside
+        self.win = (max(0, x0 - g), max(0, y0 - g), min(pw, x1 + g), min(ph, y1 + g))
+        wx0, wy0 = self.win[:2]
+        self.src = photo.to_srgb(self.win)  # (H', W', 3)
+        self.inner = (slice(y0 - wy0, y1 - wy0), slice(x0 - wx0, x1 - wx0))
+        mask = np.zeros(self.src.shape[:2], dtype=bool)
+        mask[self.inner] = binary
+        self.mask = mask
+        self.photo, self.photo_size = photo, (pw, ph)
+        self.mask_pixels = int(binary.sum())
+
+    def __call__(self, patch: np.ndarray) -> dict[str, float]:
+        """patch: the result in the box, in the photo's own space (what is written out)."""
+        result = self.src.copy()
+        result[self.inner] = dataclasses.replace(self.photo, pixels=patch, alpha=None).to_srgb()
+        return region_background_report(
+            result, self.src, self.mask, self.photo_size, self.mask_pixels
+        )

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from blendedit import masks as M
 from blendedit import reconstruct as R
-from blendedit.config import FrameConfig
+from blendedit.config import FrameConfig, resolve_seeds
 from blendedit.errors import InputError
 from blendedit.io import open_image, pil_to_tensor
 from blendedit.metrics import region_background_report
@@ -100,6 +100,51 @@ class EditCore(Protocol):
 
     def describe(self, state: Any, cfg: Any) -> dict[str, Any]:
         """Extra ``EditResult`` fields ("settings", "timesteps", "latent_masks", ...)."""
+
+
+class FrameMethod:
+    """The call every method shares: ``editor(image, mask, prompt, seed=0)`` -> :class:`EditResult`.
+    A method sets ``config_class`` and ``method`` and implements :class:`EditCore`."""
+
+    config_class: type[FrameConfig] = FrameConfig
+    method: str = ""
+
+    def __call__(
+        self,
+        image: Any,
+        mask: M.MaskInput,
+        prompt: str,
+        *,
+        config: FrameConfig | None = None,
+        seed: int | None = None,
+        seeds: Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool | ProgressFn = False,
+        return_process: bool = False,
+        **settings: Any,
+    ) -> EditResult:
+        """Edit the masked region of ``image`` (a path, PIL image or :class:`Photo`) to follow
+        ``prompt``.
+
+        Settings come from ``config`` (the method's config class, e.g. a preset) overridden by
+        keyword arguments of the same names (``num_images=4, region="crop", ...``). Randomness only
+        through ``seed`` (default ``config.seed``), explicit ``seeds``, or a ``generator``; each
+        candidate draws its noise from its own seed, so any one result can be regenerated alone.
+        ``return_process`` keeps each step's one-step clean estimate for the best result.
+        """
+        cfg = (config or self.config_class()).replace(**settings).validate()
+        self.check(cfg)
+        if seed is None and seeds is None and generator is None:
+            seed = cfg.seed
+        seed_list = resolve_seeds(cfg.num_images, seed, seeds, generator)
+        return run_edit(
+            self,  # type: ignore[arg-type]
+            image, mask, prompt, cfg, seed_list,
+            progress=progress, return_process=return_process, method=self.method,
+        )  # fmt: skip
+
+    def check(self, cfg: Any) -> None:
+        """Refuse settings this method's loaded models cannot serve (one line)."""
 
 
 def photo_mask(mask: M.MaskInput, photo: Photo, cfg: FrameConfig) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -17,10 +17,10 @@ import torch
 
 from blendedit import masks as M
 from blendedit import reconstruct as R
-from blendedit.config import EditConfig, resolve_seeds
+from blendedit.config import EditConfig
 from blendedit.errors import InputError
-from blendedit.frame import Generated, Work, run_edit
-from blendedit.io import ImageInput, working_size
+from blendedit.frame import FrameMethod, Generated, Work
+from blendedit.io import working_size
 from blendedit.latent.sampling import (
     blend_timesteps,
     blended_latent_diffusion,
@@ -36,7 +36,6 @@ from blendedit.models import (
 )
 from blendedit.ranking import DEFAULT_CLIP_MODEL, ClipScorer
 from blendedit.region import shapes_at
-from blendedit.results import EditResult, ProgressFn
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +59,12 @@ class _LatentState:
     latent_space: bool = True  # samples are latents (kept per candidate)
 
 
-class BlendedLatentDiffusion:
+class BlendedLatentDiffusion(FrameMethod):
     """Blended Latent Diffusion (Avrahami, Fried, Lischinski 2023) on a Stable Diffusion 1.x/2.x
     model. ``editor(image, mask, prompt, seed=0)`` returns an :class:`EditResult`."""
+
+    config_class = EditConfig
+    method = "latent"
 
     def __init__(
         self,
@@ -175,36 +177,6 @@ class BlendedLatentDiffusion:
         return (torch.cat(parts) / 2 + 0.5).clamp(0, 1)
 
     # -- the edit: the frame's core protocol (blendedit.frame) ------------------------------------
-
-    def __call__(
-        self,
-        image: ImageInput,
-        mask: M.MaskInput,
-        prompt: str,
-        *,
-        config: EditConfig | None = None,
-        seed: int | None = None,
-        seeds: Sequence[int] | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool | ProgressFn = False,
-        return_process: bool = False,
-        **settings: Any,
-    ) -> EditResult:
-        """Edit the masked region of ``image`` to follow ``prompt``.
-
-        Settings come from ``config`` (an :class:`EditConfig`, e.g. a preset) overridden by keyword
-        arguments of the same names (``num_images=4, guidance_scale=5, ...``). Randomness only
-        through ``seed`` (default ``config.seed``), explicit ``seeds``, or a ``generator``.
-        ``return_process`` keeps each step's one-step clean estimate for the best result.
-        """
-        cfg = (config or EditConfig()).replace(**settings).validate()
-        if seed is None and seeds is None and generator is None:
-            seed = cfg.seed
-        seed_list = resolve_seeds(cfg.num_images, seed, seeds, generator)
-        return run_edit(
-            self, image, mask, prompt, cfg, seed_list,
-            progress=progress, return_process=return_process, method="latent",
-        )  # fmt: skip
 
     def full_work_size(self, size: tuple[int, int], cfg: EditConfig) -> tuple[int, int]:
         """The whole photo: long side = ``size`` (default the model's), multiples of 8."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -44,10 +44,9 @@ import torch
 import torch.nn.functional as F
 
 from blendedit import masks as M
-from blendedit.config import FrameConfig, resolve_seeds
+from blendedit.config import FrameConfig
 from blendedit.errors import InputError
-from blendedit.frame import Generated, Work, run_edit
-from blendedit.io import ImageInput
+from blendedit.frame import FrameMethod, Generated, Work
 from blendedit.metrics import LPIPS
 from blendedit.models import parse_dtype
 from blendedit.pixel.adm import ADM256_UNCOND, ADMConfig, ADMUNet, load_adm
@@ -59,7 +58,6 @@ from blendedit.pixel.guidance import (
     make_augmenter,
 )
 from blendedit.ranking import DEFAULT_CLIP_MODEL, ClipScorer
-from blendedit.results import EditResult, ProgressFn
 
 logger = logging.getLogger(__name__)
 
@@ -164,10 +162,13 @@ class _PixelState:
     num_steps: int
 
 
-class BlendedDiffusion:
+class BlendedDiffusion(FrameMethod):
     """Blended Diffusion (Avrahami, Lischinski, Fried 2022) on OpenAI's ADM model with CLIP
     guidance; ``local=True`` gives the local CLIP-guided diffusion baseline.
     ``editor(image, mask, prompt, seed=0)`` returns an :class:`EditResult`."""
+
+    config_class = PixelConfig
+    method = "pixel"
 
     def __init__(
         self,
@@ -273,41 +274,11 @@ class BlendedDiffusion:
 
     # -- the edit: the frame's core protocol (blendedit.frame) ------------------------------------
 
-    def __call__(
-        self,
-        image: ImageInput,
-        mask: M.MaskInput,
-        prompt: str,
-        *,
-        config: PixelConfig | None = None,
-        seed: int | None = None,
-        seeds: Sequence[int] | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool | ProgressFn = False,
-        return_process: bool = False,
-        **settings: Any,
-    ) -> EditResult:
-        """Edit the masked region of ``image`` to follow ``prompt``.
-
-        Settings come from ``config`` (a :class:`PixelConfig`, e.g. a preset) overridden by
-        keyword arguments of the same names (``num_images=4, local=True, ...``). Randomness only
-        through ``seed`` (default ``config.seed``), explicit ``seeds``, or a ``generator``; each
-        candidate draws its start noise, step noise, blending noise and augmentations from its own
-        CPU generator, so any one result can be regenerated alone from its recorded seed.
-        ``return_process`` keeps each step's clean estimate x̂_0 for the best result.
-        """
-        cfg = (config or PixelConfig()).replace(**settings).validate()
+    def check(self, cfg: PixelConfig) -> None:
         if cfg.clip_guidance_lambda and self.clip is None:
             raise InputError(
                 "clip_guidance_lambda: CLIP guidance needs a CLIP model (load with clip_model=...)"
             )
-        if seed is None and seeds is None and generator is None:
-            seed = cfg.seed
-        seed_list = resolve_seeds(cfg.num_images, seed, seeds, generator)
-        return run_edit(
-            self, image, mask, prompt, cfg, seed_list,
-            progress=progress, return_process=return_process, method="pixel",
-        )  # fmt: skip
 
     def full_work_size(self, size: tuple[int, int], cfg: PixelConfig) -> tuple[int, int]:
         """The whole photo: stretched to the model's square (official), or its aspect kept with

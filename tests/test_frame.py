@@ -176,3 +176,59 @@ def test_a_24_mp_photo_edits_sharply_in_its_crop(editor, shared_images):
     )
     assert 0.5 <= got / ref <= 2.0
     assert r.best.metrics["background_psnr"] > 20
+
+
+def _write(kind: str, shown: Image.Image, folder):
+    """The photo as a file of ``kind``; returns (path, the shown pixels as the file holds them)."""
+    import cv2
+
+    path = folder / f"in-{kind}"
+    if kind == "cmyk.jpg":
+        shown.convert("CMYK").save(path, quality=95)
+    elif kind == "rgb16.png":
+        a16 = np.asarray(shown).astype(np.uint16) * 257 + 3  # the low byte used
+        cv2.imwrite(str(path), a16[..., ::-1])
+    elif kind == "p3.png":
+        from photo_fixtures import display_p3_icc
+
+        shown.save(path, icc_profile=display_p3_icc())
+    elif kind == "rgba.png":
+        rgba = shown.convert("RGBA")
+        rgba.putalpha(Image.linear_gradient("L").resize(shown.size))
+        rgba.save(path)
+    elif kind == "grey.png":
+        shown.convert("L").save(path)
+    elif kind == "heic":
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        shown.save(path, format="HEIF", quality=95)
+    elif kind == "avif":
+        shown.save(path, format="AVIF", quality=95)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind", ["cmyk.jpg", "rgb16.png", "p3.png", "rgba.png", "grey.png", "heic", "avif"]
+)
+def test_phone_formats_edit_keep_size_and_pixels_outside(editor, shared_images, tmp_path, kind):
+    from blendedit.photo import read_photo
+
+    shown = _photo(shared_images, (160, 96))
+    path = _write(kind, shown, tmp_path)
+    photo = read_photo(path)
+    mask = _box_mask(shown.size, (60, 30, 100, 70))
+    r = editor(path, mask, "a red ball", **FAST)
+    c = r.best
+    out = c.pixels()  # the photo's own colour space and bit depth
+    assert out.shape == photo.pixels.shape and out.dtype == photo.pixels.dtype
+    far = dilate(to_tensor(mask), 2 * 8 + 1)[0, 0].numpy() == 0
+    assert np.array_equal(out[far], photo.pixels[far])
+    assert not np.array_equal(out[mask], photo.pixels[mask])
+    saved = read_photo(c.save(tmp_path / "out"))  # the input's format (png for heic/avif)
+    assert saved.size == shown.size and saved.mode == photo.mode
+    assert saved.icc_profile == photo.icc_profile
+    if photo.alpha is not None:
+        assert np.array_equal(saved.alpha, photo.alpha)
+    if kind == "rgb16.png":
+        assert saved.bit_depth == 16 and np.array_equal(saved.pixels[far], photo.pixels[far])

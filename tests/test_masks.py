@@ -379,3 +379,45 @@ def test_feather_zero_width_is_binary() -> None:
 def test_to_tensor_shape() -> None:
     t = to_tensor(_region())
     assert t.shape == (1, 1, H, W) and t.dtype == torch.float32
+
+
+def test_soft_step_masks_free_a_cell_once_its_strength_reaches_the_threshold():
+    from blendedit.masks import step_masks
+
+    strength = torch.tensor([0.0, 0.3, 0.5, 1.0]).view(1, 1, 1, 1, 4)  # (S=1, B, 1, h, w)
+    masks = step_masks(strength, [0] * 4, soft=True)  # thresholds 1, 0.75, 0.5, 0.25
+    freed = torch.stack([m.flatten() for m in masks])  # (steps, cells)
+    assert freed[:, 0].sum() == 0  # strength 0: never
+    assert freed[:, 1].tolist() == [0, 0, 0, 1]  # 0.3: the last step only
+    assert freed[:, 2].tolist() == [0, 0, 1, 1]  # 0.5: the last half
+    assert freed[:, 3].tolist() == [1, 1, 1, 1]  # 1: from the first step
+    binary = (strength > 0.4).float()
+    assert all(torch.equal(a, b) for a, b in zip(
+        step_masks(binary, [0] * 4, soft=True), step_masks(binary, [0] * 4, soft=False),
+        strict=True,
+    ))  # fmt: skip
+
+
+def test_soft_latent_mask_keeps_a_thin_stroke_at_its_strength():
+    from blendedit.masks import latent_mask
+
+    m = torch.zeros(1, 1, 64, 64)
+    m[..., 30, :] = 0.6  # a one-pixel grey line
+    soft = latent_mask(m, (8, 8), soft=True)
+    assert torch.allclose(soft[..., 3, :], torch.full((8,), 0.6))
+    assert float(soft.sum()) == pytest.approx(0.6 * 8)
+
+
+def test_grow_blur_and_paste_alpha():
+    from blendedit.masks import feather, paste_alpha, refine
+
+    m = np.zeros((64, 64), np.uint8)
+    m[24:40, 24:40] = 255
+    grown = refine(m, grow=4)
+    assert (grown == 255).sum() > (m == 255).sum() and grown[20, 32] == 255
+    assert (refine(m, grow=-4) == 255).sum() < (m == 255).sum()
+    blurred = refine(m, blur=3)
+    assert 0 < blurred[32, 22] < 255 and blurred[0, 0] == 0
+    assert np.array_equal(paste_alpha(m, 8, soft=True), feather(m >= 128, 8))
+    soft = paste_alpha(blurred, 0, soft=True)
+    assert soft[32, 22] == pytest.approx(blurred[32, 22] / 255)

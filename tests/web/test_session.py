@@ -243,7 +243,7 @@ def test_replay_needs_the_trails_kind_of_model(editor):
 
 def test_replay_pixel_method(tiny_clip_dir: Path):
     """The same trail logic for Blended Diffusion (local-clip), on the tiny reference ADM."""
-    ref = Path(__file__).resolve().parents[3] / "shared" / "reference" / "adm"
+    ref = Path(__file__).resolve().parents[1] / "data" / "reference" / "adm"
     if not ref.is_dir():
         pytest.skip(f"ADM reference data not found at {ref}")
     from blendedit.pixel.pipeline import BlendedDiffusion, PixelConfig

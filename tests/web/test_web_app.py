@@ -308,7 +308,7 @@ def test_build_has_the_parts_the_page_needs(app):
 
 def test_pixel_model_page_generates_and_keeps(tiny_clip_dir: Path, tmp_path: Path):
     """The page over Blended Diffusion (tiny reference ADM): its own controls, local-clip too."""
-    ref = Path(__file__).resolve().parents[3] / "shared" / "reference" / "adm"
+    ref = Path(__file__).resolve().parents[1] / "data" / "reference" / "adm"
     if not ref.is_dir():
         pytest.skip(f"ADM reference data not found at {ref}")
     from blendedit.pixel.pipeline import BlendedDiffusion

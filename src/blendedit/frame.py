@@ -65,6 +65,7 @@ class Generated:
 
 class Prepared(Protocol):
     num_steps: int  # denoising steps per candidate
+    latent_space: bool  # samples are latents, kept per candidate (``Candidate.latent``)
 
 
 class EditCore(Protocol):
@@ -326,7 +327,7 @@ def run_edit(
                 rank=rank,
                 score=None if scores is None else float(scores[idx]),
                 decoded=Image.fromarray(dec),
-                latent=samples[idx].cpu() if getattr(state, "latent_space", False) else None,
+                latent=samples[idx].cpu() if state.latent_space else None,
                 process=process,
                 metrics=measure(patch) if measure is not None else {},
             )

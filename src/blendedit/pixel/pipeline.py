@@ -160,6 +160,7 @@ class _PixelState:
     augmenter: Augmenter | None
     lpips: LPIPS | None
     num_steps: int
+    latent_space: bool = False  # samples are images
 
 
 class BlendedDiffusion(FrameMethod):

@@ -49,7 +49,12 @@ METHODS = ("latent", "pixel", "local-clip")
 
 # Modules that add a subcommand: each has add_parser(subparsers), which registers its parser with
 # set_defaults(run=function), and run(args) -> exit status. Kept apart so this file stays thin.
-COMMAND_MODULES: list[str] = ["blendedit.bench", "blendedit.eval.cli", "blendedit.web.cli"]
+COMMAND_MODULES: list[str] = [
+    "blendedit.bench",
+    "blendedit.eval.cli",
+    "blendedit.web.cli",
+    "blendedit.batch.cli",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,186 @@
+"""One row, start to finish: the only code that edits and writes, whatever the engine.
+
+:func:`process_row` loads (or reuses) the row's editor, edits, and commits the row's folder through
+:class:`~blendedit.batch.store.BatchStore`. Every failure of the row (an unreadable image, an empty
+mask, out of memory at batch size 1) becomes an :class:`Outcome` with one line; nothing escapes,
+so one bad row never stops an engine. Out of memory during denoising first halves the batch (the
+edit frame, ``blendedit.frame``); here it is retried once more with every batch at 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blendedit.batch.manifest import Row, Shared
+from blendedit.batch.store import BatchStore, Outcome, worker_name
+from blendedit.errors import BlendEditError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs besides the rows (small, picklable: travels to cluster nodes)."""
+
+    out: str
+    shared: dict[str, Any]  # Shared.to_dict()
+    device: str = "auto"
+    dtype: str = "auto"  # fp16 on CUDA, fp32 elsewhere
+    threads: int | None = None  # torch CPU threads; None: leave as is
+    offline: bool = False
+
+    def shared_settings(self) -> Shared:
+        return Shared(**self.shared)
+
+
+class EditorCache:
+    """The editor of the last model used, loaded once per worker. Holds one model at a time: a
+    manifest that switches models often reloads (sort the rows by model)."""
+
+    def __init__(self, device: str = "auto", dtype: str = "auto") -> None:
+        from blendedit.models import parse_device, parse_dtype
+
+        self.device = parse_device(device)
+        name = ("fp16" if self.device.type == "cuda" else "fp32") if dtype == "auto" else dtype
+        self.dtype = parse_dtype(name)
+        self._key: tuple[Any, ...] | None = None
+        self._editor: Any = None
+        self.loads = 0
+
+    def get(self, row: Row) -> Any:
+        key = (row.method if row.method == "latent" else "pixel", row.model, row.model_config,
+               row.clip_model, bool(row.settings.get("rank", True)))  # fmt: skip
+        if key == self._key:
+            return self._editor
+        self._editor, self._key = None, None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        from blendedit.models import DEFAULT_MODEL
+        from blendedit.ranking import DEFAULT_CLIP_MODEL
+
+        clip = row.clip_model or DEFAULT_CLIP_MODEL
+        if row.method == "latent":
+            from blendedit.latent.pipeline import BlendedLatentDiffusion
+
+            editor = BlendedLatentDiffusion.from_pretrained(
+                row.model or DEFAULT_MODEL,
+                clip_model=clip if key[-1] else None,
+                torch_dtype=self.dtype,
+                model_config=row.model_config,
+            )
+        else:
+            from blendedit.pixel.pipeline import BlendedDiffusion
+
+            editor = BlendedDiffusion.from_pretrained(
+                row.model,  # type: ignore[arg-type]  # checked in read_manifest
+                model_config=row.model_config,
+                clip_model=clip,
+                torch_dtype=self.dtype,
+            )
+        self._editor, self._key = editor.to(self.device), key
+        self.loads += 1
+        return self._editor
+
+
+def _edit(editor: Any, row: Row) -> Any:
+    """The edit; out of memory that the frame's halving could not absorb is retried once with
+    every batch at 1 (CUDA caches emptied first)."""
+    cfg = row.config()
+    try:
+        return editor(row.image, row.mask, row.prompt, config=cfg)
+    except torch.OutOfMemoryError:
+        if cfg.batch_size == 1 and getattr(cfg, "decode_batch_size", 1) == 1:
+            raise
+        logger.warning("%s: out of memory; retrying with batch_size 1", row.name)
+        if editor.device.type == "cuda":
+            torch.cuda.empty_cache()
+        one = {"batch_size": 1}
+        if hasattr(cfg, "decode_batch_size"):
+            one["decode_batch_size"] = 1
+        return editor(row.image, row.mask, row.prompt, config=cfg.replace(**one))
+
+
+def _writer(row: Row, result: Any, shared: Shared, device: str) -> Any:
+    from blendedit import __version__
+    from blendedit.photo import output_format
+
+    def write(folder: Path) -> dict[str, Any]:
+        first = result.candidates[0]
+        fmt = output_format(shared.out_format, first.photo)
+        ext = "jpg" if fmt == "jpeg" else fmt
+        files = []
+        for c in result.candidates:
+            name = f"{c.rank:02d}-seed{c.seed}.{ext}"
+            params = result.parameters(c) if shared.metadata else None
+            c.save(folder / name, format=fmt, quality=shared.quality, parameters=params)
+            files.append(name)
+        report = result.to_dict()
+        report.update(
+            image=row.image,
+            mask=row.mask,
+            model=row.model,
+            clip_model=row.clip_model,
+            device=device,
+            versions={"blendedit": __version__, "torch": torch.__version__},
+            batch={
+                "row": row.index,
+                "line": row.line,
+                "key": row.key,
+                "fingerprint": row.fingerprint,
+                "given": row.given,
+                "worker": worker_name(),
+            },
+        )
+        for r, name in zip(report["results"], files, strict=True):
+            r["file"] = name
+        return report
+
+    return write
+
+
+def process_row(cache: EditorCache, store: BatchStore, row: Row, shared: Shared) -> Outcome:
+    """Edit one row and commit its folder; never raises for a problem of the row itself."""
+    t0 = time.perf_counter()
+
+    def failed(msg: str) -> Outcome:
+        return Outcome(row.key, row.index, "failed", msg.splitlines()[0] if msg else "failed",
+                       time.perf_counter() - t0, worker_name())  # fmt: skip
+
+    if row.problem:
+        return failed(row.problem)
+    try:
+        if store.state(row) == "done":
+            return Outcome(row.key, row.index, "exists", None, 0.0, worker_name())
+        editor = cache.get(row)
+        result = _edit(editor, row)
+        status, files = store.commit(row, _writer(row, result, shared, str(editor.device)))
+    except BlendEditError as e:
+        return failed(str(e))
+    except torch.OutOfMemoryError:
+        if cache.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return failed("out of memory at batch size 1; lower size or use dtype fp16")
+    except Exception as e:  # a row's failure is recorded; the run goes on
+        logger.exception("%s failed", row.name)
+        return failed(f"{type(e).__name__}: {e}")
+    return Outcome(row.key, row.index, status, None, time.perf_counter() - t0, worker_name(), files)
+
+
+def setup_worker(spec: WorkerSpec) -> None:
+    """Process-wide settings of a worker process (the CLI sets the same for a local run)."""
+    import os
+
+    if spec.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    from blendedit.models import quiet_libraries
+
+    quiet_libraries()
+    torch.set_flush_denormal(True)  # as the CLI: subnormals make CPU arithmetic 30x slower
+    if spec.threads:
+        torch.set_num_threads(spec.threads)

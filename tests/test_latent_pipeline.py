@@ -18,6 +18,7 @@ from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from blendedit import BlendedLatentDiffusion, EditConfig, InputError
+from blendedit.latent.backbones import StableDiffusion
 from blendedit.masks import feather
 from blendedit.models import make_scheduler
 
@@ -75,7 +76,7 @@ def test_parity_with_diffusers_inpaint_pipeline(
     image, mask, seeds = _photo(shared_images), _block_mask(), [3, 11]
     settings = {"num_inference_steps": 4, "guidance_scale": 7.5, "negative_prompt": "blurry"}
 
-    editor = BlendedLatentDiffusion(vae, unet, text_encoder, tokenizer, base)
+    editor = BlendedLatentDiffusion(StableDiffusion(vae, unet, text_encoder, tokenizer, base))
     ours = editor(
         image,
         mask,
@@ -309,7 +310,7 @@ BAD_INPUTS = [
     ({"mask": "wrong-aspect"}, "mask: size 64x64 does not match the image's 451x300"),
     ({"image": "not-an-image"}, "image: cannot read"),
     ({"image": "tiny"}, "image: size 8x8 is outside the supported range"),
-    ({"prompt": ""}, "prompt: must be a non-empty text"),
+    ({"prompt": None}, "prompt: None must be a text"),
     ({"scheduler": "heun"}, "scheduler: 'heun' is unknown; choose one of ddim"),
     ({"blend_start": 1.0}, "blend_start: 1.0 must be in [0, 1)"),
     ({"size": 100000}, "size: 100000 must be between 64 and 4096 px"),

@@ -14,8 +14,10 @@ from blendedit.latent.sampling import (
     blend_timesteps,
     blended_latent_diffusion,
     classifier_free_guidance,
+    first_step,
     step_kwargs,
 )
+from blendedit.latent.schedule import blend_rule, start_latent
 from tiny_models import tiny_scheduler, tiny_unet
 
 CPU = torch.device("cpu")
@@ -110,8 +112,11 @@ def _run(
     def cb(i: int, t: torch.Tensor, z: torch.Tensor, out: Any) -> None:
         seen.append((i, t.clone(), z.clone(), out.prev_sample.clone()))
 
+    begin = first_step(sched, steps, 0.25)
+    background = blend_rule("diffusers", sched, z_init, noise, begin, len(ts))
+    z0 = start_latent(sched, z_init, noise, begin)
     z = blended_latent_diffusion(
-        model_fn, sched, z_init, noise, ts, step_masks, step_kwargs(sched, [], 0.0), cb
+        model_fn, sched, z0, ts, step_masks, background, step_kwargs(sched, [], 0.0), cb
     )
     return z, ts, seen
 
@@ -206,10 +211,19 @@ def _cfg_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tenso
     return z, torch.tensor(500), cond, uncond
 
 
+def guided(unet: Any, cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> Any:
+    context = torch.cat([uncond, cond])
+
+    def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return unet(z, t, encoder_hidden_states=context, return_dict=False)[0]
+
+    return classifier_free_guidance(denoise, scale)
+
+
 @torch.no_grad()
 def test_cfg_scale_one_is_conditional(unet: Any) -> None:
     z, t, cond, uncond = _cfg_inputs()
-    out = classifier_free_guidance(unet, cond, uncond, 1.0)(z, t)
+    out = guided(unet, cond, uncond, 1.0)(z, t)
     ref = unet(z, t, encoder_hidden_states=cond, return_dict=False)[0]
     other = unet(z, t, encoder_hidden_states=uncond, return_dict=False)[0]
     assert out.shape == z.shape
@@ -220,7 +234,7 @@ def test_cfg_scale_one_is_conditional(unet: Any) -> None:
 @torch.no_grad()
 def test_cfg_scale_zero_is_unconditional(unet: Any) -> None:
     z, t, cond, uncond = _cfg_inputs()
-    out = classifier_free_guidance(unet, cond, uncond, 0.0)(z, t)
+    out = guided(unet, cond, uncond, 0.0)(z, t)
     ref = unet(z, t, encoder_hidden_states=uncond, return_dict=False)[0]
     assert torch.allclose(out, ref, atol=1e-5)
 
@@ -228,7 +242,7 @@ def test_cfg_scale_zero_is_unconditional(unet: Any) -> None:
 @torch.no_grad()
 def test_cfg_scale_extrapolates(unet: Any) -> None:
     z, t, cond, uncond = _cfg_inputs()
-    c = classifier_free_guidance(unet, cond, uncond, 1.0)(z, t)
-    u = classifier_free_guidance(unet, cond, uncond, 0.0)(z, t)
-    out = classifier_free_guidance(unet, cond, uncond, 7.5)(z, t)
+    c = guided(unet, cond, uncond, 1.0)(z, t)
+    u = guided(unet, cond, uncond, 0.0)(z, t)
+    out = guided(unet, cond, uncond, 7.5)(z, t)
     assert torch.allclose(out, u + 7.5 * (c - u), atol=1e-4)

@@ -222,6 +222,7 @@ def build_editor(
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    from blendedit.latent.backbones import StableDiffusion
     from blendedit.latent.pipeline import BlendedLatentDiffusion
     from blendedit.ranking import ClipScorer
 
@@ -246,7 +247,9 @@ def build_editor(
         )
         clip = CLIPModel(clip_cfg)
     editor = BlendedLatentDiffusion(
-        vae, unet, text, tokenizer, scheduler, ClipScorer(clip.to(dtype), tokenizer), "random"
+        StableDiffusion(vae, unet, text, tokenizer, scheduler),
+        ClipScorer(clip.to(dtype), tokenizer),
+        "random",
     )
     return editor.to(device, dtype)
 

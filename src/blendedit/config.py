@@ -15,6 +15,7 @@ from blendedit.region import REGION_MODES
 
 BACKGROUND_MODES = ("stitch", "decoded", "poisson", "latent", "decoder")
 MASK_SHRINK_MODES = ("auto", "on", "off")
+BLEND_RULES = ("diffusers", "official")  # see blendedit.latent.schedule
 MAX_WORKING_SIDE = 4096  # px; the long side the model works at
 _C = TypeVar("_C", bound="FrameConfig")
 
@@ -86,6 +87,7 @@ class EditConfig(FrameConfig):
     blend_start: float = 0.25  # fraction of the schedule skipped: floor(steps * blend_start)
     negative_prompt: str = ""
     scheduler: str = "ddim"  # see blendedit.models.SCHEDULERS
+    blend_rule: str = "diffusers"  # background level: t' and fixed noise, or "official" (t, fresh)
     eta: float = 0.0  # DDIM stochasticity (only for schedulers that take it)
     size: int | None = None  # long side of the working resolution in px; None = model's native
     mask_shrink: str = "auto"  # progressive mask shrinking: auto (thin masks only), on, off
@@ -110,6 +112,8 @@ class EditConfig(FrameConfig):
             raise bad("size", f"must be between 64 and {MAX_WORKING_SIDE} px")
         if self.scheduler not in SCHEDULERS:
             raise bad("scheduler", f"is unknown; choose one of {', '.join(SCHEDULERS)}")
+        if self.blend_rule not in BLEND_RULES:
+            raise bad("blend_rule", f"must be one of {', '.join(BLEND_RULES)}")
         if self.mask_shrink not in MASK_SHRINK_MODES:
             raise bad("mask_shrink", f"must be one of {', '.join(MASK_SHRINK_MODES)}")
         if any(k < 1 or k % 2 == 0 for k in self.shrink_kernels):

@@ -53,6 +53,7 @@ class Work:
     mask: torch.Tensor  # (1, 1, H, W) in [0, 1]: area coverage, or (soft) per-pixel strength
     soft: bool  # grey levels are per-pixel strengths (Differential Diffusion), not coverage
     prompt: str
+    source_size: Size | None = None  # (W, H) of the region in photo pixels (SDXL's original size)
 
 
 @dataclass
@@ -125,7 +126,10 @@ class FrameMethod:
         **settings: Any,
     ) -> EditResult:
         """Edit the masked region of ``image`` (a path, PIL image or :class:`Photo`) to follow
-        ``prompt``.
+        ``prompt``. An empty prompt asks for no content: the region is filled from what its
+        surroundings suggest (object removal; ``negative_prompt`` then says what to steer away
+        from); its candidates are not ranked (CLIP has nothing to compare them with) and come in
+        generation order.
 
         Settings come from ``config`` (the method's config class, e.g. a preset) overridden by
         keyword arguments of the same names (``num_images=4, region="crop", ...``). Randomness only
@@ -133,7 +137,7 @@ class FrameMethod:
         candidate draws its noise from its own seed, so any one result can be regenerated alone.
         ``return_process`` keeps each step's one-step clean estimate for the best result.
         """
-        cfg = (config or self.config_class()).replace(**settings).validate()
+        cfg = (config or self.default_config()).replace(**settings).validate()
         self.check(cfg)
         if seed is None and seeds is None and generator is None:
             seed = cfg.seed
@@ -146,6 +150,10 @@ class FrameMethod:
 
     def check(self, cfg: Any) -> None:
         """Refuse settings this method's loaded models cannot serve (one line)."""
+
+    def default_config(self) -> FrameConfig:
+        """The settings used when no ``config`` is given (a model family may change some)."""
+        return self.config_class()
 
 
 def photo_mask(mask: M.MaskInput, photo: Photo, cfg: FrameConfig) -> np.ndarray:
@@ -197,8 +205,10 @@ def run_edit(
     """Edit the masked region of ``image`` with ``core``; see the module docstring."""
     t_start = time.perf_counter()
     timings = Timings()
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InputError("prompt: must be a non-empty text")
+    if not isinstance(prompt, str):
+        raise InputError(f"prompt: {prompt!r} must be a text")
+    if not prompt.strip():  # "fill from the surroundings": removal, or the unguided control
+        prompt = ""
     seed_list = list(seeds)
 
     # 1. The photo as shown, its mask as levels, the binary edit region and the paste alpha.
@@ -230,6 +240,7 @@ def run_edit(
         else M.resize_mask(strength, (wh, ww)),
         soft=soft,
         prompt=prompt,
+        source_size=region.size,
     )
 
     # 3. The core's shared preparation (text, encoding, masks, schedule).
@@ -289,8 +300,10 @@ def run_edit(
 
     # 6. Rank by CLIP similarity of the masked result to the prompt (BLD paper 4.4).
     t0 = time.perf_counter()
+    # An empty prompt names nothing to compare with (CLIP's embedding of "" is no description of
+    # a filled-in background), so its candidates keep their generation order, unscored.
     scores = None
-    if cfg.rank and core.clip is not None:
+    if cfg.rank and core.clip is not None and prompt:
         scores = core.clip.score(decoded, (work.mask > 0).to(decoded.dtype), prompt)
     elif cfg.rank and core.clip is None and len(seed_list) > 1:
         logger.warning("no CLIP model loaded: results are not ranked")

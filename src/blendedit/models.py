@@ -41,7 +41,7 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler-a": ("EulerAncestralDiscreteScheduler", {}),
 }
 
-_SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
 
 @dataclass
@@ -121,6 +121,14 @@ def make_scheduler(name: str, base_config: Any) -> Any:
     return getattr(diffusers, cls_name).from_config(base_config, **extra)
 
 
+def check_hub_id(name: str, arg: str = "model") -> None:
+    """A name that is not an existing path must look like a hub id ('owner/name')."""
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelNotFoundError(
+            f"{arg}: {name!r} is neither an existing path nor a hub id of the form 'owner/name'"
+        )
+
+
 def load_sd_components(
     model: str | os.PathLike[str],
     torch_dtype: torch.dtype | None = None,
@@ -136,7 +144,7 @@ def load_sd_components(
     path = Path(model)
     name = str(model)
     if path.is_file():
-        if path.suffix.lower() not in _SINGLE_FILE_SUFFIXES:
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
             raise InputError(
                 f"model: {name!r} is a file but not a .safetensors or .ckpt checkpoint"
             )
@@ -152,10 +160,8 @@ def load_sd_components(
                 f"model: {name!r} is a folder but not a diffusers Stable Diffusion model "
                 f"(missing {', '.join(missing)}/)"
             )
-    elif name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise ModelNotFoundError(
-            f"model: {name!r} is neither an existing path nor a hub id of the form 'owner/name'"
-        )
+    else:
+        check_hub_id(name)
     parts = load_cached_first(
         "model", name, lambda local: _load_diffusers(name, torch_dtype, local), local_files_only
     )

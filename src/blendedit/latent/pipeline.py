@@ -21,19 +21,15 @@ from blendedit.config import EditConfig
 from blendedit.errors import InputError
 from blendedit.frame import FrameMethod, Generated, Work
 from blendedit.io import working_size
+from blendedit.latent.backbones import Backbone, Conditioning, load_backbone
 from blendedit.latent.sampling import (
     blend_timesteps,
     blended_latent_diffusion,
-    classifier_free_guidance,
+    first_step,
     step_kwargs,
 )
-from blendedit.models import (
-    DEFAULT_MODEL,
-    SDComponents,
-    load_sd_components,
-    make_scheduler,
-    parse_dtype,
-)
+from blendedit.latent.schedule import blend_rule, start_latent
+from blendedit.models import DEFAULT_MODEL, make_scheduler, parse_dtype
 from blendedit.ranking import DEFAULT_CLIP_MODEL, ClipScorer
 from blendedit.region import shapes_at
 
@@ -44,8 +40,7 @@ logger = logging.getLogger(__name__)
 class _LatentState:
     """What :meth:`BlendedLatentDiffusion.prepare` shares between the candidates."""
 
-    cond: torch.Tensor  # (1, L, D)
-    uncond: torch.Tensor  # (1, L, D)
+    text: Conditioning  # prompt and negative prompt, (1, ...) each
     z_init: torch.Tensor  # (1, C, h, w) E(x)
     x: torch.Tensor  # (1, 3, H, W) in [-1, 1], the region at the working size
     mask: torch.Tensor  # (1, 1, H, W) edit strength at the working size
@@ -60,28 +55,18 @@ class _LatentState:
 
 
 class BlendedLatentDiffusion(FrameMethod):
-    """Blended Latent Diffusion (Avrahami, Fried, Lischinski 2023) on a Stable Diffusion 1.x/2.x
-    model. ``editor(image, mask, prompt, seed=0)`` returns an :class:`EditResult`."""
+    """Blended Latent Diffusion (Avrahami, Fried, Lischinski 2023) on a latent text-to-image model:
+    Stable Diffusion 1.x/2.x, SDXL or the paper's own LDM (``latent/backbones``).
+    ``editor(image, mask, prompt, seed=0)`` returns an :class:`EditResult`."""
 
     config_class = EditConfig
     method = "latent"
 
-    def __init__(
-        self,
-        vae: Any,
-        unet: Any,
-        text_encoder: Any,
-        tokenizer: Any,
-        scheduler: Any,
-        clip: ClipScorer | None = None,
-        name: str = "",
-    ) -> None:
-        self.vae, self.unet, self.text_encoder, self.tokenizer = vae, unet, text_encoder, tokenizer
-        self.scheduler = scheduler  # its config is the base of every scheduler made per call
+    def __init__(self, backbone: Backbone, clip: ClipScorer | None = None, name: str = "") -> None:
+        self.backbone = backbone
         self.clip = clip
         self.name = name
-        for m in (vae, unet, text_encoder):
-            m.eval().requires_grad_(False)
+        self.loras: list[str] = []  # the LoRAs applied, as given ("file:scale")
 
     @classmethod
     def from_pretrained(
@@ -92,89 +77,83 @@ class BlendedLatentDiffusion(FrameMethod):
         torch_dtype: torch.dtype | str | None = None,
         local_files_only: bool | None = None,
         model_config: str | None = None,
+        vae: str | os.PathLike[str] | None = None,
     ) -> BlendedLatentDiffusion:
-        """Load from a hub id, a local diffusers folder or a single .safetensors/.ckpt file.
-        ``clip_model=None`` skips the ranking model (results then come in generation order)."""
+        """Load from a hub id, a local diffusers folder or a single .safetensors/.ckpt file; the
+        family (SD 1.x/2.x, SDXL, LDM) is detected from the model. ``vae`` replaces its VAE (e.g.
+        an fp16-safe SDXL VAE). ``clip_model=None`` skips the ranking model (results then come
+        in generation order)."""
         dtype = parse_dtype(torch_dtype)
-        parts: SDComponents = load_sd_components(model, dtype, local_files_only, model_config)
+        backbone = load_backbone(model, dtype, local_files_only, model_config, vae)
         clip = ClipScorer.from_pretrained(clip_model, dtype) if clip_model else None
-        return cls(
-            parts.vae,
-            parts.unet,
-            parts.text_encoder,
-            parts.tokenizer,
-            parts.scheduler,
-            clip,
-            str(model),
-        )
+        return cls(backbone, clip, str(model))
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> BlendedLatentDiffusion:
-        for m in (self.vae, self.unet, self.text_encoder):
-            m.to(device=device, dtype=dtype)
+        self.backbone.to(device, dtype)
         if self.clip is not None and device is not None:
             self.clip.to(device)
         return self
 
+    def default_config(self) -> EditConfig:
+        """EditConfig's defaults with the model family's own (SDXL and LDM: guidance 5)."""
+        return EditConfig(**self.backbone.defaults)
+
+    # The backbone's modules, as attributes (``editor.unet`` etc.), for tools that swap them.
+    @property
+    def family(self) -> str:
+        return self.backbone.family
+
+    @property
+    def unet(self) -> Any:
+        return self.backbone.unet
+
+    @unet.setter
+    def unet(self, module: Any) -> None:
+        self.backbone.unet = module
+
+    @property
+    def vae(self) -> Any:
+        return self.backbone.vae
+
+    @property
+    def scheduler(self) -> Any:
+        return self.backbone.scheduler
+
+    @scheduler.setter
+    def scheduler(self, scheduler: Any) -> None:
+        self.backbone.scheduler = scheduler
+
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self.backbone.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return self.backbone.dtype
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return self.backbone.latent_factor
 
     @property
     def native_size(self) -> int:
-        """The resolution the model was trained at (512 for SD 2.1-base and 1.5, 768 for SD 2.1)."""
-        s = self.unet.config.sample_size
-        return int(s if isinstance(s, int) else max(s)) * self.vae_scale_factor
+        """The resolution the model was trained at (512 SD 2.1-base, 1024 SDXL, 256 LDM)."""
+        return self.backbone.native_size
 
     # -- building blocks -------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """Text -> (1, L, D) CLIP text-encoder hidden states, padded to the tokenizer's length."""
-        max_len = min(
-            self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings
-        )
-        tok = self.tokenizer(
-            prompt, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt"
-        )
-        if len(self.tokenizer(prompt).input_ids) > max_len:
-            logger.warning("prompt longer than %d tokens; the rest is ignored", max_len)
-        mask = (
-            tok.attention_mask.to(self.device)
-            if getattr(self.text_encoder.config, "use_attention_mask", False)
-            else None
-        )
-        return self.text_encoder(tok.input_ids.to(self.device), attention_mask=mask)[0]
-
-    @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """SPEC 1 step 1: (B, 3, H, W) in [-1, 1] -> z = E(x) (posterior mean), scaled by the VAE's
         own ``scaling_factor`` (and ``shift_factor`` where the VAE has one)."""
-        z = self.vae.encode(image.to(self.device, self.vae.dtype)).latent_dist.mode()
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return (z - shift) * self.vae.config.scaling_factor
+        return self.backbone.encode_image(image)
 
-    @staticmethod
-    def decode_with(vae: Any, z: torch.Tensor) -> torch.Tensor:
-        """x = D(z): (B, C, h, w) scaled latents -> (B, 3, H, W) in [-1, 1]; differentiable."""
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        param = next(vae.parameters())
-        return vae.decode(z.to(param) / vae.config.scaling_factor + shift, return_dict=False)[0]
+    decode_with = staticmethod(Backbone.decode_with)
 
-    @torch.no_grad()
     def decode_latents(self, z: torch.Tensor, chunk: int = 4) -> torch.Tensor:
         """(B, C, h, w) latents -> (B, 3, H, W) images in [0, 1], decoded ``chunk`` at a time."""
-        parts = [self.decode_with(self.vae, part).float() for part in z.split(chunk)]
-        return (torch.cat(parts) / 2 + 0.5).clamp(0, 1)
+        return self.backbone.decode(z, chunk)
 
     # -- the edit: the frame's core protocol (blendedit.frame) ------------------------------------
 
@@ -188,12 +167,15 @@ class BlendedLatentDiffusion(FrameMethod):
 
     def prepare(self, work: Work, cfg: EditConfig) -> _LatentState:
         """Paper Algorithm 1 inputs: text, z_init = E(x), the latent mask and its stages."""
-        # Text: prompt and negative prompt for classifier-free guidance, (1, L, D) each.
-        cond = self.encode_prompt(work.prompt)
-        uncond = self.encode_prompt(cfg.negative_prompt)
-        # z_init = E(x) * scaling factor, (1, C, h, w).
+        # Text: prompt and negative prompt for classifier-free guidance, (1, ...) each, with the
+        # family's pooled embeddings and micro-conditioning (SDXL: the region's real size).
         x = work.x
-        z_init = self.encode_image(x).to(self.dtype)
+        work_size = (x.shape[-1], x.shape[-2])
+        text = self.backbone.encode_text(
+            work.prompt, cfg.negative_prompt, work_size, work.source_size or work_size
+        )
+        # z_init = E(x) * scaling factor, (1, C, h, w).
+        z_init = self.encode_image(x)
         # Latent mask (max-pool keeps thin strokes) and the progressive shrinking stages.
         m_latent = M.latent_mask(work.mask, tuple(z_init.shape[-2:]), work.soft)  # (1, 1, h, w)
         shrink = cfg.mask_shrink == "on" or (
@@ -205,7 +187,7 @@ class BlendedLatentDiffusion(FrameMethod):
         stage_per_step = M.stage_of_step(len(timesteps), stages.shape[0])
         step_masks = M.step_masks(stages.to(self.device, self.dtype), stage_per_step, work.soft)
         return _LatentState(
-            cond, uncond, z_init, x, work.mask, stages, stage_per_step, step_masks, timesteps,
+            text, z_init, x, work.mask, stages, stage_per_step, step_masks, timesteps,
             shrink, len(timesteps), cfg.decode_batch_size,
         )  # fmt: skip
 
@@ -227,12 +209,8 @@ class BlendedLatentDiffusion(FrameMethod):
         )
         scheduler = self._scheduler(cfg)
         timesteps = blend_timesteps(scheduler, cfg.num_inference_steps, cfg.blend_start)
-        model_fn = classifier_free_guidance(
-            self.unet,
-            state.cond.expand(b, -1, -1),
-            state.uncond.expand(b, -1, -1),
-            cfg.guidance_scale,
-        )
+        begin = first_step(scheduler, cfg.num_inference_steps, cfg.blend_start)
+        model_fn = self.backbone.model_fn(state.text, b, cfg.guidance_scale)
         z0 = state.z_init.expand(b, -1, -1, -1)
         masks = state.step_masks
         frames: list[torch.Tensor] = []
@@ -243,9 +221,11 @@ class BlendedLatentDiffusion(FrameMethod):
             if keep_process and x0 is not None:  # the blended one-step clean estimate (fig. 6)
                 frames.append((x0 * masks[i] + z0 * (1 - masks[i])).cpu())
 
+        # Background levels from the schedule itself (schedule.py): t' or, "official", t.
+        background = blend_rule(cfg.blend_rule, scheduler, z0, noise, begin, len(timesteps), gens)
         z = blended_latent_diffusion(
-            model_fn, scheduler, z0, noise, timesteps, masks,
-            step_kwargs(scheduler, gens, cfg.eta), on_step,
+            model_fn, scheduler, start_latent(scheduler, z0, noise, begin), timesteps, masks,
+            background, step_kwargs(scheduler, gens, cfg.eta), on_step,
         )  # fmt: skip
         per_image = [torch.stack([f[j] for f in frames]) for j in range(b)] if frames else []
         return Generated(z, per_image)
@@ -277,6 +257,8 @@ class BlendedLatentDiffusion(FrameMethod):
         return {
             "settings": {
                 "model": self.name,
+                "family": self.family,
+                "loras": list(self.loras),
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "shrink_applied": state.shrink,
             },
@@ -286,22 +268,11 @@ class BlendedLatentDiffusion(FrameMethod):
         }
 
     def diffusers_inpaint(self, cfg: EditConfig) -> tuple[Any, float]:
-        """diffusers' ``StableDiffusionInpaintPipeline`` on this editor's own components (with a
+        """diffusers' inpaint pipeline of this family on this editor's own components (with a
         4-channel UNet it blends like BLD, SPEC 5), and the ``strength`` that makes it run the same
         steps: diffusers runs ``int(steps * strength)``, BLD ``steps - floor(steps * blend_start)``;
         half a step above that count makes the two equal. For comparisons (bench, eval)."""
-        from diffusers import StableDiffusionInpaintPipeline
-
-        pipe = StableDiffusionInpaintPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            unet=self.unet,
-            scheduler=self._scheduler(cfg),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipe = self.backbone.inpaint_reference(self._scheduler(cfg))
         pipe.set_progress_bar_config(disable=True)
         n = cfg.num_inference_steps
         return pipe, (n - int(n * cfg.blend_start) + 0.5) / n

@@ -2,8 +2,9 @@
 
 Tensors: z (B, C, h, w) latents; masks (B or 1, 1, h, w) of 0/1 at latent resolution.
 The scheduler is any first-order diffusers scheduler; only its public contract is used
-(``set_timesteps``, ``timesteps``, ``order``, ``set_begin_index``, ``scale_model_input``, ``step``,
-``add_noise``).
+(``set_timesteps``, ``timesteps``, ``order``, ``set_begin_index``, ``scale_model_input``, ``step``);
+the background's noise levels come from ``schedule.py``. The loop knows no model family: the
+backbone supplies ``model_fn`` (``latent/backbones``).
 """
 
 from __future__ import annotations
@@ -18,16 +19,13 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z_t, t) -> mo
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor, Any], None]  # (i, t, z, step output)
 
 
-def classifier_free_guidance(
-    unet: Any, cond: torch.Tensor, uncond: torch.Tensor, scale: float
-) -> ModelFn:
-    """Wrap the text-conditioned UNet into guided eps/v (Ho & Salimans 2022): both halves in one
-    call. cond, uncond: (B, L, D) text embeddings; returns model_fn(z (B, C, h, w), t)."""
-    context = torch.cat([uncond, cond])  # (2B, L, D)
+def classifier_free_guidance(denoise: ModelFn, scale: float) -> ModelFn:
+    """Guided eps/v/velocity (Ho & Salimans 2022): ``denoise(z (2B, C, h, w), t)`` runs the model
+    on the [unconditional; conditional] halves in one call (the backbone binds the conditioning);
+    returns model_fn(z (B, C, h, w), t)."""
 
     def model_fn(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = unet(torch.cat([z, z]), t, encoder_hidden_states=context, return_dict=False)[0]
-        out_uncond, out_cond = out.chunk(2)
+        out_uncond, out_cond = denoise(torch.cat([z, z]), t).chunk(2)
         return out_uncond + scale * (out_cond - out_uncond)
 
     return model_fn
@@ -38,11 +36,18 @@ def blend(z_fg: torch.Tensor, z_bg: torch.Tensor, mask: torch.Tensor) -> torch.T
     return z_fg * mask + z_bg * (1 - mask)
 
 
+def first_step(scheduler: Any, num_inference_steps: int, blend_start: float) -> int:
+    """Position of the first kept step in the full table: floor(steps * blend_start) * order."""
+    return int(num_inference_steps * blend_start) * scheduler.order
+
+
 def blend_timesteps(scheduler: Any, num_inference_steps: int, blend_start: float) -> torch.Tensor:
     """SPEC 1 step 3: set the full schedule and skip its first floor(steps * blend_start) steps
-    (official scripts: 12 of 50, leaving 38). Returns the timesteps still to run, on the host."""
+    (official scripts: 12 of 50, leaving 38). Returns the timesteps still to run, on the host.
+    (``set_begin_index`` lets multistep solvers start mid-schedule; the blend's noise levels do
+    not depend on it, see ``schedule.py``.)"""
     scheduler.set_timesteps(num_inference_steps, device="cpu")
-    skip = int(num_inference_steps * blend_start) * scheduler.order
+    skip = first_step(scheduler, num_inference_steps, blend_start)
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(skip)
     return scheduler.timesteps[skip:]
@@ -64,29 +69,27 @@ def step_kwargs(
 def blended_latent_diffusion(
     model_fn: ModelFn,
     scheduler: Any,
-    z_init: torch.Tensor,
-    noise: torch.Tensor,
+    z: torch.Tensor,
     timesteps: torch.Tensor,
     step_masks: Sequence[torch.Tensor],
+    background: Callable[[int], torch.Tensor],
     extra_step_kwargs: dict[str, Any] | None = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Denoise inside the mask, keep the noised source outside, at every step.
 
-    z_init: (B, C, h, w) clean source latent E(x); noise: (B, C, h, w), reused for every re-noising;
-    timesteps: what ``blend_timesteps`` returned; step_masks[i]: (B or 1, 1, h, w) for step i.
+    z: (B, C, h, w) the source noised to the first kept level (``schedule.start_latent``);
+    timesteps: what ``blend_timesteps`` returned; step_masks[i]: (B or 1, 1, h, w) for step i;
+    background(i): the source latent at the level the blend rule gives after step i
+    (``schedule.blend_rule``: t' and clean after the last step, by default).
     """
     kwargs = extra_step_kwargs or {}
-    # Host timesteps index the scheduler's tables; one device copy, made here, feeds the UNet and
-    # add_noise. With DDIM no step then waits for the GPU (no host-device sync inside the loop).
-    t_dev = timesteps.to(z_init.device)
-    z = scheduler.add_noise(z_init, noise, t_dev[:1])  # noise E(x) to the first kept level
+    # Host timesteps index the scheduler's tables; one device copy, made here, feeds the model.
+    # With DDIM no step then waits for the GPU (no host-device sync inside the loop).
+    t_dev = timesteps.to(z.device)
     for i, t in enumerate(timesteps):
         out = scheduler.step(model_fn(scheduler.scale_model_input(z, t), t_dev[i]), t, z, **kwargs)
-        # Background at the level z_fg has just reached (t'), and clean after the last step.
-        last = i + 1 == len(timesteps)
-        z_bg = z_init if last else scheduler.add_noise(z_init, noise, t_dev[i + 1 : i + 2])
-        z = blend(out.prev_sample, z_bg, step_masks[i])
+        z = blend(out.prev_sample, background(i), step_masks[i])
         if callback is not None:
             callback(i, t, z, out)
     return z

@@ -1,0 +1,171 @@
+"""Model families under the BLD loop, detected from the model itself and loaded by one function.
+
+Detection: a diffusers folder or hub id by its ``model_index.json`` (``_class_name``), a single
+checkpoint file by its key names (read from the header, nothing loaded). An unsupported model (a
+9-channel inpainting UNet, a FLUX Fill model, a family without a module here) is one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blendedit.errors import InputError
+from blendedit.latent.backbones.base import Backbone, Conditioning
+from blendedit.latent.backbones.ldm import LatentDiffusion
+from blendedit.latent.backbones.sd import StableDiffusion
+from blendedit.latent.backbones.sdxl import StableDiffusionXL
+from blendedit.models import SINGLE_FILE_SUFFIXES, check_hub_id, load_cached_first
+
+__all__ = [
+    "FAMILIES",
+    "Backbone",
+    "Conditioning",
+    "LatentDiffusion",
+    "StableDiffusion",
+    "StableDiffusionXL",
+    "detect_family",
+    "load_backbone",
+]
+
+FAMILIES: dict[str, type[Backbone]] = {
+    "sd": StableDiffusion,
+    "sdxl": StableDiffusionXL,
+    "ldm": LatentDiffusion,
+}
+
+# model_index.json ``_class_name`` -> family; None: known, but not a model BLD can blend with.
+PIPELINE_FAMILIES: dict[str, str | None] = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionImg2ImgPipeline": "sd",
+    "StableDiffusionInpaintPipeline": "sd",  # refused below when its UNet has 9 channels
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+    "StableDiffusionXLInpaintPipeline": "sdxl",
+    "LDMTextToImagePipeline": "ldm",
+    "StableDiffusion3Pipeline": None,
+    "FluxPipeline": None,
+    "FluxFillPipeline": None,
+}
+_UNSUPPORTED = {
+    "StableDiffusion3Pipeline": "a Stable Diffusion 3 model, not supported by this version",
+    "FluxPipeline": "a FLUX.1 model, not supported by this version",
+    "FluxFillPipeline": (
+        "a FLUX Fill model (inpainting by channel concatenation); Blended Latent Diffusion needs "
+        "the plain text-to-image model"
+    ),
+}
+
+
+def _single_file_keys(path: Path) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a checkpoint, from the safetensors header (or an mmap'd .ckpt)."""
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    sd = sd.get("state_dict", sd)
+    return {k: tuple(v.shape) for k, v in sd.items() if hasattr(v, "shape")}
+
+
+def family_of_keys(keys: dict[str, tuple[int, ...]], name: str) -> str:
+    """The family of an original-layout checkpoint (A1111/ComfyUI single file) by its key names."""
+    conv_in = keys.get("model.diffusion_model.input_blocks.0.0.weight")
+    if conv_in is not None and len(conv_in) == 4 and conv_in[1] != 4:
+        raise InputError(
+            f"model: {name!r} has a {conv_in[1]}-channel UNet (an inpainting model); Blended "
+            "Latent Diffusion needs a plain text-to-image model with 4 latent channels"
+        )
+    if any(k.startswith("conditioner.embedders.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.") for k in keys):
+        return "sd"
+    if any(".joint_blocks." in k for k in keys):
+        raise InputError(f"model: {name!r} is {_UNSUPPORTED['StableDiffusion3Pipeline']}")
+    if any("double_blocks." in k for k in keys):
+        raise InputError(f"model: {name!r} is {_UNSUPPORTED['FluxPipeline']}")
+    raise InputError(
+        f"model: {name!r} is not a checkpoint blendedit recognises (no SD 1.x/2.x or SDXL text "
+        "encoder keys); pass a diffusers folder instead"
+    )
+
+
+def family_of_index(index: dict[str, Any], name: str) -> str:
+    cls = str(index.get("_class_name", ""))
+    if cls not in PIPELINE_FAMILIES:
+        raise InputError(
+            f"model: {name!r} is a {cls or 'unknown'} model; the latent method supports "
+            "Stable Diffusion 1.x/2.x, SDXL and the CompVis LDM"
+        )
+    family = PIPELINE_FAMILIES[cls]
+    if family is None:
+        raise InputError(f"model: {name!r} is {_UNSUPPORTED[cls]}")
+    return family
+
+
+def _read_index(name: str, local: bool) -> dict[str, Any]:
+    if Path(name).is_dir():
+        p = Path(name) / "model_index.json"
+        if not p.is_file():
+            raise OSError(f"{name} has no model_index.json")
+        return json.loads(p.read_text())
+    from huggingface_hub import hf_hub_download
+
+    return json.loads(
+        Path(hf_hub_download(name, "model_index.json", local_files_only=local)).read_text()
+    )
+
+
+def detect_family(model: str | os.PathLike[str], local_files_only: bool | None = None) -> str:
+    """ "sd", "sdxl" or "ldm" for a hub id, a diffusers folder or a single checkpoint file."""
+    path, name = Path(model), str(model)
+    if path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise InputError(
+                f"model: {name!r} is a file but not a .safetensors or .ckpt checkpoint"
+            )
+        try:
+            keys = _single_file_keys(path)
+        except Exception as e:  # a truncated or foreign file: one line
+            raise InputError(
+                f"model: {name!r} is not a readable checkpoint ({type(e).__name__})"
+            ) from None
+        return family_of_keys(keys, name)
+    if path.is_dir() and not (path / "model_index.json").is_file():
+        return "sd"  # a bare folder of SD parts; load_sd_components names what is missing
+    if not path.exists():
+        check_hub_id(name)
+    index = load_cached_first(
+        "model", name, lambda local: _read_index(name, local), local_files_only
+    )
+    return family_of_index(index, name)
+
+
+def load_backbone(
+    model: str | os.PathLike[str],
+    torch_dtype: torch.dtype | None = None,
+    local_files_only: bool | None = None,
+    model_config: str | None = None,
+    vae: str | os.PathLike[str] | None = None,
+) -> Backbone:
+    """The model's family, loaded: hub id, diffusers folder, or single file (``model_config``:
+    a diffusers folder or hub id of the same architecture, for offline single files). ``vae``
+    replaces the model's VAE (a folder or hub id, e.g. an fp16-safe SDXL VAE)."""
+    from blendedit.latent.backbones import loading
+
+    family = detect_family(model, local_files_only)
+    backbone = loading.LOADERS[family](model, torch_dtype, local_files_only, model_config)
+    if vae is not None:
+        loading.replace_vae(backbone, vae, torch_dtype, local_files_only)
+    unet = backbone.unet
+    if unet.config.in_channels != 4:
+        raise InputError(
+            f"model: {str(model)!r} has a {unet.config.in_channels}-channel UNet (an inpainting "
+            "model); Blended Latent Diffusion needs a plain text-to-image model with 4 latent channels"
+        )
+    return backbone

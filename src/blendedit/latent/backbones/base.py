@@ -1,0 +1,139 @@
+"""What a model family provides under the BLD loop (``latent/sampling.py`` knows no family).
+
+A backbone holds a family's modules and answers five questions: text -> conditioning (with pooled
+embeddings and micro-conditioning where the family has them), the guided model function, VAE
+encode/decode with its scaling, shift and fp16 rules, the native resolution and latent factor, and
+its default settings. The noise levels of the blend come from the scheduler (``schedule.py``), not
+from the family. One small module per family: ``sd.py``, ``sdxl.py``, ``ldm.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from blendedit.latent.sampling import ModelFn, classifier_free_guidance
+
+Size = tuple[int, int]  # (W, H)
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning of one prompt and its negative, each (1, ...); ``added`` holds the
+    family's extra model inputs (SDXL: pooled ``text_embeds`` (1, P), ``time_ids`` (1, 6))."""
+
+    cond: torch.Tensor  # (1, L, D)
+    uncond: torch.Tensor  # (1, L, D)
+    added: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (1, ...)
+    added_uncond: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Backbone:
+    """A latent text-to-image model family: VAE + denoiser + text encoder(s) + scheduler config.
+
+    Subclasses set ``family``, ``defaults`` and implement :meth:`encode_text`, :meth:`denoiser`
+    and :meth:`inpaint_reference`; the VAE rules here fit every AutoencoderKL family."""
+
+    family: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}  # EditConfig fields this family changes (its presets)
+
+    vae: Any
+    unet: Any
+    scheduler: Any  # its config is the base of every scheduler made per call
+    # SDXL's VAE overflows in fp16: with ``force_upcast`` in its config it then runs in float32
+    # (diffusers' rule; an fp16-safe VAE such as madebyollin/sdxl-vae-fp16-fix sets it False).
+    fp16_vae_upcast: ClassVar[bool] = False
+
+    # -- modules ----------------------------------------------------------------------------------
+
+    def modules(self) -> dict[str, Any]:
+        """Name -> torch module, everything that moves with ``.to(device)``."""
+        raise NotImplementedError
+
+    def text_encoders(self) -> list[Any]:
+        """The text encoder(s), in the order a LoRA's text-encoder weights address them."""
+        raise NotImplementedError
+
+    def vae_dtype_for(self, dtype: torch.dtype | None) -> torch.dtype | None:
+        upcast = self.fp16_vae_upcast and getattr(self.vae.config, "force_upcast", False)
+        return torch.float32 if upcast and dtype == torch.float16 else dtype
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        for name, m in self.modules().items():
+            m.to(device=device, dtype=self.vae_dtype_for(dtype) if name == "vae" else dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    # -- geometry ---------------------------------------------------------------------------------
+
+    @property
+    def latent_factor(self) -> int:
+        """Pixels per latent cell (8 for every SD family)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_size(self) -> int:
+        """The resolution the model was trained at (512 SD 1.5/2.1-base, 1024 SDXL, 256 LDM)."""
+        s = self.unet.config.sample_size
+        return int(s if isinstance(s, int) else max(s)) * self.latent_factor
+
+    # -- text -------------------------------------------------------------------------------------
+
+    def encode_text(
+        self, prompt: str, negative: str, work_size: Size, source_size: Size
+    ) -> Conditioning:
+        """Prompt and negative prompt -> :class:`Conditioning`. ``work_size``: the (W, H) the
+        model runs at; ``source_size``: the region's real (W, H) in photo pixels."""
+        raise NotImplementedError
+
+    # -- the model function ------------------------------------------------------------------------
+
+    def denoiser(self, c: Conditioning, batch: int) -> ModelFn:
+        """``denoise(z (2B, C, h, w), t)`` on [uncond; cond] halves of ``c``, each repeated
+        ``batch`` times."""
+        raise NotImplementedError
+
+    def model_fn(self, c: Conditioning, batch: int, guidance_scale: float) -> ModelFn:
+        """The guided model function of the loop (classifier-free guidance, Ho & Salimans 2022)."""
+        return classifier_free_guidance(self.denoiser(c, batch), guidance_scale)
+
+    # -- the VAE (SPEC 1 steps 1 and 5) ------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> z = E(x) (posterior mean), ``(z - shift) * scaling``."""
+        vae = self.vae
+        z = vae.encode(image.to(vae.device, vae.dtype)).latent_dist.mode()
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return ((z - shift) * vae.config.scaling_factor).to(self.dtype)
+
+    @staticmethod
+    def decode_with(vae: Any, z: torch.Tensor) -> torch.Tensor:
+        """x = D(z): (B, C, h, w) scaled latents -> (B, 3, H, W) in [-1, 1]; differentiable, so
+        background reconstruction can tune a copy of the decoder (paper 4.2)."""
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        param = next(vae.parameters())
+        return vae.decode(z.to(param) / vae.config.scaling_factor + shift, return_dict=False)[0]
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+        """(B, C, h, w) latents -> (B, 3, H, W) images in [0, 1], ``chunk`` at a time."""
+        parts = [self.decode_with(self.vae, part).float() for part in z.split(chunk)]
+        return (torch.cat(parts) / 2 + 0.5).clamp(0, 1)
+
+    # -- comparison ---------------------------------------------------------------------------------
+
+    def inpaint_reference(self, scheduler: Any) -> Any:
+        """diffusers' inpaint pipeline of this family on these components (a 4-channel model
+        blends like BLD, SPEC 5), for parity tests, ``bench`` and ``eval``."""
+        raise NotImplementedError

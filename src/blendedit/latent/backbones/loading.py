@@ -1,0 +1,182 @@
+"""Loading each family from a hub id, a diffusers folder or a single checkpoint file (cache first,
+one line on failure; see ``blendedit.models``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blendedit.errors import InputError, ModelNotFoundError
+from blendedit.latent.backbones.base import Backbone
+from blendedit.latent.backbones.ldm import LatentDiffusion
+from blendedit.latent.backbones.sd import StableDiffusion
+from blendedit.latent.backbones.sdxl import StableDiffusionXL
+from blendedit.models import load_cached_first, load_sd_components
+
+Name = str | os.PathLike[str]
+
+# The original LDM DDIM sampler in diffusers' terms (``../shared/notes/backbones.md`` section 3):
+# "linear" betas of sqrt-space = scaled_linear, timesteps 1, 21, ..., 981 = leading with offset 1,
+# alphas_prev[0] = alphacums[0] = set_alpha_to_one False.
+LDM_SAMPLER = {
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "set_alpha_to_one": False,
+    "clip_sample": False,
+}
+
+
+def _single_file_error(path: Path, e: BaseException) -> ModelNotFoundError:
+    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return ModelNotFoundError(
+        f"model: could not load the checkpoint {str(path)!r} ({reason}); offline, also pass "
+        "--model-config with a local diffusers folder of the same architecture"
+    )
+
+
+def load_sd(
+    name: Name, dtype: torch.dtype | None, local: bool | None, config: str | None
+) -> Backbone:
+    p = load_sd_components(name, dtype, local, config)
+    return StableDiffusion(p.vae, p.unet, p.text_encoder, p.tokenizer, p.scheduler)
+
+
+def _index(name: str, local: bool) -> dict[str, Any]:
+    if Path(name).is_dir():
+        return json.loads((Path(name) / "model_index.json").read_text())
+    from huggingface_hub import hf_hub_download
+
+    return json.loads(
+        Path(hf_hub_download(name, "model_index.json", local_files_only=local)).read_text()
+    )
+
+
+def load_sdxl(
+    name: Name, dtype: torch.dtype | None, local: bool | None, config: str | None
+) -> Backbone:
+    from diffusers import StableDiffusionXLPipeline
+
+    path = Path(name)
+    if path.is_file():
+        kw: dict[str, Any] = {"torch_dtype": dtype, "add_watermarker": False}
+        if config is not None:
+            kw["config"] = config
+        try:
+            pipe = StableDiffusionXLPipeline.from_single_file(str(path), **kw)
+        except Exception as e:  # diffusers raises many types for a bad or unrecognised checkpoint
+            raise _single_file_error(path, e) from None
+        return _sdxl_from_parts(pipe.components, pipe.config)
+
+    def load(local_only: bool) -> Backbone:
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        src = str(name)
+        index = _index(src, local_only)
+        kw: dict[str, Any] = {"local_files_only": local_only}
+        dt = {"torch_dtype": dtype, **kw}
+        has_te1 = (index.get("text_encoder") or [None])[0] is not None
+        parts = {
+            "vae": AutoencoderKL.from_pretrained(src, subfolder="vae", **dt),
+            "unet": UNet2DConditionModel.from_pretrained(src, subfolder="unet", **dt),
+            "text_encoder": CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **dt)
+            if has_te1
+            else None,
+            "tokenizer": CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **kw)
+            if has_te1
+            else None,
+            "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(
+                src, subfolder="text_encoder_2", **dt
+            ),
+            "tokenizer_2": CLIPTokenizer.from_pretrained(src, subfolder="tokenizer_2", **kw),
+            "scheduler": DDIMScheduler.from_config(
+                DDIMScheduler.load_config(src, subfolder="scheduler", **kw)
+            ),
+        }
+        return _sdxl_from_parts(parts, index)
+
+    return load_cached_first("model", str(name), load, local)
+
+
+def _sdxl_from_parts(parts: dict[str, Any], index: Any) -> Backbone:
+    get = index.get if hasattr(index, "get") else lambda k, d=None: getattr(index, k, d)
+    return StableDiffusionXL(
+        parts["vae"],
+        parts["unet"],
+        parts.get("text_encoder"),
+        parts["text_encoder_2"],
+        parts.get("tokenizer"),
+        parts["tokenizer_2"],
+        parts["scheduler"],
+        force_zeros_for_empty_prompt=bool(get("force_zeros_for_empty_prompt", True)),
+    )
+
+
+def load_ldm(
+    name: Name, dtype: torch.dtype | None, local: bool | None, config: str | None
+) -> Backbone:
+    if Path(name).is_file():
+        raise InputError(
+            f"model: {str(name)!r}: the CompVis LDM loads from a diffusers folder or hub id "
+            "(CompVis/ldm-text2im-large-256), not a single file"
+        )
+
+    def load(local_only: bool) -> Backbone:
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from diffusers.pipelines.latent_diffusion import LDMBertModel
+        from transformers import BertTokenizer
+
+        src = str(name)
+        kw: dict[str, Any] = {"local_files_only": local_only}
+        dt = {"torch_dtype": dtype, **kw}
+        sched = DDIMScheduler.load_config(src, subfolder="scheduler", **kw)
+        return LatentDiffusion(
+            AutoencoderKL.from_pretrained(src, subfolder="vqvae", **dt),
+            UNet2DConditionModel.from_pretrained(src, subfolder="unet", **dt),
+            LDMBertModel.from_pretrained(src, subfolder="bert", **dt),
+            BertTokenizer.from_pretrained(src, subfolder="tokenizer", **kw),
+            DDIMScheduler.from_config({**sched, **LDM_SAMPLER}),
+        )
+
+    return load_cached_first("model", str(name), load, local)
+
+
+LOADERS: dict[str, Callable[[Name, torch.dtype | None, bool | None, str | None], Backbone]] = {
+    "sd": load_sd,
+    "sdxl": load_sdxl,
+    "ldm": load_ldm,
+}
+
+
+def replace_vae(
+    backbone: Backbone, vae: Name, dtype: torch.dtype | None, local: bool | None
+) -> None:
+    """``--vae``: a VAE folder (``config.json`` + weights) or hub id, e.g. an fp16-safe SDXL VAE."""
+    from diffusers import AutoencoderKL
+
+    src = str(vae)
+    if Path(src).is_file():
+        raise InputError(f"vae: {src!r} is a file; pass a diffusers VAE folder or hub id")
+    new = load_cached_first(
+        "vae", src, lambda local_only: AutoencoderKL.from_pretrained(
+            src, torch_dtype=dtype, local_files_only=local_only
+        ), local,
+    )  # fmt: skip
+    old = backbone.vae
+    if new.config.latent_channels != old.config.latent_channels:
+        raise InputError(
+            f"vae: {src!r} has {new.config.latent_channels} latent channels, the model "
+            f"{old.config.latent_channels}"
+        )
+    new.eval().requires_grad_(False)
+    backbone.vae = new
+    new.to(backbone.vae_dtype_for(new.dtype))

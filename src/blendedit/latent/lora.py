@@ -1,0 +1,424 @@
+"""LoRA adapters (Hu et al. 2021, W + s·B·A) on a Stable Diffusion 1.x/2.x or SDXL UNet and its CLIP
+text encoder(s), loaded as PEFT adapters and never fused, so removal gives back the very same base
+modules and weights.
+
+Sources: a local ``.safetensors`` file (diffusers/PEFT or kohya/A1111 key format), a local folder
+holding ``pytorch_lora_weights.safetensors`` (or one other weights file), or a hub id
+``owner/name`` (``owner/name/file.safetensors`` names the file), from the Hugging Face cache first.
+Pickled ``.bin``/``.pt`` files are read only with ``torch.load(weights_only=True)``.
+
+Built on diffusers' public LoRA contract: ``StableDiffusion(XL)LoraLoaderMixin.lora_state_dict``
+(format conversion), ``load_lora_into_unet`` / ``load_lora_into_text_encoder`` (PEFT injection),
+and the mixin's ``set_adapters`` / ``unload_lora_weights`` on a small host object that carries the
+given components under the names the mixin expects.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blendedit.errors import InputError, ModelNotFoundError
+
+LORA_WEIGHT_FILE = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[^:]+)?$")
+_ADAPTER_PREFIX = "blendedit_lora_"
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from "
+    r"checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)"
+)
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One ``--lora`` argument: where the LoRA is and its strength s in W + s·ΔW."""
+
+    source: str
+    scale: float = 1.0
+
+
+def parse_lora_spec(text: str) -> LoraSpec:
+    """``FILE_OR_ID[:SCALE]``: a path that exists is taken whole (even with ':' in it); otherwise a
+    number after the last ':' is the scale (default 1.0)."""
+    text = str(text).strip()
+    if not text:
+        raise InputError("lora: empty value; expected FILE_OR_ID[:SCALE]")
+    if Path(text).expanduser().exists() or ":" not in text:
+        return LoraSpec(text, 1.0)
+    source, _, tail = text.rpartition(":")
+    try:
+        scale = float(tail)
+    except ValueError:
+        raise InputError(
+            f"lora: {text!r}: the scale after the last ':' must be a number, got {tail!r}"
+        ) from None
+    if not math.isfinite(scale):
+        raise InputError(f"lora: {text!r}: the scale must be a finite number, got {tail!r}")
+    if not source.strip():
+        raise InputError(f"lora: {text!r} names no file or hub id before the ':'")
+    return LoraSpec(source.strip(), scale)
+
+
+@dataclass
+class LoraHandle:
+    """The adapters :func:`apply_loras` put on the models; ``remove()`` takes them all off."""
+
+    specs: list[LoraSpec]
+    adapter_names: list[str]
+    files: list[Path]  # the weights file each spec resolved to
+    _host: Any = field(default=None, repr=False)
+
+    @property
+    def active(self) -> bool:
+        return self._host is not None
+
+    def set_scales(self, scales: Sequence[float]) -> None:
+        """New strengths, one per LoRA, without reloading (adapter weights of ``set_adapters``)."""
+        if self._host is None:
+            raise InputError("lora: the LoRAs were already removed")
+        scales = [float(s) for s in scales]
+        if len(scales) != len(self.adapter_names):
+            raise InputError(f"lora: {len(scales)} scales for {len(self.adapter_names)} LoRAs")
+        bad = [s for s in scales if not math.isfinite(s)]
+        if bad:
+            raise InputError(f"lora: scale {bad[0]!r} is not a finite number")
+        self._host.set_adapters(self.adapter_names, scales)
+        self.specs = [LoraSpec(sp.source, s) for sp, s in zip(self.specs, scales, strict=True)]
+
+    def remove(self) -> None:
+        """Take every LoRA layer off: the models get back their original modules (same objects,
+        same tensors). Idempotent."""
+        if self._host is not None:
+            self._host.unload_lora_weights()
+            self._host = None
+
+
+def remove_loras(handle: LoraHandle) -> None:
+    """Same as ``handle.remove()``."""
+    handle.remove()
+
+
+def apply_loras(
+    unet: Any,
+    text_encoders: Sequence[Any],
+    specs: Sequence[LoraSpec | str],
+    *,
+    local_files_only: bool | None = None,
+) -> LoraHandle:
+    """Load each LoRA as a PEFT adapter on ``unet`` and, where it has text-encoder weights, on the
+    text encoder(s): ``[text_encoder]`` for SD 1.x/2.x, ``[text_encoder, text_encoder_2]`` for SDXL
+    (``None`` for a missing one). Adapters stay separate and unfused; the output is
+    W x + Σ_i s_i·B_i A_i x. On any failure nothing stays loaded and one ``lora: ...`` line is
+    raised."""
+    parsed = [s if isinstance(s, LoraSpec) else parse_lora_spec(s) for s in specs]
+    if not parsed:
+        return LoraHandle([], [], [])
+    if len(text_encoders) not in (1, 2):
+        raise InputError(
+            f"lora: expected 1 (SD) or 2 (SDXL) text encoders, got {len(text_encoders)}"
+        )
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise InputError("lora: needs the `peft` package (pip install 'peft>=0.17')") from None
+    host = _host_for(unet, list(text_encoders))
+    if _has_lora_layers(host):
+        raise InputError("lora: the model already carries LoRA layers; remove those first")
+
+    names: list[str] = []
+    files: list[Path] = []
+    try:
+        with _quiet_loading():
+            for i, spec in enumerate(parsed):
+                path = resolve_lora_file(spec.source, local_files_only=local_files_only)
+                name = f"{_ADAPTER_PREFIX}{i}"
+                _load_one(host, path, spec.source, name)
+                names.append(name)
+                files.append(path)
+            host.set_adapters(names, [s.scale for s in parsed])
+    except BaseException:
+        host.unload_lora_weights()
+        raise
+    return LoraHandle(parsed, names, files, host)
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Our one-line errors replace diffusers' multi-line load reports, PEFT's warnings about
+    several adapters or unmatched keys (checked by count instead) and transformers' progress bar."""
+    import transformers.utils.logging as tf_logging
+    from diffusers.utils import logging as df_logging
+
+    level = df_logging.get_verbosity()
+    bar = tf_logging.is_progress_bar_enabled()
+    df_logging.set_verbosity(logging.CRITICAL)
+    tf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*(peft_config|PEFT config|was active).*")
+            yield
+    finally:
+        df_logging.set_verbosity(level)
+        if bar:
+            tf_logging.enable_progress_bar()
+
+
+def resolve_lora_file(source: str, *, local_files_only: bool | None = None) -> Path:
+    """The local weights file for a file path, a folder, or a hub id (cache first; the hub only
+    when the cache lacks it, ``local_files_only`` is not set and the hub answers)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        return _weights_in_folder(path, source)
+    parts = source.split("/")
+    looks_local = (
+        source.startswith((".", "/", "~"))
+        or (os.sep != "/" and os.sep in source)
+        or not _HUB_ID.match(source)
+        or (len(parts) == 2 and source.lower().endswith(_WEIGHT_SUFFIXES))
+    )
+    if looks_local:
+        raise InputError(f"lora: no such file or folder: {source!r}")
+    return _from_hub("/".join(parts[:2]), "/".join(parts[2:]) or None, source, local_files_only)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def _host_for(unet: Any, text_encoders: list[Any]) -> Any:
+    """An object with the attributes diffusers' LoRA mixin works on (unet, text_encoder[_2])."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
+
+    if len(text_encoders) == 2:
+
+        class _SDXLHost(StableDiffusionXLLoraLoaderMixin):
+            pass
+
+        host: Any = _SDXLHost()
+        host.text_encoder_2 = text_encoders[1]
+    else:
+
+        class _SDHost(StableDiffusionLoraLoaderMixin):
+            pass
+
+        host = _SDHost()
+    host.unet = unet
+    host.text_encoder = text_encoders[0]
+    return host
+
+
+def _components(host: Any) -> dict[str, Any]:
+    """Prefix in the converted state dict -> model (only the models that are present)."""
+    names = ["unet", "text_encoder", "text_encoder_2"]
+    return {n: getattr(host, n, None) for n in names if getattr(host, n, None) is not None}
+
+
+def _has_lora_layers(host: Any) -> bool:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(
+        isinstance(m, BaseTunerLayer)
+        for model in _components(host).values()
+        for m in model.modules()
+    )
+
+
+def _read_weights(path: Path, source: str) -> dict[str, torch.Tensor] | str:
+    """A pickled file read with ``weights_only=True`` (as a dict); a safetensors file stays a path
+    so diffusers also reads the LoRA config stored in its header."""
+    if path.suffix.lower() == ".safetensors":
+        return str(path)
+    if path.suffix.lower() not in _WEIGHT_SUFFIXES:
+        raise InputError(f"lora: {source!r} is not a .safetensors, .bin or .pt weights file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"lora: could not read {source!r}: {_first_line(e)}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"lora: {source!r} holds no tensor dictionary; not a LoRA file")
+    return obj
+
+
+def _load_one(host: Any, path: Path, source: str, name: str) -> None:
+    """One LoRA under adapter ``name``: convert its keys (kohya -> diffusers), check that every
+    weight has a home in these models, inject and load."""
+    components = _components(host)
+    unet = components["unet"]
+    kwargs: dict[str, Any] = {"return_lora_metadata": True}
+    if "text_encoder_2" in type(host)._lora_loadable_modules:
+        kwargs["unet_config"] = unet.config  # kohya SDXL: SGM block numbers -> diffusers
+    try:
+        state_dict, alphas, metadata = host.lora_state_dict(_read_weights(path, source), **kwargs)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"lora: could not read {source!r}: {_first_line(e)}") from None
+    if not state_dict or not all("lora" in k for k in state_dict):
+        example = next((k for k in state_dict if "lora" not in k), None)
+        what = f"weights such as {example!r}" if example else "no weights"
+        raise InputError(f"lora: {source!r} is not a LoRA file ({what})")
+
+    counts = {prefix: 0 for prefix in components}
+    strays: list[str] = []
+    for key in state_dict:
+        prefix = key.split(".", 1)[0]
+        if prefix in counts:
+            counts[prefix] += 1
+        else:
+            strays.append(key)
+    if strays:
+        hint = (
+            " (an SDXL LoRA on a one-text-encoder model?)"
+            if any(k.startswith("text_encoder_2.") for k in strays)
+            else ""
+        )
+        raise InputError(
+            f"lora: {source!r} has {len(strays)} weights for no part of this model, such as "
+            f"{strays[0]!r}{hint}; is it a LoRA for another architecture?"
+        )
+
+    try:
+        if counts["unet"]:
+            host.load_lora_into_unet(
+                state_dict, network_alphas=alphas, unet=unet, adapter_name=name, metadata=metadata
+            )
+        for prefix in ("text_encoder", "text_encoder_2"):
+            if counts.get(prefix):
+                host.load_lora_into_text_encoder(
+                    state_dict,
+                    network_alphas=alphas,
+                    text_encoder=components[prefix],
+                    prefix=prefix,
+                    adapter_name=name,
+                    metadata=metadata,
+                )
+    except Exception as e:
+        msg = _first_line(e)
+        found = _SIZE_MISMATCH.search(str(e))
+        if found:
+            layer = found.group(1).split(".lora_")[0]
+            msg = (
+                f"its shapes do not fit this model (at {layer}: [{found.group(2)}] in the file, "
+                f"[{found.group(3)}] in the model); is it a LoRA for another architecture?"
+            )
+        elif "size mismatch" in str(e):
+            msg = "its shapes do not fit this model; is it a LoRA for another architecture?"
+        raise InputError(f"lora: could not load {source!r}: {msg}") from None
+
+    for prefix, model in components.items():
+        loaded = _count_adapter_tensors(model, name)
+        if loaded != counts[prefix]:
+            raise InputError(
+                f"lora: {source!r}: only {loaded} of its {counts[prefix]} {prefix} weights match a "
+                f"layer of this model; is it a LoRA for another architecture?"
+            )
+    _match_devices(components, name)
+
+
+def _count_adapter_tensors(model: Any, name: str) -> int:
+    """LoRA tensors of adapter ``name`` in ``model`` (lora_A/lora_B weights and biases, ...)."""
+    return sum(1 for k, _ in model.named_parameters() if "lora_" in k and f".{name}." in f"{k}.")
+
+
+def _match_devices(components: dict[str, Any], name: str) -> None:
+    """Put adapter ``name``'s tensors on the device and in the dtype of the layer they wrap."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for model in components.values():
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer) and name in getattr(module, "lora_A", {}):
+                base = module.get_base_layer().weight
+                if not base.is_floating_point():
+                    continue
+                for part in (module.lora_A[name], module.lora_B[name]):
+                    part.to(device=base.device, dtype=base.dtype)
+
+
+# --- finding the file ----------------------------------------------------------------------------
+
+
+def _pick_weights(names: Sequence[str], source: str) -> str:
+    """The LoRA weights among a folder's (or repo's) top-level file names."""
+    if LORA_WEIGHT_FILE in names:
+        return LORA_WEIGHT_FILE
+    skip = ("scheduler", "optimizer", "checkpoint")
+    for suffix in (".safetensors", ".bin"):
+        found = sorted(
+            n
+            for n in names
+            if "/" not in n and n.lower().endswith(suffix) and not any(s in n for s in skip)
+        )
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            listed = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+            raise InputError(
+                f"lora: {source!r} holds several weight files ({listed}); name one, e.g. "
+                f"{source.rstrip('/')}/{found[0]}"
+            )
+    raise InputError(f"lora: {source!r} holds no LoRA weights file ({LORA_WEIGHT_FILE})")
+
+
+def _weights_in_folder(folder: Path, source: str) -> Path:
+    return folder / _pick_weights([p.name for p in folder.iterdir() if p.is_file()], source)
+
+
+def _from_hub(
+    repo_id: str, filename: str | None, source: str, local_files_only: bool | None
+) -> Path:
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+
+    from blendedit.models import hub_reachable
+
+    def fetch(offline: bool) -> Path:
+        if filename:
+            return Path(hf_hub_download(repo_id, filename, local_files_only=offline))
+        if offline:
+            return _weights_in_folder(
+                Path(snapshot_download(repo_id, local_files_only=True)), source
+            )
+        name = _pick_weights(HfApi().list_repo_files(repo_id), source)
+        return Path(hf_hub_download(repo_id, name))
+
+    def fail(reason: str) -> ModelNotFoundError:
+        return ModelNotFoundError(
+            f"lora: could not load {source!r}: not a local file or folder, {reason}. Download it "
+            f"once with `hf download {repo_id}` on a machine with internet, or pass the file's path"
+        )
+
+    try:
+        return fetch(True)
+    except InputError:
+        raise
+    except Exception:
+        if local_files_only:
+            raise fail("not in the Hugging Face cache, and only local files are allowed") from None
+    if not hub_reachable():
+        raise fail("not in the Hugging Face cache, and the hub cannot be reached from here")
+    try:
+        return fetch(False)
+    except InputError:
+        raise
+    except Exception as e:
+        raise fail(
+            f"not in the Hugging Face cache, and not on the hub ({_first_line(e)})"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import (
     tiny_clip,
     tiny_scheduler,
+    tiny_sdxl_pipeline,
     tiny_text_encoder,
     tiny_tokenizer,
     tiny_unet,
@@ -63,6 +64,15 @@ def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     pipe.save_pretrained(root / "tiny-sd")
     return root / "tiny-sd"
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SDXL base model saved as a local diffusers folder (see tiny_models.tiny_sdxl_pipeline:
+    cross-attention 96 = 32 + 64, pooled text 32, 6 time ids x 8, 16x16 latents)."""
+    root = tmp_path_factory.mktemp("models-sdxl")
+    tiny_sdxl_pipeline(root / "vocab").save_pretrained(root / "tiny-sdxl")
+    return root / "tiny-sdxl"
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from transformers import (
     CLIPConfig,
     CLIPModel,
     CLIPTextConfig,
     CLIPTextModel,
+    CLIPTextModelWithProjection,
     CLIPTokenizer,
     CLIPVisionConfig,
 )
@@ -113,3 +120,77 @@ def tiny_clip(seed: int = 0) -> CLIPModel:
         projection_dim=32,
     )
     return CLIPModel(cfg).eval()
+
+
+# Tiny SDXL. The two text encoders have different widths on purpose: diffusers' single-file loader
+# tells CLIP-L from OpenCLIP bigG by the width of the positional embedding, so equal widths would
+# load the first encoder's weights into the second.
+SDXL_TEXT_HIDDEN = 32  # CLIP-L stand-in (text_encoder)
+SDXL_TEXT_2_HIDDEN = 64  # OpenCLIP bigG stand-in (text_encoder_2)
+SDXL_TEXT_2_LAYERS = 10  # diffusers names a checkpoint "xl_base" by bigG's resblocks.9
+SDXL_PROJECTION_DIM = 32  # pooled text embedding (text_encoder_2's projection)
+SDXL_TIME_EMBED_DIM = 8  # per added time id; SDXL base has 6 ids (original size, crop, target)
+
+
+def tiny_sdxl_unet(seed: int = 0) -> UNet2DConditionModel:
+    """diffusers' own tiny SDXL UNet shape (text_time added embedding), with 16x16 latents."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 2),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=SDXL_TIME_EMBED_DIM,
+        # pooled text (32) + 6 time ids x 8
+        projection_class_embeddings_input_dim=6 * SDXL_TIME_EMBED_DIM + SDXL_PROJECTION_DIM,
+        # both encoders' hidden states concatenated: 32 + 64
+        cross_attention_dim=SDXL_TEXT_HIDDEN + SDXL_TEXT_2_HIDDEN,
+    ).eval()
+
+
+def tiny_sdxl_text_encoders(seed: int = 0) -> tuple[CLIPTextModel, CLIPTextModelWithProjection]:
+    """CLIP-L and OpenCLIP bigG stand-ins: widths 32 and 64, bigG with a 32-d projection."""
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(tiny_text_config()).eval()
+    cfg = tiny_text_config()
+    cfg.hidden_size = SDXL_TEXT_2_HIDDEN
+    cfg.num_hidden_layers = SDXL_TEXT_2_LAYERS
+    cfg.projection_dim = SDXL_PROJECTION_DIM
+    cfg.hidden_act = "gelu"  # OpenCLIP uses exact GELU, OpenAI's CLIP-L quick GELU
+    return text_encoder, CLIPTextModelWithProjection(cfg).eval()
+
+
+def tiny_sdxl_scheduler() -> EulerDiscreteScheduler:
+    return EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+
+
+def tiny_sdxl_pipeline(folder: Path, seed: int = 0) -> StableDiffusionXLPipeline:
+    """A tiny random-weight SDXL base pipeline; ``folder`` receives the tokenizers' vocabulary.
+
+    UNet cross-attention width 96 (32 + 64), pooled text 32, 6 time ids of 8 (added embedding
+    input 80), the 8x VAE of :func:`tiny_vae` (128 px images, 16x16 latents), Euler scheduler.
+    """
+    text_encoder, text_encoder_2 = tiny_sdxl_text_encoders(seed)
+    tokenizer = tiny_tokenizer(folder)
+    return StableDiffusionXLPipeline(
+        vae=tiny_vae(seed),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=tiny_sdxl_unet(seed),
+        scheduler=tiny_sdxl_scheduler(),
+    )

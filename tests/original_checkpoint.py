@@ -1,0 +1,290 @@
+"""Write a diffusers Stable Diffusion folder as one ``.safetensors`` in the original key layout.
+
+Test-only. A1111 and ComfyUI checkpoints keep the key names of the original training code:
+CompVis/Stability ``ldm`` (SD 1.x, SD 2.x) and Stability ``sgm`` (SDXL). This module is the inverse
+of what ``diffusers.loaders.single_file_utils`` reads, written from the layouts themselves, so the
+single-file loading path can be tested offline with tiny random-weight models.
+
+Layout (prefix -> module):
+
+- ``model.diffusion_model.``: the openaimodel UNet. ``time_embed.{0,2}``, ``label_emb.0.{0,2}``
+  (SDXL's added text/time embedding), ``input_blocks.k.{0: ResBlock, 1: SpatialTransformer}``
+  (``input_blocks.0.0`` is ``conv_in``, a downsampler is ``input_blocks.k.0.op``),
+  ``middle_block.{0,1,2}``, ``output_blocks.k.{0,1,2}`` (an upsampler is the last ``.conv``),
+  ``out.{0,2}``. ResBlocks name their layers ``in_layers.{0,2}``, ``emb_layers.1``,
+  ``out_layers.{0,3}``, ``skip_connection``; SpatialTransformer keys equal diffusers' names.
+- ``first_stage_model.``: the ldm autoencoder. ``{encoder,decoder}.{down,up}.i.block.j``,
+  ``.downsample.conv``/``.upsample.conv`` (decoder levels in reverse order),
+  ``mid.block_{1,2}``, ``mid.attn_1.{norm,q,k,v,proj_out}`` as 1x1 convs [out, in, 1, 1],
+  ``norm_out``, ``nin_shortcut``.
+- Text encoders. OpenAI CLIP (SD 1.x, SDXL's first) keeps the Hugging Face layout under
+  ``cond_stage_model.transformer.`` / ``conditioner.embedders.0.transformer.``. OpenCLIP (SD 2.x,
+  SDXL's bigG second) lives under ``cond_stage_model.model.`` / ``conditioner.embedders.1.model.``:
+  ``token_embedding``, ``positional_embedding``, ``transformer.resblocks.i.{ln_1, attn.in_proj_*
+  (q, k, v stacked on dim 0), attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj}``, ``ln_final`` and
+  ``text_projection`` [width, embed_dim] (applied as ``x @ text_projection``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+
+# diffusers ResnetBlock2D (UNet) -> openaimodel ResBlock
+_UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+# diffusers top-level UNet layers -> openaimodel
+_UNET_TOP = {
+    "conv_in": "input_blocks.0.0",
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",  # SDXL: Sequential(Sequential(Linear, SiLU, Linear))
+    "add_embedding.linear_2": "label_emb.0.2",
+    "class_embedding.linear_1": "label_emb.0.0",  # "projection" class embedding (e.g. SD 2 unCLIP)
+    "class_embedding.linear_2": "label_emb.0.2",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+# diffusers VAE Attention -> ldm AttnBlock (1x1 convs)
+_VAE_ATTENTION = {
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+}
+# Hugging Face CLIP encoder layer -> OpenCLIP ResidualAttentionBlock (q/k/v are fused separately)
+_OPEN_CLIP_LAYER = {
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+    "self_attn.out_proj": "attn.out_proj",
+}
+
+
+def write_original_checkpoint(folder: Path, out: Path, family: str) -> Path:
+    """Write the UNet, VAE and text encoder(s) of a saved diffusers pipeline ``folder`` as one
+    ``.safetensors`` at ``out`` in the original layout of ``family`` ("sd1", "sd2" or "sdxl").
+
+    Every weight is written (an unmapped one raises ValueError); ``out`` must not exist yet.
+    """
+    folder, out = Path(folder), Path(out)
+    if family not in FAMILIES:
+        raise ValueError(f"family: unknown {family!r}; choose one of {', '.join(FAMILIES)}")
+    if out.suffix != ".safetensors":
+        raise ValueError(f"out: {str(out)!r} is not a .safetensors path")
+    if out.exists():
+        raise FileExistsError(f"out: {str(out)!r} exists; not overwriting it")
+
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    tensors = _prefixed(UNET_PREFIX, unet_to_original(unet.state_dict(), unet.config))
+    tensors |= _prefixed(VAE_PREFIX, vae_to_original(vae.state_dict()))
+    if family == "sd1":
+        text = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+        tensors |= _prefixed("cond_stage_model.transformer.", clip_to_original(text.state_dict()))
+    elif family == "sd2":
+        text = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+        tensors |= _prefixed("cond_stage_model.model.", open_clip_to_original(text.state_dict()))
+    else:
+        text = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+        text_2 = CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2")
+        tensors |= _prefixed(
+            "conditioner.embedders.0.transformer.", clip_to_original(text.state_dict())
+        )
+        tensors |= _prefixed(
+            "conditioner.embedders.1.model.", open_clip_to_original(text_2.state_dict())
+        )
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), {"format": "pt"})
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in tensors.items()}
+
+
+def _rename(key: str, table: dict[str, str]) -> str:
+    """Replace the dotted leading part of ``key`` found in ``table``; unknown keys raise."""
+    for old, new in table.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old) :]
+    raise ValueError(f"no original-layout name for {key!r}")
+
+
+def unet_to_original(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """diffusers UNet2DConditionModel keys -> openaimodel UNet keys (without the prefix).
+
+    Level b of ``layers_per_block`` L occupies ``input_blocks`` 1 + b(L+1) ... and, on the way
+    up, ``output_blocks`` b(L+1) ... (L+1 ResBlocks per up level).
+    """
+    per_level = config.layers_per_block
+    if not isinstance(per_level, int):
+        raise ValueError(f"layers_per_block: {per_level!r}; only one int for all levels")
+    up_has_attention = ["CrossAttn" in t for t in config.up_block_types]
+
+    def resnet(rest: str) -> str:
+        return _rename(rest, _UNET_RESNET)
+
+    rules: list[tuple[str, Callable[[re.Match[str]], str]]] = [
+        (
+            r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)",
+            lambda m: (
+                f"input_blocks.{1 + int(m[1]) * (per_level + 1) + int(m[2])}.0." + resnet(m[3])
+            ),
+        ),
+        (
+            r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)",
+            lambda m: f"input_blocks.{1 + int(m[1]) * (per_level + 1) + int(m[2])}.1.{m[3]}",
+        ),
+        (
+            r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)",
+            lambda m: f"input_blocks.{(int(m[1]) + 1) * (per_level + 1)}.0.op.{m[2]}",
+        ),
+        (
+            r"mid_block\.resnets\.(\d+)\.(.+)",
+            lambda m: f"middle_block.{2 * int(m[1])}." + resnet(m[2]),
+        ),
+        (r"mid_block\.attentions\.0\.(.+)", lambda m: f"middle_block.1.{m[1]}"),
+        (
+            r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)",
+            lambda m: f"output_blocks.{int(m[1]) * (per_level + 1) + int(m[2])}.0." + resnet(m[3]),
+        ),
+        (
+            r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)",
+            lambda m: f"output_blocks.{int(m[1]) * (per_level + 1) + int(m[2])}.1.{m[3]}",
+        ),
+        (
+            # the upsampler follows the level's last ResBlock (and its transformer, if any)
+            r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)",
+            lambda m: (
+                f"output_blocks.{int(m[1]) * (per_level + 1) + per_level}."
+                f"{2 if up_has_attention[int(m[1])] else 1}.conv.{m[2]}"
+            ),
+        ),
+    ]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for pattern, name in rules:
+            m = re.fullmatch(pattern, key)
+            if m:
+                out[name(m)] = value
+                break
+        else:
+            out[_rename(key, _UNET_TOP)] = value
+    return out
+
+
+def vae_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers AutoencoderKL keys -> ldm AutoencoderKL keys (without the prefix).
+
+    The decoder's ``up_blocks`` run from the lowest resolution up, ldm's ``up`` levels the other
+    way; the mid attention's linear layers [out, in] become 1x1 convs [out, in, 1, 1].
+    """
+    levels = 1 + max(int(m[1]) for k in state if (m := re.match(r"decoder\.up_blocks\.(\d+)", k)))
+
+    def resnet(rest: str) -> str:
+        return rest.replace("conv_shortcut", "nin_shortcut")
+
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
+            name = f"encoder.down.{m[1]}.block.{m[2]}.{resnet(m[3])}"
+        elif m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
+            name = f"encoder.down.{m[1]}.downsample.conv.{m[2]}"
+        elif m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
+            name = f"decoder.up.{levels - 1 - int(m[1])}.block.{m[2]}.{resnet(m[3])}"
+        elif m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
+            name = f"decoder.up.{levels - 1 - int(m[1])}.upsample.conv.{m[2]}"
+        elif m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key):
+            name = f"{m[1]}.mid.block_{int(m[2]) + 1}.{resnet(m[3])}"
+        elif m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)", key):
+            name = f"{m[1]}.mid.attn_1.{_rename(m[2], _VAE_ATTENTION)}"
+            if value.ndim == 2:  # Linear [out, in] -> Conv2d 1x1 [out, in, 1, 1]
+                value = value[:, :, None, None]
+        elif m := re.fullmatch(r"(encoder|decoder)\.conv_norm_out\.(.+)", key):
+            name = f"{m[1]}.norm_out.{m[2]}"
+        elif re.fullmatch(r"(encoder|decoder)\.conv_(in|out)\.\w+|(post_)?quant_conv\.\w+", key):
+            name = key
+        else:
+            raise ValueError(f"no original-layout name for VAE key {key!r}")
+        out[name] = value
+    return out
+
+
+def _text_model_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys relative to ``text_model.`` (transformers >= 5.6 saves CLIPTextModel flattened)."""
+    return {k.removeprefix("text_model."): v for k, v in state.items()}
+
+
+def clip_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A CLIPTextModel state dict in the Hugging Face layout ``text_model.*`` that SD 1.x and
+    SDXL's first embedder keep (``position_ids`` is a buffer, not a weight, and is left out)."""
+    inner = _text_model_keys(state)
+    if "text_projection.weight" in inner:
+        raise ValueError("clip_to_original: a projection has no place in this layout")
+    return {f"text_model.{k}": v for k, v in inner.items() if not k.endswith("position_ids")}
+
+
+def open_clip_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A CLIP text model in the OpenCLIP layout (SD 2.x ``cond_stage_model.model``, SDXL bigG).
+
+    q, k, v [d, d] stack into ``in_proj_weight`` [3d, d]. ``text_projection`` is [d, e], the
+    transpose of the Linear weight; a model without one (SD 2.x's text encoder stops before it)
+    gets the identity [d, d], since diffusers reads the attention width d from its first dim.
+    """
+    inner = _text_model_keys(state)
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in inner.items():
+        if key.endswith("position_ids"):
+            continue
+        if m := re.fullmatch(
+            r"encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", key
+        ):
+            fused.setdefault(f"transformer.resblocks.{m[1]}.attn.in_proj_{m[3]}", {})[m[2]] = value
+        elif m := re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)", key):
+            out[f"transformer.resblocks.{m[1]}.{_rename(m[2], _OPEN_CLIP_LAYER)}"] = value
+        elif key == "embeddings.token_embedding.weight":
+            out["token_embedding.weight"] = value
+        elif key == "embeddings.position_embedding.weight":
+            out["positional_embedding"] = value  # a bare Parameter [positions, d] in OpenCLIP
+        elif m := re.fullmatch(r"final_layer_norm\.(weight|bias)", key):
+            out[f"ln_final.{m[1]}"] = value
+        elif key == "text_projection.weight":
+            out["text_projection"] = value.T  # Linear [e, d] -> [d, e]
+        else:
+            raise ValueError(f"no OpenCLIP name for text encoder key {key!r}")
+    for name, parts in fused.items():
+        if sorted(parts) != ["k", "q", "v"]:
+            raise ValueError(f"{name}: q, k and v are not all present")
+        out[name] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    if "text_projection" not in out:
+        width = out["token_embedding.weight"].shape[1]
+        out["text_projection"] = torch.eye(width, dtype=out["token_embedding.weight"].dtype)
+    return out

@@ -11,7 +11,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from blendedit.errors import InputError
-from blendedit.pixel.adm import ADM256_UNCOND, ADMConfig, ADMUNet, AttentionBlock, load_adm
+from blendedit.pixel.adm import (
+    ADM256_UNCOND,
+    ADM512_COND,
+    ADMConfig,
+    ADMUNet,
+    AttentionBlock,
+    load_adm,
+)
 
 REF = Path(__file__).resolve().parents[1] / "data" / "reference" / "adm"
 pytestmark = pytest.mark.skipif(not REF.is_dir(), reason=f"ADM reference data not found at {REF}")
@@ -64,7 +71,7 @@ def test_preset_equals_reference_config() -> None:
 @pytest.mark.parametrize(
     ("changes", "words"),
     [
-        ({"class_cond": True}, "class_cond"),
+        ({"class_cond": True, "num_classes": 10}, "num_classes"),
         ({"use_new_attention_order": True}, "use_new_attention_order"),
         ({"num_channels": "wide"}, "num_channels"),
         ({"learn_sigma": "maybe"}, "learn_sigma"),
@@ -117,6 +124,40 @@ def test_adm256_keys_shapes_on_meta_device() -> None:
     assert sum(p.numel() for p in model.parameters()) == ref["total_params"] == 552_814_086
     heads = {n: m.num_heads for n, m in model.named_modules() if isinstance(m, AttentionBlock)}
     assert heads == {k: v["num_heads"] for k, v in ref["resolved"]["attention_blocks"].items()}
+
+
+def test_adm512_classcond_keys_shapes_on_meta_device() -> None:
+    """512x512_diffusion.pt's state dict, key for key, from guided-diffusion's own model built with
+    the README's 512 flags (``adm512_cond_state_dict_shapes.json``): the 256 layout plus one more
+    level (channel_mult 0.5,1,1,2,2,4,4: 128 channels at 512 px), attention at 32, 16 and 8 px
+    (downsampling 16, 32, 64) and ``label_emb.weight`` (1000, 1024) after ``time_embed``."""
+    ref = json.loads((REF / "adm512_cond_state_dict_shapes.json").read_text())
+    published = ADMConfig.from_dict(ref["config"])  # the README flags, guided-diffusion defaults
+    blended = dataclasses.replace(published, timestep_respacing="100", rescale_timesteps=True)
+    assert blended == ADM512_COND  # plus Blended Diffusion's respacing
+    assert list(ADM512_COND.channel_mults) == ref["resolved"]["channel_mult"] == [
+        0.5, 1, 1, 2, 2, 4, 4,
+    ]  # fmt: skip
+    assert sorted(ADM512_COND.attention_ds) == ref["resolved"]["attention_downsample_factors"]
+    assert ADM512_COND.num_classes == ref["resolved"]["num_classes"] == 1000
+    with torch.device("meta"):
+        model = ADMUNet(ADM512_COND)
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert len(shapes) == ref["num_keys"] == 645
+    assert list(shapes) == list(ref["state_dict_shapes"])  # the order too
+    assert shapes == ref["state_dict_shapes"]
+    assert list(shapes)[4] == "label_emb.weight" and shapes["label_emb.weight"] == [1000, 1024]
+    assert shapes["input_blocks.0.0.weight"] == [128, 3, 3, 3]
+    assert sum(p.numel() for p in model.parameters()) == ref["total_params"] == 558_997_638
+    heads = {n: m.num_heads for n, m in model.named_modules() if isinstance(m, AttentionBlock)}
+    assert heads == {k: v["num_heads"] for k, v in ref["resolved"]["attention_blocks"].items()}
+    # A state dict of exactly those names and shapes (no data: meta tensors) loads strictly.
+    state = {k: torch.empty(s, device="meta") for k, s in ref["state_dict_shapes"].items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    with torch.device("meta"):
+        uncond = ADMUNet(ADM256_UNCOND)
+    with pytest.raises(RuntimeError, match="label_emb"):  # the 256 model has no class embedding
+        uncond.load_state_dict(state, strict=True, assign=True)
 
 
 # -- parity ---------------------------------------------------------------------------------------

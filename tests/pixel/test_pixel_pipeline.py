@@ -253,7 +253,6 @@ def test_bad_inputs_raise_one_line(editor, small) -> None:
     img, mask = small
     for args in (
         (img, np.zeros((32, 32), bool), "a red flower"),  # empty mask
-        (img, mask, "  "),  # empty prompt
         (img, np.zeros((8, 8), bool), "a red flower"),  # mask of another size
     ):
         with pytest.raises(InputError) as e:
@@ -265,6 +264,28 @@ def test_bad_inputs_raise_one_line(editor, small) -> None:
     # without CLIP guidance and ranking the blending alone still runs
     r = no_clip(img, mask, "x", seed=0, clip_guidance_lambda=0.0, rank=False, **FAST)
     assert r.scores == [None, None]
+
+
+def test_empty_prompt_is_unguided(editor, small, monkeypatch) -> None:
+    """An empty prompt (fill from the surroundings) runs without any guidance, like the official
+    cond_fn (zero gradient): no CLIP, range or background term; same pixels as all weights 0."""
+    import blendedit.pixel.pipeline as pipe
+
+    img, mask = small
+    calls: list[int] = []
+    real = pipe.clip_guidance_grad
+    monkeypatch.setattr(
+        pipe, "clip_guidance_grad", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    empty = editor(img, mask, "  ", seed=3, **FAST)
+    assert calls == [] and empty.scores == [None, None]  # nothing to rank against
+    off = {"clip_guidance_lambda": 0.0, "range_lambda": 0.0}
+    zero = editor(img, mask, "a red flower", seed=3, rank=False, **off, **FAST)
+    assert len(calls) == 5  # guided path, all terms zero
+    for a, b in zip(empty.candidates, zero.candidates, strict=True):
+        assert np.array_equal(_arr(a.decoded), _arr(b.decoded))
+    guided = editor(img, mask, "a red flower", seed=3, rank=False, **FAST)
+    assert not np.array_equal(_arr(guided.candidates[0].decoded), _arr(zero.candidates[0].decoded))
 
 
 def test_local_mode_with_lpips_weights(tiny_clip_dir: Path, small, tmp_path: Path, caplog) -> None:

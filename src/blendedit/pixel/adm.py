@@ -2,14 +2,17 @@
 
 Our own implementation of the network of the guided-diffusion code base, written from the
 conventions recorded in ``shared/reference/adm/README.md``. Its ``state_dict()`` keys, order and
-shapes equal the original's, so official checkpoints such as ``256x256_diffusion_uncond.pt`` (the
-model Blended Diffusion uses) load strictly. Only unconditional models with the legacy qkv layout
-are supported. Paper references: section 3 (architecture: depth, 64 channels per head, attention
-at 32, 16 and 8 pixels, BigGAN up/down residual blocks), section 3.1 (adaptive group norm).
+shapes equal the original's, so the official checkpoints Blended Diffusion uses load strictly:
+``256x256_diffusion_uncond.pt`` (unconditional) and ``512x512_diffusion.pt`` (class-conditional on
+the 1000 ImageNet classes). Only the legacy qkv attention layout is supported. Paper references:
+section 3 (architecture: depth, 64 channels per head, attention at 32, 16 and 8 pixels, BigGAN
+up/down residual blocks), section 3.1 (adaptive group norm), section 4 (class conditioning: a
+learned class embedding added to the timestep embedding).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -23,6 +26,9 @@ from torch import Tensor, nn
 
 from blendedit.errors import InputError
 from blendedit.pixel.gaussian import beta_schedule, space_timesteps
+
+# guided-diffusion's NUM_CLASSES: every class-conditional model has one embedding per ImageNet class.
+NUM_CLASSES = 1000
 
 # guided-diffusion's channel_mult when the config leaves it empty; there is none for other sizes.
 DEFAULT_CHANNEL_MULT = {
@@ -42,7 +48,9 @@ class ADMConfig:
     """guided-diffusion's ``create_model_and_diffusion`` arguments; defaults are guided-diffusion's.
 
     Values are coerced (``"true"`` -> True, ``"64"`` -> 64, a list of resolutions -> ``"32,16,8"``)
-    and checked; a bad one raises :class:`~blendedit.errors.InputError`. ``use_checkpoint`` (gradient
+    and checked; a bad one raises :class:`~blendedit.errors.InputError`. ``class_cond`` adds the
+    embedding of :data:`NUM_CLASSES` ImageNet classes (``label_emb``) and makes the class ``y`` an
+    input of the model. ``use_checkpoint`` (gradient
     checkpointing) is accepted and ignored; ``use_kl`` and ``rescale_learned_sigmas`` only change
     the training loss. ``sigma_small`` picks the fixed variance when ``learn_sigma`` is False.
     """
@@ -77,8 +85,6 @@ class ADMConfig:
             object.__setattr__(
                 self, f.name, _coerce(f.name, getattr(self, f.name), type(f.default))
             )
-        if self.class_cond:
-            raise InputError("ADM config: class_cond=True is not supported (unconditional only)")
         if self.use_new_attention_order:
             raise InputError("ADM config: use_new_attention_order=True is not supported")
         for name in ("image_size", "num_channels", "num_res_blocks", "diffusion_steps"):
@@ -135,6 +141,11 @@ class ADMConfig:
     def out_channels(self) -> int:
         return 6 if self.learn_sigma else 3
 
+    @property
+    def num_classes(self) -> int:
+        """Rows of the class embedding: :data:`NUM_CLASSES` if ``class_cond``, else 0."""
+        return NUM_CLASSES if self.class_cond else 0
+
     def heads(self, channels: int, upsample: bool = False) -> int:
         """Attention heads for a block of ``channels``: channels // num_head_channels if that is
         set, else num_heads (num_heads_upsample in the decoder, unless it is -1)."""
@@ -162,7 +173,14 @@ class ADMConfig:
         unknown = sorted(set(data) - names - _IGNORED_KEYS)
         if unknown:
             raise InputError(f"ADM config: unknown setting(s) {', '.join(unknown)}")
-        return cls(**{k: v for k, v in data.items() if k in names})
+        cfg = cls(**{k: v for k, v in data.items() if k in names})
+        given = data.get("num_classes")
+        if cfg.class_cond and given is not None and given != NUM_CLASSES:
+            raise InputError(
+                f"ADM config: num_classes={given!r}; class-conditional ADM models have"
+                f" {NUM_CLASSES} (ImageNet)"
+            )
+        return cfg
 
     @classmethod
     def from_json(cls, path: str | Path) -> ADMConfig:
@@ -236,6 +254,11 @@ ADM256_UNCOND = ADMConfig(
     rescale_learned_sigmas=False,
     use_kl=False,
 )
+
+# guided-diffusion's class-conditional 512x512 ImageNet model (512x512_diffusion.pt): the flags of
+# its README (channel_mult left to the 512 default, 0.5,1,1,2,2,4,4), with Blended Diffusion's
+# 100-step respacing and rescaled timesteps (the official script's --model_output_size 512).
+ADM512_COND = dataclasses.replace(ADM256_UNCOND, image_size=512, class_cond=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,10 +405,12 @@ class EmbedSequential(nn.Sequential):
 
 
 class ADMUNet(nn.Module):
-    """The ADM UNet of guided-diffusion (Dhariwal & Nichol 2021, section 3), unconditional.
+    """The ADM UNet of guided-diffusion (Dhariwal & Nichol 2021, section 3).
 
-    forward(x (B, 3, H, W), timesteps (B,) float, original scale 0..1000) -> (B, 6, H, W) =
-    [ε | v] with a learned sigma (else (B, 3, H, W) = ε). Encoder: conv3x3, then per level
+    forward(x (B, 3, H, W), timesteps (B,) float, original scale 0..1000, y (B,) int64 class
+    labels for a class-conditional model, else None) -> (B, 6, H, W) = [ε | v] with a learned
+    sigma (else (B, 3, H, W) = ε). Class conditioning (section 4): the timestep embedding plus
+    ``label_emb(y)``, a learned (num_classes, 4·mc) table, feeds every ResBlock. Encoder: conv3x3, then per level
     ``num_res_blocks`` ResBlocks (+ attention where the downsampling factor is in
     ``config.attention_ds``) and a down block between levels; middle: ResBlock, attention,
     ResBlock; decoder: per level ``num_res_blocks + 1`` ResBlocks over [h, popped skip]
@@ -406,6 +431,8 @@ class ADMUNet(nn.Module):
         self.time_embed = nn.Sequential(
             nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
+        if cfg.class_cond:  # registered here: its key follows time_embed in the state dict
+            self.label_emb = nn.Embedding(cfg.num_classes, emb_dim)
 
         ch = int(mults[0] * mc)
         self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(3, ch, 3, padding=1))])
@@ -458,11 +485,25 @@ class ADMUNet(nn.Module):
                     m.half()
         return self
 
-    def forward(self, x: Tensor, timesteps: Tensor | float) -> Tensor:
+    @property
+    def num_classes(self) -> int:
+        """Classes the model is conditioned on (0: unconditional)."""
+        return self.config.num_classes
+
+    def forward(self, x: Tensor, timesteps: Tensor | float, y: Tensor | None = None) -> Tensor:
+        if (y is None) != (not self.config.class_cond):
+            raise ValueError(
+                "ADM: give class labels y if and only if the model is class-conditional"
+                f" (class_cond={self.config.class_cond})"
+            )
         t = torch.as_tensor(timesteps, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t  # (B,)
         t_emb = timestep_embedding(t, self.config.num_channels)  # (B, mc) float32
         emb = self.time_embed(t_emb.to(self.time_embed[0].weight.dtype))  # (B, 4·mc)
+        if y is not None:
+            if y.shape != (x.shape[0],):
+                raise ValueError(f"ADM: y has shape {tuple(y.shape)}, expected ({x.shape[0]},)")
+            emb = emb + self.label_emb(y.to(x.device))  # (B, 4·mc)
         h = x.to(self.dtype)  # (B, 3, H, W)
         skips = []
         for block in self.input_blocks:
@@ -504,21 +545,47 @@ def _few(keys: list[str], n: int = 3) -> str:
     return ", ".join(keys[:n]) + more if keys else "none"
 
 
+def is_class_conditional(checkpoint_path: str | Path) -> bool:
+    """Whether an ADM checkpoint has a class embedding (``label_emb.weight``), read cheaply: the
+    safetensors header, or the .pt file memory-mapped. False for a file that cannot be read (the
+    loader reports that)."""
+    path = Path(checkpoint_path)
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return "label_emb.weight" in f.keys()  # noqa: SIM118 - not a dict
+        return "label_emb.weight" in _read_state_dict(path)
+    except (InputError, OSError, ValueError, RuntimeError):
+        return False
+
+
+def default_config(state: dict[str, Tensor] | str | Path) -> ADMConfig:
+    """The official config a checkpoint (its state dict or file) is taken to be when none is
+    given: :data:`ADM512_COND` if it has a class embedding, else :data:`ADM256_UNCOND`."""
+    cond = "label_emb.weight" in state if isinstance(state, dict) else is_class_conditional(state)
+    return ADM512_COND if cond else ADM256_UNCOND
+
+
 def load_adm(
     checkpoint_path: str | Path,
-    config: ADMConfig,
+    config: ADMConfig | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> ADMUNet:
     """Build an :class:`ADMUNet` for ``config`` and load a checkpoint strictly, in eval mode with
     gradients off for the weights (gradients w.r.t. the input still flow, for guidance).
 
-    The module is built on the ``meta`` device and the loaded tensors are assigned to it, so the
-    weights (552M parameters for the 256x256 model) are held once. ``config.use_fp16`` then
-    applies guided-diffusion's mixed precision (:meth:`ADMUNet.convert_to_fp16`).
+    ``config`` None: :func:`default_config` of the checkpoint (the official 512 class-conditional
+    or 256 unconditional settings). The module is built on the ``meta`` device and the loaded
+    tensors are assigned to it, so the weights (553M parameters for the 256x256 model, 559M for
+    the 512x512 one) are held once. ``config.use_fp16`` then applies guided-diffusion's mixed
+    precision (:meth:`ADMUNet.convert_to_fp16`).
     """
     path = Path(checkpoint_path)
     state = _read_state_dict(path)
+    config = config if config is not None else default_config(state)
     with torch.device("meta"):
         model = ADMUNet(config)
     expected = model.state_dict()

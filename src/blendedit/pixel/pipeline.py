@@ -4,7 +4,14 @@ Same call and result as :class:`~blendedit.latent.pipeline.BlendedLatentDiffusio
 prompt in, ranked candidate edits out; the method's core as the stages the edit frame drives
 (``blendedit.frame``). SPEC 2; official code ``omriav/blended-diffusion``.
 
-Working resolution. ADM works at a fixed square size (256 for the released model). A crop region
+Models. The official script runs guided-diffusion's unconditional ``256x256_diffusion_uncond.pt``
+or, with ``--model_output_size 512``, the class-conditional ``512x512_diffusion.pt``, to which it
+hands a random ImageNet class per candidate at every step (``randomize_class``): the class is noise
+here, not a choice. A checkpoint with a class embedding selects the 512 settings
+(:func:`~blendedit.pixel.adm.default_config`) and the ``adm512`` preset (:func:`default_preset`);
+``class_label`` fixes one class instead.
+
+Working resolution. ADM works at a fixed square size (256 or 512 for the released models). A crop region
 (the default whenever it helps) is already square. For the whole photo, ``fit="stretch"`` (default,
 as the official code does) resizes it to image_size x image_size, changing its aspect ratio, and
 each result is resized back; ``fit="pad"`` keeps the aspect ratio instead: the long side is scaled
@@ -21,9 +28,10 @@ Where this follows the brief / SPEC rather than the official code, on purpose:
 * ``aug_num`` counts augmented copies, plus one plain resize (official: ``aug_num`` copies in all,
   one plain, the rest augmented with probability 0.7 per transform; here always).
 * The working mask marks every pixel the mask touches (max-pool; official: nearest resize).
-* Every random draw (start noise, step noise, blending noise, augmentation parameters) comes from
-  the candidate's own CPU generator (official: one global seed, the same blending noise for the
-  whole batch), and losses are per sample, so a candidate does not depend on its batch.
+* Every random draw (start noise, the class of a class-conditional model, step noise, blending
+  noise, augmentation parameters) comes from the candidate's own CPU generator (official: one
+  global seed, the same blending noise for the whole batch), and losses are per sample, so a
+  candidate does not depend on its batch. At each step the class is drawn first, as officially.
 * The local baseline's LPIPS term needs local weight files (``lpips_weights``); without them it
   uses the L2 term alone and logs a warning once. ``background="stitch"`` pastes the input back
   outside the mask in local mode too (official: not for the baseline; use "decoded" for that).
@@ -49,7 +57,7 @@ from blendedit.errors import InputError
 from blendedit.frame import FrameMethod, Generated, Work
 from blendedit.metrics import LPIPS
 from blendedit.models import parse_dtype
-from blendedit.pixel.adm import ADM256_UNCOND, ADMConfig, ADMUNet, load_adm
+from blendedit.pixel.adm import ADMConfig, ADMUNet, default_config, is_class_conditional, load_adm
 from blendedit.pixel.gaussian import GaussianDiffusion, MeanVariance
 from blendedit.pixel.guidance import (
     Augmenter,
@@ -83,6 +91,7 @@ class PixelConfig(FrameConfig):
     l2_sim_lambda: float = 10000.0  # local only: L2 background loss weight
     fit: str = "stretch"  # stretch to the model's square size (official) or pad (keep aspect)
     batch_size: int = 4  # candidates per UNet call
+    class_label: int = -1  # class-conditional ADM: -1 = a random class at every step (official)
 
     def __post_init__(self) -> None:
         if isinstance(self.timestep_respacing, int) and not isinstance(
@@ -108,6 +117,8 @@ class PixelConfig(FrameConfig):
                 raise bad(name, "must be a finite number >= 0")
         if not 0 <= self.aug_num <= 64:
             raise bad("aug_num", "must be between 0 and 64")
+        if self.class_label < -1:
+            raise bad("class_label", "must be -1 (a random class at every step) or a class index")
         if self.fit not in FIT_MODES:
             raise bad("fit", f"must be one of {', '.join(FIT_MODES)}")
         if self.background not in PIXEL_BACKGROUNDS:
@@ -124,6 +135,10 @@ PIXEL_PRESETS: dict[str, PixelConfig] = {
     "local": PixelConfig(local=True),
     # One quick look: half the steps (the same starting noise level), 4 candidates.
     "draft": PixelConfig(num_images=4, timestep_respacing="50", skip_timesteps=12),
+    # The official script with --model_output_size 512 (512x512_diffusion.pt, class-conditional):
+    # its arguments keep their defaults at 512 (respacing 100, skip 25, CLIP lambda 1000, range
+    # lambda 50, 8 augmentations, DDPM), and a random ImageNet class is drawn at every step.
+    "adm512": PixelConfig(class_label=-1),
 }
 
 
@@ -133,9 +148,17 @@ def pixel_preset(name: str) -> PixelConfig:
     return PIXEL_PRESETS[name]
 
 
-def _model_config(model_config: str | os.PathLike[str] | ADMConfig | dict | None) -> ADMConfig:
+def default_preset(checkpoint: str | os.PathLike[str] | None) -> str:
+    """The preset a checkpoint selects when none is named: ``adm512`` for a class-conditional ADM
+    (a ``label_emb.weight`` in its state dict, as in ``512x512_diffusion.pt``), else ``default``."""
+    return "adm512" if checkpoint is not None and is_class_conditional(checkpoint) else "default"
+
+
+def _model_config(
+    model_config: str | os.PathLike[str] | ADMConfig | dict | None, checkpoint: Path
+) -> ADMConfig:
     if model_config is None:
-        return ADM256_UNCOND
+        return default_config(checkpoint)
     if isinstance(model_config, ADMConfig):
         return model_config
     if isinstance(model_config, dict):
@@ -161,6 +184,7 @@ class _PixelState:
     lpips: LPIPS | None
     num_steps: int
     latent_space: bool = False  # samples are images
+    unguided: bool = False  # empty prompt: no guidance at all (official: zero gradient)
 
 
 class BlendedDiffusion(FrameMethod):
@@ -196,17 +220,20 @@ class BlendedDiffusion(FrameMethod):
         lpips_net: str = "vgg",
         torch_dtype: torch.dtype | str | None = None,
     ) -> BlendedDiffusion:
-        """Load an ADM checkpoint (``256x256_diffusion_uncond.pt`` or a .safetensors copy).
+        """Load an ADM checkpoint (``256x256_diffusion_uncond.pt``, ``512x512_diffusion.pt`` or a
+        .safetensors copy).
 
-        ``model_config``: an :class:`ADMConfig`, a guided-diffusion JSON file, or None for
-        :data:`ADM256_UNCOND` (its ``timestep_respacing`` is not used; :class:`PixelConfig`'s is).
+        ``model_config``: an :class:`ADMConfig`, a guided-diffusion JSON file, or None for the
+        official settings of the checkpoint: :data:`~blendedit.pixel.adm.ADM512_COND` if it has a
+        class embedding, else :data:`~blendedit.pixel.adm.ADM256_UNCOND` (their
+        ``timestep_respacing`` is not used; :class:`PixelConfig`'s is).
         ``clip_model``: hub id or local folder of the guiding/ranking CLIP (None: no guidance,
         for clip_guidance_lambda=0 only). ``lpips_weights``: local (trunk, lin) files for the local
         baseline's LPIPS term (:meth:`LPIPS.from_pretrained`, official net "vgg"); None leaves the
         term out. ``torch_dtype`` "fp16" uses guided-diffusion's mixed precision (the official
         setting on the GPU); any other dtype casts the whole UNet.
         """
-        cfg = _model_config(model_config)
+        cfg = _model_config(model_config, Path(checkpoint))
         dtype = parse_dtype(torch_dtype)
         if dtype == torch.float16:
             cfg, load_dtype = dataclasses.replace(cfg, use_fp16=True), torch.float32
@@ -280,6 +307,12 @@ class BlendedDiffusion(FrameMethod):
             raise InputError(
                 "clip_guidance_lambda: CLIP guidance needs a CLIP model (load with clip_model=...)"
             )
+        n = self.model.num_classes
+        if cfg.class_label != -1 and not 0 <= cfg.class_label < n:
+            raise InputError(
+                f"class_label: {cfg.class_label} "
+                + (f"is not a class index 0..{n - 1}" if n else "needs a class-conditional model")
+            )
 
     def full_work_size(self, size: tuple[int, int], cfg: PixelConfig) -> tuple[int, int]:
         """The whole photo: stretched to the model's square (official), or its aspect kept with
@@ -308,9 +341,10 @@ class BlendedDiffusion(FrameMethod):
             )
         steps = list(range(k - cfg.skip_timesteps - 1, -1, -1))
         step_masks = M.step_masks(m_work[None], [0] * len(steps), work.soft)
-        # Text: the prompt's CLIP embedding; the augmentations at CLIP's input size.
+        # Text: the prompt's CLIP embedding; the augmentations at CLIP's input size. An empty
+        # prompt (fill from the surroundings) is unguided, as in the official cond_fn.
         text_embed = augmenter = None
-        if cfg.clip_guidance_lambda and self.clip is not None:
+        if cfg.clip_guidance_lambda and self.clip is not None and work.prompt:
             text_embed = self.clip.embed_text([work.prompt])  # (1, D)
             augmenter = make_augmenter(cfg.aug_num, self.clip.image_size)
         lpips = None
@@ -324,7 +358,7 @@ class BlendedDiffusion(FrameMethod):
                 self._warned_lpips = True
         return _PixelState(
             diffusion, steps, x0, (m_work > 0).to(x0), step_masks, box, text_embed, augmenter,
-            lpips, len(steps),
+            lpips, len(steps), unguided=not work.prompt,
         )  # fmt: skip
 
     def generate(
@@ -336,8 +370,8 @@ class BlendedDiffusion(FrameMethod):
         keep_process: bool,
     ) -> Generated:
         """SPEC 2 for one chunk: CLIP-guided denoising, blending the noised input outside the
-        mask (or the background loss instead, local mode)."""
-        guidance = partial(
+        mask (or the background loss instead, local mode); no guidance for an empty prompt."""
+        guidance: Any = partial(
             clip_guidance_grad,
             diffusion=state.diffusion,
             mask=state.mask,
@@ -351,6 +385,8 @@ class BlendedDiffusion(FrameMethod):
             lpips_weight=cfg.lpips_sim_lambda if cfg.local else 0.0,
             lpips=state.lpips,
         )
+        if state.unguided:
+            guidance = None
         x, frames = self._denoise_chunk(cfg, state, seeds, guidance, tick, keep_process)
         return Generated(x.cpu(), frames)
 
@@ -373,6 +409,7 @@ class BlendedDiffusion(FrameMethod):
                 "model": self.name,
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "image_size": self.image_size,
+                "class_conditional": self.config.class_cond,
                 "lpips_used": state.lpips is not None,
             },
             "timesteps": [int(state.diffusion.timestep_map[t]) for t in state.steps],
@@ -392,11 +429,16 @@ class BlendedDiffusion(FrameMethod):
         gens = [torch.Generator("cpu").manual_seed(s) for s in chunk_seeds]
         # Start: the input noised to t_start, noise drawn on the CPU from each candidate's seed.
         x = torch.cat([diffusion.q_sample(x0, state.steps[0], generator=g) for g in gens])
-        guide = partial(guidance, generators=gens) if state.augmenter is not None else guidance
+        guide = guidance  # the augmentations draw from the candidates' generators
+        if guidance is not None and state.augmenter is not None:
+            guide = partial(guidance, generators=gens)
         ddim = cfg.sampler == "ddim"
         history: list[torch.Tensor] = []
         for n, t in enumerate(state.steps):
-            out = guided_mean_variance(self.model, diffusion, x, t, guide, score=ddim)
+            model: Callable[..., torch.Tensor] = self.model
+            if self.config.class_cond:  # the step's class, drawn before anything else
+                model = partial(self.model, y=self._classes(gens, cfg.class_label))
+            out = guided_mean_variance(model, diffusion, x, t, guide, score=ddim)
             x = self._step(diffusion, out, x, t, gens, ddim, cfg.eta)
             if not cfg.local:  # blend: the input noised to the level just reached (x0 at the end)
                 bg = (
@@ -411,6 +453,14 @@ class BlendedDiffusion(FrameMethod):
             tick(b)
         per_image = [torch.stack([h[j] for h in history]) for j in range(b)] if history else []
         return x.detach(), per_image
+
+    def _classes(self, gens: list[torch.Generator], class_label: int) -> torch.Tensor:
+        """(B,) int64 class labels for one step: ``class_label``, or for -1 a uniform draw from
+        the model's classes from each candidate's generator (official ``randomize_class``)."""
+        if class_label != -1:
+            return torch.full((len(gens),), class_label, dtype=torch.long)
+        n = self.model.num_classes
+        return torch.cat([torch.randint(0, n, (1,), generator=g) for g in gens])
 
     @staticmethod
     def _step(

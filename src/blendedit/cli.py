@@ -13,11 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from blendedit import __version__
-from blendedit.config import BACKGROUND_MODES, MASK_SHRINK_MODES, PRESETS, EditConfig, preset
+from blendedit.config import (
+    BACKGROUND_MODES,
+    BLEND_RULES,
+    MASK_SHRINK_MODES,
+    PRESETS,
+    EditConfig,
+    preset_on,
+)
 from blendedit.errors import BlendEditError, InputError
 from blendedit.models import DEFAULT_MODEL, DTYPES, SCHEDULERS, quiet_libraries
 from blendedit.photo import OUTPUT_FORMATS
 from blendedit.pixel.pipeline import PIXEL_PRESETS, PixelConfig, pixel_preset
+from blendedit.pixel.pipeline import default_preset as default_pixel_preset
 from blendedit.ranking import DEFAULT_CLIP_MODEL
 from blendedit.region import REGION_MODES
 
@@ -103,7 +111,12 @@ def _edit_arguments(e: argparse.ArgumentParser) -> None:
         required=True,
         help="white = region to edit; any size with the photo's aspect; L, RGB, or RGBA alpha",
     )
-    e.add_argument("--prompt", required=True, help="what the masked region should become")
+    e.add_argument(
+        "--prompt",
+        required=True,
+        help='what the masked region should become; "" fills it from its surroundings (removal;'
+        " the results are then not ranked)",
+    )
     e.add_argument(
         "--out",
         help="output folder; must be new or empty (default: new folder under ./blendedit-out/)",
@@ -137,6 +150,18 @@ def _edit_arguments(e: argparse.ArgumentParser) -> None:
         ),
     )
     g.add_argument(
+        "--vae",
+        help="latent: a VAE folder or hub id replacing the model's (e.g. an fp16-safe SDXL VAE)",
+    )
+    g.add_argument(
+        "--lora",
+        action="append",
+        dest="loras",
+        metavar="FILE_OR_ID[:SCALE]",
+        help="latent, SD 1.x/2.x and SDXL: apply a LoRA (.safetensors file, folder or hub id) at "
+        "SCALE (default 1); repeat for several",
+    )
+    g.add_argument(
         "--clip-model",
         default=DEFAULT_CLIP_MODEL,
         help=f"CLIP used for ranking (default: {DEFAULT_CLIP_MODEL})",
@@ -161,7 +186,7 @@ def _edit_arguments(e: argparse.ArgumentParser) -> None:
     s = e.add_argument_group("sampling (default values come from --preset)")
     s.add_argument(
         "--preset",
-        default="default",
+        default=None,
         choices=sorted(set(PRESETS) | set(PIXEL_PRESETS)),
         help="named settings; latent: "
         + "; ".join(
@@ -169,7 +194,9 @@ def _edit_arguments(e: argparse.ArgumentParser) -> None:
             for k, v in PRESETS.items()
         )
         + "; pixel: "
-        + ", ".join(PIXEL_PRESETS),
+        + ", ".join(PIXEL_PRESETS)
+        + " (default: default, or adm512 for a class-conditional model such as "
+        "512x512_diffusion.pt)",
     )
     s.add_argument(
         "--num-images", type=int, dest="num_images", help="candidates to generate (default 8)"
@@ -199,6 +226,13 @@ def _edit_arguments(e: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--negative-prompt", dest="negative_prompt", help="what to steer away from")
     s.add_argument("--scheduler", choices=list(SCHEDULERS), help="noise scheduler (default ddim)")
+    s.add_argument(
+        "--blend-rule",
+        dest="blend_rule",
+        choices=list(BLEND_RULES),
+        help="background level: diffusers (t' with fixed noise, clean at the end; default) or "
+        "official (the official BLD scripts: t with fresh noise every step)",
+    )
     s.add_argument("--eta", type=float, help="DDIM eta: 0 = deterministic (default 0)")
     s.add_argument(
         "--size",
@@ -393,9 +427,12 @@ LATENT_FIELDS = set(EditConfig.__dataclass_fields__)
 PIXEL_FIELDS = set(PixelConfig.__dataclass_fields__)
 
 
-def config_from_args(args: argparse.Namespace) -> EditConfig | PixelConfig:
-    """The method's preset, overridden by every flag the user gave; a flag of the other method is
-    an error, not silently ignored."""
+def config_from_args(
+    args: argparse.Namespace, base: EditConfig | None = None
+) -> EditConfig | PixelConfig:
+    """The method's preset (on ``base``: the model family's defaults, once it is known),
+    overridden by every flag the user gave; a flag of the other method is an error, not silently
+    ignored."""
     fields = LATENT_FIELDS if args.method == "latent" else PIXEL_FIELDS
     given = {
         k: v for k, v in vars(args).items() if k in LATENT_FIELDS | PIXEL_FIELDS and v is not None
@@ -404,10 +441,11 @@ def config_from_args(args: argparse.Namespace) -> EditConfig | PixelConfig:
         other = "latent" if name in LATENT_FIELDS else "pixel and local-clip"
         raise InputError(f"{name}: applies to --method {other} only, not {args.method}")
     if args.method == "latent":
-        return preset(args.preset).replace(**given).validate()
+        return preset_on(args.preset or "default", base or EditConfig()).replace(**given).validate()
     if args.method == "local-clip":
         given["local"] = True
-    return pixel_preset(args.preset).replace(**given).validate()
+    name = args.preset or default_pixel_preset(args.model)  # adm512 for a class-conditional ADM
+    return pixel_preset(name).replace(**given).validate()
 
 
 def _say(args: argparse.Namespace, msg: str) -> None:
@@ -461,10 +499,16 @@ def _prepare(args: argparse.Namespace, rank: bool | None = None) -> tuple[Any, A
             clip_model=args.clip_model if (cfg.rank if rank is None else rank) else None,
             torch_dtype=dtype,
             model_config=args.model_config,
+            vae=args.vae,
+            loras=args.loras or (),
         )
+        cfg = config_from_args(args, editor.default_config())  # the family's own defaults
     else:
         from blendedit.pixel.pipeline import BlendedDiffusion
 
+        for flag, value in (("vae", args.vae), ("lora", args.loras)):
+            if value:
+                raise InputError(f"{flag}: applies to --method latent only, not {args.method}")
         if args.model is None:
             raise InputError(
                 f"model: --method {args.method} needs --model with the ADM checkpoint file "
@@ -528,9 +572,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
         r["file"] = name
     save_json(report, out / "result.json")
     score = f", CLIP score {best.score:.4f}" if best.score is not None else ""
+    first = "best" if best.score is not None or len(files) == 1 else "not ranked, first"
     _say(
         args,
-        f"wrote {len(files)} result(s) to {out}/ (best: {files[0]}{score}) in {result.timings.total:.1f} s",
+        f"wrote {len(files)} result(s) to {out}/ ({first}: {files[0]}{score}) in {result.timings.total:.1f} s",
     )
     print(out)
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -22,6 +22,7 @@ from blendedit.errors import InputError
 from blendedit.frame import FrameMethod, Generated, Work
 from blendedit.io import working_size
 from blendedit.latent.backbones import Backbone, Conditioning, load_backbone
+from blendedit.latent.lora import LoraHandle, LoraSpec, apply_loras
 from blendedit.latent.sampling import (
     blend_timesteps,
     blended_latent_diffusion,
@@ -66,7 +67,7 @@ class BlendedLatentDiffusion(FrameMethod):
         self.backbone = backbone
         self.clip = clip
         self.name = name
-        self.loras: list[str] = []  # the LoRAs applied, as given ("file:scale")
+        self._lora: LoraHandle | None = None
 
     @classmethod
     def from_pretrained(
@@ -78,15 +79,46 @@ class BlendedLatentDiffusion(FrameMethod):
         local_files_only: bool | None = None,
         model_config: str | None = None,
         vae: str | os.PathLike[str] | None = None,
+        loras: Sequence[str | LoraSpec] = (),
     ) -> BlendedLatentDiffusion:
         """Load from a hub id, a local diffusers folder or a single .safetensors/.ckpt file; the
         family (SD 1.x/2.x, SDXL, LDM) is detected from the model. ``vae`` replaces its VAE (e.g.
-        an fp16-safe SDXL VAE). ``clip_model=None`` skips the ranking model (results then come
-        in generation order)."""
+        an fp16-safe SDXL VAE); ``loras``: "FILE_OR_ID[:SCALE]" each (see :meth:`load_loras`).
+        ``clip_model=None`` skips the ranking model (results then come in generation order)."""
         dtype = parse_dtype(torch_dtype)
         backbone = load_backbone(model, dtype, local_files_only, model_config, vae)
         clip = ClipScorer.from_pretrained(clip_model, dtype) if clip_model else None
-        return cls(backbone, clip, str(model))
+        editor = cls(backbone, clip, str(model))
+        if loras:
+            editor.load_loras(loras, local_files_only=local_files_only)
+        return editor
+
+    def load_loras(
+        self, loras: Sequence[str | LoraSpec], *, local_files_only: bool | None = None
+    ) -> BlendedLatentDiffusion:
+        """Apply LoRAs ("FILE_OR_ID[:SCALE]": a .safetensors file in the kohya/A1111 or diffusers
+        format, a folder or a hub id) as unfused PEFT adapters on the UNet and text encoder(s),
+        replacing any applied before; :meth:`unload_loras` restores the base weights bit for bit."""
+        if self.family not in ("sd", "sdxl"):
+            raise InputError(f"lora: LoRAs apply to SD 1.x/2.x and SDXL models, not {self.family}")
+        self.unload_loras()
+        bb = self.backbone
+        self._lora = apply_loras(
+            bb.unet, bb.text_encoders(), list(loras), local_files_only=local_files_only
+        )
+        return self
+
+    def unload_loras(self) -> BlendedLatentDiffusion:
+        if self._lora is not None:
+            self._lora.remove()
+            self._lora = None
+        return self
+
+    @property
+    def loras(self) -> list[str]:
+        """The LoRAs applied, as "source:scale"."""
+        specs = self._lora.specs if self._lora is not None else []
+        return [f"{s.source}:{s.scale:g}" for s in specs]
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None

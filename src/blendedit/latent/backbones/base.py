@@ -53,7 +53,8 @@ class Backbone:
         raise NotImplementedError
 
     def text_encoders(self) -> list[Any]:
-        """The text encoder(s), in the order a LoRA's text-encoder weights address them."""
+        """The text encoder(s), in the order a LoRA's text-encoder weights address them (None
+        where the model lacks one)."""
         raise NotImplementedError
 
     def vae_dtype_for(self, dtype: torch.dtype | None) -> torch.dtype | None:

@@ -54,7 +54,7 @@ class StableDiffusionXL(Backbone):
         return mods
 
     def text_encoders(self) -> list[Any]:
-        return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
+        return [self.text_encoder, self.text_encoder_2]  # the refiner has no first one (None)
 
     @property
     def requires_aesthetics_score(self) -> bool:

@@ -14,11 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
-from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_unet_checkpoint,
+    infer_diffusers_model_type,
+)
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
-from original_checkpoint import write_original_checkpoint
+from original_checkpoint import unet_to_original, write_original_checkpoint
 from tiny_models import tiny_scheduler, tiny_text_config, tiny_tokenizer, tiny_vae
 
 SD2_TEXT_HIDDEN = 1024  # diffusers calls a checkpoint "v2" only for a 1024-wide cross-attention
@@ -156,6 +159,32 @@ def test_layout_details(tiny_sd2_dir: Path, tiny_sdxl_dir: Path, tmp_path: Path)
     assert torch.equal(proj, xl_pipe.text_encoder_2.text_projection.weight.T)  # [width, embed]
     # SDXL up level 0 has attention: its upsampler comes after the transformer
     assert "model.diffusion_model.output_blocks.2.2.conv.weight" in xl
+
+
+def test_sd1_block_arrangement_unet_round_trip() -> None:
+    """SD 1.x's real arrangement (4 levels, attention in the first three, 2 layers per level)
+    carries diffusers' "v1" probe key output_blocks.11.0.skip_connection, and diffusers' UNet
+    converter inverts the mapping exactly; the tiny SD folder is too shallow for either."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        layers_per_block=2,
+        block_out_channels=(32, 32, 64, 64),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=32,
+        attention_head_dim=2,
+    )
+    state = unet.state_dict()
+    ckpt = {
+        f"model.diffusion_model.{k}": v for k, v in unet_to_original(state, unet.config).items()
+    }
+    assert len(ckpt) == len(state)
+    assert "model.diffusion_model.output_blocks.11.0.skip_connection.weight" in ckpt
+    assert infer_diffusers_model_type(ckpt) == "v1"
+    back = convert_ldm_unet_checkpoint(ckpt, dict(unet.config))
+    assert sorted(back) == sorted(state)
+    assert all(torch.equal(back[k], v) for k, v in state.items())
 
 
 def test_refuses_unknown_family_and_existing_file(tiny_sd_dir: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ removal checked to give back the very same modules and tensors."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -188,8 +189,18 @@ def test_scale_is_linear_for_a_small_lora_and_two_loras_stack(sd, tmp_path) -> N
     _assert_restored(unet, snap)
 
 
-def _kohya_key(prefix: str, module: str) -> str:
-    return f"{prefix}_{module.replace('.', '_')}"
+def _save_kohya(path: Path, parts) -> None:
+    """kohya/A1111 keys (``<prefix>_<module_with_underscores>.lora_down/lora_up/alpha``) for the
+    ``default`` LoRA of each (prefix, PEFT reference model, module-name map)."""
+    out: dict[str, torch.Tensor] = {}
+    for prefix, ref, rename in parts:
+        for name, module in ref.named_modules():
+            if hasattr(module, "lora_A") and "default" in module.lora_A:
+                key = f"{prefix}_{rename(name).replace('.', '_')}"
+                out[f"{key}.lora_down.weight"] = module.lora_A["default"].weight.detach().clone()
+                out[f"{key}.lora_up.weight"] = module.lora_B["default"].weight.detach().clone()
+                out[f"{key}.alpha"] = torch.tensor(float(ref.peft_config["default"].lora_alpha))
+    save_file(out, str(path))
 
 
 def test_kohya_format_matches_peft_reference(sd, tmp_path) -> None:
@@ -198,16 +209,10 @@ def test_kohya_format_matches_peft_reference(sd, tmp_path) -> None:
     unet, te, (x, t, c), ids = sd
     ref_u, _, _ = _with_lora(unet, ["to_q", "to_v"], alpha=2, seed=3)
     ref_t, _, _ = _with_lora(te, ["q_proj", "out_proj"], alpha=2, seed=4)
-    kohya: dict[str, torch.Tensor] = {}
-    for prefix, ref in (("lora_unet", ref_u), ("lora_te_text_model", ref_t)):
-        for name, module in ref.named_modules():
-            if hasattr(module, "lora_A") and "default" in module.lora_A:
-                key = _kohya_key(prefix, name)
-                kohya[f"{key}.lora_down.weight"] = module.lora_A["default"].weight.detach().clone()
-                kohya[f"{key}.lora_up.weight"] = module.lora_B["default"].weight.detach().clone()
-                kohya[f"{key}.alpha"] = torch.tensor(2.0)
+    # transformers 5 flattens CLIPTextModel; kohya files still name the text_model.* layers
+    te_prefix = "lora_te" if hasattr(te, "text_model") else "lora_te_text_model"
     path = tmp_path / "kohya_style.safetensors"
-    save_file(kohya, str(path))
+    _save_kohya(path, [("lora_unet", ref_u, str), (te_prefix, ref_t, str)])
     snap_u, snap_t = _snapshot(unet), _snapshot(te)
 
     h = apply_loras(unet, [te], [str(path)], local_files_only=True)
@@ -386,6 +391,26 @@ def test_sdxl_lora_on_unet_and_text_encoder_2(tmp_path) -> None:
         got, want = te2(ids), ref_t2(ids)
     torch.testing.assert_close(got.text_embeds, want.text_embeds)  # the pooled projection too
     assert torch.equal(_te_out(te1, ids), base_t1)  # no text_encoder weights: untouched
+    h.remove()
+    for model, snap in zip((unet, te1, te2), snaps, strict=True):
+        _assert_restored(model, snap)
+
+    # kohya SDXL keys name the UNet's layers by SGM blocks (input_blocks.3.1 = down_blocks.1
+    # .attentions.0 with one layer per block) and the second encoder lora_te2_
+    def sgm(name: str) -> str:
+        name = name.replace("down_blocks.1.attentions.0", "input_blocks.3.1")
+        name = name.replace("mid_block.attentions.0", "middle_block.1")
+        return re.sub(r"up_blocks\.0\.attentions\.(\d)", r"output_blocks.\1.1", name)
+
+    ref_u, _, _ = _with_lora(unet, ["to_q", "to_out.0"], alpha=2, seed=13)
+    ref_t2, _, _ = _with_lora(te2, ["q_proj", "out_proj"], alpha=2, seed=14)
+    kohya = tmp_path / "sdxl_kohya.safetensors"
+    _save_kohya(kohya, [("lora_unet", ref_u, sgm), ("lora_te2", ref_t2, str)])
+    h = apply_loras(unet, [te1, te2], [str(kohya)], local_files_only=True)
+    out_u = _unet_out(unet, x, t, c, added_cond_kwargs=cond)
+    assert (out_u - base_u).abs().max() > 1e-3
+    torch.testing.assert_close(out_u, _unet_out(ref_u, x, t, c, added_cond_kwargs=cond))
+    torch.testing.assert_close(_te_out(te2, ids), _te_out(ref_t2, ids))
     h.remove()
     for model, snap in zip((unet, te1, te2), snaps, strict=True):
         _assert_restored(model, snap)

@@ -317,6 +317,11 @@ def _load_one(host: Any, path: Path, source: str, name: str) -> None:
             )
         elif "size mismatch" in str(e):
             msg = "its shapes do not fit this model; is it a LoRA for another architecture?"
+        else:
+            msg = (
+                f"its weights do not fit this model ({type(e).__name__}: {msg}); is it a LoRA "
+                "for another architecture?"
+            )
         raise InputError(f"lora: could not load {source!r}: {msg}") from None
 
     for prefix, model in components.items():

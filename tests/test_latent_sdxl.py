@@ -143,3 +143,83 @@ def test_cli_edits_with_a_tiny_sdxl_folder(tiny_sdxl_dir, shared_images, tmp_pat
         a, b = (np.asarray(Image.open(o / name)) for o in outs)
         assert a.shape == (100, 150, 3)  # the photo's size
         assert np.array_equal(a, b)  # deterministic
+
+
+def _sdxl_lora(folder, out):
+    """A random diffusers-format SDXL LoRA on the UNet's attention (non-zero B) and text encoder 2."""
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    te2 = CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2")
+    layers = {}
+    for key, model, targets in (("unet", unet, ["to_q", "to_v"]), ("te2", te2, ["q_proj"])):
+        torch.manual_seed(7)
+        cfg = LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights=False)
+        inject_adapter_in_model(cfg, model)
+        layers[key] = get_peft_model_state_dict(model)
+    StableDiffusionXLPipeline.save_lora_weights(
+        out, unet_lora_layers=layers["unet"], text_encoder_2_lora_layers=layers["te2"]
+    )
+    return out / "pytorch_lora_weights.safetensors"
+
+
+def test_cli_single_file_with_a_lora(tiny_sdxl_dir, shared_images, tmp_path):
+    """An A1111/ComfyUI-style SDXL single file (original key layout) plus a LoRA, end to end:
+    sizes kept, deterministic, and the LoRA changes the edit."""
+    from original_checkpoint import write_original_checkpoint
+
+    ckpt = write_original_checkpoint(tiny_sdxl_dir, tmp_path / "tiny-sdxl.safetensors", "sdxl")
+    assert detect_family(ckpt) == "sdxl"
+    lora = _sdxl_lora(tiny_sdxl_dir, tmp_path / "lora")
+    photo, mask = tmp_path / "p.png", tmp_path / "m.png"
+    Image.open(shared_images / "chelsea.png").convert("RGB").resize((150, 100)).save(photo)
+    m = np.zeros((100, 150), np.uint8)
+    m[30:70, 40:100] = 255
+    Image.fromarray(m).save(mask)
+
+    def run(name, *extra):
+        argv = [
+            "edit", str(photo), "--mask", str(mask), "--prompt", "a red flower",
+            "--model", str(ckpt), "--model-config", str(tiny_sdxl_dir), "--no-rank",
+            "--steps", "4", "--num-images", "1", "--out", str(tmp_path / name),
+            "--device", "cpu", *extra,
+        ]  # fmt: skip
+        assert main(argv) == 0
+        return np.asarray(Image.open(tmp_path / name / "01-seed0.png"))
+
+    base = run("base")
+    with_lora = [run(f"lora{i}", "--lora", f"{lora}:0.8") for i in range(2)]
+    assert base.shape == with_lora[0].shape == (100, 150, 3)
+    assert np.array_equal(with_lora[0], with_lora[1])
+    assert np.abs(base.astype(int) - with_lora[0]).max() > 0
+    # The single file's weights are the folder's: the same edit as from the folder.
+    folder_run = tmp_path / "folder"
+    argv = [
+        "edit", str(photo), "--mask", str(mask), "--prompt", "a red flower", "--model",
+        str(tiny_sdxl_dir), "--no-rank", "--steps", "4", "--num-images", "1", "--out",
+        str(folder_run), "--device", "cpu",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    assert np.array_equal(base, np.asarray(Image.open(folder_run / "01-seed0.png")))
+    result = json.loads((tmp_path / "lora0" / "result.json").read_text())
+    assert result["settings"]["loras"] == [f"{lora}:0.8"]
+
+
+def test_unloading_a_lora_restores_the_edit_bit_for_bit(tiny_sdxl_dir, shared_images, tmp_path):
+    lora = _sdxl_lora(tiny_sdxl_dir, tmp_path / "lora")
+    editor = BlendedLatentDiffusion.from_pretrained(tiny_sdxl_dir, clip_model=None)
+    weights = {k: v.clone() for k, v in editor.unet.state_dict().items()}
+    te2 = {k: v.clone() for k, v in editor.backbone.text_encoder_2.state_dict().items()}
+    call = {"seeds": [1], "num_inference_steps": 3, "rank": False, "region": "full"}
+    before = editor(_photo(shared_images), _mask(), "a cat", **call).candidates[0].latent
+    editor.load_loras([str(lora)])
+    during = editor(_photo(shared_images), _mask(), "a cat", **call).candidates[0].latent
+    editor.unload_loras()
+    after = editor(_photo(shared_images), _mask(), "a cat", **call).candidates[0].latent
+    assert not torch.allclose(before, during)
+    assert torch.equal(before, after)
+    assert all(torch.equal(v, editor.unet.state_dict()[k]) for k, v in weights.items())
+    assert all(
+        torch.equal(v, editor.backbone.text_encoder_2.state_dict()[k]) for k, v in te2.items()
+    )

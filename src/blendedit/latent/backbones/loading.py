@@ -98,13 +98,23 @@ def load_sdxl(
                 src, subfolder="text_encoder_2", **dt
             ),
             "tokenizer_2": CLIPTokenizer.from_pretrained(src, subfolder="tokenizer_2", **kw),
-            "scheduler": DDIMScheduler.from_config(
+            "scheduler": _own_scheduler(
                 DDIMScheduler.load_config(src, subfolder="scheduler", **kw)
             ),
         }
         return _sdxl_from_parts(parts, index)
 
     return load_cached_first("model", str(name), load, local)
+
+
+def _own_scheduler(config: dict[str, Any]) -> Any:
+    """The model's own scheduler class (its config is the base of every scheduler made per call;
+    a DDIM made from an Euler config would fill in DDIM's defaults, clip_sample among them)."""
+    import diffusers
+
+    return getattr(diffusers, str(config.get("_class_name")), diffusers.DDIMScheduler).from_config(
+        config
+    )
 
 
 def _sdxl_from_parts(parts: dict[str, Any], index: Any) -> Backbone:

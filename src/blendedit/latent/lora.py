@@ -61,7 +61,8 @@ def parse_lora_spec(text: str) -> LoraSpec:
         scale = float(tail)
     except ValueError:
         raise InputError(
-            f"lora: {text!r}: the scale after the last ':' must be a number, got {tail!r}"
+            f"lora: {text!r} is not an existing file, and {tail!r} after its last ':' is not a "
+            "scale (a number)"
         ) from None
     if not math.isfinite(scale):
         raise InputError(f"lora: {text!r}: the scale must be a finite number, got {tail!r}")
@@ -124,6 +125,9 @@ def apply_loras(
     parsed = [s if isinstance(s, LoraSpec) else parse_lora_spec(s) for s in specs]
     if not parsed:
         return LoraHandle([], [], [])
+    bad = [s for s in parsed if not math.isfinite(s.scale)]
+    if bad:
+        raise InputError(f"lora: scale {bad[0].scale!r} of {bad[0].source!r} is not finite")
     if len(text_encoders) not in (1, 2):
         raise InputError(
             f"lora: expected 1 (SD) or 2 (SDXL) text encoders, got {len(text_encoders)}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 
@@ -11,12 +13,16 @@ from PIL import Image
 
 from blendedit.config import EditConfig
 from blendedit.errors import InputError
+from blendedit.photo import Photo
+from blendedit.web.canvas import Scribble
 from blendedit.web.session import (
     Generation,
     Result,
     Session,
     SessionError,
+    image_to_b64,
     make_config,
+    mask_to_image,
     parse_trail,
     pixels_sha256,
     replay,
@@ -35,10 +41,11 @@ def _mask(w: int = 40, h: int = 30) -> np.ndarray:
 
 
 def _generation(session: Session, prompt: str, n: int = 3, seed: int = 0) -> Generation:
-    """A Generate without a model: n results, each a different solid grey."""
-    size = session.current_image.size
+    """A Generate without a model: n results, each a different solid red in the mask's box."""
+    size = session.size
+    box = (10, 5, 30, 15)
     results = [
-        Result(Image.new("RGB", size, (40 * i, 0, 0)), seed + i, i + 1, 0.5 - i / 10)
+        Result(np.full((10, 20, 3), (40 * i, 0, 0), np.uint8), box, seed + i, i + 1, 0.5 - i / 10)
         for i in range(n)
     ]
     return Generation(
@@ -55,29 +62,42 @@ def _generation(session: Session, prompt: str, n: int = 3, seed: int = 0) -> Gen
 # -- history ---------------------------------------------------------------------------------------
 
 
+def _red_at(s: Session) -> int:
+    """The red value of the current image inside the results' box."""
+    return int(s.current_pixels[10, 20, 0])
+
+
 def test_keep_undo_redo_move_along_the_history():
-    s = Session(_photo())
-    assert s.current_id == 0 and s.current_image is s.original
+    photo = _photo()
+    s = Session(photo)
+    assert s.current_id == 0 and s.current_pixels is s.photo.pixels
     assert not s.can_undo and not s.can_redo and s.history == []
 
     g1 = _generation(s, "a hat")
     step1 = s.keep(g1, 1)  # the second-ranked result
     assert step1.seed == 1 and step1.rank == 2 and step1.prompt == "a hat"
-    assert s.current_image is step1.image and s.cursor == 1 and s.can_undo
+    assert _red_at(s) == 40 and s.cursor == 1 and s.can_undo
+    assert step1.patch.shape == (10, 20, 3)  # the step holds its box, not a whole image
+    outside = np.ones((30, 40), bool)
+    outside[5:15, 10:30] = False
+    assert np.array_equal(s.current_pixels[outside], np.asarray(photo)[outside])
+    assert not s.current_pixels.flags.writeable
     g2 = _generation(s, "a scarf", seed=10)
     step2 = s.keep(g2)  # default: the best
     assert step2.seed == 10 and [st.prompt for st in s.history] == ["a hat", "a scarf"]
+    assert _red_at(s) == 0
 
     assert s.undo() is step2
-    assert s.current_image is step1.image and s.can_redo and s.redo_count == 1
+    assert _red_at(s) == 40 and s.can_redo and s.redo_count == 1
     assert s.undo() is step1
-    assert s.current_image is s.original and not s.can_undo and s.redo_count == 2
+    assert np.array_equal(np.asarray(s.current_image), np.asarray(photo))
+    assert not s.can_undo and s.redo_count == 2
     with pytest.raises(SessionError, match="nothing to undo"):
         s.undo()
     assert s.redo() is step1 and s.redo() is step2
     with pytest.raises(SessionError, match="nothing to redo"):
         s.redo()
-    assert s.current_image is step2.image
+    assert _red_at(s) == 0 and pixels_sha256(s.current_image) == step2.sha256
 
 
 def test_a_new_keep_after_undo_clears_redo():
@@ -106,6 +126,10 @@ def test_results_of_an_older_image_cannot_be_kept():
         s.keep(g1, 1)  # made from the original, which is no longer current
     with pytest.raises(SessionError, match="no result #9"):
         s.keep(_generation(s, "x"), 8)
+    g = _generation(s, "x")
+    g.results[0].box = (30, 20, 50, 30)  # beyond the 40x30 photo
+    with pytest.raises(SessionError, match="does not fit the 40x30 photo"):
+        s.keep(g, 0)
 
 
 def test_step_ids_stay_unique_across_undo():
@@ -131,13 +155,15 @@ def test_trail_round_trips_through_json():
     s.keep(_generation(s, "undone"), 0)
     s.undo()  # an undone step is not part of the current image's trail
     data = json.loads(json.dumps(s.to_trail({"name": "tiny", "dtype": "float32"})))
-    assert data["format"] == "blendedit-session" and data["version"] == 1
+    assert data["format"] == "blendedit-session" and data["version"] == 2
     assert [st["prompt"] for st in data["steps"]] == ["a hat", "a scarf"]
     assert data["steps"][0]["seed"] == 1 and data["steps"][1]["seed"] == 7
-    assert data["steps"][0]["result_sha256"] == pixels_sha256(s.history[0].image)
+    assert data["steps"][1]["result_sha256"] == pixels_sha256(s.current_image)
+    mask_png = base64.b64decode(data["steps"][0]["mask_png_base64"])
+    assert Image.open(io.BytesIO(mask_png)).mode == "1"  # one bit a pixel
 
     trail = parse_trail(data)
-    assert np.array_equal(np.asarray(trail.original), np.asarray(s.original))
+    assert np.array_equal(trail.original.pixels, s.photo.pixels)
     assert trail.model == {"name": "tiny", "dtype": "float32"}
     for got, step in zip(trail.steps, s.history, strict=True):
         assert got.prompt == step.prompt and got.seed == step.seed and got.seeds == step.seeds
@@ -162,21 +188,69 @@ def test_trail_file_and_its_errors(tmp_path: Path):
 
     bad(lambda d: d.update(format="other"), "not a blendedit session trail")
     bad(lambda d: d.update(version=99), "version 99")
-    bad(lambda d: d["original"].update(png_base64="!!"), "original: not a base64 PNG")
+    bad(lambda d: d["original"].update(file_base64="!!"), "original.file_base64 is not base64")
+    bad(
+        lambda d: d["original"].update(file_base64="aGVsbG8="),
+        "original: cannot read .* as an image",
+    )
     bad(lambda d: d["steps"][0].update(mask_png_base64="aGVsbG8="), "step 1 mask: not a base64")
     bad(lambda d: d["steps"][0].pop("seed"), "step 1: missing or malformed")
     bad(lambda d: d["steps"][0].update(method="magic"), "method: 'magic' is unknown")
-    small = Session(_photo(32, 24))
+    small = Session(_photo(36, 24))
     small.keep(_generation(small, "x"), 0)
     other_mask = small.to_trail()["steps"][0]["mask_png_base64"]
     bad(
-        lambda d: d["steps"][0].update(mask_png_base64=other_mask), "mask is 32x24, the photo 40x30"
+        lambda d: d["steps"][0].update(mask_png_base64=other_mask), "mask is 36x24, the photo 40x30"
     )
     with pytest.raises(InputError, match="no such file"):
         parse_trail(tmp_path / "missing.json")
     (tmp_path / "junk.json").write_text("{not json")
     with pytest.raises(InputError, match="cannot read"):
         parse_trail(tmp_path / "junk.json")
+
+
+def test_trail_keeps_the_original_file_scribbles_and_reads_version_1(tmp_path: Path):
+    # A photo from a file: the trail holds the file's own bytes (EXIF, profile, JPEG and all).
+    src = tmp_path / "p.jpg"
+    _photo(48, 32).save(src, quality=90)
+    s = Session(src)
+    g = _generation(s, "a hat")
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[1:3, 1:5] = (0, 255, 0, 255)
+    g.scribble = Scribble((12, 6, 18, 10), rgba)
+    s.keep(g, 0)
+    data = json.loads(json.dumps(s.to_trail()))
+    assert base64.b64decode(data["original"]["file_base64"]) == src.read_bytes()
+    assert data["original"]["file_name"] == "p.jpg"
+    trail = parse_trail(data)
+    assert np.array_equal(trail.original.pixels, s.photo.pixels)
+    got = trail.steps[0].scribble
+    assert got is not None and got.box == (12, 6, 18, 10) and np.array_equal(got.rgba, rgba)
+
+    # A 16-bit photo without a file: stored losslessly, read back at 16 bits.
+    deep = (np.random.default_rng(2).integers(0, 65536, (24, 40, 3))).astype(np.uint16)
+    s16 = Session(Photo(deep, "RGB"))
+    back = parse_trail(json.loads(json.dumps(s16.to_trail()))).original
+    assert back.pixels.dtype == np.uint16 and np.array_equal(back.pixels, deep)
+
+    # Version 1 (before full-resolution photos): an 8-bit PNG original and 8-bit masks.
+    v1 = {
+        "format": "blendedit-session",
+        "version": 1,
+        "original": {"png_base64": image_to_b64(_photo())},
+        "steps": [
+            {
+                "prompt": "a hat",
+                "method": "latent",
+                "seed": 3,
+                "settings": {"num_images": 1},
+                "mask_png_base64": image_to_b64(mask_to_image(_mask())),
+            }
+        ],
+    }
+    old = parse_trail(v1)
+    assert np.array_equal(old.original.pixels, np.asarray(_photo()))
+    assert np.array_equal(old.steps[0].mask, _mask()) and old.steps[0].scribble is None
 
 
 def test_make_config_rejects_unknown_and_bad_settings():
@@ -220,12 +294,12 @@ def test_replay_regenerates_identical_pixels(editor, shared_images: Path):
     seen = []
     images = replay(trail, editor, on_step=lambda i, step, im: seen.append((i, step.seed)))
     assert seen == [(1, g1.results[1].seed), (2, 41)]
-    for got, step, rec in zip(images, s.history, trail["steps"], strict=True):
+    for got, rec in zip(images, trail["steps"], strict=True):
         assert got.size == photo.size
-        assert np.array_equal(np.asarray(got), np.asarray(step.image))
         assert pixels_sha256(got) == rec["result_sha256"]
+    assert np.array_equal(images[-1].pixels, s.current_pixels)
     # The steps really edited: the second result differs from the first inside its mask only.
-    a, b = (np.asarray(im, dtype=np.int16) for im in images)
+    a, b = (np.asarray(im.pixels, dtype=np.int16) for im in images)
     assert np.abs(a - b)[nose].max() > 0
 
 
@@ -233,8 +307,9 @@ def test_replay_needs_the_trails_kind_of_model(editor):
     s = Session(_photo(64, 64))
     m = np.zeros((64, 64), bool)
     m[10:30, 10:30] = True
+    patch = np.zeros((20, 20, 3), np.uint8)
     g = Generation(
-        0, "x", m, "pixel", {"num_images": 1}, [0], [Result(Image.new("RGB", (64, 64)), 0, 1)]
+        0, "x", m, "pixel", {"num_images": 1}, [0], [Result(patch, (10, 10, 30, 30), 0, 1)]
     )
     s.keep(g, 0)
     with pytest.raises(InputError, match="needs an ADM checkpoint"):
@@ -264,4 +339,4 @@ def test_replay_pixel_method(tiny_clip_dir: Path):
     trail = json.loads(json.dumps(s.to_trail()))
     assert trail["steps"][0]["settings"]["local"] is True
     (image,) = replay(trail, adm)
-    assert np.array_equal(np.asarray(image), np.asarray(s.current_image))
+    assert np.array_equal(image.pixels, s.current_pixels)

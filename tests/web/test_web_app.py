@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from blendedit.errors import InputError
+from blendedit.photo import read_photo
 from blendedit.web.app import (
     EditorApp,
     ServeOptions,
@@ -19,9 +20,9 @@ from blendedit.web.app import (
     friendly,
     mask_from_editor,
     mask_layer,
-    photo_from_upload,
     settings_from_ui,
 )
+from blendedit.web.canvas import to_full
 from blendedit.web.session import parse_trail, pixels_sha256, replay
 
 REQUEST = SimpleNamespace(session_hash="tab1")
@@ -61,20 +62,6 @@ def test_mask_layer_round_trips():
     m = np.zeros((30, 40), bool)
     m[3:9, 4:20] = True
     assert np.array_equal(mask_from_editor({"layers": [mask_layer(m)]}, (40, 30)), m)
-
-
-def test_photo_from_upload_checks_size_and_flattens_transparency():
-    rgba = np.full((30, 40, 4), 200, np.uint8)
-    rgba[..., 3] = 255
-    photo, note = photo_from_upload(rgba, max_side=64)
-    assert photo.mode == "RGB" and photo.size == (40, 30) and note == ""
-    rgba[0, 0, 3] = 0
-    photo, note = photo_from_upload(rgba, max_side=64)
-    assert "flattened onto white" in note and photo.getpixel((0, 0)) == (255, 255, 255)
-    with pytest.raises(InputError, match=r"80x30 px .*16 to 64 px a side.*--max-side"):
-        photo_from_upload(np.zeros((30, 80, 4), np.uint8), max_side=64)
-    with pytest.raises(InputError, match="no photo"):
-        photo_from_upload(None, max_side=64)
 
 
 UI = {
@@ -147,7 +134,7 @@ def app(editor, tmp_path: Path):
     a = EditorApp(
         editor,
         model_info={"name": str(editor.name)},
-        options=ServeOptions(max_side=1024, max_results=4),
+        options=ServeOptions(max_side=2048, max_results=4, preview_side=320),
         workdir=tmp_path / "web",
     )
     a.build()
@@ -161,10 +148,19 @@ def _ui(app: EditorApp, **values) -> dict:
     return {by_name[k]: v for k, v in values.items()}
 
 
-def _editor_value(image: Image.Image, mask: np.ndarray | None) -> dict:
-    bg = np.asarray(image.convert("RGBA"))
-    layers = [mask_layer(mask)] if mask is not None else []
-    return {"background": bg, "layers": layers, "composite": bg}
+def _editor_value(canvas: Image.Image, layer: np.ndarray | None) -> dict:
+    """What the page sends: the canvas (the preview) and its paint layer at the canvas size."""
+    bg = np.asarray(canvas.convert("RGBA"))
+    return {"background": bg, "layers": [] if layer is None else [layer], "composite": bg}
+
+
+def _canvas_layer(st: WebState, box_frac: tuple[float, float, float, float], rgba) -> np.ndarray:
+    """A paint layer at the tab's canvas size with ``rgba`` in a box given as fractions."""
+    w, h = st.canvas
+    layer = np.zeros((h, w, 4), np.uint8)
+    x0, y0, x1, y1 = box_frac
+    layer[round(y0 * h) : round(y1 * h), round(x0 * w) : round(x1 * w)] = rgba
+    return layer
 
 
 def _settings(**kw) -> dict:
@@ -188,87 +184,218 @@ def _settings(**kw) -> dict:
     return {**base, **kw}
 
 
+def _preview(st: WebState) -> Image.Image:
+    from blendedit.web.canvas import preview
+
+    return preview(st.session.photo, st.session.current_pixels, 320)
+
+
 def test_upload_generate_keep_undo_redo_and_downloads(app, shared_images: Path):
-    photo = Image.open(shared_images / "chelsea.png").convert("RGB")
+    path = shared_images / "chelsea.png"
+    photo = Image.open(path).convert("RGB")
     eyes = np.asarray(Image.open(shared_images / "chelsea.mask-eyes.png")) >= 128
 
-    out = app.on_upload(_editor_value(photo, None), None, REQUEST)
+    out = app.on_upload(str(path), None, REQUEST)
     st = out[0]
     assert isinstance(st, WebState) and st.session is not None
     assert np.array_equal(np.asarray(st.session.original), np.asarray(photo))
-    assert "New photo" in out[2]  # (state, history, status, ...): no editor output on upload
+    assert st.session.source == path.read_bytes()  # the file, for the trail
+    assert st.canvas == (320, 213) and out[1]["background"].size == st.canvas
+    assert "New photo" in out[3] and "451×300 px" in out[3]
+    assert out[4].interactive is False  # nothing to download before a kept step
+    canvas = _preview(st)
 
     # Without paint: one clear line.
     with pytest.raises(InputError, match="nothing painted"):
         app.generate(
-            _ui(app, state=st, editor=_editor_value(photo, None), prompt="x", **_settings()),
+            _ui(app, state=st, editor=_editor_value(canvas, None), prompt="x", **_settings()),
             REQUEST,
             lambda *a, **k: None,
         )
+    eyes_canvas = np.asarray(Image.fromarray(eyes).resize(st.canvas, Image.Resampling.NEAREST))
     calls = []
     gallery, status, seed, st = app.generate(
-        _ui(app, state=st, editor=_editor_value(photo, eyes), prompt="sunglasses", **_settings()),
+        _ui(
+            app,
+            state=st,
+            editor=_editor_value(canvas, mask_layer(eyes_canvas)),
+            prompt="sunglasses",
+            **_settings(),
+        ),
         REQUEST,
         lambda *a, **k: calls.append(a[0]),
     )
     assert seed == 5 and len(gallery) == 2 and "2 results for 'sunglasses'" in status
     assert gallery[0][1].startswith("#1 seed ") and " score " in gallery[0][1]
+    r0 = st.generation.results[0]
+    x0, y0, x1, y1 = r0.box
+    assert gallery[0][0].size == (x1 - x0, y1 - y0)  # larger than the canvas: the region shown
+    assert "edited region" in status
     assert calls[-1] == (6, 6)  # (done, total): 2 results x 3 denoising steps
     assert sorted(st.generation.seeds) == [5, 6]
+    g = st.generation
+    assert g.mask.shape == (300, 451) and np.array_equal(g.mask, to_full(eyes_canvas, (451, 300)))
 
     st, status = app.select(st, gr.SelectData(None, {"index": 1, "value": None}))
     assert st.selected == 1 and "Selected #2" in status
     view = app.keep(st, REQUEST)
     st, editor_value, history, status = view[:4]
     assert len(history) == 2 and "Kept #2" in status
-    assert editor_value["layers"] == [] and editor_value["background"] is st.session.current_image
-    kept = st.generation.results[1]
-    assert st.session.history[0].seed == kept.seed
-    png, trail_path = app._files(st, REQUEST.session_hash)
-    assert Image.open(png).size == photo.size
+    assert editor_value["layers"] == [] and editor_value["background"].size == st.canvas
+    kept = g.results[1]
+    step = st.session.history[0]
+    assert step.seed == kept.seed and step.patch is kept.patch  # a patch, not a whole image
+    image_path, trail_path = app._files(st, REQUEST.session_hash)
+    assert image_path.endswith(".png")  # PNG in, PNG out
+    with Image.open(image_path) as im:
+        assert im.size == photo.size
+        assert "compositeWithTrainedAlgorithmicMedia" in im.info["XML:com.adobe.xmp"]
+        assert im.info["parameters"].startswith("sunglasses\n")
+        assert f"Seed: {kept.seed}" in im.info["parameters"]
+        assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(st.session.current_image))
     trail = json.loads(Path(trail_path).read_text())
     assert Path(trail_path).name == "result.json" and len(trail["steps"]) == 1
-    assert trail["model"]["name"] == str(app.editor.name)
+    assert trail["model"]["name"] == str(app.editor.name) and trail["version"] == 2
     assert trail["steps"][0]["result_sha256"] == pixels_sha256(st.session.current_image)
-
-    # The editor reporting the image we set as an "upload" changes nothing.
-    again = app.on_upload(_editor_value(st.session.current_image, None), st, REQUEST)
-    assert all(isinstance(v, type(gr.skip())) for v in again)
-    assert len(st.session.history) == 1
 
     undone = app.undo(st, REQUEST)
     st, editor_value, history, status = undone[:4]
     assert len(history) == 1 and "Undid step 1" in status and undone[-1] == "sunglasses"
-    assert np.array_equal(mask_from_editor(editor_value, photo.size), eyes)  # to try again
     assert undone[6].interactive is False and undone[7].interactive is True  # undo off, redo on
+    assert np.array_equal(np.asarray(st.session.current_image), np.asarray(photo))
     redone = app.redo(st, REQUEST)
     assert len(redone[2]) == 2 and "Redid step 1" in redone[3]
 
     # The downloaded trail replays to the kept image.
-    (image,) = replay(parse_trail(Path(trail_path)), app.editor)
-    assert np.array_equal(np.asarray(image), np.asarray(st.session.current_image))
+    (replayed,) = replay(parse_trail(Path(trail_path)), app.editor)
+    assert np.array_equal(replayed.pixels, st.session.current_pixels)
 
     # A photo that does not fit: refused with one line, the session unchanged.
-    big = Image.new("RGB", (1500, 600))
-    with pytest.warns(UserWarning, match="1500x600"):  # gr.Warning outside a request
-        refused = app.on_upload(_editor_value(big, None), st, REQUEST)
-    assert "1500x600 px" in refused[2] and "--max-side" in refused[2]
+    big = app.workdir / "big.png"
+    Image.new("RGB", (2500, 600)).save(big)
+    with pytest.warns(UserWarning, match="2500x600"):  # gr.Warning outside a request
+        refused = app.on_upload(str(big), st, REQUEST)
+    assert "2500x600 px" in refused[3] and "--max-side" in refused[3]
     assert len(st.session.history) == 1
     with pytest.raises(InputError, match="editor shows a 1500x600 picture"):
         app.generate(
-            _ui(app, state=st, editor=_editor_value(big, None), prompt="x", **_settings()),
+            _ui(app, state=st, editor=_editor_value(Image.new("RGB", (1500, 600)), None),
+                prompt="x", **_settings()),
             REQUEST,
             lambda *a, **k: None,
-        )
+        )  # fmt: skip
 
     app.unload(REQUEST)
     assert not (app.workdir / "tab1").exists()
 
 
+def _params_of_jpeg(im: Image.Image) -> str:
+    raw = im.getexif().get_ifd(0x8769)[0x9286]
+    assert raw.startswith(b"UNICODE\0")
+    return raw[8:].decode("utf-16-be")
+
+
+def test_a_large_sideways_jpeg_with_a_scribble(app, shared_images: Path, tmp_path: Path):
+    """A 1600x1200 JPEG stored sideways (EXIF 6): painted on a 240x320 preview, edited at full
+    resolution with a scribble, downloaded as an upright 1200x1600 JPEG with its metadata; far
+    from the mask the pixels are the input's (within JPEG re-encoding); the trail replays it."""
+    shown = Image.open(shared_images / "coffee.png").convert("RGB").resize((1200, 1600))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    shown.transpose(Image.Transpose.ROTATE_90).save(path, quality=95, exif=exif.tobytes())
+    shown_px = np.asarray(read_photo(path).pixels)
+
+    st = app.on_upload(str(path), None, REQUEST)[0]
+    assert st.session.size == (1200, 1600) and st.canvas == (240, 320)
+    canvas = _preview(st)
+    layer = _canvas_layer(st, (0.3, 0.3, 0.7, 0.6), (255, 0, 255, 128))  # the mask brush
+    layer[120:150, 100:140] = (250, 200, 0, 255)  # a yellow scribble inside it
+    ui = _settings(num_images=1, blend_start=0.5)
+    fed = []
+    real = app.editor
+
+    def spy(image, mask, prompt, **kw):
+        fed.append(np.array(image.pixels))
+        return real(image, mask, prompt, **kw)
+
+    app.editor = spy
+    try:
+        gallery, status, _, st = app.generate(
+            _ui(app, state=st, editor=_editor_value(canvas, layer), prompt="a lemon", **ui),
+            REQUEST,
+            lambda *a, **k: None,
+        )
+    finally:
+        app.editor = real
+    assert "Scribble:" in status and "edited region" in status
+    g = st.generation
+    assert g.scribble is not None and g.mask.shape == (1600, 1200)
+    sx0, sy0, sx1, sy1 = g.scribble.box
+    assert (sx0, sy0, sx1, sy1) == (500, 600, 700, 750)  # the canvas box x 5, exactly
+    assert g.scribble.pixels == 200 * 150
+    # The photo fed to the edit: the scribble's colour there, the photo as shown elsewhere.
+    (src,) = fed
+    assert (src[600:750, 500:700] == (250, 200, 0)).all()
+    src[600:750, 500:700] = shown_px[600:750, 500:700]
+    assert np.array_equal(src, shown_px)
+    (r,) = g.results
+    assert gallery[0][0].size[0] <= 320 and gallery[0][1].startswith("#1")
+
+    app.keep(st, REQUEST)
+    image_path, trail_path = app._files(st, REQUEST.session_hash)
+    assert image_path.endswith(".jpg")
+    with Image.open(image_path) as im:
+        assert im.format == "JPEG" and im.size == (1200, 1600)
+        assert im.getexif().get(0x0112, 1) == 1  # upright pixels, orientation reset
+        assert "compositeWithTrainedAlgorithmicMedia" in im.info["xmp"].decode()
+        assert _params_of_jpeg(im).startswith("a lemon\n")
+        out = np.asarray(im.convert("RGB")).astype(int)
+    far = np.ones((1600, 1200), bool)
+    x0, y0, x1, y1 = r.box
+    far[max(0, y0 - 16) : y1 + 16, max(0, x0 - 16) : x1 + 16] = False
+    assert far.mean() > 0.3
+    diff = np.abs(out - shown_px.astype(int))[far]
+    assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8  # JPEG re-encoding only
+    # The edit changed the region; the kept pixels inside the box are the session's.
+    assert np.array_equal(st.session.current_pixels[y0:y1, x0:x1], r.patch)
+    (replayed,) = replay(parse_trail(Path(trail_path)), app.editor)
+    assert np.array_equal(replayed.pixels, st.session.current_pixels)
+
+
+def test_an_empty_prompt_reaches_the_library(app, shared_images: Path):
+    """The web layer no longer refuses an empty prompt: it is the library's "fill from the
+    surroundings" edit (whatever the library answers, the page passes it on)."""
+    st = app.on_upload(str(shared_images / "chelsea.png"), None, REQUEST)[0]
+    seen = []
+    real = app.editor
+
+    class Spy:
+        def __call__(self, image, mask, prompt, **kw):
+            seen.append(prompt)
+            return real(image, mask, prompt, **kw)
+
+    app.editor = Spy()
+    try:
+        layer = _canvas_layer(st, (0.3, 0.3, 0.6, 0.6), (255, 0, 255, 128))
+        try:
+            gallery, status, _, _ = app.generate(
+                _ui(app, state=st, editor=_editor_value(_preview(st), layer), prompt="  ",
+                    **_settings(num_images=1)),
+                REQUEST,
+                lambda *a, **k: None,
+            )  # fmt: skip
+            assert "empty prompt" in status and len(gallery) == 1
+        except InputError as e:  # the library of this checkout still refuses it
+            assert str(e).startswith("prompt:")
+    finally:
+        app.editor = real
+    assert seen == [""]
+
+
 def test_cancel_stops_a_running_generate(app, shared_images: Path):
-    photo = Image.open(shared_images / "chelsea.png").convert("RGB")
-    st = app.on_upload(_editor_value(photo, None), None, REQUEST)[0]
-    eyes = np.asarray(Image.open(shared_images / "chelsea.mask-eyes.png")) >= 128
+    st = app.on_upload(str(shared_images / "chelsea.png"), None, REQUEST)[0]
+    layer = _canvas_layer(st, (0.3, 0.3, 0.6, 0.5), (255, 0, 255, 128))
     seen = []
 
     def progress(x, **k):
@@ -277,7 +404,7 @@ def test_cancel_stops_a_running_generate(app, shared_images: Path):
             app.cancel(REQUEST)  # the Cancel button, pressed during the first step
 
     out = app.generate(
-        _ui(app, state=st, editor=_editor_value(photo, eyes), prompt="x", **_settings()),
+        _ui(app, state=st, editor=_editor_value(_preview(st), layer), prompt="x", **_settings()),
         REQUEST,
         progress,
     )
@@ -303,7 +430,7 @@ def test_build_has_the_parts_the_page_needs(app):
     gen = [d for d in app.demo.fns.values() if d.name == "generate"]
     assert gen and all(d.concurrency_limit == 1 for d in gen)
     assert len({d.concurrency_id for d in gen}) == 1
-    assert app.server_max_bytes >= 4 * 1024**2  # room for the editor's PNG of a 1024 px photo
+    assert app.server_max_bytes >= 4 * 320**2  # room for the editor's PNG of its canvas
 
 
 def test_pixel_model_page_generates_and_keeps(tiny_clip_dir: Path, tmp_path: Path):
@@ -326,13 +453,21 @@ def test_pixel_model_page_generates_and_keeps(tiny_clip_dir: Path, tmp_path: Pat
         photo = Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 64, 3), np.uint8))
         mask = np.zeros((48, 64), bool)
         mask[10:30, 20:50] = True
-        st = app.on_upload(_editor_value(photo, None), None, REQUEST)[0]
+        src = tmp_path / "noise.png"
+        photo.save(src)
+        st = app.on_upload(str(src), None, REQUEST)[0]
         ui = _settings(method="local-clip", steps=10, blend_start=0.5, guidance=100)
         for k in ("negative_prompt", "scheduler", "size", "mask_shrink"):
             ui.pop(k)
         ui.update(sampler="ddim", fit="pad", aug_num=2)
         gallery, status, _, st = app.generate(
-            _ui(app, state=st, editor=_editor_value(photo, mask), prompt="a red ball", **ui),
+            _ui(
+                app,
+                state=st,
+                editor=_editor_value(photo, mask_layer(mask)),
+                prompt="a red ball",
+                **ui,
+            ),
             REQUEST,
             lambda *a, **k: None,
         )

@@ -11,6 +11,7 @@ from PIL import Image
 
 from blendedit.cli import build_parser, main
 from blendedit.config import EditConfig
+from blendedit.io import MAX_PIXELS, MAX_SIDE
 from blendedit.web.cli import is_loopback
 from blendedit.web.session import Generation, Session
 
@@ -25,7 +26,10 @@ def _error_line(capsys) -> str:
 def test_serve_defaults_are_safe():
     args = build_parser().parse_args(["serve"])
     assert args.host == "127.0.0.1" and args.port == 7860
-    assert args.max_upload_mb == 20 and args.max_side == 2048 and args.method == "latent"
+    assert args.method == "latent"
+    # Uploads are capped, at the library's own limits (a 48 MP phone photo is taken).
+    assert args.max_side == MAX_SIDE and args.max_megapixels * 1e6 == MAX_PIXELS >= 48e6
+    assert args.max_upload_mb == 200
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
 
@@ -36,6 +40,8 @@ def test_serve_defaults_are_safe():
         (["--port", "70000"], "port: 70000"),
         (["--max-side", "10"], "max_side: 10"),
         (["--max-upload-mb", "0"], "max_upload_mb: 0"),
+        (["--max-side", "20000"], "max_side: 20000"),
+        (["--max-megapixels", "500"], "max_megapixels: 500"),
         (["--method", "pixel"], "needs --model with the ADM checkpoint"),
     ],
 )
@@ -69,8 +75,9 @@ def test_replay_writes_every_step_and_checks_it(trail_file, tmp_path: Path, caps
         "01-mask.png",
         "01-sunglasses.png",
     ]
-    got = np.asarray(Image.open(out / "01-sunglasses.png"))
-    assert np.array_equal(got, np.asarray(session.current_image))
+    with Image.open(out / "01-sunglasses.png") as im:
+        assert np.array_equal(np.asarray(im), np.asarray(session.current_image))
+        assert "compositeWithTrainedAlgorithmicMedia" in im.info["XML:com.adobe.xmp"]
     assert np.array_equal(np.asarray(Image.open(out / "01-mask.png")) >= 128, session.steps[0].mask)
 
 

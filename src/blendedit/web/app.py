@@ -1,21 +1,28 @@
 """The interactive editor: a local Gradio app over the library (``blendedit serve``).
 
-Upload a photo, paint the region to edit with the brush (size, eraser and clear built into the
-editor; invert as a checkbox), type a prompt, Generate: a ranked gallery of results with their seeds
-and CLIP scores. Keep one and it becomes the input of the next edit; the history strip, Undo and
-Redo move along the kept steps; the current image and the session's ``result.json`` trail (every
-step's prompt, mask, seed and settings: ``blendedit replay`` regenerates it) can be downloaded.
+Upload a photo (up to the library's caps: 16384 px a side, 100 MP), paint on a preview of it: the
+translucent brush marks the region to edit, opaque colours scribble what should appear there (BLD
+paper 5.3); type a prompt (or none: fill from the surroundings), Generate: a ranked gallery of
+results with their seeds and CLIP scores. The painting is mapped back to full resolution exactly
+(:mod:`blendedit.web.canvas`) and the edit runs on the full-resolution photo (the library's edit
+frame crops around the mask at the model's resolution). Keep one and it becomes the input of the
+next edit; the history strip, Undo and Redo move along the kept steps; the current image
+(full resolution, shown the way the upload was, in its format, with the generation parameters
+and the AI-edit marker) and the session's ``result.json`` trail (every step's prompt, mask,
+scribble, seed and settings: ``blendedit replay`` regenerates it) can be downloaded.
 
 Safe by default: the CLI binds 127.0.0.1; uploads are capped in bytes and in pixels, told in one
 line in the browser before a file is sent (``UPLOAD_CHECK_JS``) and enforced by the server
-(Gradio's ``max_file_size``, and ``max_side`` on arrival); one generation runs at a time (a queue with a visible position, and a
-lock, so a cancelled run still finishing holds the device until it stops); every bad input is a
-one-line message, never a stack trace. Gradio's telemetry and version check are switched off
-before it is imported, and the page loads nothing from outside the server.
+(Gradio's ``max_file_size``, and the size check on arrival, before the photo is decoded); one
+generation runs at a time (a queue with a visible position, and a lock, so a cancelled run still
+finishing holds the device until it stops); every bad input is a one-line message, never a stack
+trace. Gradio's telemetry and version check are switched off before it is imported, and the page
+loads nothing from outside the server.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -38,34 +45,50 @@ import numpy as np
 import torch
 from PIL import Image
 
+from blendedit import io as bio
 from blendedit.config import BACKGROUND_MODES, MASK_SHRINK_MODES, PRESETS
 from blendedit.errors import BlendEditError, InputError
 from blendedit.io import MIN_SIDE
 from blendedit.models import SCHEDULERS
+from blendedit.photo import Photo, output_format, read_photo, save_photo
+from blendedit.web.canvas import (
+    PREVIEW_SIDE,
+    paint_from_editor,
+    preview,
+    scribble_from_canvas,
+    to_full,
+)
 from blendedit.web.session import (
     Generation,
+    Result,
     Session,
     mask_to_image,
 )
 
 logger = logging.getLogger(__name__)
 
-MASK_RGB = (255, 0, 255)  # the brush: magenta at half opacity, so the photo shows through
+MASK_RGB = (255, 0, 255)  # the mask brush: magenta at half opacity, so the photo shows through
 MASK_OPACITY = 0.5
-MASK_ALPHA_MIN = 16  # painted layer pixels with at least this alpha (of 255) are in the mask
+SCRIBBLE_COLORS = (  # opaque scribble colours offered next to the mask brush (any other works too)
+    "#e6194b", "#f58231", "#ffe119", "#3cb44b", "#4363d8", "#911eb4", "#8b5a2b", "#000000",
+    "#ffffff",
+)  # fmt: skip
 THUMB_SIDE = 256  # px; history thumbnails
 PROGRESS_EVERY_S = 0.25  # at most four progress updates a second reach the page
+PHOTO_TYPES = [".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".bmp"]
 
 
 @dataclass
 class ServeOptions:
-    """Limits of a served editor."""
+    """Limits of a served editor; the defaults are the library's own caps."""
 
-    max_upload_mb: float = 20.0  # MiB of one photo file (told in the browser before it is sent)
-    max_side: int = 2048  # px; longest side of an uploaded photo
+    max_upload_mb: float = 200.0  # MiB of one photo file (told in the browser before it is sent)
+    max_side: int = bio.MAX_SIDE  # px; longest side of an uploaded photo
+    max_pixels: int = bio.MAX_PIXELS  # pixels of an uploaded photo (100 MP)
     max_results: int = 16  # results per Generate
     max_queue: int = 16  # Generate requests waiting; more are refused with a message
     default_results: int = 4
+    preview_side: int = PREVIEW_SIDE  # px; long side of the canvas the brush paints on
 
 
 @dataclass
@@ -76,6 +99,8 @@ class WebState:
     generation: Generation | None = None
     selected: int | None = None
     serial: int = 0  # counts uploads; names this tab's download folders
+    canvas: tuple[int, int] = (0, 0)  # (w, h) of the preview the editor shows
+    original_thumb: Image.Image | None = None
 
 
 class Cancelled(Exception):
@@ -85,60 +110,83 @@ class Cancelled(Exception):
 # -- pure helpers (tested without a browser) ------------------------------------------------------
 
 
-def mask_from_editor(value: Mapping[str, Any] | None, size: tuple[int, int]) -> np.ndarray:
-    """The painted region of an ImageEditor value as a bool (H, W) array at ``size`` = (W, H):
-    every layer pixel with paint on it (any colour; erased pixels have none)."""
-    h, w = size[1], size[0]
-    mask = np.zeros((h, w), bool)
-    for layer in (value or {}).get("layers") or []:
-        if layer is None:
-            continue
-        a = np.asarray(layer)
-        if a.ndim != 3 or a.shape[2] != 4:
-            continue
-        painted = a[..., 3] >= MASK_ALPHA_MIN
-        if painted.shape != (h, w):
-            painted = (
-                np.asarray(
-                    Image.fromarray(painted.astype(np.uint8) * 255).resize(
-                        (w, h), Image.Resampling.NEAREST
-                    )
-                )
-                > 0
-            )
-        mask |= painted
-    if not mask.any():
+def mask_from_editor(
+    value: Mapping[str, Any] | None, size: tuple[int, int], canvas: tuple[int, int] | None = None
+) -> np.ndarray:
+    """The painted region (mask and scribble paint) of an ImageEditor value as a bool (H, W)
+    array at the photo's full ``size`` = (W, H), from a ``canvas`` (w, h) preview (default: the
+    background's size, else the photo's)."""
+    if canvas is None:
+        bg = (value or {}).get("background")
+        canvas = size if bg is None else (np.asarray(bg).shape[1], np.asarray(bg).shape[0])
+    painted, _ = paint_from_editor(value, canvas)
+    if not painted.any():
         raise InputError("mask: nothing painted; paint the region to edit with the brush")
-    return mask
+    return to_full(painted, size)
 
 
 def mask_layer(mask: np.ndarray) -> np.ndarray:
-    """A bool mask as an RGBA editor layer painted with the brush's colour."""
+    """A bool mask as an RGBA editor layer painted with the mask brush."""
     layer = np.zeros((*mask.shape, 4), np.uint8)
     layer[mask] = (*MASK_RGB, round(255 * MASK_OPACITY))
     return layer
 
 
-def photo_from_upload(background: np.ndarray | None, max_side: int) -> tuple[Image.Image, str]:
-    """The uploaded photo from the editor's background layer, checked: (RGB image, warning)."""
-    if background is None:
-        raise InputError("image: no photo; upload one (PNG or JPEG)")
-    a = np.asarray(background)
-    if a.ndim == 2:
-        a = np.stack([a] * 3, axis=-1)
-    h, w = a.shape[:2]
-    if max(w, h) > max_side or min(w, h) < MIN_SIDE:
+def check_photo_file(path: str | os.PathLike[str], options: ServeOptions) -> tuple[int, int]:
+    """An uploaded file against the server's caps, from its header, before it is decoded:
+    returns its stored (W, H); one-line InputError naming the cap otherwise."""
+    from blendedit.photo import _register_heif
+
+    p = Path(path)
+    name = p.name
+    size = p.stat().st_size
+    if size > options.max_upload_mb * 1024 * 1024:
         raise InputError(
-            f"image: {w}x{h} px is outside what this editor accepts ({MIN_SIDE} to {max_side} px "
-            f"a side); resize the photo first, or start the server with a larger --max-side"
+            f"image: {name} is {size / 1048576:.1f} MiB; this editor accepts files up to "
+            f"{options.max_upload_mb:g} MiB (server option --max-upload-mb)"
         )
-    note = ""
-    if a.shape[2] == 4:
-        alpha = a[..., 3:4].astype(np.float32) / 255
-        if alpha.min() < 1:
-            note = "the photo had transparent pixels; they were flattened onto white"
-        a = (a[..., :3] * alpha + 255 * (1 - alpha)).round().astype(np.uint8)
-    return Image.fromarray(np.ascontiguousarray(a[..., :3]), "RGB"), note
+    _register_heif()
+    try:
+        with Image.open(p) as im:
+            w, h = im.size
+    except Image.DecompressionBombError:
+        w, h = options.max_side + 1, options.max_side + 1
+    except Exception:
+        raise InputError(f"image: cannot read {name} as an image") from None
+    if max(w, h) > options.max_side or min(w, h) < MIN_SIDE:
+        raise InputError(
+            f"image: {name} is {w}x{h} px; this editor accepts {MIN_SIDE} to {options.max_side} "
+            "px a side (server option --max-side); resize it first"
+        )
+    if w * h > options.max_pixels:
+        raise InputError(
+            f"image: {name} is {w}x{h} px ({w * h / 1e6:.1f} MP); this editor accepts up to "
+            f"{options.max_pixels / 1e6:g} MP (server option --max-megapixels); resize it first"
+        )
+    return w, h
+
+
+def read_upload(path: str | os.PathLike[str], options: ServeOptions) -> Session:
+    """A new session from an uploaded file: checked against the caps, read as shown (EXIF
+    orientation, colour profile, bit depth kept), the file's bytes kept for the trail."""
+    check_photo_file(path, options)
+    p = Path(path)
+    photo = read_photo(p, "image")
+    return Session(photo, source=p.read_bytes(), source_name=p.name)
+
+
+def result_view(photo: Photo, base: np.ndarray, r: Result, side: int) -> tuple[Image.Image, bool]:
+    """A result as the gallery shows it: (sRGB image, is_detail). The whole image when the
+    photo fits in ``side``; else the box the edit worked on (full resolution, at most ``side``),
+    so the edit can be judged at its real sharpness."""
+    if max(photo.size) <= side:
+        out = base.copy()
+        x0, y0, x1, y1 = r.box
+        out[y0:y1, x0:x1] = r.patch
+        return Image.fromarray(dataclasses.replace(photo, pixels=out, alpha=None).to_srgb()), False
+    image = Image.fromarray(dataclasses.replace(photo, pixels=r.patch, alpha=None).to_srgb())
+    image.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return image, True
 
 
 def _num(ui: Mapping[str, Any], key: str, label: str, cast: Callable[[Any], Any]) -> Any:
@@ -231,13 +279,14 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 # -- the app ---------------------------------------------------------------------------------------
 
-# Checks a photo in the browser before the editor reads it: Gradio's editor hangs silently when the
-# server refuses an upload as too large, so the caps are told here, in one line, first. The server
-# still enforces both (max_file_size, and the size check in on_upload).
+# Checks a photo in the browser before it is sent: Gradio's upload hangs silently when the server
+# refuses a file as too large, so the caps are told here, in one line, first. The server still
+# enforces them all (max_file_size, and check_photo_file in on_upload).
 UPLOAD_CHECK_JS = """
 <script>
 (() => {
   const MAX_BYTES = %(max_bytes)d, MAX_SIDE = %(max_side)d, MIN_SIDE = %(min_side)d;
+  const MAX_PIXELS = %(max_pixels)d;
   const say = (text) => {
     const el = document.getElementById("upload-check-msg");
     if (el) { el.textContent = text; el.style.display = text ? "block" : "none"; }
@@ -249,20 +298,25 @@ UPLOAD_CHECK_JS = """
       return `image: ${file.name} is ${(file.size / 1048576).toFixed(1)} MiB; this editor ` +
         `accepts files up to ${(MAX_BYTES / 1048576).toFixed(1)} MiB (server option --max-upload-mb)`;
     }
+    let w = 0, h = 0;
     try {
       const bmp = await createImageBitmap(file);
-      const w = bmp.width, h = bmp.height;
+      w = bmp.width; h = bmp.height;
       bmp.close();
-      if (Math.max(w, h) > MAX_SIDE || Math.min(w, h) < MIN_SIDE) {
-        return `image: ${file.name} is ${w}x${h} px; this editor accepts ${MIN_SIDE} to ` +
-          `${MAX_SIDE} px a side (server option --max-side); resize it first`;
-      }
     } catch (err) {
-      return `image: cannot read ${file.name} as an image`;
+      return "";  // a format this browser cannot decode (HEIC, TIFF): the server checks it
+    }
+    if (Math.max(w, h) > MAX_SIDE || Math.min(w, h) < MIN_SIDE) {
+      return `image: ${file.name} is ${w}x${h} px; this editor accepts ${MIN_SIDE} to ` +
+        `${MAX_SIDE} px a side (server option --max-side); resize it first`;
+    }
+    if (w * h > MAX_PIXELS) {
+      return `image: ${file.name} is ${w}x${h} px (${(w * h / 1e6).toFixed(1)} MP); this ` +
+        `editor accepts up to ${MAX_PIXELS / 1e6} MP (server option --max-megapixels)`;
     }
     return "";
   };
-  const inEditor = (el) => el instanceof Element && el.closest("#editor");
+  const inEditor = (el) => el instanceof Element && el.closest("#photo-file");
   document.addEventListener("change", async (e) => {
     const input = e.target;
     if (!(input instanceof HTMLInputElement) || input.type !== "file" || !inEditor(input)) return;
@@ -334,64 +388,81 @@ class EditorApp:
 
     # -- views --------------------------------------------------------------------------------
 
-    @staticmethod
-    def editor_value(image: Image.Image | None, mask: np.ndarray | None = None) -> Any:
-        if image is None:
-            return None
-        layers = [mask_layer(mask)] if mask is not None else []
-        return {"background": image, "layers": layers, "composite": image}
-
-    def _files(self, st: WebState, sid: str) -> tuple[str | None, str | None]:
-        """The current image as PNG and the trail as result.json, in a folder per image state."""
+    def editor_value(self, st: WebState) -> Any:
+        """The editor showing the current image's preview, unpainted. (Paint is never set from
+        the server: Gradio 6 draws a layer given as a value off its place.)"""
         s = st.session
         if s is None:
+            return None
+        image = preview(s.photo, s.current_pixels, self.options.preview_side)
+        st.canvas = image.size
+        return {"background": image, "layers": [], "composite": image}
+
+    def _files(self, st: WebState, sid: str) -> tuple[str | None, str | None]:
+        """The current image (full resolution, the input's format, with the parameters and the
+        AI-edit marker) and the trail as result.json, in a folder per image state; nothing
+        before the first kept step. Folders of this tab's other states are removed."""
+        s = st.session
+        if s is None or s.cursor == 0:
             return None, None
-        folder = self.workdir / _safe(sid) / f"upload{st.serial}-image{s.current_id}"
-        png = folder / f"blendedit-step{s.cursor}.png"
+        root = self.workdir / _safe(sid)
+        name = f"upload{st.serial}-image{s.current_id}"
+        folder = root / name
+        fmt = output_format(None, s.photo)
+        stem = _safe(Path(s.source_name).stem) or "photo"
+        image = folder / f"{stem}-blendedit-step{s.cursor}.{'jpg' if fmt == 'jpeg' else fmt}"
         trail = folder / "result.json"
         if not trail.exists():
+            if root.is_dir():
+                for old in root.iterdir():
+                    if old.name != name:
+                        shutil.rmtree(old, ignore_errors=True)
             folder.mkdir(parents=True, exist_ok=True)
-            s.current_image.save(png, format="PNG")
+            if not image.exists():
+                save_photo(s.current_pixels, s.photo, image, parameters=s.history[-1].parameters)
             tmp = folder / ".result.json.tmp"
             tmp.write_text(json.dumps(s.to_trail(self.model_info), indent=1) + "\n")
             tmp.replace(trail)
-        return str(png), str(trail)
+        return str(image), str(trail)
 
     def _history(self, st: WebState) -> list[tuple[Image.Image, str]]:
         s = st.session
         if s is None:
             return []
-        items = [(_thumb(s.original), "original")]
+        items = [(st.original_thumb or _thumb(s.photo, s.photo.pixels), "original")]
         for i, step in enumerate(s.history, start=1):
-            items.append((_thumb(step.image), f"{i}: {_short(step.prompt)} (seed {step.seed})"))
+            thumb = step.thumb if step.thumb is not None else _thumb(s.photo, s.current_pixels)
+            items.append((thumb, f"{i}: {_short(step.prompt) or '(no prompt)'} (seed {step.seed})"))
         return items
 
     def status_text(self, st: WebState, message: str = "") -> str:
         s = st.session
         if s is None:
-            line = "Upload a photo to start: drop it on the editor, or click it to browse."
+            line = "Upload a photo to start: drop it on the Photo box, or click it to browse."
         else:
-            w, h = s.current_image.size
+            w, h = s.size
             n = len(s.history)
             line = (
-                f"**{'Original photo' if n == 0 else f'After step {n}'}** · {w}×{h} px · "
+                f"**{'Original photo' if n == 0 else f'After step {n}'}** · {w}×{h} px "
+                f"({w * h / 1e6:.1f} MP, painted on a {st.canvas[0]}×{st.canvas[1]} preview) · "
                 f"{n} kept step{'s' if n != 1 else ''}"
             )
             if s.can_redo:
                 line += f" · {s.redo_count} to redo"
         return f"{message}\n\n{line}" if message else line
 
-    def view(self, st: WebState, sid: str, message: str = "", editor: Any = None) -> tuple:
+    def view(self, st: WebState, sid: str, message: str = "", editor: bool = False) -> tuple:
         """Everything that shows the session: state, editor, history, status, downloads, buttons.
-        ``editor``: the editor's new value, or None to leave it as it is."""
+        ``editor``: show the current image in the editor (unpainted), else leave it as it is."""
         s = st.session
-        png, trail = self._files(st, sid)
+        ed = self.editor_value(st) if editor else gr.skip()
+        image, trail = self._files(st, sid)
         return (
             st,
-            gr.skip() if editor is None else editor,
+            ed,
             self._history(st),
             self.status_text(st, message),
-            gr.DownloadButton(value=png, interactive=png is not None),
+            gr.DownloadButton(value=image, interactive=image is not None),
             gr.DownloadButton(value=trail, interactive=trail is not None),
             gr.Button(interactive=bool(s and s.can_undo)),
             gr.Button(interactive=bool(s and s.can_redo)),
@@ -399,58 +470,70 @@ class EditorApp:
 
     # -- handlers -------------------------------------------------------------------------------
 
-    def on_upload(self, value: Any, state: WebState | None, request: gr.Request) -> tuple:
-        """A new photo: a new session (the previous one's history is dropped)."""
+    def on_upload(self, path: str | None, state: WebState | None, request: gr.Request) -> tuple:
+        """A new photo file: a new session (the previous one's history is dropped)."""
         st = state or WebState()
         sid = _sid(request)
+        if not path:  # the file box was cleared
+            return (gr.skip(),) * 8
+        t0 = time.perf_counter()
         try:
-            photo, note = photo_from_upload((value or {}).get("background"), self.options.max_side)
-            session = Session(photo)
+            session = read_upload(path, self.options)
         except BlendEditError as e:
-            # Refuse it, with the reason in one line; the session stays as it was (Generate
-            # checks that the editor still shows the session's image).
+            # Refuse it, with the reason in one line; the session stays as it was.
             gr.Warning(one_line(e))
-            return _without_editor(self.view(st, sid, f"⚠ {one_line(e)}"))
-        if st.session is not None and _same_pixels(photo, st.session.current_image):
-            # The editor reports the image we set ourselves (keep, undo, redo) as an upload too.
-            return (gr.skip(),) * 7
+            return self.view(st, sid, f"⚠ {one_line(e)}")
         had = st.session is not None and bool(st.session.steps)
         st.session, st.generation, st.selected = session, None, None
         st.serial += 1
-        if note:
-            gr.Warning(note)
-        msg = "New photo: paint the region to edit, type a prompt, then Generate."
+        st.original_thumb = _thumb(session.photo, session.photo.pixels)
+        notes = []
+        if session.photo.orientation != 1:
+            notes.append(f"turned upright by its EXIF orientation {session.photo.orientation}")
+        if session.photo.alpha is not None:
+            notes.append("its transparency is kept in PNG/WebP downloads")
+        msg = (
+            f"New photo ({time.perf_counter() - t0:.1f} s): paint the region to edit, type a "
+            "prompt, then Generate."
+        )
+        if notes:
+            msg += " The photo was " + "; ".join(notes) + "."
         if had:
             msg += " (The previous photo's history was cleared.)"
-        return _without_editor(self.view(st, sid, msg))
+        return self.view(st, sid, msg, editor=True)
 
     def on_clear(self, state: WebState | None, request: gr.Request) -> tuple:
-        """The editor's own clear (trash) button: keep the photo, drop the paint."""
+        """Clear the paint (mask and scribble); keep the photo."""
         st = state or WebState()
-        img = st.session.current_image if st.session else None
-        return self.view(st, _sid(request), "Mask cleared.", editor=self.editor_value(img))
+        return self.view(st, _sid(request), "Paint cleared.", editor=True)
 
     def generate(
         self, ui: dict[Any, Any], request: gr.Request, progress: Any = gr.Progress()
     ) -> tuple:
-        """Run the edit on the current image; outputs: results, status, seed box, state."""
+        """Run the edit on the current image at full resolution; outputs: results, status, seed
+        box, state. The prompt may be empty (fill the region from its surroundings)."""
         values = {self._names.get(k, k): v for k, v in ui.items()}
         st: WebState = values.get("state") or WebState()
         if st.session is None:
             raise InputError("image: upload a photo first")
         prompt = str(values.get("prompt") or "").strip()
-        if not prompt:
-            raise InputError("prompt: type what the painted region should become")
         s = st.session
-        image, base = s.current_image, s.current_id
-        bg = (values.get("editor") or {}).get("background")
-        if bg is not None and (bg.shape[1], bg.shape[0]) != image.size:
+        base = s.current_id
+        value = values.get("editor") or {}
+        bg = value.get("background")
+        canvas = st.canvas
+        if bg is not None and (bg.shape[1], bg.shape[0]) != canvas:
             raise InputError(
-                f"image: the editor shows a {bg.shape[1]}x{bg.shape[0]} picture, not the session's "
-                f"{image.width}x{image.height} photo; upload the photo again"
+                f"image: the editor shows a {bg.shape[1]}x{bg.shape[0]} picture, not the "
+                f"session's {canvas[0]}x{canvas[1]} preview; upload the photo again"
             )
-        mask = mask_from_editor(values.get("editor"), image.size)
         method, cfg = settings_from_ui(self.kind, values, self.options.max_results)
+        painted, layer = paint_from_editor(value, canvas)
+        if not painted.any():
+            raise InputError("mask: nothing painted; paint the region to edit with the brush")
+        mask = to_full(painted, s.size)  # (H, W) bool, as painted
+        region = ~mask if cfg.invert_mask else mask
+        scribble = None if layer is None else scribble_from_canvas(layer, s.size, region)
         seed = (
             secrets.randbelow(10**6)
             if values.get("random_seed")
@@ -476,21 +559,43 @@ class EditorApp:
         torch.set_flush_denormal(True)
         progress(0, desc="waiting for the device" if self._device_lock.locked() else "encoding")
         t0 = time.perf_counter()
+        photo = s.current_photo
         try:
             with self._device_lock:
-                result = self.editor(image, mask, prompt, config=cfg, seed=seed, progress=report)
+                source = photo
+                if scribble is not None:  # BLD 5.3: the edit starts from the scribbled photo
+                    source = dataclasses.replace(photo, pixels=scribble.apply(photo))
+                result = self.editor(source, mask, prompt, config=cfg, seed=seed, progress=report)
+                del source
         except Cancelled:
             return gr.skip(), "Cancelled.", gr.skip(), st
         seeds = [seed + i for i in range(cfg.num_images)]
-        st.generation = Generation.from_edit(base, prompt, mask, method, cfg, seeds, result)
+        st.generation = Generation.from_edit(
+            base, prompt, mask, method, cfg, seeds, result, scribble
+        )
         st.selected = None
-        gallery = [(r.image, r.caption) for r in st.generation.results]
+        gallery = []
+        details = False
+        for r in st.generation.results:
+            image, detail = result_view(photo, photo.pixels, r, self.options.preview_side)
+            details |= detail
+            gallery.append((image, r.caption))
         n = len(gallery)
+        what = repr(_short(prompt)) if prompt else "an empty prompt (fill from the surroundings)"
         msg = (
-            f"{n} result{'s' if n != 1 else ''} for {_short(prompt)!r} in "
+            f"{n} result{'s' if n != 1 else ''} for {what} in "
             f"{time.perf_counter() - t0:.1f} s, best first. Click one, then **Keep** to "
             "continue editing from it (Keep takes the best if none is selected)."
         )
+        if details:
+            x0, y0, x1, y1 = st.generation.results[0].box
+            msg += f" The results show the edited region ({x1 - x0}×{y1 - y0} px of the photo)."
+        if scribble is not None:
+            msg += f" Scribble: {scribble.pixels:,} px of colour inside the edit region."
+            if cfg.blend_start < 0.2:
+                msg += " (Raise Blend start to 0.3-0.6 so the drawing guides the result.)"
+        elif layer is not None:
+            msg += " The colour strokes lie outside the edit region and were not used."
         return gallery, self.status_text(st, msg), seed, st
 
     def cancel(self, request: gr.Request) -> str:
@@ -515,24 +620,26 @@ class EditorApp:
         if st.session is None or st.generation is None:
             raise InputError("keep: nothing to keep yet; Generate first")
         index = st.selected or 0
-        step = st.session.keep(st.generation, index, meta=self.model_info)
+        st.session.keep(st.generation, index, meta=self.model_info, thumb=_photo_thumb)
         r = st.generation.results[index]
         msg = (
             f"Kept {r.caption} as step {st.session.cursor}. Paint the next region, "
             "or Undo to try another result."
         )
-        return self.view(st, _sid(request), msg, editor=self.editor_value(step.image))
+        return self.view(st, _sid(request), msg, editor=True)
 
     def undo(self, state: WebState | None, request: gr.Request) -> tuple:
-        """Back one step; the editor shows the undone step's mask and the prompt box its prompt,
-        ready to change and try again."""
+        """Back one step; the prompt box gets the undone step's prompt, ready to change and try
+        again (paint the region again)."""
         st = state or WebState()
         if st.session is None:
             raise InputError("undo: nothing to undo; upload a photo first")
         step = st.session.undo()
-        msg = f"Undid step {st.session.cursor + 1} ({_short(step.prompt)!r}); Redo brings it back."
-        ed = self.editor_value(st.session.current_image, step.mask)
-        return (*self.view(st, _sid(request), msg, editor=ed), step.prompt)
+        msg = (
+            f"Undid step {st.session.cursor + 1} ({_short(step.prompt)!r}); Redo brings it back. "
+            "Paint a region to try again."
+        )
+        return (*self.view(st, _sid(request), msg, editor=True), step.prompt)
 
     def redo(self, state: WebState | None, request: gr.Request) -> tuple:
         st = state or WebState()
@@ -540,7 +647,7 @@ class EditorApp:
             raise InputError("redo: nothing to redo")
         step = st.session.redo()
         msg = f"Redid step {st.session.cursor} ({_short(step.prompt)!r})."
-        return self.view(st, _sid(request), msg, editor=self.editor_value(step.image))
+        return self.view(st, _sid(request), msg, editor=True)
 
     def unload(self, request: gr.Request) -> None:
         """A tab closed: drop its cancel flag and its download files."""
@@ -561,45 +668,67 @@ class EditorApp:
         info = self.model_info
         latent = self.kind == "latent"
         native = getattr(self.editor, "native_size", None) if latent else None
-        with gr.Blocks(title="blendedit", analytics_enabled=False) as demo:
+        with gr.Blocks(
+            title="blendedit", analytics_enabled=False, delete_cache=(3600, 3600)
+        ) as demo:
             state = gr.State(None)
             gr.Markdown(
                 "## blendedit: interactive editor\n"
                 f"Model `{info.get('name') or '?'}` ({info['method']}, {info['dtype']} on "
-                f"{info['device']}). Upload a photo, paint the region to change, describe what "
-                "it should become, Generate, Keep the result you like, and go on editing it. "
-                "One generation runs at a time; your place in the queue shows over the results."
+                f"{info['device']}). Upload a photo (up to {o.max_pixels / 1e6:g} MP), paint the "
+                "region to change with the translucent brush, scribble a rough drawing in colour "
+                "inside it if you like, describe what it should become, Generate, Keep the "
+                "result you like, and go on editing it. The edit runs on the full-resolution "
+                "photo; one generation runs at a time."
             )
             with gr.Row(equal_height=False):
                 with gr.Column(scale=3):
+                    photo_in = gr.File(
+                        label=(
+                            f"Photo (JPEG, PNG, WebP, HEIC, AVIF, TIFF; up to "
+                            f"{o.max_upload_mb:g} MiB and {o.max_pixels / 1e6:g} MP)"
+                        ),
+                        elem_id="photo-file",
+                        file_count="single",
+                        file_types=PHOTO_TYPES,
+                        type="filepath",
+                        height=90,
+                    )
+                    gr.HTML('<div id="upload-check-msg" role="alert"></div>', padding=False)
                     editor = gr.ImageEditor(
-                        label="Photo and mask (brush: paint the region to edit; eraser; clear)",
+                        label=(
+                            "Paint: translucent magenta = the region to edit; an opaque colour "
+                            "= a scribble of what to draw there (pick it with the palette)"
+                        ),
                         elem_id="editor",
                         type="numpy",
                         image_mode="RGBA",
                         format="png",
-                        sources=("upload",),
+                        sources=(),
                         transforms=(),
                         layers=False,
                         brush=gr.Brush(
                             default_size="auto",
-                            colors=[(_rgb(MASK_RGB), MASK_OPACITY)],
-                            color_mode="fixed",
+                            colors=[(_rgb(MASK_RGB), MASK_OPACITY), *SCRIBBLE_COLORS],
+                            default_color=(_rgb(MASK_RGB), MASK_OPACITY),
+                            color_mode="defaults",
                         ),
                         eraser=gr.Eraser(default_size="auto"),
                         canvas_size=(768, 512),
                         height=560,
                     )
-                    gr.HTML('<div id="upload-check-msg" role="alert"></div>', padding=False)
                     with gr.Row():
                         invert = gr.Checkbox(
                             label="Invert mask: edit everything outside the paint",
                             elem_id="invert",
                         )
-                        clear = gr.Button("Clear mask", size="sm", elem_id="clear-mask")
+                        clear = gr.Button("Clear paint", size="sm", elem_id="clear-mask")
                     prompt = gr.Textbox(
                         label="Prompt",
-                        placeholder="what the painted region should become, e.g. 'sunglasses'",
+                        placeholder=(
+                            "what the painted region should become, e.g. 'sunglasses'; "
+                            "empty: fill it from its surroundings"
+                        ),
                         elem_id="prompt",
                         max_lines=3,
                     )
@@ -654,12 +783,7 @@ class EditorApp:
 
             # Progress, queue position and errors show on one component per event, not on all.
             quiet = {"show_progress": "minimal", "show_progress_on": [history]}
-            editor.upload(
-                friendly(self.on_upload),
-                [editor, state],
-                [v for v in view if v is not editor],
-                **quiet,
-            )
+            photo_in.upload(friendly(self.on_upload), [photo_in, state], view, **quiet)
             editor.clear(friendly(self.on_clear), [state], view, **quiet)
             clear.click(friendly(self.on_clear), [state], view, **quiet)
             run = {
@@ -777,9 +901,9 @@ class EditorApp:
 
     @property
     def server_max_bytes(self) -> int:
-        """The largest file the server takes: the photo cap, or the editor's lossless PNG of the
-        largest photo it accepts (RGBA, worst case), whichever is larger."""
-        png_worst = 4 * self.options.max_side**2 + (1 << 20)
+        """The largest file the server takes: the photo cap, or the editor's lossless PNG of its
+        canvas (the preview, RGBA, worst case), whichever is larger."""
+        png_worst = 4 * self.options.preview_side**2 + (1 << 20)
         return max(int(self.options.max_upload_mb * 1024 * 1024), png_worst)
 
     def launch(self, host: str = "127.0.0.1", port: int = 7860, quiet: bool = True) -> str:
@@ -804,6 +928,7 @@ class EditorApp:
                 % {
                     "max_bytes": int(self.options.max_upload_mb * 1024 * 1024),
                     "max_side": self.options.max_side,
+                    "max_pixels": self.options.max_pixels,
                     "min_side": MIN_SIDE,
                 },
                 footer_links=[],
@@ -831,20 +956,24 @@ def _short(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _thumb(image: Image.Image) -> Image.Image:
-    t = image.copy()
-    t.thumbnail((THUMB_SIDE, THUMB_SIDE))
-    return t
+def _thumb(photo: Photo, pixels: np.ndarray) -> Image.Image:
+    return preview(photo, pixels, THUMB_SIDE)
+
+
+def _photo_thumb(photo: Photo) -> Image.Image:
+    return preview(photo, photo.pixels, THUMB_SIDE)
 
 
 __all__ = [
     "EditorApp",
     "ServeOptions",
     "WebState",
+    "check_photo_file",
     "mask_from_editor",
     "mask_layer",
     "mask_to_image",
-    "photo_from_upload",
+    "read_upload",
+    "result_view",
     "settings_from_ui",
 ]
 
@@ -854,12 +983,3 @@ def build_app(editor: Any, **kwargs: Any) -> EditorApp:
     app = EditorApp(editor, **kwargs)
     app.build()
     return app
-
-
-def _same_pixels(a: Image.Image, b: Image.Image) -> bool:
-    return a.size == b.size and np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b))
-
-
-def _without_editor(view: tuple) -> tuple:
-    """A view's outputs less the editor (the upload event does not set the editor it came from)."""
-    return (view[0], *view[2:])

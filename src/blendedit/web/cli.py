@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from blendedit.errors import InputError
+from blendedit.io import MAX_PIXELS, MAX_SIDE
 from blendedit.models import DEFAULT_MODEL, DTYPES
 from blendedit.ranking import DEFAULT_CLIP_MODEL
 
@@ -116,14 +117,22 @@ def add_parser(sub: Any) -> None:
     n.add_argument(
         "--max-upload-mb",
         type=float,
-        default=20.0,
-        help="largest uploaded file in MiB (default 20)",
+        default=200.0,
+        help="largest uploaded file in MiB (default 200)",
     )
     n.add_argument(
         "--max-side",
         type=int,
-        default=2048,
-        help="longest side of an uploaded photo in px (default 2048); results come at its size",
+        default=MAX_SIDE,
+        help=f"longest side of an uploaded photo in px (default {MAX_SIDE}, the library's cap); "
+        "results come at its full size",
+    )
+    n.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=MAX_PIXELS / 1e6,
+        help=f"most pixels of an uploaded photo, in millions (default {MAX_PIXELS / 1e6:g}, the "
+        "library's cap)",
     )
     n.add_argument(
         "--max-results", type=int, default=16, help="most results per Generate (default 16)"
@@ -222,8 +231,12 @@ def _check_serve_args(args: argparse.Namespace) -> None:
         raise InputError(f"port: {args.port} must be between 0 and 65535")
     if not 0 < args.max_upload_mb <= 4096:
         raise InputError(f"max_upload_mb: {args.max_upload_mb} must be in (0, 4096]")
-    if not 64 <= args.max_side <= 16384:
-        raise InputError(f"max_side: {args.max_side} must be between 64 and 16384 px")
+    if not 64 <= args.max_side <= MAX_SIDE:
+        raise InputError(f"max_side: {args.max_side} must be between 64 and {MAX_SIDE} px")
+    if not 0.01 <= args.max_megapixels <= MAX_PIXELS / 1e6:
+        raise InputError(
+            f"max_megapixels: {args.max_megapixels} must be between 0.01 and {MAX_PIXELS / 1e6:g}"
+        )
     if not 1 <= args.max_results <= 256:
         raise InputError(f"max_results: {args.max_results} must be between 1 and 256")
     if not 1 <= args.max_queue <= 1024:
@@ -267,6 +280,7 @@ def run_serve(args: argparse.Namespace) -> int:
         options=ServeOptions(
             max_upload_mb=args.max_upload_mb,
             max_side=args.max_side,
+            max_pixels=int(args.max_megapixels * 1e6),
             max_results=args.max_results,
             max_queue=args.max_queue,
         ),
@@ -298,6 +312,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_replay(args: argparse.Namespace) -> int:
     from blendedit.io import check_out_dir, prepare_out_dir, save_png, slug
+    from blendedit.photo import save_photo
     from blendedit.web.session import mask_to_image, parse_trail, pixels_sha256, replay
 
     trail = parse_trail(args.trail)
@@ -331,15 +346,16 @@ def run_replay(args: argparse.Namespace) -> int:
             say=lambda m: _say(args, m),
         )
     out = prepare_out_dir(args.out, "replay")
-    save_png(trail.original, out / "00-original.png")
+    original = trail.original
+    save_photo(original.pixels, original, out / "00-original.png", format="png", marker=False)
     differ = []
 
-    def on_step(i: int, step: Any, image: Any) -> None:
+    def on_step(i: int, step: Any, photo: Any) -> None:
         save_png(mask_to_image(step.mask), out / f"{i:02d}-mask.png")
-        save_png(image, out / f"{i:02d}-{slug(step.prompt)}.png")
+        save_photo(photo.pixels, photo, out / f"{i:02d}-{slug(step.prompt)}.png", format="png")
         if step.result_sha256 is None:
             verdict = "no recorded hash to compare with"
-        elif pixels_sha256(image) == step.result_sha256:
+        elif pixels_sha256(photo) == step.result_sha256:
             verdict = "identical to the recorded result"
         else:
             verdict = "DIFFERS from the recorded result (other device, dtype or versions?)"
@@ -347,7 +363,7 @@ def run_replay(args: argparse.Namespace) -> int:
         _say(args, f"step {i}: {step.prompt!r} seed {step.seed}: {verdict}")
 
     if editor is not None:
-        replay(trail, editor, progress=not args.quiet, on_step=on_step)
+        replay(trail, editor, progress=not args.quiet, on_step=on_step, keep=False)
     print(out)
     if differ and args.strict:
         print(

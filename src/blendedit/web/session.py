@@ -1,10 +1,13 @@
 """An interactive editing session: pure logic, no web imports.
 
-A :class:`Session` holds the original photo and the edits kept so far, each a :class:`Step`
-(prompt, painted mask, settings, the seed of the kept result and the result itself), with a cursor
-for undo and redo. A :class:`Generation` is one press of Generate: ranked results of an edit of the
-session's current image, not yet kept. :meth:`Session.to_trail` writes the session as a JSON-able
-trail (the original and every mask as base64 PNG, every prompt, seed and setting) and
+A :class:`Session` holds the original photo (a :class:`~blendedit.photo.Photo` at full resolution,
+with the uploaded file's bytes) and the edits kept so far, each a :class:`Step` (prompt, painted
+mask, optional scribble, settings, the seed of the kept result, and the result as the patch of the
+box the edit worked on), with a cursor for undo and redo. Steps hold patches, not whole images: a
+48 MP photo costs its pixels once, plus one composed copy for the current image. A
+:class:`Generation` is one press of Generate: ranked results of an edit of the session's current
+image, not yet kept. :meth:`Session.to_trail` writes the session as a JSON-able trail (the
+original file once, every mask as a 1-bit PNG, every scribble, prompt, seed and setting) and
 :func:`replay` regenerates every step of a trail from the command line or code, bit for bit.
 
 Why replay is exact: every candidate's noise comes from its own seed, and a candidate depends on
@@ -22,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,11 +40,13 @@ from blendedit.config import EditConfig
 from blendedit.errors import BlendEditError, InputError
 from blendedit.io import load_image
 from blendedit.masks import check_mask
+from blendedit.photo import Photo, read_photo, save_photo
+from blendedit.web.canvas import Scribble
 
 TRAIL_FORMAT = "blendedit-session"
-TRAIL_VERSION = 1
+TRAIL_VERSION = 2  # 2: the original as its file, 1-bit masks, scribbles; 1 is still read
+MAX_TRAIL_BYTES = 1024 * 1024 * 1024  # a trail file larger than this is refused, not parsed
 METHODS = ("latent", "pixel", "local-clip")
-MAX_TRAIL_BYTES = 512 * 1024 * 1024  # a trail file larger than this is refused, not parsed
 
 
 class SessionError(BlendEditError):
@@ -51,7 +57,7 @@ class SessionError(BlendEditError):
 
 
 def image_to_b64(image: Image.Image) -> str:
-    """A PIL image as base64 PNG text (lossless)."""
+    """A PIL image as base64 PNG text (lossless; a mode "1" image at one bit a pixel)."""
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=False)
     return base64.b64encode(buf.getvalue()).decode("ascii")
@@ -72,12 +78,47 @@ def mask_to_image(mask: np.ndarray) -> Image.Image:
     return Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L")
 
 
-def pixels_sha256(image: Image.Image) -> str:
-    """Hash of an image's size and RGB pixels: equal hashes mean identical pixels."""
-    rgb = image.convert("RGB")
-    h = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
-    h.update(np.asarray(rgb).tobytes())
+def mask_to_b64(mask: np.ndarray) -> str:
+    """Bool (H, W) -> base64 of a 1-bit PNG (white = edit): 48 MP in well under a megabyte."""
+    return image_to_b64(Image.fromarray(np.ascontiguousarray(mask, dtype=bool)))  # mode "1"
+
+
+def pixels_sha256(image: Image.Image | Photo, pixels: np.ndarray | None = None) -> str:
+    """Hash of an image's size and RGB pixels: equal hashes mean identical pixels. A Photo (with
+    other ``pixels`` of it) hashes as its 8-bit Pillow image would, without that copy for RGB."""
+    if isinstance(image, Photo):
+        px = image.pixels if pixels is None else pixels
+        if image.mode != "RGB" or px.dtype != np.uint8:
+            return pixels_sha256(image.to_pil(px))
+    else:
+        px = np.asarray(image.convert("RGB"))
+    h = hashlib.sha256(f"{px.shape[1]}x{px.shape[0]}:".encode())
+    h.update(np.ascontiguousarray(px).data)
     return h.hexdigest()
+
+
+def photo_file(photo: Photo) -> tuple[bytes, str]:
+    """A lossless file of a photo that reads back as the same Photo: (bytes, name). 16 bits, ICC,
+    alpha and EXIF are kept (PNG through the library's writer; CMYK as TIFF)."""
+    with tempfile.TemporaryDirectory(prefix="blendedit-trail-") as tmp:
+        if photo.mode == "CMYK":
+            path = Path(tmp) / "original.tiff"
+            im = photo.to_pil()
+            im.save(path, format="TIFF", icc_profile=photo.icc_profile or None)
+        else:
+            path = save_photo(
+                photo.pixels, photo, Path(tmp) / "original.png", format="png", marker=False
+            )
+        return path.read_bytes(), path.name
+
+
+def photo_from_bytes(data: bytes, name: str, what: str) -> Photo:
+    """A photo file's bytes (as uploaded) -> the Photo blendedit reads from it."""
+    suffix = "".join(c for c in Path(name).suffix if c.isalnum() or c == ".")[:8]
+    with tempfile.TemporaryDirectory(prefix="blendedit-trail-") as tmp:
+        path = Path(tmp) / f"original{suffix}"
+        path.write_bytes(data)
+        return read_photo(path, what)
 
 
 # -- settings --------------------------------------------------------------------------------------
@@ -121,17 +162,21 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     return d
 
 
-# -- the session -----------------------------------------------------------------------------------
+# -- the session ----------------------------------------------------------------------------------
 
 
 @dataclass
 class Result:
-    """One candidate of a Generate: its image (the input's size), seed, rank and CLIP score."""
+    """One candidate of a Generate: its patch of the photo (the photo's own samples in ``box``;
+    the rest of the result is the image it edited), seed, rank, CLIP score and the A1111
+    parameters its file carries."""
 
-    image: Image.Image
+    patch: np.ndarray = field(repr=False)  # (h, w, C) like Photo.pixels
+    box: tuple[int, int, int, int]  # (x0, y0, x1, y1) in the photo as shown
     seed: int
     rank: int
     score: float | None = None
+    parameters: str = ""
 
     @property
     def caption(self) -> str:
@@ -145,11 +190,12 @@ class Generation:
 
     base: int
     prompt: str
-    mask: np.ndarray  # bool (H, W), as painted (before invert_mask)
+    mask: np.ndarray  # bool (H, W) at full resolution, as painted (before invert_mask)
     method: str
     settings: dict[str, Any]  # every field of the method's config the edit ran with
     seeds: list[int]  # every seed generated, in generation order
     results: list[Result]  # best first
+    scribble: Scribble | None = None  # colours composited into the photo before the edit
 
     @classmethod
     def from_edit(
@@ -161,25 +207,35 @@ class Generation:
         config: Any,
         seeds: Sequence[int],
         result: Any,
+        scribble: Scribble | None = None,
     ) -> Generation:
         """From an :class:`~blendedit.results.EditResult` of ``editor(..., config=config)``."""
         return cls(
             base=base,
             prompt=prompt,
-            mask=np.asarray(mask, dtype=bool).copy(),
+            mask=np.asarray(mask, dtype=bool),
             method=method,
             settings=config_dict(config),
             seeds=[int(s) for s in seeds],
             results=[
-                Result(image=c.image, seed=int(c.seed), rank=int(c.rank), score=c.score)
+                Result(
+                    patch=c.patch,
+                    box=tuple(int(v) for v in c.box),  # type: ignore[arg-type]
+                    seed=int(c.seed),
+                    rank=int(c.rank),
+                    score=c.score,
+                    parameters=result.parameters(c),
+                )
                 for c in result.candidates
             ],
+            scribble=scribble,
         )
 
 
 @dataclass
 class Step:
-    """One kept edit: what was asked, with what settings, and the result that was kept."""
+    """One kept edit: what was asked, with what settings, and the result that was kept (its patch:
+    the image before the step with ``patch`` in ``box``)."""
 
     id: int
     prompt: str
@@ -190,24 +246,75 @@ class Step:
     seed: int  # the kept result's seed
     rank: int | None
     score: float | None
-    image: Image.Image  # the kept result: the input of the next step
+    box: tuple[int, int, int, int]
+    patch: np.ndarray = field(repr=False)
+    sha256: str = ""  # of the whole result's pixels (:func:`pixels_sha256`)
+    parameters: str = ""
+    scribble: Scribble | None = None
+    thumb: Image.Image | None = field(default=None, repr=False)
     meta: dict[str, Any] = field(default_factory=dict)  # model, dtype, device: informative
 
 
 class Session:
     """The original photo, the kept steps, and a cursor: ``steps[:cursor]`` made the current
-    image; the steps after it are undone and can be redone until a new step is kept."""
+    image; the steps after it are undone and can be redone until a new step is kept.
 
-    def __init__(self, original: Image.Image) -> None:
-        self.original = load_image(original, "image")
+    ``original``: a path, Pillow image or :class:`Photo`; ``source``: the bytes of the file it
+    was read from (kept for the trail, so a replay reads the very same photo)."""
+
+    def __init__(
+        self,
+        original: Photo | Image.Image | str | os.PathLike[str],
+        *,
+        source: bytes | None = None,
+        source_name: str | None = None,
+    ) -> None:
+        if isinstance(original, str | os.PathLike) and source is None:
+            source = Path(original).read_bytes() if Path(original).is_file() else None
+            source_name = source_name or Path(original).name
+        self.photo = read_photo(original, "image")
+        self.source = source
+        self.source_name = source_name or "original"
         self.steps: list[Step] = []
         self.cursor = 0
         self._next_id = 1
+        self._current: tuple[int, np.ndarray] | None = None  # (image id, composed pixels)
 
     # The current image and its id (0 = the original); a Generation remembers the id it edited.
     @property
+    def size(self) -> tuple[int, int]:
+        return self.photo.size
+
+    @property
+    def current_pixels(self) -> np.ndarray:
+        """(H, W, C) read-only: the original with the patches of the steps so far."""
+        if self.cursor == 0:
+            return self.photo.pixels
+        if self._current is None or self._current[0] != self.current_id:
+            out = self.photo.pixels.copy()
+            for s in self.history:
+                x0, y0, x1, y1 = s.box
+                out[y0:y1, x0:x1] = s.patch
+            out.flags.writeable = False
+            self._current = (self.current_id, out)
+        return self._current[1]
+
+    @property
+    def current_photo(self) -> Photo:
+        """The current image as a Photo (the original's colour space, profile, EXIF, format)."""
+        if self.cursor == 0:
+            return self.photo
+        return dataclasses.replace(self.photo, pixels=self.current_pixels)
+
+    @property
+    def original(self) -> Image.Image:
+        """The original as an 8-bit Pillow image (made on each access)."""
+        return self.photo.to_pil()
+
+    @property
     def current_image(self) -> Image.Image:
-        return self.steps[self.cursor - 1].image if self.cursor else self.original
+        """The current image as an 8-bit Pillow image (made on each access)."""
+        return self.photo.to_pil(self.current_pixels)
 
     @property
     def current_id(self) -> int:
@@ -231,10 +338,15 @@ class Session:
         return len(self.steps) - self.cursor
 
     def keep(
-        self, generation: Generation, index: int = 0, meta: Mapping[str, Any] | None = None
+        self,
+        generation: Generation,
+        index: int = 0,
+        meta: Mapping[str, Any] | None = None,
+        thumb: Callable[[Photo], Image.Image] | None = None,
     ) -> Step:
         """Keep result ``index`` (0 = best) of ``generation`` as the next step. Steps that were
-        undone are dropped (redo is cleared), as in every editor."""
+        undone are dropped (redo is cleared), as in every editor. ``thumb`` makes the step's
+        history picture from the new current image."""
         if generation.base != self.current_id:
             raise SessionError(
                 "keep: these results were made from an earlier image (after an undo, redo or "
@@ -243,11 +355,15 @@ class Session:
         if not 0 <= index < len(generation.results):
             raise SessionError(f"keep: no result #{index + 1}; there are {len(generation.results)}")
         r = generation.results[index]
-        if r.image.size != self.current_image.size:
+        x0, y0, x1, y1 = r.box
+        w, h = self.size
+        if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h) or r.patch.shape[:2] != (y1 - y0, x1 - x0):
             raise SessionError(
-                f"keep: the result is {r.image.width}x{r.image.height}, the image "
-                f"{self.current_image.width}x{self.current_image.height}"
+                f"keep: the result's box {list(r.box)} does not fit the {w}x{h} photo"
             )
+        out = self.current_pixels.copy()
+        out[y0:y1, x0:x1] = r.patch
+        out.flags.writeable = False
         step = Step(
             id=self._next_id,
             prompt=generation.prompt,
@@ -258,13 +374,20 @@ class Session:
             seed=r.seed,
             rank=r.rank,
             score=r.score,
-            image=r.image.convert("RGB"),
+            box=r.box,
+            patch=r.patch,
+            sha256=pixels_sha256(self.photo, out),
+            parameters=r.parameters,
+            scribble=generation.scribble,
             meta=dict(meta or {}),
         )
         self._next_id += 1
         del self.steps[self.cursor :]
         self.steps.append(step)
         self.cursor += 1
+        self._current = (step.id, out)
+        if thumb is not None:
+            step.thumb = thumb(self.current_photo)
         return step
 
     def undo(self) -> Step:
@@ -283,8 +406,13 @@ class Session:
 
     def to_trail(self, model: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The steps that made the current image as a JSON-able dict: enough to replay them
-        (:func:`replay`, ``blendedit replay``). Images and masks are base64 PNG; each step also
-        records the hash of its result's pixels, so a replay can tell whether it is identical."""
+        (:func:`replay`, ``blendedit replay``). The original is stored once, as the file it was
+        read from (or a lossless PNG/TIFF of it); masks are 1-bit PNG at full resolution and
+        scribbles RGBA PNG of their box, all base64; each step also records the hash of its
+        result's pixels, so a replay can tell whether it is identical."""
+        data, name = (
+            (self.source, self.source_name) if self.source is not None else photo_file(self.photo)
+        )
         return {
             "format": TRAIL_FORMAT,
             "version": TRAIL_VERSION,
@@ -292,9 +420,10 @@ class Session:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "model": dict(model or {}),
             "original": {
-                "size": list(self.original.size),
-                "png_base64": image_to_b64(self.original),
-                "sha256": pixels_sha256(self.original),
+                "size": list(self.size),
+                "file_name": name,
+                "file_base64": base64.b64encode(data).decode("ascii"),
+                "sha256": pixels_sha256(self.photo),
             },
             "steps": [
                 {
@@ -306,10 +435,12 @@ class Session:
                     "score": None if s.score is None else round(float(s.score), 6),
                     "seeds": s.seeds,
                     "settings": s.settings,
-                    "mask_png_base64": image_to_b64(mask_to_image(s.mask)),
+                    "mask_png_base64": mask_to_b64(s.mask),
                     "mask_fraction": round(float(s.mask.mean()), 6),
-                    "result_size": list(s.image.size),
-                    "result_sha256": pixels_sha256(s.image),
+                    **({"scribble": s.scribble.to_dict()} if s.scribble is not None else {}),
+                    "box": list(s.box),
+                    "result_size": list(self.size),
+                    "result_sha256": s.sha256,
                     **({"meta": s.meta} if s.meta else {}),
                 }
                 for i, s in enumerate(self.history, start=1)
@@ -331,6 +462,7 @@ class TrailStep:
     seed: int
     seeds: list[int]
     result_sha256: str | None = None
+    scribble: Scribble | None = None
 
     def replay_seeds(self) -> list[int]:
         """The seeds that shared the kept seed's UNet calls: the kept seed's chunk of
@@ -345,7 +477,7 @@ class TrailStep:
 
 @dataclass
 class Trail:
-    original: Image.Image
+    original: Photo
     steps: list[TrailStep]
     model: dict[str, Any]
 
@@ -367,15 +499,22 @@ def parse_trail(data: Mapping[str, Any] | str | os.PathLike[str]) -> Trail:
             raise InputError("trail: expected a JSON object")
     if data.get("format") != TRAIL_FORMAT:
         raise InputError(f"trail: not a blendedit session trail (format {data.get('format')!r})")
-    if data.get("version") != TRAIL_VERSION:
+    if data.get("version") not in (1, TRAIL_VERSION):
         raise InputError(
             f"trail: version {data.get('version')!r} is not supported (expected {TRAIL_VERSION})"
         )
-    try:
-        orig = data["original"]["png_base64"]
-    except (KeyError, TypeError):
-        raise InputError("trail: original.png_base64 is missing") from None
-    original = load_image(b64_to_image(orig, "trail: original"), "trail: original")
+    orig = data.get("original")
+    if not isinstance(orig, Mapping) or not ("file_base64" in orig or "png_base64" in orig):
+        raise InputError("trail: original.file_base64 is missing")
+    if "file_base64" in orig:
+        try:
+            raw = base64.b64decode(str(orig["file_base64"]).encode("ascii"), validate=True)
+        except ValueError:
+            raise InputError("trail: original.file_base64 is not base64") from None
+        original = photo_from_bytes(raw, str(orig.get("file_name") or ""), "trail: original")
+    else:  # version 1: an 8-bit RGB PNG
+        png = load_image(b64_to_image(orig["png_base64"], "trail: original"), "trail: original")
+        original = read_photo(png, "trail: original")
     steps = []
     raw_steps = data.get("steps", [])
     if not isinstance(raw_steps, list):
@@ -391,20 +530,27 @@ def parse_trail(data: Mapping[str, Any] | str | os.PathLike[str]) -> Trail:
             raise InputError(f"{name}: missing or malformed field ({e})") from None
         config_class(method)
         mask = np.asarray(mask_img.convert("L")) >= 128
-        if mask.shape != (original.height, original.width):
+        if mask.shape != (original.size[1], original.size[0]):
             raise InputError(
                 f"{name}: mask is {mask.shape[1]}x{mask.shape[0]}, the photo "
-                f"{original.width}x{original.height}"
+                f"{original.size[0]}x{original.size[1]}"
             )
         check_mask(mask, f"{name} mask")
-        steps.append(TrailStep(prompt, mask, method, settings, seed, seeds, s.get("result_sha256")))
+        scribble = None
+        if s.get("scribble") is not None:
+            scribble = Scribble.from_dict(s["scribble"], original.size, f"{name} scribble")
+        steps.append(
+            TrailStep(prompt, mask, method, settings, seed, seeds, s.get("result_sha256"), scribble)
+        )
     return Trail(original=original, steps=steps, model=dict(data.get("model") or {}))
 
 
 def step_edit(
-    editor: Any, image: Image.Image, step: TrailStep, progress: bool | Callable[..., Any] = False
-) -> Image.Image:
-    """Regenerate one step: the kept seed with the seeds of its UNet calls, ranking off."""
+    editor: Any, photo: Photo, step: TrailStep, progress: bool | Callable[..., Any] = False
+) -> Any:
+    """Regenerate one step of ``photo`` (its scribble composited first): the kept seed with the
+    seeds of its UNet calls, ranking off. Returns the kept seed's
+    :class:`~blendedit.results.Candidate`."""
     seeds = step.replay_seeds()
     cfg = make_config(step.method, step.settings)
     changes: dict[str, Any] = {"num_images": len(seeds), "rank": False}
@@ -412,10 +558,13 @@ def step_edit(
         changes["keep"] = None
     cfg = cfg.replace(**changes).validate()
     _check_editor(editor, step.method)
-    result = editor(image, step.mask, step.prompt, config=cfg, seeds=seeds, progress=progress)
+    source = photo
+    if step.scribble is not None:
+        source = dataclasses.replace(photo, pixels=step.scribble.apply(photo))
+    result = editor(source, step.mask, step.prompt, config=cfg, seeds=seeds, progress=progress)
     for c in result.candidates:
         if c.seed == step.seed:
-            return c.image
+            return c
     raise InputError(f"replay: seed {step.seed} missing from the results")  # pragma: no cover
 
 
@@ -433,17 +582,23 @@ def replay(
     editor: Any,
     *,
     progress: bool | Callable[..., Any] = False,
-    on_step: Callable[[int, TrailStep, Image.Image], None] | None = None,
-) -> list[Image.Image]:
+    on_step: Callable[[int, TrailStep, Photo], None] | None = None,
+    keep: bool = True,
+) -> list[Photo]:
     """Regenerate every step of a trail in order, each from the previous step's regenerated
-    image; returns the images (one per step, not the original). ``on_step(i, step, image)`` is
-    called after each step (i from 1)."""
+    image; returns the images as Photos (one per step, not the original; none when ``keep`` is
+    False, to hold one image at a time). ``on_step(i, step, photo)`` is called after each step
+    (i from 1)."""
     t = trail if isinstance(trail, Trail) else parse_trail(trail)
-    image = t.original
+    photo = t.original
     out = []
     for i, step in enumerate(t.steps, start=1):
-        image = step_edit(editor, image, step, progress)
-        out.append(image)
+        c = step_edit(editor, photo, step, progress)
+        pixels = c.pixels()
+        pixels.flags.writeable = False
+        photo = dataclasses.replace(photo, pixels=pixels)
+        if keep:
+            out.append(photo)
         if on_step is not None:
-            on_step(i, step, image)
+            on_step(i, step, photo)
     return out

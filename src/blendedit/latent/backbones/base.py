@@ -9,6 +9,7 @@ from the family. One small module per family: ``sd.py``, ``sdxl.py``, ``ldm.py``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -99,14 +100,45 @@ class Backbone:
 
     # -- the model function ------------------------------------------------------------------------
 
-    def denoiser(self, c: Conditioning, batch: int) -> ModelFn:
-        """``denoise(z (2B, C, h, w), t)`` on [uncond; cond] halves of ``c``, each repeated
-        ``batch`` times."""
+    @property
+    def guidance_embedded(self) -> bool:
+        """The scale is a model input (LCM-distilled UNet, FLUX.1-dev): one pass, no CFG."""
+        return False
+
+    def denoiser(
+        self, c: Conditioning, batch: int, parts: Sequence[str], guidance_scale: float
+    ) -> ModelFn:
+        """``denoise(z (len(parts) * B, C, h, w), t)`` on the ``parts`` ("uncond", "cond") of
+        ``c``, each repeated ``batch`` times, in that order."""
         raise NotImplementedError
 
     def model_fn(self, c: Conditioning, batch: int, guidance_scale: float) -> ModelFn:
-        """The guided model function of the loop (classifier-free guidance, Ho & Salimans 2022)."""
-        return classifier_free_guidance(self.denoiser(c, batch), guidance_scale)
+        """The guided model function of the loop: classifier-free guidance (Ho & Salimans 2022),
+        ``uncond + s (cond - uncond)``; s = 1 is the conditional and s = 0 the unconditional
+        prediction alone, each in one pass."""
+        if self.guidance_embedded:
+            return self.denoiser(c, batch, ("cond",), guidance_scale)
+        if guidance_scale in (0.0, 1.0):
+            part = "cond" if guidance_scale == 1.0 else "uncond"
+            return self.denoiser(c, batch, (part,), guidance_scale)
+        both = self.denoiser(c, batch, ("uncond", "cond"), guidance_scale)
+        return classifier_free_guidance(both, guidance_scale)
+
+    @staticmethod
+    def stack(
+        c: Conditioning, batch: int, parts: Sequence[str]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The context (P * B, L, D) and added inputs (P * B, ...) of ``parts``, in order."""
+
+        def rep(x: torch.Tensor) -> torch.Tensor:
+            return x.expand(batch, *x.shape[1:])
+
+        ctx = torch.cat([rep(c.cond if p == "cond" else c.uncond) for p in parts])
+        added = {
+            k: torch.cat([rep(v if p == "cond" else c.added_uncond[k]) for p in parts])
+            for k, v in c.added.items()
+        }
+        return ctx, added
 
     # -- the VAE (SPEC 1 steps 1 and 5) ------------------------------------------------------------
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -21,6 +23,21 @@ def tokenize(tokenizer: Any, prompt: str, max_len: int) -> Any:
     if len(tokenizer(prompt).input_ids) > max_len:
         logger.warning("prompt longer than %d tokens; the rest is ignored", max_len)
     return tok
+
+
+def lcm_guidance_embedding(unet: Any, guidance_scale: float, n: int) -> torch.Tensor | None:
+    """An LCM-distilled UNet's guidance input (Luo et al. 2023, eq. 9: w = scale - 1 as a
+    sinusoidal embedding of w * 1000, ``time_cond_proj_dim`` wide), (n, D); None otherwise."""
+    dim = unet.config.time_cond_proj_dim
+    if dim is None:
+        return None
+    w = torch.full((n,), (guidance_scale - 1) * 1000.0)
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half) / (half - 1))
+    emb = torch.cat([torch.sin(w[:, None] * freqs), torch.cos(w[:, None] * freqs)], dim=1)
+    if dim % 2:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb.to(unet.device, unet.dtype)
 
 
 class StableDiffusion(Backbone):
@@ -58,11 +75,20 @@ class StableDiffusion(Backbone):
     ) -> Conditioning:
         return Conditioning(self.encode_prompt(prompt), self.encode_prompt(negative))
 
-    def denoiser(self, c: Conditioning, batch: int) -> ModelFn:
-        context = torch.cat([c.uncond.expand(batch, -1, -1), c.cond.expand(batch, -1, -1)])
+    @property
+    def guidance_embedded(self) -> bool:
+        return self.unet.config.time_cond_proj_dim is not None  # LCM-distilled UNet
 
-        def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (2B, C, h, w)
-            return self.unet(z, t, encoder_hidden_states=context, return_dict=False)[0]
+    def denoiser(
+        self, c: Conditioning, batch: int, parts: Sequence[str], guidance_scale: float
+    ) -> ModelFn:
+        context, _ = self.stack(c, batch, parts)  # (P * B, L, D)
+        cond_w = lcm_guidance_embedding(self.unet, guidance_scale, len(context))
+
+        def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, C, h, w)
+            return self.unet(
+                z, t, encoder_hidden_states=context, timestep_cond=cond_w, return_dict=False
+            )[0]
 
         return denoise
 

@@ -3,12 +3,13 @@ and size/crop micro-conditioning (Podell et al. 2023, section 2.2)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 
 from blendedit.latent.backbones.base import Backbone, Conditioning, Size
-from blendedit.latent.backbones.sd import tokenize
+from blendedit.latent.backbones.sd import lcm_guidance_embedding, tokenize
 from blendedit.latent.sampling import ModelFn
 
 
@@ -106,17 +107,21 @@ class StableDiffusionXL(Backbone):
             {"text_embeds": pooled_u, "time_ids": ids_u},
         )  # fmt: skip
 
-    def denoiser(self, c: Conditioning, batch: int) -> ModelFn:
-        def halves(u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # (1, ...) -> (2B, ...)
-            return torch.cat([u.expand(batch, *u.shape[1:]), x.expand(batch, *x.shape[1:])])
+    @property
+    def guidance_embedded(self) -> bool:
+        return self.unet.config.time_cond_proj_dim is not None  # LCM-distilled SDXL UNet
 
-        context = halves(c.uncond, c.cond)  # (2B, 77, 2048)
-        added = {k: halves(c.added_uncond[k], v) for k, v in c.added.items()}
+    def denoiser(
+        self, c: Conditioning, batch: int, parts: Sequence[str], guidance_scale: float
+    ) -> ModelFn:
+        context, added = self.stack(c, batch, parts)  # (P * B, 77, 2048), text_embeds, time_ids
+        cond_w = lcm_guidance_embedding(self.unet, guidance_scale, len(context))
 
-        def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (2B, 4, h, w)
+        def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, 4, h, w)
             return self.unet(
-                z, t, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False
-            )[0]
+                z, t, encoder_hidden_states=context, added_cond_kwargs=added,
+                timestep_cond=cond_w, return_dict=False,
+            )[0]  # fmt: skip
 
         return denoise
 

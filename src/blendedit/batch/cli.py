@@ -33,22 +33,8 @@ def _setting(text: str) -> tuple[str, str]:
     return key.strip().replace("-", "_"), value
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "batch",
-        help="edit every row of a JSONL/CSV manifest (here or on a Ray cluster), resumable",
-        description=(
-            "Edits many photos from a manifest, one row per edit, into one folder: a subfolder "
-            "per row, written once (result.json last), summary.jsonl as rows finish, "
-            "summary.json/.md at the end. A failed row (unreadable image, empty mask, missing "
-            "file) is recorded and the run goes on. --engine ray spreads the rows over a Ray "
-            "cluster, one editor per worker."
-        ),
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("manifest", help="JSONL or CSV, one row per edit")
-    p.add_argument("--out", required=True, help="run folder: new, or an earlier run to resume")
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """--engine and the Ray options (shared by ``batch`` and ``eval``)."""
     e = p.add_argument_group("engine")
     e.add_argument("--engine", choices=["local", "ray"], default="local", help="default local")
     e.add_argument(
@@ -73,6 +59,42 @@ def add_parser(sub: Any) -> None:
         default=600.0,
         help="ray: seconds the workers may take to start before the run stops (default 600)",
     )
+
+
+def ray_options(args: argparse.Namespace) -> Any:
+    """The Ray options of :func:`add_engine_arguments`; refused without --engine ray."""
+    from blendedit.batch.run import RayOptions
+
+    if args.engine == "local":
+        for flag in ("ray_address", "workers", "gpus_per_worker"):
+            if getattr(args, flag) is not None:
+                raise InputError(f"{flag}: --{flag.replace('_', '-')} needs --engine ray")
+    return RayOptions(
+        address=args.ray_address,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        actor_wait_s=args.worker_start_timeout,
+    )
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="edit every row of a JSONL/CSV manifest (here or on a Ray cluster), resumable",
+        description=(
+            "Edits many photos from a manifest, one row per edit, into one folder: a subfolder "
+            "per row, written once (result.json last), summary.jsonl as rows finish, "
+            "summary.json/.md at the end. A failed row (unreadable image, empty mask, missing "
+            "file) is recorded and the run goes on. --engine ray spreads the rows over a Ray "
+            "cluster, one editor per worker."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("manifest", help="JSONL or CSV, one row per edit")
+    p.add_argument("--out", required=True, help="run folder: new, or an earlier run to resume")
+    add_engine_arguments(p)
     g = p.add_argument_group("shared settings (rows override them)")
     g.add_argument("--method", choices=["latent", "pixel", "local-clip"], default="latent")
     g.add_argument("--model", help="latent: hub id / folder / file; pixel: the ADM checkpoint")
@@ -134,28 +156,19 @@ def shared_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blendedit.batch.run import RayOptions, run_batch
+    from blendedit.batch.run import run_batch
     from blendedit.models import quiet_libraries
 
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     quiet_libraries()
-    if args.engine == "local":
-        for flag in ("ray_address", "workers", "gpus_per_worker"):
-            if getattr(args, flag) is not None:
-                raise InputError(f"{flag}: --{flag.replace('_', '-')} needs --engine ray")
+    ray = ray_options(args)
     summary = run_batch(
         args.manifest,
         args.out,
         shared=shared_from_args(args),
         engine=args.engine,
-        ray=RayOptions(
-            address=args.ray_address,
-            workers=args.workers,
-            gpus_per_worker=args.gpus_per_worker,
-            cpus_per_worker=args.cpus_per_worker,
-            actor_wait_s=args.worker_start_timeout,
-        ),
+        ray=ray,
         device=args.device,
         dtype=args.dtype,
         threads=args.threads,

@@ -134,6 +134,7 @@ def run_batch(
                     outcomes = run_rows(todo, spec, ray or RayOptions(), extra)
                 for o in outcomes:
                     take(o)
+            store.clean()
         finally:
             bar.close()
             elapsed = time.perf_counter() - t0

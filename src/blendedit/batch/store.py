@@ -107,9 +107,10 @@ class BatchStore:
         return "done"
 
     def commit(self, row: Row, write: Callable[[Path], dict[str, Any]]) -> tuple[str, list[str]]:
-        """Run ``write(folder)`` (it writes the row's files and returns result.json's content)
-        into a private folder, add result.json last, then rename it into place. Returns
-        ("done", files) or ("exists", []) when another worker committed the row first."""
+        """Make a private folder (its name says which host and process works on the row), run
+        ``write(folder)`` (the edit, then its files; returns result.json's content), add
+        result.json last, then rename the folder into place. Returns ("done", files), or
+        ("exists", []) when another worker committed the row first."""
         if self.state(row) == "done":
             return "exists", []
         host, pid = socket.gethostname(), os.getpid()
@@ -153,6 +154,10 @@ class BatchStore:
             ) from None
         self._lock = f
         shutil.rmtree(out / PARTIAL, ignore_errors=True)
+
+    def clean(self) -> None:
+        """After a run that finished: drop what killed workers left in ``.partial``."""
+        shutil.rmtree(self.out / PARTIAL, ignore_errors=True)
 
     def close(self) -> None:
         if self._lock is not None:

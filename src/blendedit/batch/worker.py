@@ -158,8 +158,12 @@ def process_row(cache: EditorCache, store: BatchStore, row: Row, shared: Shared)
         if store.state(row) == "done":
             return Outcome(row.key, row.index, "exists", None, 0.0, worker_name())
         editor = cache.get(row)
-        result = _edit(editor, row)
-        status, files = store.commit(row, _writer(row, result, shared, str(editor.device)))
+
+        def make(folder: Path) -> dict[str, Any]:
+            result = _edit(editor, row)
+            return _writer(row, result, shared, str(editor.device))(folder)
+
+        status, files = store.commit(row, make)
     except BlendEditError as e:
         return failed(str(e))
     except torch.OutOfMemoryError:

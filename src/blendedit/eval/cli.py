@@ -175,6 +175,9 @@ def add_parser(sub: Any) -> None:
     )
     s.add_argument("--aug-num", type=int, dest="aug_num", help="pixel: CLIP augmentations (8)")
     s.add_argument("--sampler", choices=["ddpm", "ddim"], help="pixel: sampler (ddpm)")
+    from blendedit.batch.cli import add_engine_arguments
+
+    add_engine_arguments(p)  # --engine ray: the (input, method) units on a Ray cluster
     p.set_defaults(run=run)
 
 
@@ -237,7 +240,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"n_images: must be at least 1, got {args.n_images}")
     quiet_libraries()
     settings, models = settings_from_args(args)
-    report = run_eval(args.images, args.out, settings, models)
+    from blendedit.batch.cli import ray_options
+
+    report = run_eval(
+        args.images, args.out, settings, models, engine=args.engine, ray=ray_options(args)
+    )
     if not args.quiet:
         for name, m in report["methods"].items():
             if m["status"] != "ok":

@@ -237,13 +237,20 @@ def run_eval(
     models: EvalModels | None = None,
     *,
     resources: Resources | None = None,
+    engine: str = "local",
+    ray: Any = None,
 ) -> dict[str, Any]:
     """Run the protocol (or resume it) and write the report; returns ``report.json``'s content.
 
     Every method in ``settings.methods`` that can run does; one whose model was not given is
     recorded as skipped with the reason. Interrupting (Ctrl-C, a crash, a kill) loses at most the
     input being generated: run again with the same arguments to continue.
+
+    ``engine="ray"`` makes the (input, method) units on a Ray cluster first (``ray``: a
+    :class:`blendedit.batch.RayOptions`), into the same cache; the loop below then only reads it.
     """
+    if engine not in ("local", "ray"):
+        raise InputError(f"engine: {engine!r} is not one of local, ray")
     settings = (settings or EvalSettings()).check()
     models = models or EvalModels()
     res = resources or Resources(models)
@@ -272,6 +279,15 @@ def run_eval(
     # 3. Predictions and metrics, case by case; finished work is read back, never redone.
     metric_settings = _metric_settings(models)
     metrics_file = f"metrics-{fingerprint(metric_settings)}.json"
+    if engine == "ray" and runners:
+        from blendedit.batch.eval_ray import fill_cache
+        from blendedit.batch.run import RayOptions
+
+        for name, runner in runners.items():  # folders of other settings: refused before any work
+            store.method_dir(name, runner.settings())
+        fill_cache(
+            out, settings, models, list(runners), cases, todo, metrics_file, ray or RayOptions()
+        )
     records: dict[str, list[dict[str, Any]]] = {}
     bar = tqdm(
         total=len(runners) * len(todo), desc="eval", unit="input", disable=not settings.progress

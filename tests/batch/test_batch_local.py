@@ -64,7 +64,7 @@ def test_local_run_writes_every_good_row_once_and_reports_the_bad_ones(local_run
     # The log: one line per row of this run, streamed; no leftovers of the write protocol.
     log = _jsonl(out)
     assert sorted(x["row"] for x in log) == list(range(1, 13))
-    assert not any((out / ".partial").iterdir())
+    assert not (out / ".partial").exists()
     assert (out / "summary.md").read_text().count("| done |") == GOOD
 
 

@@ -194,3 +194,103 @@ def tiny_sdxl_pipeline(folder: Path, seed: int = 0) -> StableDiffusionXLPipeline
         unet=tiny_sdxl_unet(seed),
         scheduler=tiny_sdxl_scheduler(),
     )
+
+
+# Tiny rectified-flow models (SD3, FLUX): a 16-channel VAE with factor 2, so 2x2-patch tokens
+# cover 4x4 pixels; T5 stand-ins 64 wide; the character tokenizer serves every text encoder.
+def tiny_flow_vae(seed: int = 0, shift: float = 0.0609, scale: float = 1.5035):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=shift,
+        scaling_factor=scale,
+    ).eval()
+
+
+def tiny_t5(seed: int = 0):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = T5Config(
+        vocab_size=520, d_model=64, d_kv=16, d_ff=37, num_layers=2, num_heads=4, pad_token_id=513
+    )
+    return T5EncoderModel(cfg).eval()
+
+
+def tiny_sd3_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny SD3: MMDiT (patch 2, 16 latent channels, 32 px native), CLIP-L/G
+    stand-ins with projection (pooled 32 + 32), T5 64 wide."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=64,
+        caption_projection_dim=32,
+        pooled_projection_dim=64,
+        out_channels=16,
+    ).eval()
+    te = CLIPTextModelWithProjection(tiny_text_config()).eval()
+    te2 = CLIPTextModelWithProjection(tiny_text_config()).eval()
+    tok = tiny_tokenizer(folder)
+    return {
+        "transformer": transformer,
+        "vae": tiny_flow_vae(seed),
+        "text_encoder": te,
+        "text_encoder_2": te2,
+        "text_encoder_3": tiny_t5(seed),
+        "tokenizer": tok,
+        "tokenizer_2": tok,
+        "tokenizer_3": tok,
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),
+    }
+
+
+def tiny_flux_parts(folder: Path, seed: int = 0, dev: bool = True) -> dict:
+    """Components of a tiny FLUX.1: dev (guidance embedding, dynamic shift) or schnell."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=64,
+        pooled_projection_dim=32,
+        axes_dims_rope=(4, 4, 8),
+        guidance_embeds=dev,
+    ).eval()
+    tok = tiny_tokenizer(folder)
+    sched = (
+        FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
+        if dev
+        else FlowMatchEulerDiscreteScheduler(shift=1.0)
+    )
+    return {
+        "transformer": transformer,
+        "vae": tiny_flow_vae(seed, shift=0.1159, scale=0.3611),
+        "text_encoder": CLIPTextModel(tiny_text_config()).eval(),
+        "text_encoder_2": tiny_t5(seed),
+        "tokenizer": tok,
+        "tokenizer_2": tok,
+        "scheduler": sched,
+    }

@@ -39,7 +39,17 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "unipc": ("UniPCMultistepScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}),
     "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    # Few-step distilled models (README "Few-step models"). Trailing spacing starts at t = 999 and
+    # hits the timesteps SD-Turbo, SDXL-Turbo and SDXL-Lightning were distilled at (4 steps: 999,
+    # 749, 499, 249; "leading" would give 751, ..., 1). LCM re-noises inside `step`, with each
+    # candidate's own generator.
+    "euler-trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    "euler-a-trailing": ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    "lcm": ("LCMScheduler", {}),
+    # Rectified flow (SD3, FLUX): the only one for those models, and only for them.
+    "flow-euler": ("FlowMatchEulerDiscreteScheduler", {}),
 }
+FLOW_SCHEDULERS = ("flow-euler",)
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
@@ -118,7 +128,9 @@ def make_scheduler(name: str, base_config: Any) -> Any:
     if name not in SCHEDULERS:
         raise InputError(f"scheduler: unknown name {name!r}; choose one of {', '.join(SCHEDULERS)}")
     cls_name, extra = SCHEDULERS[name]
-    if "clip_sample" not in base_config:  # e.g. an Euler config: DDIM's default (True) clips x0
+    if (
+        "clip_sample" not in base_config and cls_name != "FlowMatchEulerDiscreteScheduler"
+    ):  # e.g. an Euler config: DDIM's default (True) clips x0
         extra = {**extra, "clip_sample": False}  # to [-1, 1], which only pixel models want
     return getattr(diffusers, cls_name).from_config(base_config, **extra)
 

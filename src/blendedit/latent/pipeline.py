@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from blendedit import masks as M
 from blendedit import reconstruct as R
@@ -30,7 +31,7 @@ from blendedit.latent.sampling import (
     step_kwargs,
 )
 from blendedit.latent.schedule import blend_rule, start_latent
-from blendedit.models import DEFAULT_MODEL, make_scheduler, parse_dtype
+from blendedit.models import DEFAULT_MODEL, FLOW_SCHEDULERS, make_scheduler, parse_dtype
 from blendedit.ranking import DEFAULT_CLIP_MODEL, ClipScorer
 from blendedit.region import shapes_at
 
@@ -128,6 +129,14 @@ class BlendedLatentDiffusion(FrameMethod):
             self.clip.to(device)
         return self
 
+    def check(self, cfg: Any) -> None:
+        """A flow model takes a flow-matching scheduler, any other model a diffusion one."""
+        if (cfg.scheduler in FLOW_SCHEDULERS) != self.backbone.flow:
+            fits = ", ".join(FLOW_SCHEDULERS) if self.backbone.flow else "ddim, euler, dpm++, ..."
+            raise InputError(
+                f"scheduler: {cfg.scheduler!r} does not fit a {self.family} model; use {fits}"
+            )
+
     def default_config(self) -> EditConfig:
         """EditConfig's defaults with the model family's own (SDXL and LDM: guidance 5)."""
         return EditConfig(**self.backbone.defaults)
@@ -191,7 +200,7 @@ class BlendedLatentDiffusion(FrameMethod):
 
     def full_work_size(self, size: tuple[int, int], cfg: EditConfig) -> tuple[int, int]:
         """The whole photo: long side = ``size`` (default the model's), multiples of 8."""
-        return working_size(size, cfg.size or self.native_size, self.vae_scale_factor)
+        return working_size(size, cfg.size or self.native_size, self.backbone.size_multiple)
 
     def work_shapes(self, cfg: EditConfig) -> list[tuple[int, int]]:
         """A crop: shapes of about native**2 pixels, multiples of 64 (512x512, 576x448, ...)."""
@@ -210,12 +219,14 @@ class BlendedLatentDiffusion(FrameMethod):
         z_init = self.encode_image(x)
         # Latent mask (max-pool keeps thin strokes) and the progressive shrinking stages.
         m_latent = M.latent_mask(work.mask, tuple(z_init.shape[-2:]), work.soft)  # (1, 1, h, w)
+        if (p := self.backbone.patch_size) > 1:  # whole tokens: a patch any cell of which is edited
+            m_latent = F.max_pool2d(m_latent, p).repeat_interleave(p, -2).repeat_interleave(p, -1)
         shrink = cfg.mask_shrink == "on" or (
             cfg.mask_shrink == "auto"
             and M.has_thin_parts((m_latent > 0).to(m_latent), min(cfg.shrink_kernels))
         )
         stages = M.shrink_stages(m_latent, cfg.shrink_kernels) if shrink else m_latent[None]
-        timesteps = blend_timesteps(self._scheduler(cfg), cfg.num_inference_steps, cfg.blend_start)
+        timesteps = self._timesteps(self._scheduler(cfg), cfg, z_init)
         stage_per_step = M.stage_of_step(len(timesteps), stages.shape[0])
         step_masks = M.step_masks(stages.to(self.device, self.dtype), stage_per_step, work.soft)
         return _LatentState(
@@ -240,7 +251,7 @@ class BlendedLatentDiffusion(FrameMethod):
             self.device, self.dtype
         )
         scheduler = self._scheduler(cfg)
-        timesteps = blend_timesteps(scheduler, cfg.num_inference_steps, cfg.blend_start)
+        timesteps = self._timesteps(scheduler, cfg, state.z_init)
         begin = first_step(scheduler, cfg.num_inference_steps, cfg.blend_start)
         model_fn = self.backbone.model_fn(state.text, b, cfg.guidance_scale)
         z0 = state.z_init.expand(b, -1, -1, -1)
@@ -302,12 +313,12 @@ class BlendedLatentDiffusion(FrameMethod):
     def diffusers_inpaint(self, cfg: EditConfig) -> tuple[Any, float]:
         """diffusers' inpaint pipeline of this family on this editor's own components (with a
         4-channel UNet it blends like BLD, SPEC 5), and the ``strength`` that makes it run the same
-        steps: diffusers runs ``int(steps * strength)``, BLD ``steps - floor(steps * blend_start)``;
-        half a step above that count makes the two equal. For comparisons (bench, eval)."""
+        steps (``Backbone.reference_strength``: each family rounds ``strength`` its own way). For
+        comparisons (bench, eval)."""
         pipe = self.backbone.inpaint_reference(self._scheduler(cfg))
         pipe.set_progress_bar_config(disable=True)
         n = cfg.num_inference_steps
-        return pipe, (n - int(n * cfg.blend_start) + 0.5) / n
+        return pipe, self.backbone.reference_strength(n, int(n * cfg.blend_start))
 
     def optimize(self, channels_last: bool = True, compile: bool = False) -> BlendedLatentDiffusion:
         """The fast path for GPUs: channels-last UNet/VAE memory layout and, optionally,
@@ -319,6 +330,12 @@ class BlendedLatentDiffusion(FrameMethod):
         if compile:
             self.unet = torch.compile(self.unet, fullgraph=False, dynamic=False)
         return self
+
+    def _timesteps(self, scheduler: Any, cfg: EditConfig, z: torch.Tensor) -> torch.Tensor:
+        """SPEC 1 step 3 on this family's schedule (flow models: sigmas and shift for the size)."""
+        n = cfg.num_inference_steps
+        extra = self.backbone.timestep_kwargs(n, (z.shape[-2], z.shape[-1]))
+        return blend_timesteps(scheduler, n, cfg.blend_start, **extra)
 
     def _scheduler(self, cfg: EditConfig) -> Any:
         """A fresh scheduler per run: schedulers keep state (step index, solver history)."""

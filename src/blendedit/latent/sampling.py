@@ -41,12 +41,14 @@ def first_step(scheduler: Any, num_inference_steps: int, blend_start: float) -> 
     return int(num_inference_steps * blend_start) * scheduler.order
 
 
-def blend_timesteps(scheduler: Any, num_inference_steps: int, blend_start: float) -> torch.Tensor:
+def blend_timesteps(
+    scheduler: Any, num_inference_steps: int, blend_start: float, **set_timesteps_kwargs: Any
+) -> torch.Tensor:
     """SPEC 1 step 3: set the full schedule and skip its first floor(steps * blend_start) steps
     (official scripts: 12 of 50, leaving 38). Returns the timesteps still to run, on the host.
     (``set_begin_index`` lets multistep solvers start mid-schedule; the blend's noise levels do
     not depend on it, see ``schedule.py``.)"""
-    scheduler.set_timesteps(num_inference_steps, device="cpu")
+    scheduler.set_timesteps(num_inference_steps, device="cpu", **set_timesteps_kwargs)
     skip = first_step(scheduler, num_inference_steps, blend_start)
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(skip)
@@ -87,8 +89,9 @@ def blended_latent_diffusion(
     # Host timesteps index the scheduler's tables; one device copy, made here, feeds the model.
     # With DDIM no step then waits for the GPU (no host-device sync inside the loop).
     t_dev = timesteps.to(z.device)
+    scale_in = getattr(scheduler, "scale_model_input", lambda z, t: z)  # none in flow matching
     for i, t in enumerate(timesteps):
-        out = scheduler.step(model_fn(scheduler.scale_model_input(z, t), t_dev[i]), t, z, **kwargs)
+        out = scheduler.step(model_fn(scale_in(z, t), t_dev[i]), t, z, **kwargs)
         z = blend(out.prev_sample, background(i), step_masks[i])
         if callback is not None:
             callback(i, t, z, out)

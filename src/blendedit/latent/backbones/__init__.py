@@ -16,8 +16,10 @@ import torch
 
 from blendedit.errors import InputError
 from blendedit.latent.backbones.base import Backbone, Conditioning
+from blendedit.latent.backbones.flux import Flux
 from blendedit.latent.backbones.ldm import LatentDiffusion
 from blendedit.latent.backbones.sd import StableDiffusion
+from blendedit.latent.backbones.sd3 import StableDiffusion3
 from blendedit.latent.backbones.sdxl import StableDiffusionXL
 from blendedit.models import SINGLE_FILE_SUFFIXES, check_hub_id, load_cached_first
 
@@ -25,8 +27,10 @@ __all__ = [
     "FAMILIES",
     "Backbone",
     "Conditioning",
+    "Flux",
     "LatentDiffusion",
     "StableDiffusion",
+    "StableDiffusion3",
     "StableDiffusionXL",
     "detect_family",
     "load_backbone",
@@ -36,6 +40,8 @@ FAMILIES: dict[str, type[Backbone]] = {
     "sd": StableDiffusion,
     "sdxl": StableDiffusionXL,
     "ldm": LatentDiffusion,
+    "sd3": StableDiffusion3,
+    "flux": Flux,
 }
 
 # model_index.json ``_class_name`` -> family; None: known, but not a model BLD can blend with.
@@ -47,13 +53,20 @@ PIPELINE_FAMILIES: dict[str, str | None] = {
     "StableDiffusionXLImg2ImgPipeline": "sdxl",
     "StableDiffusionXLInpaintPipeline": "sdxl",
     "LDMTextToImagePipeline": "ldm",
-    "StableDiffusion3Pipeline": None,
-    "FluxPipeline": None,
+    "StableDiffusion3Pipeline": "sd3",
+    "StableDiffusion3Img2ImgPipeline": "sd3",
+    "StableDiffusion3InpaintPipeline": "sd3",  # refused below when its transformer is not 16-ch
+    "FluxPipeline": "flux",
+    "FluxImg2ImgPipeline": "flux",
+    "FluxInpaintPipeline": "flux",
     "FluxFillPipeline": None,
+    "FluxKontextPipeline": None,
 }
 _UNSUPPORTED = {
-    "StableDiffusion3Pipeline": "a Stable Diffusion 3 model, not supported by this version",
-    "FluxPipeline": "a FLUX.1 model, not supported by this version",
+    "FluxKontextPipeline": (
+        "a FLUX Kontext model (editing by image conditioning); Blended Latent Diffusion needs "
+        "the plain text-to-image model"
+    ),
     "FluxFillPipeline": (
         "a FLUX Fill model (inpainting by channel concatenation); Blended Latent Diffusion needs "
         "the plain text-to-image model"
@@ -86,12 +99,15 @@ def family_of_keys(keys: dict[str, tuple[int, ...]], name: str) -> str:
     if any(k.startswith("cond_stage_model.") for k in keys):
         return "sd"
     if any(".joint_blocks." in k for k in keys):
-        raise InputError(f"model: {name!r} is {_UNSUPPORTED['StableDiffusion3Pipeline']}")
+        return "sd3"
     if any("double_blocks." in k for k in keys):
-        raise InputError(f"model: {name!r} is {_UNSUPPORTED['FluxPipeline']}")
+        img_in = next((v for k, v in keys.items() if k.endswith("img_in.weight")), None)
+        if img_in is not None and len(img_in) == 2 and img_in[1] != 64:
+            raise InputError(f"model: {name!r} is {_UNSUPPORTED['FluxFillPipeline']}")
+        return "flux"
     raise InputError(
-        f"model: {name!r} is not a checkpoint blendedit recognises (no SD 1.x/2.x or SDXL text "
-        "encoder keys); pass a diffusers folder instead"
+        f"model: {name!r} is not a checkpoint blendedit recognises (no SD 1.x/2.x, SDXL, SD3 or "
+        "FLUX keys); pass a diffusers folder instead"
     )
 
 
@@ -100,7 +116,7 @@ def family_of_index(index: dict[str, Any], name: str) -> str:
     if cls not in PIPELINE_FAMILIES:
         raise InputError(
             f"model: {name!r} is a {cls or 'unknown'} model; the latent method supports "
-            "Stable Diffusion 1.x/2.x, SDXL and the CompVis LDM"
+            "Stable Diffusion 1.x/2.x, SDXL, SD3/3.5, FLUX.1 and the CompVis LDM"
         )
     family = PIPELINE_FAMILIES[cls]
     if family is None:
@@ -152,20 +168,25 @@ def load_backbone(
     local_files_only: bool | None = None,
     model_config: str | None = None,
     vae: str | os.PathLike[str] | None = None,
+    drop_t5: bool = False,
 ) -> Backbone:
     """The model's family, loaded: hub id, diffusers folder, or single file (``model_config``:
     a diffusers folder or hub id of the same architecture, for offline single files). ``vae``
-    replaces the model's VAE (a folder or hub id, e.g. an fp16-safe SDXL VAE)."""
+    replaces the model's VAE (a folder or hub id, e.g. an fp16-safe SDXL VAE); ``drop_t5`` loads
+    SD3 without its T5 encoder (its tokens become zeros)."""
     from blendedit.latent.backbones import loading
 
     family = detect_family(model, local_files_only)
-    backbone = loading.LOADERS[family](model, torch_dtype, local_files_only, model_config)
+    opts = {"drop_t5": True} if drop_t5 else {}
+    if drop_t5 and family != "sd3":
+        raise InputError(f"t5: --no-t5 applies to SD3 models, not {family}")
+    backbone = loading.LOADERS[family](model, torch_dtype, local_files_only, model_config, **opts)
     if vae is not None:
         loading.replace_vae(backbone, vae, torch_dtype, local_files_only)
-    unet = backbone.unet
-    if unet.config.in_channels != 4:
+    want = backbone.model_in_channels
+    if backbone.unet.config.in_channels != want:
         raise InputError(
-            f"model: {str(model)!r} has a {unet.config.in_channels}-channel UNet (an inpainting "
-            "model); Blended Latent Diffusion needs a plain text-to-image model with 4 latent channels"
+            f"model: {str(model)!r} has a {backbone.unet.config.in_channels}-channel denoiser (an "
+            "inpainting model); Blended Latent Diffusion needs the plain text-to-image model"
         )
     return backbone

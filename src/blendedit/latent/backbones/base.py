@@ -39,6 +39,7 @@ class Backbone:
 
     family: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}  # EditConfig fields this family changes (its presets)
+    flow: ClassVar[bool] = False  # rectified flow (SD3, FLUX): flow-matching schedulers only
 
     vae: Any
     unet: Any
@@ -88,6 +89,30 @@ class Backbone:
         """The resolution the model was trained at (512 SD 1.5/2.1-base, 1024 SDXL, 256 LDM)."""
         s = self.unet.config.sample_size
         return int(s if isinstance(s, int) else max(s)) * self.latent_factor
+
+    @property
+    def patch_size(self) -> int:
+        """Latent cells per token side of a transformer (2 for SD3 and FLUX), 1 for a UNet."""
+        return 1
+
+    @property
+    def model_in_channels(self) -> int:
+        """What a plain text-to-image denoiser takes (an inpainting one takes more)."""
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def size_multiple(self) -> int:
+        """Working sizes are multiples of this many pixels (latent factor x patch size)."""
+        return self.latent_factor * self.patch_size
+
+    def timestep_kwargs(self, num_steps: int, latent_hw: tuple[int, int]) -> dict[str, Any]:
+        """Extra ``scheduler.set_timesteps`` arguments (flow models: sigmas, the shift mu)."""
+        return {}
+
+    def reference_strength(self, n: int, begin: int) -> float:
+        """The ``strength`` at which diffusers' inpaint pipeline of this family runs the same
+        steps as BLD: SD/SDXL run ``int(n * strength)``, so half a step above ``n - begin``."""
+        return (n - begin + 0.5) / n
 
     # -- text -------------------------------------------------------------------------------------
 

@@ -13,8 +13,10 @@ import torch
 
 from blendedit.errors import InputError, ModelNotFoundError
 from blendedit.latent.backbones.base import Backbone
+from blendedit.latent.backbones.flux import Flux
 from blendedit.latent.backbones.ldm import LatentDiffusion
 from blendedit.latent.backbones.sd import StableDiffusion
+from blendedit.latent.backbones.sd3 import StableDiffusion3
 from blendedit.latent.backbones.sdxl import StableDiffusionXL
 from blendedit.models import load_cached_first, load_sd_components
 
@@ -160,10 +162,67 @@ def load_ldm(
     return load_cached_first("model", str(name), load, local)
 
 
-LOADERS: dict[str, Callable[[Name, torch.dtype | None, bool | None, str | None], Backbone]] = {
+def _flow_pipeline(
+    cls_name: str,
+    name: Name,
+    dtype: torch.dtype | None,
+    local: bool | None,
+    config: str | None,
+    **parts: Any,
+) -> Any:
+    """SD3 / FLUX through diffusers' own pipeline loader (folder, hub id or single file)."""
+    import diffusers
+
+    cls = getattr(diffusers, cls_name)
+    path = Path(name)
+    if path.is_file():
+        kw: dict[str, Any] = {"torch_dtype": dtype, **parts}
+        if config is not None:
+            kw["config"] = config
+        try:
+            return cls.from_single_file(str(path), **kw)
+        except Exception as e:  # diffusers raises many types for a bad or unrecognised checkpoint
+            raise _single_file_error(path, e) from None
+    return load_cached_first(
+        "model", str(name),
+        lambda local_only: cls.from_pretrained(
+            str(name), torch_dtype=dtype, local_files_only=local_only, **parts
+        ), local,
+    )  # fmt: skip
+
+
+def load_sd3(
+    name: Name, dtype: torch.dtype | None, local: bool | None, config: str | None,
+    drop_t5: bool = False,
+) -> Backbone:  # fmt: skip
+    parts = {"text_encoder_3": None, "tokenizer_3": None} if drop_t5 else {}
+    p = _flow_pipeline("StableDiffusion3Pipeline", name, dtype, local, config, **parts)
+    return StableDiffusion3(
+        p.vae, p.transformer, p.text_encoder, p.text_encoder_2, p.text_encoder_3,
+        p.tokenizer, p.tokenizer_2, p.tokenizer_3, p.scheduler,
+    )  # fmt: skip
+
+
+def load_flux(
+    name: Name, dtype: torch.dtype | None, local: bool | None, config: str | None,
+    drop_t5: bool = False,
+) -> Backbone:  # fmt: skip
+    if drop_t5:
+        raise InputError("t5: FLUX.1 needs its T5 text encoder; only SD3 runs without it")
+    p = _flow_pipeline("FluxPipeline", name, dtype, local, config)
+    return Flux(
+        p.vae, p.transformer, p.text_encoder, p.text_encoder_2, p.tokenizer, p.tokenizer_2,
+        p.scheduler,
+    )  # fmt: skip
+
+
+Loader = Callable[..., Backbone]  # (name, dtype, local_files_only, config, **options)
+LOADERS: dict[str, Loader] = {
     "sd": load_sd,
     "sdxl": load_sdxl,
     "ldm": load_ldm,
+    "sd3": load_sd3,
+    "flux": load_flux,
 }
 
 

@@ -288,14 +288,16 @@ class TestCluster:
     def test_driver_killed_then_run_again(self, head, job, tiny_sd_dir, tiny_clip_dir):
         out = job["root"] / "cluster"
         argv = [sys.executable, "-m", "blendedit.cli", "batch", str(job["manifest"]),
-                "--out", str(out), "--engine", "ray", "--ray-address", head, "--workers", "2",
+                "--out", str(out), "--engine", "ray", "--ray-address", head, "--workers", "1",
                 "--model", str(tiny_sd_dir), "--clip-model", str(tiny_clip_dir), "--steps", "4",
                 "--size", "64", "--num-images", "2", "--batch-size", "2", "--device", "cpu",
                 "--threads", "1", "--quiet"]  # fmt: skip
-        driver = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        log = job["root"] / "driver.log"
+        with open(log, "wb") as f:
+            driver = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=f)
         deadline = time.monotonic() + 300
         while len(row_folders(out)) < 3 if out.is_dir() else True:
-            assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
+            assert driver.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "no 3 rows in 300 s"
             time.sleep(0.05)
         driver.kill()  # SIGKILL: no cleanup, no summary

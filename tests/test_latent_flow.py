@@ -149,8 +149,8 @@ def test_sd3_without_t5_uses_zeros(tmp_path) -> None:
     assert torch.equal(with_t5[:, :77], without[:, :77]) and pooled.shape == (1, 64)
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
-def test_cli_edits_with_tiny_flow_folders(tmp_path, shared_images, family) -> None:
+@pytest.mark.parametrize(("family", "extra"), [("sd3", []), ("sd3", ["--no-t5"]), ("flux", [])])
+def test_cli_edits_with_tiny_flow_folders(tmp_path, shared_images, family, extra) -> None:
     from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
     parts = (tiny_sd3_parts if family == "sd3" else tiny_flux_parts)(tmp_path / "vocab")
@@ -168,7 +168,7 @@ def test_cli_edits_with_tiny_flow_folders(tmp_path, shared_images, family) -> No
         argv = [
             "edit", str(photo), "--mask", str(mask), "--prompt", "a red flower", "--model",
             str(folder), "--no-rank", "--steps", "4", "--num-images", "2", "--size", "64",
-            "--out", str(tmp_path / run), "--device", "cpu",
+            "--out", str(tmp_path / run), "--device", "cpu", *extra,
         ]  # fmt: skip
         assert main(argv) == 0
         outs.append(tmp_path / run)

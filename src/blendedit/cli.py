@@ -17,6 +17,7 @@ from blendedit.config import (
     BACKGROUND_MODES,
     BLEND_RULES,
     MASK_SHRINK_MODES,
+    PRESET_HELP,
     PRESETS,
     EditConfig,
     preset_on,
@@ -162,6 +163,19 @@ def _edit_arguments(e: argparse.ArgumentParser) -> None:
         "SCALE (default 1); repeat for several",
     )
     g.add_argument(
+        "--offload",
+        choices=["model", "sequential"],
+        help="latent, smaller GPUs: keep the weights in CPU memory and move each component "
+        "(model) or each layer (sequential, least memory, slowest) to the GPU only while it runs",
+    )
+    g.add_argument(
+        "--no-t5",
+        action="store_true",
+        dest="no_t5",
+        help="latent, SD3/SD3.5: run without the T5-XXL text encoder (4.7B parameters; its "
+        "tokens become zeros, as in diffusers), at some cost to prompt following",
+    )
+    g.add_argument(
         "--clip-model",
         default=DEFAULT_CLIP_MODEL,
         help=f"CLIP used for ranking (default: {DEFAULT_CLIP_MODEL})",
@@ -190,7 +204,8 @@ def _edit_arguments(e: argparse.ArgumentParser) -> None:
         choices=sorted(set(PRESETS) | set(PIXEL_PRESETS)),
         help="named settings; latent: "
         + "; ".join(
-            f"{k} ({v.scheduler}, {v.num_inference_steps} steps, {v.num_images} images)"
+            f"{k} ({PRESET_HELP.get(k) or f'{v.scheduler}, {v.num_inference_steps} steps'}, "
+            f"{v.num_images} images)"
             for k, v in PRESETS.items()
         )
         + "; pixel: "
@@ -501,12 +516,18 @@ def _prepare(args: argparse.Namespace, rank: bool | None = None) -> tuple[Any, A
             model_config=args.model_config,
             vae=args.vae,
             loras=args.loras or (),
+            drop_t5=args.no_t5,
         )
         cfg = config_from_args(args, editor.default_config())  # the family's own defaults
     else:
         from blendedit.pixel.pipeline import BlendedDiffusion
 
-        for flag, value in (("vae", args.vae), ("lora", args.loras)):
+        for flag, value in (
+            ("vae", args.vae),
+            ("lora", args.loras),
+            ("offload", args.offload),
+            ("no_t5", args.no_t5),
+        ):
             if value:
                 raise InputError(f"{flag}: applies to --method latent only, not {args.method}")
         if args.model is None:
@@ -522,7 +543,27 @@ def _prepare(args: argparse.Namespace, rank: bool | None = None) -> tuple[Any, A
             lpips_weights=tuple(args.lpips_weights) if args.lpips_weights else None,
             torch_dtype=dtype,
         )
-    return cfg, image, mask, editor.to(device)
+    return cfg, image, mask, place(editor, device, dtype, getattr(args, "offload", None))
+
+
+def place(editor: Any, device: Any, dtype: Any, offload: str | None) -> Any:
+    """The editor on ``device`` (or offloaded to it); a model too large for the device is one
+    line with its size and what to try, never a CUDA traceback."""
+    import torch
+
+    try:
+        return editor.enable_offload(offload, device) if offload else editor.to(device)
+    except torch.OutOfMemoryError:
+        modules = getattr(getattr(editor, "backbone", None), "modules", dict)().values()
+        size = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+        hints = "--offload model, --offload sequential" + (
+            ", --no-t5" if getattr(editor, "family", "") == "sd3" else ""
+        )
+        raise InputError(
+            f"device: the model's weights ({size / 2**30:.1f} GiB in "
+            f"{str(dtype).removeprefix('torch.')}) do not fit on {device}; try {hints}"
+            + ("" if dtype in (torch.float16, torch.bfloat16) else " or --dtype fp16")
+        ) from None
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
@@ -650,7 +691,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # out of memory and other device failures: one line, not a traceback
         if isinstance(e, torch.OutOfMemoryError):
             print(
-                "blendedit: error: out of memory; lower --batch-size or --size, or use --dtype fp16",
+                "blendedit: error: out of memory; lower --batch-size or --size, use --dtype fp16, "
+                "or --offload model",
                 file=sys.stderr,
             )
             return 3

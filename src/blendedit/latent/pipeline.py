@@ -81,13 +81,15 @@ class BlendedLatentDiffusion(FrameMethod):
         model_config: str | None = None,
         vae: str | os.PathLike[str] | None = None,
         loras: Sequence[str | LoraSpec] = (),
+        drop_t5: bool = False,
     ) -> BlendedLatentDiffusion:
         """Load from a hub id, a local diffusers folder or a single .safetensors/.ckpt file; the
         family (SD 1.x/2.x, SDXL, LDM) is detected from the model. ``vae`` replaces its VAE (e.g.
-        an fp16-safe SDXL VAE); ``loras``: "FILE_OR_ID[:SCALE]" each (see :meth:`load_loras`).
+        an fp16-safe SDXL VAE); ``loras``: "FILE_OR_ID[:SCALE]" each (see :meth:`load_loras`);
+        ``drop_t5``: SD3 without its 4.7B-parameter T5 encoder.
         ``clip_model=None`` skips the ranking model (results then come in generation order)."""
         dtype = parse_dtype(torch_dtype)
-        backbone = load_backbone(model, dtype, local_files_only, model_config, vae)
+        backbone = load_backbone(model, dtype, local_files_only, model_config, vae, drop_t5)
         clip = ClipScorer.from_pretrained(clip_model, dtype) if clip_model else None
         editor = cls(backbone, clip, str(model))
         if loras:
@@ -136,6 +138,16 @@ class BlendedLatentDiffusion(FrameMethod):
             raise InputError(
                 f"scheduler: {cfg.scheduler!r} does not fit a {self.family} model; use {fits}"
             )
+
+    def enable_offload(
+        self, mode: str, device: torch.device | str = "cuda"
+    ) -> BlendedLatentDiffusion:
+        """``--offload model|sequential``: weights stay in CPU memory and move to ``device`` only
+        while they run (see ``Backbone.enable_offload``); the ranking CLIP goes to ``device``."""
+        self.backbone.enable_offload(mode, device)
+        if self.clip is not None:
+            self.clip.to(device)
+        return self
 
     def default_config(self) -> EditConfig:
         """EditConfig's defaults with the model family's own (SDXL and LDM: guidance 5)."""

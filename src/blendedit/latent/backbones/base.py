@@ -69,9 +69,34 @@ class Backbone:
         for name, m in self.modules().items():
             m.to(device=device, dtype=self.vae_dtype_for(dtype) if name == "vae" else dtype)
 
+    offload: str | None = None  # "model" or "sequential" once enable_offload ran
+    execution_device: torch.device | None = None  # where modules run when offloaded
+
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        """Where inputs go and the model runs (the execution device when offloaded)."""
+        return self.execution_device or self.unet.device
+
+    def enable_offload(self, mode: str, device: torch.device | str) -> None:
+        """Keep the weights in CPU memory and move them to ``device`` only while they run
+        (accelerate hooks): "model" one whole component at a time (text encoders, then the
+        denoiser, then the VAE: peak = the largest component), "sequential" one submodule at a
+        time (least memory, slowest)."""
+        from accelerate import cpu_offload, cpu_offload_with_hook
+
+        dev = torch.device(device)
+        order = [m for m in self.text_encoders() if m is not None] + [self.unet, self.vae]
+        if mode == "model":
+            hook = None
+            for m in order:
+                m.to("cpu")
+                _, hook = cpu_offload_with_hook(m, dev, prev_module_hook=hook)
+        elif mode == "sequential":
+            for m in order:
+                cpu_offload(m, dev)
+        else:
+            raise ValueError(f"offload: {mode!r} is not model or sequential")
+        self.offload, self.execution_device = mode, dev
 
     @property
     def dtype(self) -> torch.dtype:
@@ -171,7 +196,7 @@ class Backbone:
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> z = E(x) (posterior mean), ``(z - shift) * scaling``."""
         vae = self.vae
-        z = vae.encode(image.to(vae.device, vae.dtype)).latent_dist.mode()
+        z = vae.encode(image.to(self.device, vae.dtype)).latent_dist.mode()
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return ((z - shift) * vae.config.scaling_factor).to(self.dtype)
 
@@ -180,8 +205,9 @@ class Backbone:
         """x = D(z): (B, C, h, w) scaled latents -> (B, 3, H, W) in [-1, 1]; differentiable, so
         background reconstruction can tune a copy of the decoder (paper 4.2)."""
         shift = getattr(vae.config, "shift_factor", None) or 0.0
-        param = next(vae.parameters())
-        return vae.decode(z.to(param) / vae.config.scaling_factor + shift, return_dict=False)[0]
+        param = next(vae.parameters())  # on "meta" under sequential offload: keep z's device
+        z = z.to(dtype=param.dtype) if param.device.type == "meta" else z.to(param)
+        return vae.decode(z / vae.config.scaling_factor + shift, return_dict=False)[0]
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, chunk: int = 4) -> torch.Tensor:

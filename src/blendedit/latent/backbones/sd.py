@@ -37,7 +37,7 @@ def lcm_guidance_embedding(unet: Any, guidance_scale: float, n: int) -> torch.Te
     emb = torch.cat([torch.sin(w[:, None] * freqs), torch.cos(w[:, None] * freqs)], dim=1)
     if dim % 2:
         emb = torch.nn.functional.pad(emb, (0, 1))
-    return emb.to(unet.device, unet.dtype)
+    return emb.to(dtype=unet.dtype)  # moved to the model's device with the other inputs
 
 
 class StableDiffusion(Backbone):
@@ -84,6 +84,7 @@ class StableDiffusion(Backbone):
     ) -> ModelFn:
         context, _ = self.stack(c, batch, parts)  # (P * B, L, D)
         cond_w = lcm_guidance_embedding(self.unet, guidance_scale, len(context))
+        cond_w = cond_w.to(self.device) if cond_w is not None else None
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, C, h, w)
             return self.unet(

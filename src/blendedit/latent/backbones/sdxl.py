@@ -116,6 +116,7 @@ class StableDiffusionXL(Backbone):
     ) -> ModelFn:
         context, added = self.stack(c, batch, parts)  # (P * B, 77, 2048), text_embeds, time_ids
         cond_w = lcm_guidance_embedding(self.unet, guidance_scale, len(context))
+        cond_w = cond_w.to(self.device) if cond_w is not None else None
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, 4, h, w)
             return self.unet(

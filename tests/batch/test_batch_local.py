@@ -192,3 +192,10 @@ def test_a_second_driver_on_the_same_folder_stops(local_run):
     first = BatchStore(out)
     with first.session(), pytest.raises(InputError, match="another batch run is writing"):
         BatchStore(out).open()
+
+
+def test_eval_takes_the_engine_options(tmp_path, shared_images, capsys):
+    argv = ["eval", "--images", str(shared_images), "--out", str(tmp_path / "e"), "--workers", "2"]
+    assert main(argv) == 2
+    assert "workers: --workers needs --engine ray" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()

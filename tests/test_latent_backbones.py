@@ -1,0 +1,86 @@
+"""Family detection from a single checkpoint's key names (read from the header, nothing loaded)
+and from ``model_index.json``: each family, and the models that cannot blend, in one line."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from blendedit.errors import InputError
+from blendedit.latent.backbones import detect_family, family_of_index
+
+T = torch.zeros(1)
+
+
+@pytest.mark.parametrize(
+    ("keys", "family"),
+    [
+        ({"cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": T}, "sd"),
+        ({"cond_stage_model.model.token_embedding.weight": T}, "sd"),
+        ({"conditioner.embedders.1.model.token_embedding.weight": T}, "sdxl"),
+        ({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": T}, "sd3"),
+        ({"double_blocks.0.img_attn.qkv.weight": T, "img_in.weight": torch.zeros(8, 64)}, "flux"),
+    ],
+)
+def test_single_file_families(tmp_path, keys, family):
+    path = tmp_path / "model.safetensors"
+    save_file(keys, str(path))
+    assert detect_family(path) == family
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (
+            {
+                "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 9, 1, 1),
+                "cond_stage_model.model.token_embedding.weight": T,
+            },
+            "9-channel UNet (an inpainting model)",
+        ),
+        ({"double_blocks.0.x": T, "img_in.weight": torch.zeros(8, 384)}, "FLUX Fill model"),
+        ({"some.other.weight": T}, "not a checkpoint blendedit recognises"),
+    ],
+)
+def test_single_files_that_cannot_blend(tmp_path, keys, message):
+    path = tmp_path / "model.safetensors"
+    save_file(keys, str(path))
+    with pytest.raises(InputError, match=re.escape(message)) as err:
+        detect_family(path)
+    assert "\n" not in str(err.value) and str(err.value).startswith("model: ")
+
+
+def test_unreadable_file_is_one_line(tmp_path):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"\x00" * 20)
+    with pytest.raises(InputError, match="not a readable checkpoint"):
+        detect_family(path)
+
+
+@pytest.mark.parametrize(
+    ("cls", "family"),
+    [
+        ("StableDiffusionPipeline", "sd"),
+        ("StableDiffusionXLPipeline", "sdxl"),
+        ("LDMTextToImagePipeline", "ldm"),
+        ("StableDiffusion3Pipeline", "sd3"),
+        ("FluxPipeline", "flux"),
+    ],
+)
+def test_model_index_families(cls, family, tmp_path):
+    assert family_of_index({"_class_name": cls}, "m") == family
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": cls}))
+    assert detect_family(tmp_path) == family
+
+
+@pytest.mark.parametrize(
+    ("cls", "message"),
+    [("FluxFillPipeline", "FLUX Fill"), ("FluxKontextPipeline", "Kontext"), ("Foo", "Foo")],
+)
+def test_model_index_refusals(cls, message):
+    with pytest.raises(InputError, match=message):
+        family_of_index({"_class_name": cls}, "m")

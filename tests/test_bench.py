@@ -1,5 +1,6 @@
-"""``blendedit bench``: full-size presets match the published models; the tiny CPU run measures
-every stage next to diffusers; the report is appended, never overwritten."""
+"""``blendedit bench``: full-size presets match the published models; the tiny CPU runs measure
+every stage next to diffusers' inpaint pipeline of each family; the report is appended, never
+overwritten."""
 
 from __future__ import annotations
 
@@ -7,17 +8,41 @@ import json
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
+from transformers import CLIPConfig, CLIPModel
 
-from blendedit.bench import ARCHITECTURES, _special_tokens, append_report, run_bench, unet_flops
+from blendedit.bench import (
+    ARCHITECTURES,
+    FAMILIES,
+    _special_tokens,
+    append_report,
+    build_backbone,
+    run_bench,
+    unet_flops,
+)
+from blendedit.cli import main
 
-# Parameter counts of the published checkpoints (diffusers / transformers folders).
+# Parameter counts of the published checkpoints, per part (the diffusers / transformers folders:
+# sum of the tensors in each part's weights file; SDXL: Podell et al. 2023 give "2.6B" for the UNet).
+SD_VAE = 83_653_863  # the KL-f8 autoencoder: SD 1.x/2.x, SDXL (same shape), the CompVis LDM
+CLIP_L = 123_060_480  # openai/clip-vit-large-patch14 text model (SD 1.x, SDXL text_encoder)
 PUBLISHED = {
-    "sd15": {"unet": 859_520_964, "vae": 83_653_863, "text": 123_060_480},
-    "sd2-base": {"unet": 865_910_724, "vae": 83_653_863, "text": 340_387_840},
-    "sd2": {"unet": 865_910_724, "vae": 83_653_863, "text": 340_387_840},
+    "sd15": {"unet": 859_520_964, "vae": SD_VAE, "text_encoder": CLIP_L},
+    "sd2-base": {"unet": 865_910_724, "vae": SD_VAE, "text_encoder": 340_387_840},
+    "sd2": {"unet": 865_910_724, "vae": SD_VAE, "text_encoder": 340_387_840},
+    # stabilityai/stable-diffusion-xl-base-1.0: unet/, text_encoder/ (CLIP-L), text_encoder_2/
+    # (OpenCLIP bigG with projection), vae/
+    "sdxl": {
+        "unet": 2_567_463_684,
+        "vae": SD_VAE,
+        "text_encoder": CLIP_L,
+        "text_encoder_2": 694_659_840,
+    },
 }
+# CompVis/ldm-text2im-large-256 (Rombach et al. 2022, "LDM-KL-8-G", the BLD paper's model): the
+# published 1.45B is the UNet plus the LDMBert text encoder (its to_logits head included, as in
+# the original x-transformers checkpoint); the KL-f8 autoencoder comes on top.
+LDM_UNET, LDM_BERT = 872_300_484, 581_994_042
+LDM_PUBLISHED = 1.45e9
 CLIP_B16_PARAMS = 149_620_737
 
 
@@ -25,35 +50,65 @@ def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@pytest.mark.parametrize("name", ["sd15", "sd2-base", "sd2"])
-def test_presets_are_the_published_architectures(name):
-    arch = ARCHITECTURES[name]
-    with torch.device("meta"):  # shapes only: nothing is allocated
-        unet = UNet2DConditionModel(**arch.unet)
-        vae = AutoencoderKL(**arch.vae)
-        text = CLIPTextModel(CLIPTextConfig(**_special_tokens(arch.text)))
-        clip = CLIPModel(
+@pytest.fixture(scope="module")
+def meta_backbones(tmp_path_factory):
+    """Every full-size preset built on the meta device: shapes only, nothing is allocated."""
+    tmp = tmp_path_factory.mktemp("tok")
+    names = ["sd15", "sd2-base", "sd2", "sdxl", "ldm-1.45b"]
+    return {n: build_backbone(ARCHITECTURES[n], "meta", tmp) for n in names}
+
+
+@pytest.mark.parametrize("name", ["sd15", "sd2-base", "sd2", "sdxl"])
+def test_presets_are_the_published_architectures(name, meta_backbones):
+    backbone = meta_backbones[name]
+    assert backbone.family == ARCHITECTURES[name].family
+    counts = {k: _count(m) for k, m in backbone.modules().items()}
+    assert counts == PUBLISHED[name]
+
+
+def test_sdxl_preset_is_sdxl_base(meta_backbones):
+    sdxl = meta_backbones["sdxl"]
+    assert sdxl.native_size == 1024 and ARCHITECTURES["sdxl"].resolution == 1024
+    assert sdxl.vae.config.scaling_factor == 0.13025 and sdxl.vae.config.force_upcast
+    assert not sdxl.requires_aesthetics_score  # base: 6 time ids, not the refiner's 5
+    assert type(sdxl.scheduler).__name__ == "EulerDiscreteScheduler"
+
+
+def test_ldm_preset_is_the_papers_1_45b_model(meta_backbones):
+    ldm = meta_backbones["ldm-1.45b"]
+    arch = ARCHITECTURES["ldm-1.45b"]
+    unet, bert, vae = (_count(ldm.modules()[k]) for k in ("unet", "text_encoder", "vae"))
+    assert (unet, bert, vae) == (LDM_UNET, LDM_BERT, SD_VAE)
+    assert unet + bert == 1_454_294_526
+    assert round((unet + bert) / 1e9, 2) == LDM_PUBLISHED / 1e9  # "1.45B"
+    assert type(ldm.text_encoder).__name__ == "LDMBertModel"
+    assert ldm.native_size == arch.resolution == 256 and arch.batch == 24  # paper, Table 2
+    assert ldm.tokenizer("a vase of red roses").input_ids[-1] < ldm.text_encoder.config.vocab_size
+
+
+def test_ranking_model_is_clip_b16():
+    clip = ARCHITECTURES["sd2-base"].clip
+    with torch.device("meta"):
+        model = CLIPModel(
             CLIPConfig(
-                text_config=_special_tokens(arch.clip["text"]),
-                vision_config=arch.clip["vision"],
-                projection_dim=512,
+                text_config=_special_tokens(clip["text"]),
+                vision_config=clip["vision"],
+                projection_dim=clip["projection_dim"],
             )
         )
-    assert {"unet": _count(unet), "vae": _count(vae), "text": _count(text)} == PUBLISHED[name]
-    assert _count(clip) == CLIP_B16_PARAMS
+    assert _count(model) == CLIP_B16_PARAMS
 
 
-def test_unet_flops_match_the_spec():
-    """SPEC 4: one SD 1.x/2.x UNet forward at a 64x64 latent is about 0.80 TFLOP; guidance doubles it."""
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**ARCHITECTURES["sd2-base"].unet)
+def test_every_preset_has_a_family_builder():
+    assert {a.family for a in ARCHITECTURES.values()} <= set(FAMILIES)
+    for name in ("sdxl", "ldm-1.45b"):  # a tiny preset of each full-size family runs on a CPU
+        assert f"tiny-{ARCHITECTURES[name].family}" in ARCHITECTURES
 
-    class Meta:
-        device, dtype = torch.device("meta"), torch.float32
 
-    editor = Meta()
-    editor.unet = unet
-    flops = unet_flops(editor, batch=1, latent_hw=(64, 64))
+def test_unet_flops_match_the_spec(meta_backbones):
+    """SPEC 4: one SD 1.x/2.x UNet forward at a 64x64 latent is about 0.80 TFLOP; guidance doubles
+    it."""
+    flops = unet_flops(meta_backbones["sd2-base"], 1, (64, 64))
     assert flops == pytest.approx(2 * 0.804e12, rel=0.01)
 
 
@@ -72,6 +127,43 @@ def test_tiny_cpu_bench_measures_every_stage_and_diffusers(tmp_path):
     text = report.read_text()
     assert text.count("## ") == 2 and text.count("| tiny |") == 4  # two sections, nothing lost
     assert len(json.loads(report.with_suffix(".json").read_text())) == 2
+
+
+@pytest.mark.parametrize(
+    ("preset", "dtype", "reference"),
+    [
+        # the path of `--preset sdxl --dtype bf16` on a GPU: bf16 editor, diffusers' SDXL pipeline
+        ("tiny-sdxl", torch.bfloat16, "StableDiffusionXLInpaintPipeline"),
+        # LDMBert embeddings into diffusers' SD inpaint pipeline (it cannot tokenize for LDMBert)
+        ("tiny-ldm", torch.float32, "StableDiffusionInpaintPipeline"),
+    ],
+)
+def test_tiny_family_bench_runs_against_its_reference(preset, dtype, reference, monkeypatch):
+    import blendedit.bench as bench
+
+    seen = []
+    real = bench._bench_diffusers
+
+    def spy(editor, *args, **kwargs):
+        seen.append((type(editor.diffusers_inpaint(args[2])[0]).__name__, editor.dtype))
+        return real(editor, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "_bench_diffusers", spy)
+    res = run_bench(preset, "cpu", dtype, batch=1, steps=4, repeats=1)
+    assert seen == [(reference, dtype)]
+    assert res.family == ARCHITECTURES[preset].family and res.dtype == str(dtype)[6:]
+    assert res.steps_run == 3 and res.unet_tflop_per_step > 0
+    assert res.diffusers_per_step_ms > 0 and res.per_step_ratio_vs_diffusers > 0
+
+
+def test_cli_bench_runs_a_family_preset(tmp_path, capsys):
+    report = tmp_path / "b.md"
+    args = ["bench", "--preset", "tiny-sdxl", "--device", "cpu", "--steps", "2"]
+    args += ["--repeats", "1", "--no-diffusers", "--batch", "1", "--report", str(report)]
+    assert main(args) == 0
+    assert "| tiny-sdxl | CPU" in capsys.readouterr().out
+    assert json.loads(report.with_suffix(".json").read_text())[0]["family"] == "sdxl"
+    assert ARCHITECTURES["sdxl"].batch == 4  # the official SDXL script's, unless --batch
 
 
 def test_out_of_memory_halves_the_batch(editor, shared_images, monkeypatch):

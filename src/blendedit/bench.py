@@ -1,11 +1,14 @@
 """``blendedit bench``: time a ranked batch edit end to end and per stage, next to diffusers'
-``StableDiffusionInpaintPipeline`` on the same components, with random weights (speed does not
+inpaint pipeline of the model's family on the same components, with random weights (speed does not
 depend on the weights) of full-size architectures kept here as presets, or tiny ones for a CPU.
+
+A preset is data: the family (one builder per family in :data:`FAMILIES`) and the diffusers /
+transformers configs of the published model's parts. A later family (SD3, FLUX) is one builder and
+its presets one entry each.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import platform
 import tempfile
@@ -13,13 +16,17 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from blendedit.errors import InputError
+from blendedit.latent.backbones.loading import LDM_SAMPLER
+
+if TYPE_CHECKING:
+    from blendedit.latent.backbones import Backbone
 
 # -- architectures (diffusers / transformers configs of the published models) ---------------------
 
@@ -31,7 +38,7 @@ _SD_UNET = {
     "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
     "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
 }
-_SD_VAE = {
+_SD_VAE = {  # the KL-f8 autoencoder of LDM, SD 1.x/2.x and (rescaled) SDXL
     "in_channels": 3,
     "out_channels": 3,
     "latent_channels": 4,
@@ -41,7 +48,7 @@ _SD_VAE = {
     "up_block_types": ("UpDecoderBlock2D",) * 4,
     "scaling_factor": 0.18215,
 }
-_CLIP_L_TEXT = {  # SD 1.x text encoder: OpenAI CLIP ViT-L/14
+_CLIP_L_TEXT = {  # SD 1.x and SDXL's first text encoder: OpenAI CLIP ViT-L/14
     "vocab_size": 49408,
     "hidden_size": 768,
     "intermediate_size": 3072,
@@ -58,6 +65,25 @@ _OPENCLIP_H_TEXT = {  # SD 2.x text encoder: OpenCLIP ViT-H/14 (23 of 24 layers)
     "num_hidden_layers": 23,
     "hidden_act": "gelu",
     "projection_dim": 512,
+}
+_OPENCLIP_BIGG_TEXT = {  # SDXL's second text encoder: OpenCLIP ViT-bigG/14, with its projection
+    "vocab_size": 49408,
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_attention_heads": 20,
+    "num_hidden_layers": 32,
+    "hidden_act": "gelu",
+    "projection_dim": 1280,
+}
+_LDM_BERT = {  # LDM-1.45B's text encoder: LDMBertConfig's defaults = txt2img-1p4B-eval.yaml
+    "vocab_size": 30522,
+    "max_position_embeddings": 77,
+    "encoder_layers": 32,
+    "encoder_ffn_dim": 5120,
+    "encoder_attention_heads": 8,
+    "head_dim": 64,
+    "d_model": 1280,
+    "pad_token_id": 0,
 }
 _CLIP_B16 = {  # the ranking model: OpenAI CLIP ViT-B/16
     "text": {
@@ -79,97 +105,233 @@ _CLIP_B16 = {  # the ranking model: OpenAI CLIP ViT-B/16
     },
     "projection_dim": 512,
 }
+_TINY_TEXT = {  # the test suite's tiny CLIP text encoder (tests/tiny_models.py)
+    "vocab_size": 520,
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "projection_dim": 32,
+}
+_TINY_CLIP = {
+    "text": _TINY_TEXT,
+    "vision": {
+        "image_size": 32,
+        "patch_size": 8,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "projection_dim": 32,
+    },
+    "projection_dim": 32,
+}
+_TINY_VAE = {  # four blocks: the 8x latent factor of the real ones
+    **_SD_VAE,
+    "block_out_channels": (8, 8, 16, 16),
+    "norm_num_groups": 8,
+    "layers_per_block": 1,
+    "sample_size": 128,
+}
+
+# Schedulers as the published models ship them (``_class_name`` + config).
+_SD_DDIM = {
+    "_class_name": "DDIMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+_SDXL_EULER = {  # stabilityai/stable-diffusion-xl-base-1.0/scheduler
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "interpolation_type": "linear",
+    "prediction_type": "epsilon",
+}
+_LDM_DDIM = {"_class_name": "DDIMScheduler", **LDM_SAMPLER}  # the original LDM sampler
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """A Stable Diffusion model's shape: enough to build it with random weights."""
+    """A published model's shape: its family (the builder in :data:`FAMILIES`) and the configs
+    of its parts, enough to build it with random weights."""
 
-    unet: dict[str, Any]
-    vae: dict[str, Any]
-    text: dict[str, Any]
-    clip: dict[str, Any]
+    family: str  # "sd", "sdxl", "ldm": a key of FAMILIES
+    parts: dict[str, dict[str, Any]]  # part -> config (unet, vae, text, text_2)
     resolution: int  # px
+    clip: dict[str, Any] = field(default_factory=lambda: _CLIP_B16)  # the ranking model
+    scheduler: dict[str, Any] = field(default_factory=lambda: _SD_DDIM)
+    batch: int = 24  # the ranked batch a bench run uses unless told (the paper's)
+    source: str = ""  # the published model it copies
 
 
-ARCHITECTURES: dict[str, Architecture] = {
-    "sd15": Architecture(
-        {**_SD_UNET, "sample_size": 64, "cross_attention_dim": 768, "attention_head_dim": 8},
-        {**_SD_VAE, "sample_size": 512},
-        _CLIP_L_TEXT,
-        _CLIP_B16,
-        512,
-    ),
-    "sd2-base": Architecture(
-        {
-            **_SD_UNET,
-            "sample_size": 64,
-            "cross_attention_dim": 1024,
-            "attention_head_dim": (5, 10, 20, 20),
-            "use_linear_projection": True,
-        },
-        {**_SD_VAE, "sample_size": 512},
-        _OPENCLIP_H_TEXT,
-        _CLIP_B16,
-        512,
-    ),
-    "tiny": Architecture(  # the test suite's tiny models: seconds on a CPU
-        {
-            "in_channels": 4,
-            "out_channels": 4,
-            "layers_per_block": 1,
-            "block_out_channels": (32, 64),
-            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
-            "cross_attention_dim": 32,
-            "attention_head_dim": 4,
-            "sample_size": 16,
-        },
-        {
-            **_SD_VAE,
-            "block_out_channels": (8, 8, 16, 16),
-            "norm_num_groups": 8,
-            "layers_per_block": 1,
-            "sample_size": 128,
-        },
-        {
-            "vocab_size": 520,
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 2,
-            "projection_dim": 32,
-        },
-        {
-            "text": {
-                "vocab_size": 520,
-                "hidden_size": 32,
-                "intermediate_size": 37,
-                "num_attention_heads": 4,
-                "num_hidden_layers": 2,
-                "projection_dim": 32,
-            },
-            "vision": {
-                "image_size": 32,
-                "patch_size": 8,
-                "hidden_size": 32,
-                "intermediate_size": 37,
-                "num_attention_heads": 4,
-                "num_hidden_layers": 2,
-                "projection_dim": 32,
-            },
-            "projection_dim": 32,
-        },
-        128,
-    ),
+def _sd(unet: dict[str, Any], text: dict[str, Any], resolution: int, source: str) -> Architecture:
+    vae = {**_SD_VAE, "sample_size": resolution}
+    return Architecture("sd", {"unet": unet, "vae": vae, "text": text}, resolution, source=source)
+
+
+_SD2_UNET = {
+    **_SD_UNET,
+    "cross_attention_dim": 1024,
+    "attention_head_dim": (5, 10, 20, 20),
+    "use_linear_projection": True,
 }
 
-ARCHITECTURES["sd2"] = dataclasses.replace(  # SD 2.1 (768-v): the same networks at 768x768
-    ARCHITECTURES["sd2-base"],
-    unet={**ARCHITECTURES["sd2-base"].unet, "sample_size": 96},
-    vae={**_SD_VAE, "sample_size": 768},
-    resolution=768,
-)
+ARCHITECTURES: dict[str, Architecture] = {
+    "sd15": _sd(
+        {**_SD_UNET, "sample_size": 64, "cross_attention_dim": 768, "attention_head_dim": 8},
+        _CLIP_L_TEXT,
+        512,
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    ),
+    "sd2-base": _sd(
+        {**_SD2_UNET, "sample_size": 64},
+        _OPENCLIP_H_TEXT,
+        512,
+        "stabilityai/stable-diffusion-2-1-base",
+    ),
+    "sd2": _sd(  # SD 2.1 (768-v): the same networks at 768x768
+        {**_SD2_UNET, "sample_size": 96}, _OPENCLIP_H_TEXT, 768, "stabilityai/stable-diffusion-2-1"
+    ),
+    "sdxl": Architecture(  # Podell et al. 2023: 2.6B UNet, two text encoders, 1024x1024
+        "sdxl",
+        {
+            "unet": {
+                "in_channels": 4,
+                "out_channels": 4,
+                "layers_per_block": 2,
+                "block_out_channels": (320, 640, 1280),
+                "down_block_types": ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 2,
+                "up_block_types": ("CrossAttnUpBlock2D",) * 2 + ("UpBlock2D",),
+                "transformer_layers_per_block": (1, 2, 10),
+                "attention_head_dim": (5, 10, 20),
+                "use_linear_projection": True,
+                "addition_embed_type": "text_time",
+                "addition_time_embed_dim": 256,
+                "projection_class_embeddings_input_dim": 2816,  # 6 time ids x 256 + pooled 1280
+                "cross_attention_dim": 2048,  # CLIP-L 768 + bigG 1280, concatenated
+                "sample_size": 128,
+            },
+            "vae": {
+                **_SD_VAE,
+                "scaling_factor": 0.13025,
+                "force_upcast": True,
+                "sample_size": 1024,
+            },
+            "text": _CLIP_L_TEXT,
+            "text_2": _OPENCLIP_BIGG_TEXT,
+        },
+        1024,
+        scheduler=_SDXL_EULER,
+        batch=4,  # the official BLD SDXL script's batch (text_editing_SDXL.py)
+        source="stabilityai/stable-diffusion-xl-base-1.0",
+    ),
+    "ldm-1.45b": Architecture(  # Rombach et al. 2022, the BLD paper's model: 256x256
+        "ldm",
+        {
+            "unet": {  # model_channels 320, channel_mult (1, 2, 4, 4), 8 heads, context 1280
+                **_SD_UNET,
+                "sample_size": 32,
+                "cross_attention_dim": 1280,
+                "attention_head_dim": 8,
+            },
+            "vae": {**_SD_VAE, "sample_size": 256},  # KL-f8
+            "text": _LDM_BERT,
+        },
+        256,
+        scheduler=_LDM_DDIM,
+        batch=24,  # the BLD paper's Table 2 setting (a ranked batch of 24)
+        source="CompVis/ldm-text2im-large-256",
+    ),
+    "tiny": Architecture(  # the test suite's tiny models: seconds on a CPU
+        "sd",
+        {
+            "unet": {
+                "in_channels": 4,
+                "out_channels": 4,
+                "layers_per_block": 1,
+                "block_out_channels": (32, 64),
+                "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+                "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+                "cross_attention_dim": 32,
+                "attention_head_dim": 4,
+                "sample_size": 16,
+            },
+            "vae": _TINY_VAE,
+            "text": _TINY_TEXT,
+        },
+        128,
+        clip=_TINY_CLIP,
+    ),
+    "tiny-sdxl": Architecture(  # tests/tiny_models.py tiny_sdxl_*: diffusers' own tiny SDXL shape
+        "sdxl",
+        {
+            "unet": {
+                "in_channels": 4,
+                "out_channels": 4,
+                "layers_per_block": 2,
+                "block_out_channels": (32, 64),
+                "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+                "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+                "attention_head_dim": (2, 4),
+                "use_linear_projection": True,
+                "transformer_layers_per_block": (1, 2),
+                "addition_embed_type": "text_time",
+                "addition_time_embed_dim": 8,
+                "projection_class_embeddings_input_dim": 6 * 8 + 32,  # 6 time ids + pooled 32
+                "cross_attention_dim": 32 + 64,  # both encoders' widths
+                "sample_size": 16,
+            },
+            "vae": {**_TINY_VAE, "scaling_factor": 0.13025, "force_upcast": True},
+            "text": _TINY_TEXT,  # CLIP-L stand-in
+            # bigG stand-in: wider than the first (as in the real pair), exact GELU, projection
+            "text_2": {
+                **_TINY_TEXT,
+                "hidden_size": 64,
+                "num_hidden_layers": 10,
+                "hidden_act": "gelu",
+            },
+        },
+        128,
+        clip=_TINY_CLIP,
+        scheduler=_SDXL_EULER,
+    ),
+    "tiny-ldm": Architecture(  # LDM-1.45B's layout at toy size (tests/test_latent_ldm.py)
+        "ldm",
+        {
+            "unet": {
+                "in_channels": 4,
+                "out_channels": 4,
+                "layers_per_block": 1,
+                "block_out_channels": (32, 64),
+                "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+                "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+                "cross_attention_dim": 32,
+                "attention_head_dim": 4,
+                "sample_size": 16,
+            },
+            "vae": _TINY_VAE,
+            "text": {
+                **_LDM_BERT,
+                "vocab_size": 200,
+                "encoder_layers": 2,
+                "encoder_ffn_dim": 37,
+                "encoder_attention_heads": 2,
+                "head_dim": 16,
+                "d_model": 32,
+            },
+        },
+        128,
+        clip=_TINY_CLIP,
+        scheduler=_LDM_DDIM,
+    ),
+}
 
 # Dense (no sparsity) bf16/fp16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
 PEAK_TFLOPS = {
@@ -215,43 +377,126 @@ def _special_tokens(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _clip_tokenizer(workdir: Path) -> Any:
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(
+        str(write_char_vocab(workdir / "clip")), model_max_length=77
+    )
+
+
+def _scheduler(cfg: dict[str, Any]) -> Any:
+    import diffusers
+
+    return getattr(diffusers, cfg["_class_name"]).from_config(cfg)
+
+
+def _build_sd(arch: Architecture, device: torch.device, workdir: Path) -> Backbone:
+    """SD 1.x/2.x: UNet, KL-f8 VAE, one CLIP text encoder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from blendedit.latent.backbones import StableDiffusion
+
+    p = arch.parts
+    with torch.device(device):
+        unet = UNet2DConditionModel(**p["unet"])
+        vae = AutoencoderKL(**p["vae"])
+        text = CLIPTextModel(CLIPTextConfig(**_special_tokens(p["text"])))
+    return StableDiffusion(vae, unet, text, _clip_tokenizer(workdir), _scheduler(arch.scheduler))
+
+
+def _build_sdxl(arch: Architecture, device: torch.device, workdir: Path) -> Backbone:
+    """SDXL: text_time UNet, VAE, CLIP-L and OpenCLIP bigG (with projection) text encoders."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from blendedit.latent.backbones import StableDiffusionXL
+
+    p = arch.parts
+    with torch.device(device):
+        unet = UNet2DConditionModel(**p["unet"])
+        vae = AutoencoderKL(**p["vae"])
+        text = CLIPTextModel(CLIPTextConfig(**_special_tokens(p["text"])))
+        text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**_special_tokens(p["text_2"])))
+    tok = _clip_tokenizer(workdir)
+    return StableDiffusionXL(vae, unet, text, text_2, tok, tok, _scheduler(arch.scheduler))
+
+
+def _build_ldm(arch: Architecture, device: torch.device, workdir: Path) -> Backbone:
+    """The CompVis LDM: UNet, KL-f8 VAE, LDMBert with a BERT tokenizer."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import (
+        LDMBertConfig,
+        LDMBertModel,
+    )
+    from transformers import BertTokenizer
+
+    from blendedit.latent.backbones import LatentDiffusion
+
+    p = arch.parts
+    with torch.device(device):
+        unet = UNet2DConditionModel(**p["unet"])
+        vae = AutoencoderKL(**p["vae"])
+        bert = LDMBertModel(LDMBertConfig(**p["text"]))
+    vocab = write_bert_vocab(workdir / "bert")
+    tokenizer = BertTokenizer(str(vocab), model_max_length=p["text"]["max_position_embeddings"])
+    return LatentDiffusion(vae, unet, bert, tokenizer, _scheduler(arch.scheduler))
+
+
+def _prompt_as_text(backbone: Backbone, prompt: str) -> dict[str, Any]:
+    return {"prompt": prompt}
+
+
+def _prompt_as_embeddings(backbone: Backbone, prompt: str) -> dict[str, Any]:
+    """diffusers' SD inpaint pipeline cannot tokenize for LDMBert: it gets the embeddings."""
+    encode = backbone.encode_prompt  # type: ignore[attr-defined]
+    return {"prompt_embeds": encode(prompt), "negative_prompt_embeds": encode("")}
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to build a family's backbone with random weights, and how its diffusers reference
+    pipeline (``Backbone.inpaint_reference``) takes the prompt."""
+
+    build: Callable[[Architecture, torch.device, Path], Backbone]
+    reference_prompt: Callable[[Backbone, str], dict[str, Any]] = _prompt_as_text
+
+
+FAMILIES: dict[str, Family] = {
+    "sd": Family(_build_sd),
+    "sdxl": Family(_build_sdxl),
+    "ldm": Family(_build_ldm, _prompt_as_embeddings),
+}
+
+
+def build_backbone(arch: Architecture, device: torch.device | str, workdir: Path) -> Backbone:
+    """The architecture's backbone with random weights (seed 0), float32, built on ``device``
+    (``"meta"``: shapes only, nothing allocated); ``workdir`` receives the tokenizer files."""
+    torch.manual_seed(0)
+    return FAMILIES[arch.family].build(arch, torch.device(device), workdir)
+
+
 def build_editor(
     arch: Architecture, device: torch.device, dtype: torch.dtype, workdir: Path
 ) -> Any:
     """A BlendedLatentDiffusion of the given architecture with random weights, built on ``device``."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPModel
 
-    from blendedit.latent.backbones import StableDiffusion
     from blendedit.latent.pipeline import BlendedLatentDiffusion
     from blendedit.ranking import ClipScorer
 
-    tokenizer = CLIPTokenizer.from_pretrained(str(write_char_vocab(workdir)), model_max_length=77)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    torch.manual_seed(0)
+    backbone = build_backbone(arch, device, workdir)
     with torch.device(device):
-        unet = UNet2DConditionModel(**arch.unet)
-        vae = AutoencoderKL(**arch.vae)
-        text = CLIPTextModel(CLIPTextConfig(**_special_tokens(arch.text)))
-        clip_cfg = CLIPConfig(
-            text_config=_special_tokens(arch.clip["text"]),
-            vision_config=arch.clip["vision"],
-            projection_dim=arch.clip["projection_dim"],
+        clip = CLIPModel(
+            CLIPConfig(
+                text_config=_special_tokens(arch.clip["text"]),
+                vision_config=arch.clip["vision"],
+                projection_dim=arch.clip["projection_dim"],
+            )
         )
-        clip = CLIPModel(clip_cfg)
-    editor = BlendedLatentDiffusion(
-        StableDiffusion(vae, unet, text, tokenizer, scheduler),
-        ClipScorer(clip.to(dtype), tokenizer),
-        "random",
-    )
-    return editor.to(device, dtype)
+    scorer = ClipScorer(clip.to(dtype), _clip_tokenizer(workdir))
+    return BlendedLatentDiffusion(backbone, scorer, "random").to(device, dtype)
 
 
 def write_char_vocab(folder: Path) -> Path:
@@ -272,6 +517,18 @@ def write_char_vocab(folder: Path) -> Path:
     return folder
 
 
+def write_bert_vocab(folder: Path) -> Path:
+    """A character-level BERT WordPiece vocabulary (``vocab.txt``, 141 ids): BERT's special tokens,
+    then every printable ASCII character (lower case) alone and as a ``##`` continuation, so any
+    prompt tokenizes into ids in range of any LDMBert."""
+    chars = [chr(c) for c in range(ord("!"), ord("~") + 1) if not chr(c).isupper()]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars)]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "vocab.txt"
+    path.write_text("\n".join(tokens) + "\n")
+    return path
+
+
 # -- measuring ----------------------------------------------------------------------------------------
 
 
@@ -287,6 +544,7 @@ class BenchResult:
     resolution: int
     scheduler: str
     compile: bool
+    family: str = ""
     warmup_s: float = 0.0
     total_s: float = 0.0
     stages_s: dict[str, float] = field(default_factory=dict)
@@ -308,19 +566,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def unet_flops(editor: Any, batch: int, latent_hw: tuple[int, int]) -> float:
-    """FLOPs of one guided UNet call (both halves, 2 x batch) by torch's FLOP counter."""
+def unet_flops(
+    backbone: Backbone, batch: int, latent_hw: tuple[int, int], guidance_scale: float = 7.5
+) -> float:
+    """FLOPs of one step's model call (classifier-free guidance: both halves, 2 x batch) by
+    torch's FLOP counter, through the family's own model function and conditioning (SDXL's pooled
+    text and time ids too)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    unet = getattr(editor.unet, "_orig_mod", editor.unet)
-    z = torch.zeros(
-        2 * batch, unet.config.in_channels, *latent_hw, device=editor.device, dtype=editor.dtype
-    )
-    ctx = torch.zeros(
-        2 * batch, 77, unet.config.cross_attention_dim, device=editor.device, dtype=editor.dtype
-    )
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(z, torch.tensor(500, device=editor.device), encoder_hidden_states=ctx)
+    h, w = latent_hw
+    f = backbone.latent_factor
+    dev, dt = backbone.device, backbone.dtype
+    c = backbone.encode_text("a vase of red roses", "", (w * f, h * f), (w * f, h * f))
+    z = torch.zeros(batch, backbone.vae.config.latent_channels, h, w, device=dev, dtype=dt)
+    compiled = backbone.unet  # count the eager module: a compiled one would recompile here
+    backbone.unet = getattr(compiled, "_orig_mod", compiled)
+    try:
+        model_fn = backbone.model_fn(c, batch, guidance_scale)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model_fn(z, torch.tensor(500, device=dev))
+    finally:
+        backbone.unet = compiled
     return float(counter.get_total_flops())
 
 
@@ -341,7 +607,7 @@ def run_bench(
     preset: str = "sd2-base",
     device: str | torch.device = "cuda",
     dtype: torch.dtype = torch.float16,
-    batch: int = 24,
+    batch: int | None = None,
     steps: int = 50,
     blend_start: float = 0.25,
     scheduler: str = "ddim",
@@ -355,32 +621,37 @@ def run_bench(
     mask: str | Path | None = None,
     peak_tflops: float | None = None,
 ) -> BenchResult:
-    """Benchmark one configuration. Random weights; a real photo and mask (examples/)."""
-    from blendedit.config import EditConfig
+    """Benchmark one configuration. Random weights; a real photo and mask (examples/);
+    ``batch`` None: the preset's own (24, the paper's; SDXL 4, its official script's)."""
     from blendedit.latent.sampling import blend_timesteps
     from blendedit.models import make_scheduler
 
     if preset not in ARCHITECTURES:
         raise InputError(f"preset: unknown {preset!r}; choose one of {', '.join(ARCHITECTURES)}")
     arch = ARCHITECTURES[preset]
+    batch = arch.batch if batch is None else batch
     dev = torch.device(device)
     photo, photo_mask = _inputs(image, mask, arch.resolution)
     with tempfile.TemporaryDirectory() as tmp:
         editor = build_editor(arch, dev, dtype, Path(tmp))
     editor.optimize(channels_last=channels_last and dev.type == "cuda", compile=compile)
-    cfg = EditConfig(
-        num_images=batch,
-        batch_size=batch,
-        decode_batch_size=min(batch, 8),
-        num_inference_steps=steps,
-        blend_start=blend_start,
-        scheduler=scheduler,
-        size=arch.resolution,
-        background=background,
-        keep=keep,
-        mask_shrink="off",
-        metrics=False,
-    ).validate()
+    cfg = (
+        editor.default_config()
+        .replace(  # the family's defaults (SDXL, LDM: guidance 5)
+            num_images=batch,
+            batch_size=batch,
+            decode_batch_size=min(batch, 8),
+            num_inference_steps=steps,
+            blend_start=blend_start,
+            scheduler=scheduler,
+            size=arch.resolution,
+            background=background,
+            keep=keep,
+            mask_shrink="off",
+            metrics=False,
+        )
+        .validate()
+    )
     n_steps = len(
         blend_timesteps(make_scheduler(scheduler, editor.scheduler.config), steps, blend_start)
     )
@@ -393,6 +664,7 @@ def run_bench(
         arch.resolution,
         scheduler,
         compile,
+        arch.family,
     )
 
     # Warm-up (and compilation), reported apart from the steady state.
@@ -436,7 +708,7 @@ def run_bench(
         s // editor.vae_scale_factor
         for s in _work_hw(photo, arch.resolution, editor.vae_scale_factor)
     )
-    flops = unet_flops(editor, batch, latent_hw)  # type: ignore[arg-type]
+    flops = unet_flops(editor.backbone, batch, latent_hw, cfg.guidance_scale)  # type: ignore[arg-type]
     res.unet_tflop_per_step = flops / 1e12
     res.unet_tflops = flops / (res.stages_s["denoise"] / n_steps) / 1e12
     peak = peak_tflops or device_peak_tflops(dev)
@@ -484,12 +756,15 @@ def _bench_diffusers(
     res: BenchResult,
     repeats: int,
 ) -> None:
-    """The same work through diffusers' StableDiffusionInpaintPipeline (4-channel UNet: it blends
-    like BLD), same components, dtype, scheduler, steps, batch; no ranking, no stitching."""
+    """The same work through diffusers' inpaint pipeline of the family (``Backbone.
+    inpaint_reference``: SD's or SDXL's; the LDM in SD's, fed LDMBert's embeddings, encoded inside
+    the timed call), a 4-channel UNet so it blends like BLD; same components, dtype, scheduler,
+    steps, batch; no ranking, no stitching."""
     pipe, strength = editor.diffusers_inpaint(cfg)  # runs BLD's number of steps
+    backbone = editor.backbone
+    reference_prompt = FAMILIES[backbone.family].reference_prompt
     mask_img = Image.fromarray(mask.astype(np.uint8) * 255)
     call = {
-        "prompt": "a vase of red roses",
         "image": photo,
         "mask_image": mask_img,
         "height": res.resolution,
@@ -504,23 +779,28 @@ def _bench_diffusers(
     def gens(seed: int) -> list[torch.Generator]:
         return [torch.Generator().manual_seed(seed + i) for i in range(cfg.num_images)]
 
-    pipe(**call, generator=gens(0))  # warm-up
-    times = []
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        pipe(**call, generator=gens(100 * (r + 1)))
-        _sync(dev)
-        times.append(time.perf_counter() - t0)
-    res.diffusers_total_s = min(times)
-    res.diffusers_per_step_ms = min(
-        _timed_steps(
-            dev,
-            lambda mark: pipe(
-                **call, generator=gens(7), callback_on_step_end=lambda p, i, t, kw: (mark(), kw)[1]
-            ),
+    def edit(seed: int, **kw: Any) -> Any:
+        return pipe(**reference_prompt(backbone, "a vase of red roses"), **call, **kw,
+                    generator=gens(seed))  # fmt: skip
+
+    try:
+        edit(0)  # warm-up
+        times = []
+        for r in range(repeats):
+            t0 = time.perf_counter()
+            edit(100 * (r + 1))
+            _sync(dev)
+            times.append(time.perf_counter() - t0)
+        res.diffusers_total_s = min(times)
+        res.diffusers_per_step_ms = min(
+            _timed_steps(
+                dev,
+                lambda mark: edit(7, callback_on_step_end=lambda p, i, t, kw: (mark(), kw)[1]),
+            )
+            for _ in range(repeats)
         )
-        for _ in range(repeats)
-    )
+    finally:  # diffusers' SDXL pipeline leaves an upcast (force_upcast) VAE in the UNet's dtype
+        backbone.vae.to(backbone.vae_dtype_for(backbone.dtype))
     res.speedup_vs_diffusers = res.diffusers_total_s / res.total_s
     res.per_step_ratio_vs_diffusers = res.per_step_ms / res.diffusers_per_step_ms
 
@@ -607,7 +887,9 @@ def add_parser(sub: Any) -> None:
         "--preset",
         default="sd2-base",
         choices=list(ARCHITECTURES),
-        help="architecture (default sd2-base, 512x512)",
+        help="architecture (default sd2-base, 512x512): sd15, sd2-base, sd2 (768x768), sdxl "
+        "(1024x1024), ldm-1.45b (the paper's LDM, 256x256, batch 24); tiny, tiny-sdxl, tiny-ldm "
+        "for a CPU",
     )
     p.add_argument("--device", default="auto", help="cuda, cpu, ...; auto = CUDA if present")
     p.add_argument(
@@ -617,7 +899,10 @@ def add_parser(sub: Any) -> None:
         help="auto = fp16 on a GPU, fp32 on a CPU",
     )
     p.add_argument(
-        "--batch", type=int, default=24, help="ranked batch size (default 24, the paper's)"
+        "--batch",
+        type=int,
+        help="ranked batch size (default: the preset's; 24, the paper's; sdxl 4, its official "
+        "script's)",
     )
     p.add_argument("--steps", type=int, default=50, help="full schedule length (default 50)")
     p.add_argument(
@@ -703,14 +988,15 @@ def run_photo_sizes(args: Any) -> int:
         raise InputError(
             f"photo-sizes: {args.photo_sizes!r} is not a list like 0.25,12,24"
         ) from None
-    rows = run_sizes(sizes, args.preset, args.batch, args.steps)
+    batch = ARCHITECTURES[args.preset].batch if args.batch is None else args.batch
+    rows = run_sizes(sizes, args.preset, batch, args.steps)
     text = photo_table(rows)
     print(text)
     report = Path(args.report)
     cmd = "blendedit " + " ".join(sys.argv[1:])
     section = (
         f"\n## Photo size: `{args.preset}` preset, CPU ({device_name(torch.device('cpu'))}), "
-        f"{args.batch} image(s), {args.steps} steps\n\n`{cmd}`\n\n{text}"
+        f"{batch} image(s), {args.steps} steps\n\n`{cmd}`\n\n{text}"
     )
     old = report.read_text() if report.is_file() else "# Benchmarks\n"
     tmp = report.with_name(report.name + ".new")

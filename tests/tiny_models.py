@@ -75,6 +75,25 @@ def tiny_unet(seed: int = 0, prediction_type: str = "epsilon") -> UNet2DConditio
     ).eval()
 
 
+def tiny_lcm_unet(seed: int = 0, time_cond_proj_dim: int = 256) -> UNet2DConditionModel:
+    """:func:`tiny_unet`'s shape as an LCM-distilled UNet: the guidance scale enters as a
+    ``time_cond_proj_dim``-wide embedding added to the time embedding (diffusers' LCM tests: 256)."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        norm_num_groups=32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        time_cond_proj_dim=time_cond_proj_dim,
+    ).eval()
+
+
 def tiny_vae(seed: int = 0) -> AutoencoderKL:
     """Four blocks, so the spatial factor is 8 as in Stable Diffusion."""
     torch.manual_seed(seed)

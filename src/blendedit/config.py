@@ -159,6 +159,44 @@ PRESETS: dict[str, EditConfig] = {
     # The paper's own setting on its LDM (CompVis/ldm-text2im-large-256, 256x256): DDIM 50 steps,
     # eta 0, guidance 5, a ranked batch of 24, Algorithm 1's blend (t, fresh noise).
     "paper-ldm": EditConfig(guidance_scale=5.0, num_images=24, blend_rule="official"),
+    # Few-step distilled models, one preset each (README "Few-step models"). 4 steps, of which
+    # blend_start 0.25 skips the first: 3 model calls per candidate, 3 blends (the last pastes the
+    # clean source). Guidance 1 is the conditional prediction alone in one pass (diffusers'
+    # guidance_scale 0 for Turbo and Lightning).
+    # SD-Turbo (stabilityai/sd-turbo): trailing Euler at its 512 px.
+    "realtime-sd-turbo": EditConfig(
+        scheduler="euler-trailing", num_inference_steps=4, guidance_scale=1.0, size=512
+    ),
+    # SDXL-Turbo (stabilityai/sdxl-turbo): trailing Euler-a; trained at 512 px, not SDXL's 1024.
+    "realtime-sdxl-turbo": EditConfig(
+        scheduler="euler-a-trailing", num_inference_steps=4, guidance_scale=1.0, size=512
+    ),
+    # LCM-LoRA on SD 1.5 or SDXL (--lora latent-consistency/lcm-lora-sdv1-5 or lcm-lora-sdxl):
+    # the LCM scheduler, guidance off (the model cards: off, or 1 to 2).
+    "realtime-lcm": EditConfig(scheduler="lcm", num_inference_steps=4, guidance_scale=1.0),
+    # An LCM-distilled UNet (SimianLuo/LCM_Dreamshaper_v7, latent-consistency/lcm-sdxl): guidance
+    # 8 enters the UNet as its w embedding (w = 7), still one pass (Luo et al. 2023, eq. 9).
+    "realtime-lcm-distilled": EditConfig(
+        scheduler="lcm", num_inference_steps=4, guidance_scale=8.0
+    ),
+    # SDXL-Lightning, the 4-step model (ByteDance/SDXL-Lightning): trailing Euler, guidance off;
+    # its 8-step model wants --steps 8 (a Lightning model runs the step count it was made for).
+    "realtime-lightning": EditConfig(
+        scheduler="euler-trailing", num_inference_steps=4, guidance_scale=1.0
+    ),
+    # FLUX.1-schnell: 4 steps (sigma 1, .75, .5, .25), no guidance; the scheduler stays the
+    # family's own (rectified-flow Euler).
+    "realtime-schnell": EditConfig(num_inference_steps=4, guidance_scale=1.0),
+}
+
+# What a preset is for, where its name alone does not say it (``blendedit edit --help``).
+PRESET_HELP: dict[str, str] = {
+    "realtime-sd-turbo": "SD-Turbo: euler-trailing, 4 steps, guidance 1, 512 px",
+    "realtime-sdxl-turbo": "SDXL-Turbo: euler-a-trailing, 4 steps, guidance 1, 512 px",
+    "realtime-lcm": "SD or SDXL with an LCM-LoRA: lcm, 4 steps, guidance 1",
+    "realtime-lcm-distilled": "an LCM-distilled UNet: lcm, 4 steps, guidance 8 as its w input",
+    "realtime-lightning": "SDXL-Lightning 4-step: euler-trailing, 4 steps, guidance 1",
+    "realtime-schnell": "FLUX.1-schnell: its flow scheduler, 4 steps, no guidance",
 }
 
 

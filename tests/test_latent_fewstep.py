@@ -185,11 +185,11 @@ def test_realtime_presets_run_the_distilled_timesteps():
         s = make_scheduler(cfg.scheduler, tiny_sdxl_scheduler().config)  # SDXL's "leading" config
         ts = blend_timesteps(s, cfg.num_inference_steps, cfg.blend_start)
         assert [int(t) for t in ts] == timesteps, name
-    # FLUX.1-schnell keeps the family's own (flow) scheduler: the preset sets steps and guidance.
-    flux_like = EditConfig(scheduler="euler", guidance_scale=3.5)
-    schnell = preset_on("realtime-schnell", flux_like)
+    # FLUX.1-schnell: on FLUX.1-dev's defaults (28 steps, guidance 3.5) it runs 4 steps unguided.
+    dev = EditConfig(scheduler="flow-euler", num_inference_steps=28, guidance_scale=3.5)
+    schnell = preset_on("realtime-schnell", dev).validate()
     assert (schnell.scheduler, schnell.num_inference_steps, schnell.guidance_scale) == (
-        "euler", 4, 1.0,
+        "flow-euler", 4, 1.0,
     )  # fmt: skip
 
 

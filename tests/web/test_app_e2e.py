@@ -81,7 +81,8 @@ def server(tiny_sd_dir: Path, tiny_clip_dir: Path, tmp_path_factory) -> Iterator
         sys.executable, "-m", "blendedit.cli", "serve",
         "--model", str(tiny_sd_dir), "--clip-model", str(tiny_clip_dir),
         "--device", "cpu", "--offline", "--port", str(_free_port()),
-        "--max-side", "1024", "--max-upload-mb", "1", "--max-results", "16",
+        "--max-side", "4096", "--max-megapixels", "13", "--max-upload-mb", "6",
+        "--max-results", "16",
     ]  # fmt: skip
     log = open(tmp / "server.log", "w+")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
@@ -135,7 +136,15 @@ def _shot(page, name: str) -> None:
 
 
 def _upload(page, path: Path) -> None:
-    page.locator("#editor input[type=file]").first.set_input_files(str(path))
+    page.locator("#photo-file input[type=file]").first.set_input_files(str(path))
+
+
+def _brush_colour(page, rgb: str) -> None:
+    """Pick a brush colour from the editor's palette ("rgb(r, g, b)")."""
+    page.get_by_role("button", name="Brush", exact=True).click()
+    page.get_by_role("button", name="Color", exact=True).click()
+    page.locator(f'#editor button.color[style*="background-color: {rgb}"]').first.click()
+    page.mouse.click(5, 5)  # close the palette
 
 
 def _paint(page, strokes: list[tuple[float, float, float]]) -> None:
@@ -241,6 +250,7 @@ def test_paint_generate_keep_undo_queue_cancel_in_a_browser(server, browser, sha
     assert 0.02 < step["mask_fraction"] < 0.5  # the painted strokes, nothing else
     with page.expect_download() as dl:
         page.locator("#download-image").click()
+    assert dl.value.suggested_filename == "chelsea-blendedit-step1.png"
     assert Image.open(dl.value.path()).size == (451, 300)
 
     page.locator("#undo").click()
@@ -251,8 +261,9 @@ def test_paint_generate_keep_undo_queue_cancel_in_a_browser(server, browser, sha
     _idle(page)
     _shot(page, "05-undone.png")
 
-    # The undone step's mask is back in the editor: run it again, long, so that a second tab
-    # waits in the queue behind it (one generation at a time), then cancel it.
+    # Paint again and run it long, so that a second tab waits in the queue behind it (one
+    # generation at a time), then cancel it.
+    _paint(page, [(0.3, 0.7, 0.36)])
     _set(page, "num-images", "16")
     _set(page, "steps", "200")  # 16 results x 150 steps
     page.locator("#generate").click()
@@ -276,18 +287,89 @@ def test_paint_generate_keep_undo_queue_cancel_in_a_browser(server, browser, sha
 def test_upload_caps_are_told_in_one_line(server, browser, tmp_path: Path):
     outside: list[str] = []
     page = _page(browser, server, outside)
-    noise = tmp_path / "noise.png"  # about 1.4 MiB, over the server's 1 MiB cap
+    noise = tmp_path / "noise.png"  # about 6.9 MiB, over the server's 6 MiB cap
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (700, 700, 3), dtype=np.uint8)).save(noise)
+    Image.fromarray(rng.integers(0, 256, (1550, 1550, 3), dtype=np.uint8)).save(noise)
     _upload(page, noise)
     msg = page.locator("#upload-check-msg")
-    expect(msg).to_contain_text("noise.png is 1.4 MiB")
+    expect(msg).to_contain_text("noise.png is 6.9 MiB")
     expect(msg).to_contain_text("--max-upload-mb")
-    wide = tmp_path / "wide.png"  # small file, too many pixels for --max-side 1024
-    Image.new("RGB", (1200, 800), "teal").save(wide)
+    wide = tmp_path / "wide.png"  # small file, a side over --max-side 4096
+    Image.new("RGB", (5000, 800), "teal").save(wide)
     _upload(page, wide)
-    expect(msg).to_contain_text("wide.png is 1200x800 px")
+    expect(msg).to_contain_text("wide.png is 5000x800 px")
     expect(msg).to_contain_text("--max-side")
+    many = tmp_path / "many.png"  # small file, over --max-megapixels 13
+    Image.new("RGB", (4000, 3500), "teal").save(many)
+    _upload(page, many)
+    expect(msg).to_contain_text("many.png is 4000x3500 px (14.0 MP)")
+    expect(msg).to_contain_text("--max-megapixels")
     _shot(page, "06-upload-cap.png")
     expect(page.locator("#status")).to_contain_text("Upload a photo to start")
+    assert outside == []
+
+
+def _exif_params(im: Image.Image) -> str:
+    raw = im.getexif().get_ifd(0x8769)[0x9286]
+    return raw[8:].decode("utf-16-be") if raw.startswith(b"UNICODE\0") else ""
+
+
+def test_a_sideways_12mp_phone_photo_with_a_scribble(server, browser, shared_images, tmp_path):
+    """A 4000x3000 JPEG stored sideways (EXIF orientation 6), as phones write them: upload, paint
+    the mask, scribble in colour, generate, keep and download a full-resolution 3000x4000 JPEG,
+    upright, with its parameters and the AI-edit marker; far from the mask its pixels are the
+    input's as shown (up to JPEG re-encoding)."""
+    from blendedit.photo import read_photo
+    from blendedit.web.session import b64_to_image
+
+    shown = Image.open(shared_images / "coffee.png").convert("RGB").resize((3000, 4000))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    phone = tmp_path / "phone.jpg"
+    shown.transpose(Image.Transpose.ROTATE_90).save(phone, quality=90, exif=exif.tobytes())
+    assert Image.open(phone).size == (4000, 3000)
+    shown_px = np.asarray(read_photo(phone).pixels).astype(int)
+
+    outside: list[str] = []
+    page = _page(browser, server, outside)
+    _upload(page, phone)
+    expect(page.locator("#status")).to_contain_text("New photo", timeout=60_000)
+    expect(page.locator("#status")).to_contain_text("3000×4000 px")
+    expect(page.locator("#status")).to_contain_text("960×1280 preview")
+    _paint(page, [(0.42, 0.58, 0.40), (0.42, 0.58, 0.46), (0.42, 0.58, 0.52)])  # the mask
+    _brush_colour(page, "rgb(255, 225, 25)")  # yellow: a scribble
+    _paint(page, [(0.47, 0.53, 0.46)])
+    page.locator("#prompt textarea").fill("a lemon")
+    _set(page, "num-images", "1")
+    _set(page, "steps", "4")
+    _idle(page)
+    _shot(page, "08-scribble.png")
+    page.locator("#generate").click()
+    expect(page.locator("#status")).to_contain_text("1 result for 'a lemon'", timeout=120_000)
+    expect(page.locator("#status")).to_contain_text("Scribble:")
+    page.locator("#keep").click()
+    expect(page.locator("#status")).to_contain_text("Kept #1")
+
+    with page.expect_download() as dl:
+        page.locator("#download-image").click()
+    assert dl.value.suggested_filename == "phone-blendedit-step1.jpg"
+    with Image.open(dl.value.path()) as im:
+        assert im.format == "JPEG" and im.size == (3000, 4000)  # full resolution, upright
+        assert im.getexif().get(0x0112, 1) == 1
+        assert "compositeWithTrainedAlgorithmicMedia" in im.info["xmp"].decode()
+        params = _exif_params(im)
+        out = np.asarray(im.convert("RGB")).astype(int)
+    assert params.startswith("a lemon\n") and "Steps: 4" in params
+    with page.expect_download() as dl:
+        page.locator("#download-trail").click()
+    (step,) = json.loads(Path(dl.value.path()).read_text())["steps"]
+    mask = np.asarray(b64_to_image(step["mask_png_base64"], "mask").convert("L")) >= 128
+    assert mask.shape == (4000, 3000) and "scribble" in step
+    ys, xs = np.nonzero(mask)
+    far = np.ones(mask.shape, bool)
+    far[max(0, ys.min() - 64) : ys.max() + 64, max(0, xs.min() - 64) : xs.max() + 64] = False
+    assert far.mean() > 0.5
+    diff = np.abs(out - shown_px)[far]
+    assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8, (diff.mean(), diff.max())
+    assert np.abs(out - shown_px)[mask].mean() > 2  # and inside the mask it was edited
     assert outside == []

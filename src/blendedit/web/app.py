@@ -214,6 +214,7 @@ def settings_from_ui(kind: str, ui: Mapping[str, Any], max_results: int) -> tupl
         "feather": _num(ui, "feather", "feather", int),
         "batch_size": _num(ui, "batch_size", "batch size", int),
         "invert_mask": bool(ui.get("invert")),
+        "metrics": False,  # background metrics are not shown in the page: seconds saved per run
     }
     if kind == "latent":
         size = ui.get("size")

@@ -18,6 +18,7 @@ from blendedit.errors import InputError
 from blendedit.io import MAX_PIXELS, MAX_SIDE
 from blendedit.models import DEFAULT_MODEL, DTYPES
 from blendedit.ranking import DEFAULT_CLIP_MODEL
+from blendedit.web.canvas import PREVIEW_SIDE
 
 SERVE_EXAMPLES = """\
 examples:
@@ -135,6 +136,13 @@ def add_parser(sub: Any) -> None:
         "library's cap)",
     )
     n.add_argument(
+        "--preview-side",
+        type=int,
+        default=PREVIEW_SIDE,
+        help=f"long side in px of the preview the brush paints on (default {PREVIEW_SIDE}); the "
+        "painting is mapped back to the full-resolution photo",
+    )
+    n.add_argument(
         "--max-results", type=int, default=16, help="most results per Generate (default 16)"
     )
     n.add_argument(
@@ -237,6 +245,8 @@ def _check_serve_args(args: argparse.Namespace) -> None:
         raise InputError(
             f"max_megapixels: {args.max_megapixels} must be between 0.01 and {MAX_PIXELS / 1e6:g}"
         )
+    if not 256 <= args.preview_side <= 4096:
+        raise InputError(f"preview_side: {args.preview_side} must be between 256 and 4096 px")
     if not 1 <= args.max_results <= 256:
         raise InputError(f"max_results: {args.max_results} must be between 1 and 256")
     if not 1 <= args.max_queue <= 1024:
@@ -281,6 +291,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_upload_mb=args.max_upload_mb,
             max_side=args.max_side,
             max_pixels=int(args.max_megapixels * 1e6),
+            preview_side=args.preview_side,
             max_results=args.max_results,
             max_queue=args.max_queue,
         ),

@@ -72,6 +72,9 @@ def test_sdxl_preset_is_sdxl_base(meta_backbones):
     assert sdxl.vae.config.scaling_factor == 0.13025 and sdxl.vae.config.force_upcast
     assert not sdxl.requires_aesthetics_score  # base: 6 time ids, not the refiner's 5
     assert type(sdxl.scheduler).__name__ == "EulerDiscreteScheduler"
+    # Podell et al. 2023, Table 1: a 2.6B UNet, 817M parameters in the two text encoders.
+    text = _count(sdxl.text_encoder) + _count(sdxl.text_encoder_2)
+    assert round(_count(sdxl.unet) / 1e9, 1) == 2.6 and text // 10**6 == 817
 
 
 def test_ldm_preset_is_the_papers_1_45b_model(meta_backbones):

@@ -878,7 +878,8 @@ def add_parser(sub: Any) -> None:
         description=(
             "Times a ranked batch edit end to end and per stage (encode, denoise, decode, rank, "
             "background) with random weights of a full-size architecture (no download), and the "
-            "same work through diffusers' StableDiffusionInpaintPipeline on the same components. "
+            "same work through diffusers' inpaint pipeline of the model's family (SD's, SDXL's; "
+            "the LDM's parts in SD's) on the same components. "
             "Prints a table (seconds, images/s, per-step ms, UNet TFLOP/s and share of the device's "
             "dense bf16/fp16 peak, peak memory, ratio to diffusers) and appends it to --report."
         ),

@@ -215,14 +215,7 @@ def test_cli_realtime_preset_on_a_tiny_sdxl_folder(tiny_sdxl_dir, shared_images,
         assert Image.open(out / name).size == (150, 100)
 
 
-LCM_PROCESS = pytest.mark.xfail(
-    reason="latent/pipeline.py on_step reads out.pred_original_sample; LCMSchedulerOutput names "
-    "its one-step clean estimate `denoised`, so --save-process keeps no frames with lcm",
-    strict=True,
-)
-
-
-@pytest.mark.parametrize("scheduler", ["euler-a-trailing", pytest.param("lcm", marks=LCM_PROCESS)])
+@pytest.mark.parametrize("scheduler", ["euler-a-trailing", "lcm"])
 def test_process_frames_with_few_step_schedulers(editor, shared_images, scheduler):
     """``return_process`` (``--save-process``, paper fig. 6) keeps one clean estimate per step."""
     got = editor(

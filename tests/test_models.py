@@ -12,6 +12,7 @@ import torch
 from blendedit.errors import InputError, ModelNotFoundError
 from blendedit.models import (
     DTYPES,
+    FLOW_SCHEDULERS,
     SCHEDULERS,
     SDComponents,
     load_sd_components,
@@ -113,7 +114,7 @@ def test_single_file_garbage_safetensors(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ make_scheduler
 
 
-@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize("name", [n for n in SCHEDULERS if n not in FLOW_SCHEDULERS])
 def test_make_scheduler_every_name(name: str) -> None:
     import diffusers
 
@@ -127,6 +128,16 @@ def test_make_scheduler_every_name(name: str) -> None:
     assert s.config.num_train_timesteps == base.num_train_timesteps
     for key, value in SCHEDULERS[name][1].items():
         assert s.config[key] == value
+
+
+def test_flow_scheduler_keeps_the_flow_config() -> None:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    base = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True).config
+    s = make_scheduler("flow-euler", base)
+    assert type(s) is FlowMatchEulerDiscreteScheduler and s.order == 1
+    assert s.config.shift == 3.0 and s.config.use_dynamic_shifting
+    assert "clip_sample" not in s.config  # no DDIM default slipped in
 
 
 def test_make_scheduler_epsilon_kept() -> None:

@@ -272,7 +272,8 @@ class BlendedLatentDiffusion(FrameMethod):
 
         def on_step(i: int, t: torch.Tensor, z: torch.Tensor, out: Any) -> None:
             tick(b)
-            x0 = getattr(out, "pred_original_sample", None)
+            x0 = getattr(out, "pred_original_sample", None)  # LCM names it "denoised"
+            x0 = x0 if x0 is not None else getattr(out, "denoised", None)
             if keep_process and x0 is not None:  # the blended one-step clean estimate (fig. 6)
                 frames.append((x0 * masks[i] + z0 * (1 - masks[i])).cpu())
 

@@ -4,6 +4,7 @@ bad rows recorded while the run goes on, resume, refused stale folders, out-of-m
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -199,3 +200,16 @@ def test_eval_takes_the_engine_options(tmp_path, shared_images, capsys):
     assert main(argv) == 2
     assert "workers: --workers needs --engine ray" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_paths_become_absolute_for_workers_elsewhere(tmp_path, shared_images, tiny_sd_dir,
+                                                     monkeypatch):  # fmt: skip
+    write_manifest(tmp_path / "in", shared_images)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.csv").write_text(
+        "image,mask,prompt\nin/chelsea.png,in/chelsea.mask-eyes.png,a\n"
+    )
+    rel = Path(os.path.relpath(tiny_sd_dir, tmp_path))
+    (row,) = read_manifest("m.csv", Shared(model=str(rel), clip_model="org/some-hub-id"))
+    assert row.image == str(tmp_path / "in" / "chelsea.png")
+    assert row.model == str(tiny_sd_dir) and row.clip_model == "org/some-hub-id"

@@ -211,6 +211,18 @@ def _resolve(base: Path, value: Any, key: str, where: str) -> Path:
     return p if p.is_absolute() else base / p
 
 
+def _local_path(value: Any, base: Path | None = None) -> Any:
+    """A model given as a local path (relative to ``base``, the manifest's folder, or to the
+    working directory) as an absolute path; a hub id as it is."""
+    if not isinstance(value, str) or not value.strip():
+        return value or None
+    p = Path(os.path.expanduser(value))
+    for candidate in ([base / p] if base is not None and not p.is_absolute() else []) + [p]:
+        if candidate.exists():
+            return os.path.abspath(candidate)
+    return value
+
+
 def _config(method: str, shared: Shared, row_settings: dict[str, Any]) -> FrameConfig:
     from blendedit.config import preset
     from blendedit.pixel.pipeline import pixel_preset
@@ -232,7 +244,7 @@ def read_manifest(path: str | os.PathLike[str], shared: Shared | None = None) ->
     the whole manifest (one line naming the row); unreadable files make only that row fail."""
     shared = shared or Shared()
     path = Path(path)
-    base = path.parent
+    base = path.absolute().parent  # workers may run elsewhere: every path made absolute
     out: list[Row] = []
     seen: dict[str, Row] = {}
     digests: dict[Path, str] = {}
@@ -262,7 +274,8 @@ def read_manifest(path: str | os.PathLike[str], shared: Shared | None = None) ->
         except InputError as e:
             raise InputError(f"{where}: {e}") from None
         models = {
-            k: given.get(k) or getattr(shared, k) for k in ("model", "model_config", "clip_model")
+            k: _local_path(given[k], base) if given.get(k) else _local_path(getattr(shared, k))
+            for k in ("model", "model_config", "clip_model")
         }
         for k, v in models.items():
             if v is not None and not isinstance(v, str):

@@ -30,6 +30,13 @@ class Conditioning:
     added: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (1, ...)
     added_uncond: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def same(self) -> bool:
+        """Prompt and negative give the same inputs (e.g. both empty): every guidance scale
+        then gives the conditional prediction."""
+        return torch.equal(self.cond, self.uncond) and all(
+            torch.equal(v, self.added_uncond[k]) for k, v in self.added.items()
+        )
+
 
 class Backbone:
     """A latent text-to-image model family: VAE + denoiser + text encoder(s) + scheduler config.
@@ -165,8 +172,8 @@ class Backbone:
     def model_fn(self, c: Conditioning, batch: int, guidance_scale: float) -> ModelFn:
         """The guided model function of the loop: classifier-free guidance (Ho & Salimans 2022),
         ``uncond + s (cond - uncond)``; s = 1 is the conditional and s = 0 the unconditional
-        prediction alone, each in one pass."""
-        if self.guidance_embedded:
+        prediction alone, each in one pass (so is any s when prompt and negative are the same)."""
+        if self.guidance_embedded or c.same():  # nothing for classifier-free guidance to scale
             return self.denoiser(c, batch, ("cond",), guidance_scale)
         if guidance_scale in (0.0, 1.0):
             part = "cond" if guidance_scale == 1.0 else "uncond"

@@ -91,7 +91,9 @@ def test_rerun_skips_done_rows_retries_bad_ones_and_refuses_other_settings(local
     } == before
     # Another shared setting makes every row's folder stale: refused before any work.
     other = Shared(**{**shared.to_dict(), "settings": {**FAST, "num_images": 3}})
-    with pytest.raises(InputError, match=r"out: .* made with other inputs or settings"):
+    with pytest.raises(
+        InputError, match=r"out: .* other inputs or settings \(differs in num_images\)"
+    ):
         run_batch(manifest, out, shared=other, device="cpu", progress=False)
     assert {
         k: (p / "result.json").stat().st_mtime_ns for k, p in row_folders(out).items()

@@ -96,13 +96,18 @@ class BatchStore:
                 )
             return "todo"
         try:
-            old = read_json(path).get("batch", {}).get("fingerprint")
+            report = read_json(path)
+            old = report.get("batch", {}).get("fingerprint")
         except (OSError, ValueError, AttributeError):
-            old = None
+            report, old = {}, None
         if old != row.fingerprint:
+            was = report.get("settings", {}) if isinstance(report, dict) else {}
+            diff = [k for k, v in row.settings.items() if k in was and was[k] != v]
+            diff += [k for k in ("prompt", "model", "clip_model") if report.get(k, getattr(row, k)) != getattr(row, k)]  # fmt: skip
+            what = f" (differs in {', '.join(diff)})" if diff else ""
             raise InputError(
-                f"out: {str(d)!r} holds {row.name}'s edit made with other inputs or settings; "
-                "use another --out, or delete that folder to remake it"
+                f"out: {str(d)!r} holds {row.name}'s edit made with other inputs or "
+                f"settings{what}; use another --out, or delete that folder to remake it"
             )
         return "done"
 

@@ -336,12 +336,13 @@ def test_a_sideways_12mp_phone_photo_with_a_scribble(server, browser, shared_ima
     expect(page.locator("#status")).to_contain_text("New photo", timeout=60_000)
     expect(page.locator("#status")).to_contain_text("3000×4000 px")
     expect(page.locator("#status")).to_contain_text("960×1280 preview")
-    _paint(page, [(0.42, 0.58, 0.40), (0.42, 0.58, 0.46), (0.42, 0.58, 0.52)])  # the mask
+    _paint(page, [(0.42, 0.58, y) for y in (0.41, 0.44, 0.47, 0.50)])  # the mask
     _brush_colour(page, "rgb(255, 225, 25)")  # yellow: a scribble
     _paint(page, [(0.47, 0.53, 0.46)])
     page.locator("#prompt textarea").fill("a lemon")
     _set(page, "num-images", "1")
     _set(page, "steps", "4")
+    _set(page, "blend-start", "0.5")  # the edit starts from the noised scribble
     _idle(page)
     _shot(page, "08-scribble.png")
     page.locator("#generate").click()

@@ -697,10 +697,7 @@ class EditorApp:
                     )
                     gr.HTML('<div id="upload-check-msg" role="alert"></div>', padding=False)
                     editor = gr.ImageEditor(
-                        label=(
-                            "Paint: translucent magenta = the region to edit; an opaque colour "
-                            "= a scribble of what to draw there (pick it with the palette)"
-                        ),
+                        label="Paint the region to edit (translucent); scribble in colour (opaque)",
                         elem_id="editor",
                         type="numpy",
                         image_mode="RGBA",
@@ -717,6 +714,14 @@ class EditorApp:
                         eraser=gr.Eraser(default_size="auto"),
                         canvas_size=(768, 512),
                         height=560,
+                    )
+                    gr.Markdown(
+                        "**Brush colours**: the first, translucent magenta, marks the region to "
+                        "edit. Any opaque colour of the palette draws a *scribble* of what should "
+                        "appear there (a rough shape in its colours; it is part of the region "
+                        "too): the edit starts from it, so give it a Blend start of 0.3-0.6. "
+                        "You paint on a preview; the edit runs on the full-resolution photo.",
+                        elem_id="brush-help",
                     )
                     with gr.Row():
                         invert = gr.Checkbox(
@@ -772,7 +777,8 @@ class EditorApp:
                             "Download result.json", elem_id="download-trail", interactive=False
                         )
                     gr.Markdown(
-                        "`result.json` records every kept step (prompt, mask, seed, settings); "
+                        "`result.json` records the photo and every kept step (prompt, mask, "
+                        "scribble, seed, settings); "
                         "`blendedit replay result.json --out DIR` regenerates them.",
                         elem_id="trail-note",
                     )

@@ -215,3 +215,13 @@ def test_paths_become_absolute_for_workers_elsewhere(tmp_path, shared_images, ti
     (row,) = read_manifest("m.csv", Shared(model=str(rel), clip_model="org/some-hub-id"))
     assert row.image == str(tmp_path / "in" / "chelsea.png")
     assert row.model == str(tiny_sd_dir) and row.clip_model == "org/some-hub-id"
+
+
+def test_ray_engine_without_ray_is_one_line(local_run, tmp_path, monkeypatch):
+    manifest, _, _, shared, _ = local_run
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    with pytest.raises(InputError, match=r'^engine: ray needs Ray Data; .*"blendedit\[ray\]"'):
+        run_batch(manifest, tmp_path / "out", shared=shared, engine="ray", progress=False)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    # Nothing edited and nothing lost: the missing file is recorded, the other rows wait.
+    assert (summary["done"], summary["failed"], summary["pending"]) == (0, 1, GOOD + 1)

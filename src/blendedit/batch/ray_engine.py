@@ -75,10 +75,11 @@ def connect(address: str | None) -> tuple[Any, bool, float]:
         return ray, False, 0.0
     t0 = time.perf_counter()
     try:
+        quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
         if address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, **quiet)
         else:
-            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", include_dashboard=False, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(
@@ -126,6 +127,7 @@ def run_rows(
             ray.cluster_resources(), opts.workers, opts.gpus_per_worker, opts.cpus_per_worker
         )
         extra.update(ray_workers=workers, ray_gpus_per_worker=gpw, ray_connect_s=round(init_s, 3))
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its progress notes
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False  # the driver has its own bar
         ctx.print_on_execution_start = False

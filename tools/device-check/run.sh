@@ -58,8 +58,8 @@ step() {  # step NAME LIMIT_S COMMAND...: run under min(limit, budget left), rec
   local name=$1 limit=$(($2 * SLOW))
   shift 2
   local left=$((BUDGET - (SECONDS - T0)))
-  if [ "$left" -lt 20 ]; then
-    echo "== $name: SKIPPED, ${left}s of the ${BUDGET}s budget left"
+  if [ "$left" -lt $((limit / 2)) ]; then  # too short to finish: leave the time to the call
+    echo "== $name: SKIPPED, ${left}s of the ${BUDGET}s budget left, it may need ${limit}s"
     record "$name" skipped 0 "budget: ${left}s left"
     return
   fi

@@ -116,7 +116,7 @@ def section(folder: Path, commit: str | None = None) -> str:
         marker(env),
         "",
         f"Machine: {env.get('gpu') or 'no GPU'}; Python {env.get('python')}, "
-        f"CUDA {env.get('torch_cuda')}." + (f" Commit {commit}." if commit else ""),
+        f"CUDA {env.get('torch_cuda') or 'none'}." + (f" Commit {commit}." if commit else ""),
         f"Carried wheels: {', '.join(carried) or 'none'}. From the image: {', '.join(image)}.",
     ]
     if env.get("bf16_matmul_tflops"):

@@ -102,7 +102,7 @@ def main() -> int:
     bench = sub.choices["bench"]  # type: ignore[index]
     flags = sorted(o for a in bench._actions for o in a.option_strings if o.startswith("--"))
     env = {
-        "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "dry_run": args.dry,
         "python": platform.python_version(),
         "machine": platform.machine(),

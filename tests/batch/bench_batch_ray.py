@@ -136,6 +136,16 @@ def overhead(root: Path, shared, n: int) -> None:
 
 
 def main() -> None:
+    import shutil
+
+    root = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    try:
+        run(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(root: Path) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=40)
     ap.add_argument("--overhead-rows", type=int, default=200)
@@ -147,7 +157,6 @@ def main() -> None:
     torch.set_flush_denormal(True)
     from blendedit.batch import RayOptions, Shared
 
-    root = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     sd, clip = tiny_models(root)
     m = manifest(root, args.rows)
     settings = {"num_inference_steps": 4, "size": 64, "num_images": 2, "batch_size": 2}

@@ -171,7 +171,7 @@ def process_row(cache: EditorCache, store: BatchStore, row: Row, shared: Shared)
             torch.cuda.empty_cache()
         return failed("out of memory at batch size 1; lower size or use dtype fp16")
     except Exception as e:  # a row's failure is recorded; the run goes on
-        logger.exception("%s failed", row.name)
+        logger.debug("%s failed", row.name, exc_info=True)  # the trace, for debugging only
         return failed(f"{type(e).__name__}: {e}")
     return Outcome(row.key, row.index, status, None, time.perf_counter() - t0, worker_name(), files)
 

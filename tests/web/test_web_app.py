@@ -364,8 +364,8 @@ def test_a_large_sideways_jpeg_with_a_scribble(app, shared_images: Path, tmp_pat
 
 
 def test_an_empty_prompt_reaches_the_library(app, shared_images: Path):
-    """The web layer no longer refuses an empty prompt: it is the library's "fill from the
-    surroundings" edit (whatever the library answers, the page passes it on)."""
+    """An empty prompt is an edit: the library's "fill from the surroundings"; the page passes it
+    on, the results come, and Keep records it."""
     st = app.on_upload(str(shared_images / "chelsea.png"), None, REQUEST)[0]
     seen = []
     real = app.editor
@@ -378,19 +378,18 @@ def test_an_empty_prompt_reaches_the_library(app, shared_images: Path):
     app.editor = Spy()
     try:
         layer = _canvas_layer(st, (0.3, 0.3, 0.6, 0.6), (255, 0, 255, 128))
-        try:
-            gallery, status, _, _ = app.generate(
-                _ui(app, state=st, editor=_editor_value(_preview(st), layer), prompt="  ",
-                    **_settings(num_images=1)),
-                REQUEST,
-                lambda *a, **k: None,
-            )  # fmt: skip
-            assert "empty prompt" in status and len(gallery) == 1
-        except InputError as e:  # the library of this checkout still refuses it
-            assert str(e).startswith("prompt:")
+        gallery, status, _, st = app.generate(
+            _ui(app, state=st, editor=_editor_value(_preview(st), layer), prompt="  ",
+                **_settings(num_images=1)),
+            REQUEST,
+            lambda *a, **k: None,
+        )  # fmt: skip
     finally:
         app.editor = real
-    assert seen == [""]
+    assert seen == [""] and "empty prompt" in status and len(gallery) == 1
+    view = app.keep(st, REQUEST)
+    assert "(no prompt)" in view[2][1][1]  # the history caption
+    assert st.session.to_trail()["steps"][0]["prompt"] == ""
 
 
 def test_cancel_stops_a_running_generate(app, shared_images: Path):

@@ -6,11 +6,12 @@ import argparse
 import sys
 from typing import Any
 
-from blendedit.config import PRESETS
-from blendedit.errors import InputError
+from blendedit.config import EditConfig, preset_on
+from blendedit.errors import BlendEditError, InputError
 from blendedit.eval.methods import DEFAULT_METHODS, METHODS, EvalModels
 from blendedit.eval.metrics import DEFAULT_CLASSIFIER, DEFAULT_SCORE_CLIP_MODEL
 from blendedit.eval.protocol import DEFAULT_MAX_SIDE
+from blendedit.latent.backbones import family_defaults
 from blendedit.models import DEFAULT_MODEL, DTYPES, SCHEDULERS, quiet_libraries
 from blendedit.pixel.pipeline import PIXEL_PRESETS
 from blendedit.ranking import DEFAULT_CLIP_MODEL
@@ -132,6 +133,8 @@ def add_parser(sub: Any) -> None:
         "--classifier",
         default=DEFAULT_CLASSIFIER,
         help=f"ImageNet classifier from transformers for precision (default {DEFAULT_CLASSIFIER}; "
+        "or a toy-world classifier.safetensors beside its classifier.py, whose 30 captions are "
+        "the prompts; "
         "the paper used EfficientNet without naming the variant)",
     )
     g.add_argument(
@@ -160,6 +163,15 @@ def add_parser(sub: Any) -> None:
     )
     s.add_argument("--size", type=int, help="latent: working long side in px (model's native)")
     s.add_argument("--guidance", type=float, dest="guidance_scale", help="latent: CFG scale (7.5)")
+    s.add_argument(
+        "--blend-start", type=float, dest="blend_start", help="latent: schedule skipped (0.25)"
+    )
+    s.add_argument(
+        "--mask-shrink",
+        choices=["auto", "on", "off"],
+        dest="mask_shrink",
+        help="latent: progressive mask shrinking (auto: thin masks only)",
+    )
     s.add_argument("--scheduler", choices=list(SCHEDULERS), help="latent: scheduler (ddim)")
     s.add_argument(
         "--recon-steps", type=int, dest="recon_steps", help="latent-decoder: Adam steps (75)"
@@ -181,7 +193,15 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-LATENT_FLAGS = ("num_inference_steps", "size", "guidance_scale", "scheduler", "recon_steps")
+LATENT_FLAGS = (
+    "num_inference_steps",
+    "size",
+    "guidance_scale",
+    "scheduler",
+    "recon_steps",
+    "blend_start",
+    "mask_shrink",
+)
 PIXEL_FLAGS = ("timestep_respacing", "skip_timesteps", "aug_num", "sampler")
 
 
@@ -191,7 +211,13 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, EvalModels]:
     def none(v: str | None) -> str | None:
         return None if v is None or v.lower() == "none" else v
 
-    latent = PRESETS["default"].replace(
+    # The model family's own defaults (SDXL/LDM guidance 5, SD3/FLUX flow-euler, ...) under the
+    # flags; a model that cannot be found yet fails later, only if a latent method runs.
+    try:
+        base = EditConfig(**family_defaults(args.model))
+    except BlendEditError:
+        base = EditConfig()
+    latent = preset_on("default", base).replace(
         **{k: getattr(args, k) for k in LATENT_FLAGS if getattr(args, k) is not None}
     )
     pixel = PIXEL_PRESETS["default"].replace(

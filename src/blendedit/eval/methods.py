@@ -17,7 +17,7 @@ every method, so "top-1" means the same thing everywhere.
 ``pixel``              Blended Diffusion (ADM + CLIP guidance), ranked batch.
 ``local-clip``         The local CLIP-guided diffusion baseline: no blending, a background loss;
                        its raw output, as the paper evaluates it (it changes the whole image).
-``diffusers-inpaint``  diffusers' ``StableDiffusionInpaintPipeline`` on the same SD components,
+``diffusers-inpaint``  diffusers' inpaint pipeline of the model's family on the same components,
                        scheduler, steps and guidance; ``strength`` chosen so it runs the same
                        number of steps as BLD; its output as diffusers returns it (no paste-back),
                        resized to the photo's size; ranked with the same CLIP.
@@ -27,6 +27,7 @@ every method, so "top-1" means the same thing everywhere.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -45,9 +46,12 @@ from blendedit.errors import InputError
 from blendedit.eval.metrics import (
     DEFAULT_CLASSIFIER,
     DEFAULT_SCORE_CLIP_MODEL,
-    ImageNetClassifier,
+    Classifier,
     MetricModels,
+    classifier_top_k,
+    load_classifier,
 )
+from blendedit.eval.toyworld import is_toy_classifier
 from blendedit.io import tensor_to_pil, working_size
 from blendedit.metrics import LPIPS
 from blendedit.models import DEFAULT_MODEL, parse_device, parse_dtype
@@ -75,7 +79,7 @@ METHODS: dict[str, MethodSpec] = {
         ),
         MethodSpec("pixel", "pixel", 64, "Blended Diffusion"),
         MethodSpec("local-clip", "pixel", 64, "Local CLIP-guided diffusion"),
-        MethodSpec("diffusers-inpaint", "latent", 24, "diffusers StableDiffusionInpaintPipeline"),
+        MethodSpec("diffusers-inpaint", "latent", 24, "diffusers inpaint pipeline"),
     )
 }
 DEFAULT_METHODS = tuple(METHODS)
@@ -174,7 +178,7 @@ class Resources:
     @cached_property
     def labels(self) -> dict[int, str]:
         """The classifier's ``id2label``, from its config alone (no weights loaded)."""
-        if "classifier" in self.__dict__:
+        if "classifier" in self.__dict__ or is_toy_classifier(self.models.classifier):
             return self.classifier.id2label
         from transformers import AutoConfig
 
@@ -190,8 +194,8 @@ class Resources:
         return {int(k): v for k, v in (getattr(cfg, "id2label", None) or {}).items()}
 
     @cached_property
-    def classifier(self) -> ImageNetClassifier:
-        return ImageNetClassifier.from_pretrained(self.models.classifier).to(self.device)
+    def classifier(self) -> Classifier:
+        return load_classifier(self.models.classifier).to(self.device)
 
     @cached_property
     def score_clip(self) -> ClipScorer | None:
@@ -207,7 +211,9 @@ class Resources:
         return LPIPS.from_pretrained(w[0], w[1], self.models.lpips_net).to(self.device)  # type: ignore[arg-type]
 
     def metric_models(self) -> MetricModels:
-        return MetricModels(self.classifier, self.score_clip, self.lpips)
+        return MetricModels(
+            self.classifier, self.score_clip, self.lpips, classifier_top_k(self.models.classifier)
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,7 +347,8 @@ class DecoderRunner(EditorRunner):
 
 
 class DiffusersInpaintRunner(EditorRunner):
-    """diffusers' ``StableDiffusionInpaintPipeline`` on the BLD editor's own components."""
+    """diffusers' inpaint pipeline of the model's family (``StableDiffusionInpaintPipeline``,
+    the SDXL, SD3 or FLUX one) on the BLD editor's own components."""
 
     @cached_property
     def _pipe_and_strength(self) -> tuple[Any, float]:
@@ -361,7 +368,7 @@ class DiffusersInpaintRunner(EditorRunner):
         return {
             "method": self.spec.name,
             **self.ident,
-            "pipeline": "StableDiffusionInpaintPipeline",
+            "pipeline": type(self.pipe).__name__,
             "num_images": c.num_images,
             "num_inference_steps": c.num_inference_steps,
             "strength": self.strength,
@@ -378,7 +385,10 @@ class DiffusersInpaintRunner(EditorRunner):
     def generate(self, image, mask, prompt, seeds):  # type: ignore[override]
         c, ed = self.config, self.editor
         t0 = time.perf_counter()
-        w, h = working_size(image.size, c.size or ed.native_size, ed.vae_scale_factor)
+        w, h = working_size(image.size, c.size or ed.native_size, ed.backbone.size_multiple)
+        # Only the arguments this family's pipeline takes (SD3/FLUX have no eta).
+        takes = inspect.signature(self.pipe.__call__).parameters
+        extra = {k: v for k, v in (("eta", c.eta),) if k in takes}
         mask_img = Image.fromarray(mask.astype(np.uint8) * 255)
         chunks = []
         for i in range(0, len(seeds), c.batch_size):
@@ -394,7 +404,7 @@ class DiffusersInpaintRunner(EditorRunner):
                 guidance_scale=c.guidance_scale,
                 negative_prompt=c.negative_prompt or None,
                 num_images_per_prompt=len(part),
-                eta=c.eta,
+                **extra,
                 generator=[torch.Generator("cpu").manual_seed(s) for s in part],
                 output_type="pt",
             )

@@ -33,6 +33,7 @@ __all__ = [
     "StableDiffusion3",
     "StableDiffusionXL",
     "detect_family",
+    "family_defaults",
     "load_backbone",
 ]
 
@@ -160,6 +161,31 @@ def detect_family(model: str | os.PathLike[str], local_files_only: bool | None =
         "model", name, lambda local: _read_index(name, local), local_files_only
     )
     return family_of_index(index, name)
+
+
+def family_defaults(
+    model: str | os.PathLike[str], local_files_only: bool | None = None
+) -> dict[str, Any]:
+    """The EditConfig fields a model's family changes (``Backbone.defaults``), without loading
+    it: for tools that set up settings before the model (``blendedit eval``)."""
+    family = detect_family(model, local_files_only)
+    if family != "flux":
+        return dict(FAMILIES[family].defaults)
+    path, name = Path(model), str(model)
+    if path.is_file():  # dev has a guidance embedding, schnell none
+        dev = any("guidance_in" in k for k in _single_file_keys(path))
+    else:
+
+        def read(local: bool) -> dict[str, Any]:
+            if path.is_dir():
+                return json.loads((path / "transformer" / "config.json").read_text())
+            from huggingface_hub import hf_hub_download
+
+            f = hf_hub_download(name, "transformer/config.json", local_files_only=local)
+            return json.loads(Path(f).read_text())
+
+        dev = bool(load_cached_first("model", name, read, local_files_only).get("guidance_embeds"))
+    return Flux.defaults_for(dev)
 
 
 def load_backbone(

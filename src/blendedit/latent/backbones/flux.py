@@ -76,12 +76,16 @@ class Flux(Backbone):
         """dev is guidance-distilled (a guidance embedding); schnell is timestep-distilled."""
         return bool(self.unet.config.guidance_embeds)
 
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        # dev: FluxPipeline's 28 steps at guidance 3.5; schnell: 4 steps, no guidance.
-        if self.is_dev:
+    @staticmethod
+    def defaults_for(dev: bool) -> dict[str, Any]:
+        """dev: FluxPipeline's 28 steps at guidance 3.5; schnell: 4 steps, no guidance."""
+        if dev:
             return {"num_inference_steps": 28, "guidance_scale": 3.5, "scheduler": "flow-euler"}
         return {"num_inference_steps": 4, "guidance_scale": 1.0, "scheduler": "flow-euler"}
+
+    @property
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.defaults_for(self.is_dev)
 
     def modules(self) -> dict[str, Any]:
         return {

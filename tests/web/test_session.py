@@ -78,6 +78,7 @@ def test_keep_undo_redo_move_along_the_history():
     assert step1.seed == 1 and step1.rank == 2 and step1.prompt == "a hat"
     assert _red_at(s) == 40 and s.cursor == 1 and s.can_undo
     assert step1.patch.shape == (10, 20, 3)  # the step holds its box, not a whole image
+    assert np.array_equal(step1.mask, g1.mask) and step1.mask_bits.nbytes == 30 * 5  # 1 bit/px
     outside = np.ones((30, 40), bool)
     outside[5:15, 10:30] = False
     assert np.array_equal(s.current_pixels[outside], np.asarray(photo)[outside])

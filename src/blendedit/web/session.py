@@ -239,7 +239,8 @@ class Step:
 
     id: int
     prompt: str
-    mask: np.ndarray  # bool (H, W) at the image's size, as painted (before invert_mask)
+    mask_bits: np.ndarray = field(repr=False)  # the mask as painted, np.packbits along rows
+    mask_shape: tuple[int, int]  # (H, W)
     method: str
     settings: dict[str, Any]
     seeds: list[int]  # every seed of the Generate it came from, in generation order
@@ -253,6 +254,12 @@ class Step:
     scribble: Scribble | None = None
     thumb: Image.Image | None = field(default=None, repr=False)
     meta: dict[str, Any] = field(default_factory=dict)  # model, dtype, device: informative
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Bool (H, W) at the image's size, as painted (before invert_mask); held packed, at one
+        bit a pixel (6 MB for 48 MP), and unpacked on each access."""
+        return np.unpackbits(self.mask_bits, axis=1, count=self.mask_shape[1]).astype(bool)
 
 
 class Session:
@@ -367,7 +374,8 @@ class Session:
         step = Step(
             id=self._next_id,
             prompt=generation.prompt,
-            mask=generation.mask,
+            mask_bits=np.packbits(generation.mask, axis=1),
+            mask_shape=generation.mask.shape,
             method=generation.method,
             settings=dict(generation.settings),
             seeds=list(generation.seeds),
@@ -435,8 +443,8 @@ class Session:
                     "score": None if s.score is None else round(float(s.score), 6),
                     "seeds": s.seeds,
                     "settings": s.settings,
-                    "mask_png_base64": mask_to_b64(s.mask),
-                    "mask_fraction": round(float(s.mask.mean()), 6),
+                    "mask_png_base64": mask_to_b64(mask := s.mask),
+                    "mask_fraction": round(float(mask.mean()), 6),
                     **({"scribble": s.scribble.to_dict()} if s.scribble is not None else {}),
                     "box": list(s.box),
                     "result_size": list(self.size),

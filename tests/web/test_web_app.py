@@ -478,3 +478,45 @@ def test_pixel_model_page_generates_and_keeps(tiny_clip_dir: Path, tmp_path: Pat
         assert step["settings"]["skip_timesteps"] == 5
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("kind", ["heic", "png16"])
+def test_phone_and_deep_photos_download_in_their_own_kind(app, shared_images: Path, tmp_path, kind):
+    """A HEIC upload (no HEIC output) comes back as PNG; a 16-bit PNG comes back at 16 bits,
+    its pixels outside the edit the input's own samples."""
+    shown = Image.open(shared_images / "chelsea.png").convert("RGB")
+    if kind == "heic":
+        pillow_heif = pytest.importorskip("pillow_heif")
+        pillow_heif.register_heif_opener()
+        path = tmp_path / "p.heic"
+        try:
+            shown.save(path, format="HEIF", quality=90)
+        except (OSError, ValueError, KeyError) as e:
+            pytest.skip(f"no HEIF encoder: {e}")
+    else:
+        import cv2
+
+        path = tmp_path / "deep.png"
+        deep = np.asarray(shown).astype(np.uint16) * 257 + 100  # not a multiple of 257
+        cv2.imwrite(str(path), deep[..., ::-1])
+    st = app.on_upload(str(path), None, REQUEST)[0]
+    assert st.session is not None and st.session.size == shown.size
+    layer = _canvas_layer(st, (0.3, 0.3, 0.6, 0.6), (255, 0, 255, 128))
+    _, _, _, st = app.generate(
+        _ui(app, state=st, editor=_editor_value(_preview(st), layer), prompt="a hat",
+            **_settings(num_images=1)),
+        REQUEST,
+        lambda *a, **k: None,
+    )  # fmt: skip
+    app.keep(st, REQUEST)
+    image_path, _ = app._files(st, REQUEST.session_hash)
+    assert image_path.endswith(".png")
+    with Image.open(image_path) as im:
+        assert im.size == shown.size and "parameters" in im.info
+    if kind == "png16":
+        out = read_photo(image_path).pixels
+        assert out.dtype == np.uint16
+        x0, y0, x1, y1 = st.session.history[0].box
+        keep = np.ones(shown.size[::-1], bool)
+        keep[y0:y1, x0:x1] = False
+        assert np.array_equal(out[keep], deep[keep])

@@ -287,6 +287,7 @@ def test_upload_generate_keep_undo_redo_and_downloads(app, shared_images: Path):
 
     app.unload(REQUEST)
     assert not (app.workdir / "tab1").exists()
+    assert st.session is None and st.generation is None  # the closed tab's photo is let go
 
 
 def _params_of_jpeg(im: Image.Image) -> str:

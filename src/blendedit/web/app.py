@@ -385,6 +385,7 @@ class EditorApp:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._device_lock = threading.Lock()  # one generation at a time on the device
         self._cancel: dict[str, threading.Event] = {}
+        self._states: dict[str, WebState] = {}  # by tab: emptied when the tab closes
         self.demo: gr.Blocks | None = None
 
     # -- views --------------------------------------------------------------------------------
@@ -486,6 +487,7 @@ class EditorApp:
             return self.view(st, sid, f"⚠ {one_line(e)}")
         had = st.session is not None and bool(st.session.steps)
         st.session, st.generation, st.selected = session, None, None
+        self._states[sid] = st
         st.serial += 1
         st.original_thumb = _thumb(session.photo, session.photo.pixels)
         notes = []
@@ -651,9 +653,13 @@ class EditorApp:
         return self.view(st, _sid(request), msg, editor=True)
 
     def unload(self, request: gr.Request) -> None:
-        """A tab closed: drop its cancel flag and its download files."""
+        """A tab closed: drop its cancel flag, its download files and its photo (Gradio keeps a
+        closed tab's state for an hour; a 48 MP photo need not stay with it)."""
         sid = _sid(request)
         self._cancel.pop(sid, None)
+        st = self._states.pop(sid, None)
+        if st is not None:
+            st.session, st.generation, st.selected, st.original_thumb = None, None, None, None
         shutil.rmtree(self.workdir / _safe(sid), ignore_errors=True)
 
     def close(self) -> None:

@@ -1,7 +1,8 @@
 """The evaluation's metrics, each a small function (BLD paper 5 and C.1; SPEC 3).
 
 * precision: the masked prediction into an ImageNet classifier; correct when the prompt's class is
-  in the top 5 (:func:`precision_top_k`, :class:`ImageNetClassifier`);
+  in the top 5 (:func:`precision_top_k`, :class:`ImageNetClassifier`); in the toy world, its own
+  classifier on the square around the rectangle, shape and colour right (:func:`load_classifier`);
 * diversity: mean pairwise LPIPS between the masked correct predictions of one input
   (:func:`diversity`);
 * background fidelity outside the mask: PSNR, MSE, SSIM, LPIPS (:func:`background_scores`, from
@@ -30,6 +31,7 @@ from PIL import Image
 from torch import Tensor
 
 from blendedit.errors import InputError
+from blendedit.eval.toyworld import ToyClassifier, is_toy_classifier
 from blendedit.metrics import LPIPS, background_metrics
 from blendedit.ranking import ClipScorer
 
@@ -160,6 +162,12 @@ class ImageNetClassifier:
     preprocessing its own processor config states. Images are zero-padded to a square and resized
     (never centre-cropped, so the edited rectangle is always seen whole)."""
 
+    top_k = TOP_K
+    rule = (
+        "masked (black outside the rectangle), zero-padded to a square, resized, classified; "
+        f"correct when the prompt's class is in the top {TOP_K}"
+    )
+
     def __init__(self, model: Any, preprocessing: Preprocessing | None = None, name: str = ""):
         self.model = model.eval().requires_grad_(False) if hasattr(model, "eval") else model
         self.preprocessing = preprocessing or Preprocessing()
@@ -222,6 +230,29 @@ class ImageNetClassifier:
         """The paper's precision test per image: mask it, classify it, is ``class_index`` in the
         top ``k``? -> bool ``(B,)``."""
         return precision_top_k(self.logits(apply_mask(images, mask)), class_index, k)
+
+
+Classifier = ImageNetClassifier | ToyClassifier
+
+
+def load_classifier(name: str | os.PathLike[str]) -> Classifier:
+    """``--classifier``: a transformers image classifier (hub id or folder; ImageNet labels), or a
+    toy-world ``classifier.safetensors`` beside its ``classifier.py`` (the 30 captions as classes;
+    :mod:`blendedit.eval.toyworld`)."""
+    if is_toy_classifier(name):
+        return ToyClassifier.from_file(name)
+    return ImageNetClassifier.from_pretrained(name)
+
+
+def classifier_top_k(name: str | os.PathLike[str]) -> int:
+    """How many of the classifier's best classes count as correct: 5 of ImageNet's 1000 (the
+    paper's rule), 1 of the toy world's 30."""
+    return ToyClassifier.top_k if is_toy_classifier(name) else ImageNetClassifier.top_k
+
+
+def precision_rule(name: str | os.PathLike[str]) -> str:
+    """The precision test of ``name``'s kind, in words (for the report)."""
+    return ToyClassifier.rule if is_toy_classifier(name) else ImageNetClassifier.rule
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,7 +360,7 @@ def background_scores(
 class MetricModels:
     """The models the metrics need; ``score_clip`` and ``lpips`` are optional."""
 
-    classifier: ImageNetClassifier
+    classifier: Classifier
     score_clip: ClipScorer | None = None
     lpips: LPIPS | None = None
     top_k: int = TOP_K

@@ -43,7 +43,7 @@ from blendedit.eval.methods import (
     build_runner,
     recommended_batch,
 )
-from blendedit.eval.metrics import TOP_K, evaluate_case
+from blendedit.eval.metrics import classifier_top_k, evaluate_case
 from blendedit.eval.protocol import DEFAULT_MAX_SIDE, MASK_SIDE_RANGE, EvalCase, make_cases
 from blendedit.eval.report import replace_json, write_report
 from blendedit.io import save_json, save_png
@@ -223,7 +223,7 @@ def _metric_settings(models: EvalModels) -> dict[str, Any]:
     return {
         "version": METRICS_VERSION,
         "classifier": models.classifier,
-        "top_k": TOP_K,
+        "top_k": classifier_top_k(models.classifier),
         "score_clip_model": models.score_clip_model,
         "lpips_weights": list(models.lpips_weights) if models.lpips_weights else None,
         "lpips_net": models.lpips_net if models.lpips_weights else None,

@@ -42,6 +42,7 @@ def test_serve_defaults_are_safe():
         (["--max-upload-mb", "0"], "max_upload_mb: 0"),
         (["--max-side", "20000"], "max_side: 20000"),
         (["--max-megapixels", "500"], "max_megapixels: 500"),
+        (["--preview-side", "100"], "preview_side: 100"),
         (["--method", "pixel"], "needs --model with the ADM checkpoint"),
     ],
 )

@@ -27,8 +27,9 @@ examples:
   blendedit serve --method pixel --model 256x256_diffusion_uncond.pt
   blendedit serve --host 0.0.0.0                    # reachable from your network: no login!
 
-In the browser: upload a photo, paint the region to edit, type a prompt, Generate; click a result
-and Keep it to go on editing it. Undo/Redo move along the kept steps. "Download result.json" saves
+In the browser: upload a photo (full resolution, up to the caps below), paint the region to edit
+(translucent brush; an opaque colour scribbles what to draw there), type a prompt (or none: fill
+from the surroundings), Generate; click a result and Keep it to go on editing it. Undo/Redo move along the kept steps. "Download result.json" saves
 the session's trail; `blendedit replay result.json --out DIR` regenerates every step from it.
 """
 

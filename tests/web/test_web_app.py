@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from blendedit.errors import InputError
@@ -316,11 +317,15 @@ def test_a_large_sideways_jpeg_with_a_scribble(app, shared_images: Path, tmp_pat
     fed = []
     real = app.editor
 
-    def spy(image, mask, prompt, **kw):
-        fed.append(np.array(image.pixels))
-        return real(image, mask, prompt, **kw)
+    class Spy:  # the real editor, recording what it is fed
+        def __call__(self, image, mask, prompt, **kw):
+            fed.append(np.array(image.pixels))
+            return real(image, mask, prompt, **kw)
 
-    app.editor = spy
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    app.editor = Spy()
     try:
         gallery, status, _, st = app.generate(
             _ui(app, state=st, editor=_editor_value(canvas, layer), prompt="a lemon", **ui),
@@ -375,6 +380,9 @@ def test_an_empty_prompt_reaches_the_library(app, shared_images: Path):
         def __call__(self, image, mask, prompt, **kw):
             seen.append(prompt)
             return real(image, mask, prompt, **kw)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
 
     app.editor = Spy()
     try:
@@ -521,3 +529,56 @@ def test_phone_and_deep_photos_download_in_their_own_kind(app, shared_images: Pa
         keep = np.ones(shown.size[::-1], bool)
         keep[y0:y1, x0:x1] = False
         assert np.array_equal(out[keep], deep[keep])
+
+
+def test_loras_from_the_page_are_applied_recorded_and_replayed(
+    editor, shared_images: Path, tmp_path: Path
+):
+    """The LoRAs field (issue: LoRA in the library, CLI and web editor): a step made with a LoRA
+    records it in the trail; replay applies it again and gives the kept pixels; an empty field
+    takes it off, and the base weights come back bit for bit."""
+    from test_lora import _save_sd_lora
+
+    folder, _, _ = _save_sd_lora(tmp_path, editor.unet, editor.backbone.text_encoder)
+    lora = folder / "pytorch_lora_weights.safetensors"
+    weights = {k: v.clone() for k, v in editor.unet.state_dict().items()}
+    a = EditorApp(
+        editor,
+        model_info={"name": str(editor.name)},
+        options=ServeOptions(max_side=2048, max_results=4, preview_side=320),
+        workdir=tmp_path / "web",
+    )
+    a.build()
+    try:
+        st = a.on_upload(str(shared_images / "chelsea.png"), None, REQUEST)[0]
+        layer = _canvas_layer(st, (0.3, 0.3, 0.6, 0.6), (255, 0, 255, 128))
+        ui = _settings(num_images=1)
+
+        def generate(st, loras):
+            return a.generate(
+                _ui(a, state=st, editor=_editor_value(_preview(st), layer), prompt="a hat",
+                    loras=loras, **ui),
+                REQUEST,
+                lambda *x, **k: None,
+            )[3]  # fmt: skip
+
+        st = generate(st, f"{lora}:0.7")
+        assert editor.loras == [f"{lora}:0.7"] and st.generation.loras == editor.loras
+        with_lora = st.generation.results[0].patch.copy()
+        st = a.keep(st, REQUEST)[0]
+        _, trail_path = a._files(st, REQUEST.session_hash)
+        trail = json.loads(Path(trail_path).read_text())
+        assert trail["steps"][0]["loras"] == [f"{lora}:0.7"]
+        st2 = a.on_upload(str(shared_images / "chelsea.png"), None, REQUEST)[0]
+        st2 = generate(st2, "")  # the field emptied: the LoRA comes off
+        assert editor.loras == []
+        assert all(torch.equal(v, editor.unet.state_dict()[k]) for k, v in weights.items())
+        assert not np.array_equal(st2.generation.results[0].patch, with_lora)
+        (replayed,) = replay(parse_trail(Path(trail_path)), editor)  # applies the step's LoRA
+        assert editor.loras == [f"{lora}:0.7"]
+        assert np.array_equal(replayed.pixels, st.session.current_pixels)
+        with pytest.raises(InputError, match="lora: "):
+            generate(st2, "x.safetensors:abc")
+    finally:
+        editor.unload_loras()
+        a.close()

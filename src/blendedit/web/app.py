@@ -63,6 +63,7 @@ from blendedit.web.session import (
     Result,
     Session,
     mask_to_image,
+    use_loras,
 )
 
 logger = logging.getLogger(__name__)
@@ -199,8 +200,11 @@ def _num(ui: Mapping[str, Any], key: str, label: str, cast: Callable[[Any], Any]
         raise InputError(f"{label}: {v!r} is not a number") from None
 
 
-def settings_from_ui(kind: str, ui: Mapping[str, Any], max_results: int) -> tuple[str, Any]:
-    """The method and its validated config from the settings controls' values (by name)."""
+def settings_from_ui(
+    kind: str, ui: Mapping[str, Any], max_results: int, base: Any = None
+) -> tuple[str, Any]:
+    """The method and its validated config from the settings controls' values (by name);
+    ``base``: the latent model family's defaults (``editor.default_config()``)."""
     from blendedit.pixel.pipeline import PIXEL_PRESETS
 
     n = _num(ui, "num_images", "results", int)
@@ -218,7 +222,7 @@ def settings_from_ui(kind: str, ui: Mapping[str, Any], max_results: int) -> tupl
     }
     if kind == "latent":
         size = ui.get("size")
-        cfg = PRESETS["default"].replace(
+        cfg = (base or PRESETS["default"]).replace(
             **common,
             num_inference_steps=steps,
             guidance_scale=_num(ui, "guidance", "guidance", float),
@@ -246,6 +250,16 @@ def settings_from_ui(kind: str, ui: Mapping[str, Any], max_results: int) -> tupl
         aug_num=_num(ui, "aug_num", "augmentations", int),
     )
     return method, cfg.validate()
+
+
+def lora_lines(text: Any) -> list[str]:
+    """The LoRAs field: one "FILE_OR_ID[:SCALE]" per line (or comma), normalised to
+    "source:scale" as the editor reports them; checked in one line."""
+    from blendedit.latent.lora import parse_lora_spec
+
+    items = [t.strip() for t in str(text or "").replace(",", "\n").splitlines() if t.strip()]
+    specs = [parse_lora_spec(t) for t in items]
+    return [f"{sp.source}:{sp.scale:g}" for sp in specs]
 
 
 def one_line(e: BaseException) -> str:
@@ -510,6 +524,10 @@ class EditorApp:
         st = state or WebState()
         return self.view(st, _sid(request), "Paint cleared.", editor=True)
 
+    def _defaults(self) -> Any:
+        """The latent model family's own defaults (SDXL guidance 5, FLUX flow-euler, ...)."""
+        return self.editor.default_config() if self.kind == "latent" else None
+
     def generate(
         self, ui: dict[Any, Any], request: gr.Request, progress: Any = gr.Progress()
     ) -> tuple:
@@ -530,7 +548,10 @@ class EditorApp:
                 f"image: the editor shows a {bg.shape[1]}x{bg.shape[0]} picture, not the "
                 f"session's {canvas[0]}x{canvas[1]} preview; upload the photo again"
             )
-        method, cfg = settings_from_ui(self.kind, values, self.options.max_results)
+        method, cfg = settings_from_ui(
+            self.kind, values, self.options.max_results, self._defaults()
+        )
+        loras = lora_lines(values.get("loras")) if self.kind == "latent" else []
         painted, layer = paint_from_editor(value, canvas)
         if not painted.any():
             raise InputError("mask: nothing painted; paint the region to edit with the brush")
@@ -568,14 +589,17 @@ class EditorApp:
                 source = photo
                 if scribble is not None:  # BLD 5.3: the edit starts from the scribbled photo
                     source = dataclasses.replace(photo, pixels=scribble.apply(photo))
+                if self.kind == "latent":
+                    use_loras(self.editor, loras)  # loaded only when the list changed
                 result = self.editor(source, mask, prompt, config=cfg, seed=seed, progress=report)
                 del source
         except Cancelled:
             return gr.skip(), "Cancelled.", gr.skip(), st
         seeds = [seed + i for i in range(cfg.num_images)]
         st.generation = Generation.from_edit(
-            base, prompt, mask, method, cfg, seeds, result, scribble
-        )
+            base, prompt, mask, method, cfg, seeds, result, scribble,
+            self.editor.loras if self.kind == "latent" else (),
+        )  # fmt: skip
         st.selected = None
         gallery = []
         details = False
@@ -824,7 +848,7 @@ class EditorApp:
         from blendedit.pixel.pipeline import FIT_MODES, PIXEL_PRESETS, SAMPLERS
 
         o = self.options
-        d = PRESETS["default"]
+        d = self._defaults() or PRESETS["default"]
         p = PIXEL_PRESETS["default"]
         c: dict[str, gr.components.Component] = {}
         with gr.Accordion("Settings", open=True):
@@ -883,6 +907,11 @@ class EditorApp:
         with gr.Accordion("Advanced settings", open=False):
             if latent:
                 c["negative_prompt"] = gr.Textbox(label="Negative prompt", elem_id="negative")
+                c["loras"] = gr.Textbox(
+                    value="\n".join(self.editor.loras), lines=2, label="LoRAs",
+                    info="one per line: FILE_OR_ID[:SCALE] (SD 1.x/2.x and SDXL); empty: none",
+                    elem_id="loras",
+                )  # fmt: skip
                 with gr.Row():
                     c["scheduler"] = gr.Dropdown(
                         list(SCHEDULERS), value=d.scheduler, label="Scheduler"

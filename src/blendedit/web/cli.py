@@ -69,6 +69,15 @@ def _model_arguments(p: argparse.ArgumentParser, *, for_replay: bool) -> None:
         help="single-file SD checkpoint offline: a diffusers folder with its configs; pixel: "
         "guided-diffusion settings JSON",
     )
+    if not for_replay:
+        g.add_argument(
+            "--lora",
+            action="append",
+            dest="loras",
+            metavar="FILE_OR_ID[:SCALE]",
+            help="latent: a LoRA applied from the start (repeatable); the page can change them",
+        )
+        g.add_argument("--vae", help="latent: a VAE folder or hub id replacing the model's")
     g.add_argument(
         "--clip-model",
         default=None,
@@ -197,6 +206,8 @@ def load_editor(
     dtype: str = "auto",
     offline: bool = False,
     say: Any = None,
+    loras: list[str] | None = None,
+    vae: str | None = None,
 ) -> Any:
     """Load the editor for ``method`` onto ``device`` (the same choices as ``blendedit edit``)."""
     from blendedit.models import parse_device, parse_dtype, quiet_libraries
@@ -213,11 +224,14 @@ def load_editor(
         if say:
             say(f"loading {name} ({str(dt).removeprefix('torch.')} on {dev}) ...")
         editor = BlendedLatentDiffusion.from_pretrained(
-            name, clip_model=clip_model, torch_dtype=dt, model_config=model_config
-        )
+            name, clip_model=clip_model, torch_dtype=dt, model_config=model_config,
+            loras=loras or (), vae=vae,
+        )  # fmt: skip
     else:
         from blendedit.pixel.pipeline import BlendedDiffusion
 
+        if loras or vae:
+            raise InputError(f"{'lora' if loras else 'vae'}: applies to --method latent only")
         if model is None:
             raise InputError(
                 f"model: --method {method} needs --model with the ADM checkpoint file "
@@ -276,6 +290,8 @@ def run_serve(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         offline=args.offline,
         say=lambda m: _say(args, m),
+        loras=args.loras,
+        vae=args.vae,
     )
     _say(args, "starting the web app ...")
     from blendedit.web.app import EditorApp, ServeOptions
@@ -287,6 +303,7 @@ def run_serve(args: argparse.Namespace) -> int:
             "name": args.model or (DEFAULT_MODEL if args.method == "latent" else ""),
             "model_config": args.model_config,
             "clip_model": clip,
+            **({"vae": args.vae} if args.vae else {}),
         },
         options=ServeOptions(
             max_upload_mb=args.max_upload_mb,
@@ -356,6 +373,7 @@ def run_replay(args: argparse.Namespace) -> int:
             dtype=dtype,
             offline=args.offline,
             say=lambda m: _say(args, m),
+            vae=recorded.get("vae") if method == "latent" else None,
         )
     out = prepare_out_dir(args.out, "replay")
     original = trail.original

@@ -196,6 +196,7 @@ class Generation:
     seeds: list[int]  # every seed generated, in generation order
     results: list[Result]  # best first
     scribble: Scribble | None = None  # colours composited into the photo before the edit
+    loras: list[str] = field(default_factory=list)  # "source:scale" applied to the model
 
     @classmethod
     def from_edit(
@@ -208,6 +209,7 @@ class Generation:
         seeds: Sequence[int],
         result: Any,
         scribble: Scribble | None = None,
+        loras: Sequence[str] = (),
     ) -> Generation:
         """From an :class:`~blendedit.results.EditResult` of ``editor(..., config=config)``."""
         return cls(
@@ -229,6 +231,7 @@ class Generation:
                 for c in result.candidates
             ],
             scribble=scribble,
+            loras=list(loras),
         )
 
 
@@ -254,6 +257,7 @@ class Step:
     scribble: Scribble | None = None
     thumb: Image.Image | None = field(default=None, repr=False)
     meta: dict[str, Any] = field(default_factory=dict)  # model, dtype, device: informative
+    loras: list[str] = field(default_factory=list)  # "source:scale" the step's edit ran with
 
     @property
     def mask(self) -> np.ndarray:
@@ -378,6 +382,7 @@ class Session:
             mask_shape=generation.mask.shape,
             method=generation.method,
             settings=dict(generation.settings),
+            loras=list(generation.loras),
             seeds=list(generation.seeds),
             seed=r.seed,
             rank=r.rank,
@@ -443,6 +448,7 @@ class Session:
                     "score": None if s.score is None else round(float(s.score), 6),
                     "seeds": s.seeds,
                     "settings": s.settings,
+                    **({"loras": list(s.loras)} if s.loras else {}),
                     "mask_png_base64": mask_to_b64(mask := s.mask),
                     "mask_fraction": round(float(mask.mean()), 6),
                     **({"scribble": s.scribble.to_dict()} if s.scribble is not None else {}),
@@ -471,6 +477,7 @@ class TrailStep:
     seeds: list[int]
     result_sha256: str | None = None
     scribble: Scribble | None = None
+    loras: list[str] = field(default_factory=list)  # "source:scale", applied before the step
 
     def replay_seeds(self) -> list[int]:
         """The seeds that shared the kept seed's UNet calls: the kept seed's chunk of
@@ -533,6 +540,7 @@ def parse_trail(data: Mapping[str, Any] | str | os.PathLike[str]) -> Trail:
             prompt, method, seed = str(s["prompt"]), str(s["method"]), int(s["seed"])
             settings = dict(s["settings"])
             seeds = [int(x) for x in s.get("seeds") or [seed]]
+            loras = [str(x) for x in s.get("loras") or []]
             mask_img = b64_to_image(s["mask_png_base64"], f"{name} mask")
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"{name}: missing or malformed field ({e})") from None
@@ -547,9 +555,8 @@ def parse_trail(data: Mapping[str, Any] | str | os.PathLike[str]) -> Trail:
         scribble = None
         if s.get("scribble") is not None:
             scribble = Scribble.from_dict(s["scribble"], original.size, f"{name} scribble")
-        steps.append(
-            TrailStep(prompt, mask, method, settings, seed, seeds, s.get("result_sha256"), scribble)
-        )
+        sha = s.get("result_sha256")
+        steps.append(TrailStep(prompt, mask, method, settings, seed, seeds, sha, scribble, loras))
     return Trail(original=original, steps=steps, model=dict(data.get("model") or {}))
 
 
@@ -566,6 +573,8 @@ def step_edit(
         changes["keep"] = None
     cfg = cfg.replace(**changes).validate()
     _check_editor(editor, step.method)
+    if step.method == "latent":
+        use_loras(editor, step.loras)
     source = photo
     if step.scribble is not None:
         source = dataclasses.replace(photo, pixels=step.scribble.apply(photo))
@@ -574,6 +583,15 @@ def step_edit(
         if c.seed == step.seed:
             return c
     raise InputError(f"replay: seed {step.seed} missing from the results")  # pragma: no cover
+
+
+def use_loras(editor: Any, loras: Sequence[str]) -> None:
+    """Apply exactly ``loras`` ("source:scale") to a latent editor, loading only on a change."""
+    if list(loras) != editor.loras:
+        if loras:
+            editor.load_loras(list(loras))
+        else:
+            editor.unload_loras()
 
 
 def _check_editor(editor: Any, method: str) -> None:

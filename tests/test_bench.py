@@ -64,6 +64,8 @@ def test_presets_are_the_published_architectures(name, meta_backbones):
     assert backbone.family == ARCHITECTURES[name].family
     counts = {k: _count(m) for k, m in backbone.modules().items()}
     assert counts == PUBLISHED[name]
+    v = "v_prediction" if name == "sd2" else "epsilon"  # SD 2.1 (768) predicts v
+    assert backbone.scheduler.config.prediction_type == v
 
 
 def test_sdxl_preset_is_sdxl_base(meta_backbones):

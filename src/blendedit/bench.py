@@ -171,9 +171,12 @@ class Architecture:
     source: str = ""  # the published model it copies
 
 
-def _sd(unet: dict[str, Any], text: dict[str, Any], resolution: int, source: str) -> Architecture:
+def _sd(
+    unet: dict[str, Any], text: dict[str, Any], resolution: int, source: str, **kw: Any
+) -> Architecture:
     vae = {**_SD_VAE, "sample_size": resolution}
-    return Architecture("sd", {"unet": unet, "vae": vae, "text": text}, resolution, source=source)
+    parts = {"unet": unet, "vae": vae, "text": text}
+    return Architecture("sd", parts, resolution, source=source, **kw)
 
 
 _SD2_UNET = {
@@ -197,7 +200,11 @@ ARCHITECTURES: dict[str, Architecture] = {
         "stabilityai/stable-diffusion-2-1-base",
     ),
     "sd2": _sd(  # SD 2.1 (768-v): the same networks at 768x768
-        {**_SD2_UNET, "sample_size": 96}, _OPENCLIP_H_TEXT, 768, "stabilityai/stable-diffusion-2-1"
+        {**_SD2_UNET, "sample_size": 96},
+        _OPENCLIP_H_TEXT,
+        768,
+        "stabilityai/stable-diffusion-2-1",
+        scheduler={**_SD_DDIM, "prediction_type": "v_prediction"},
     ),
     "sdxl": Architecture(  # Podell et al. 2023: 2.6B UNet, two text encoders, 1024x1024
         "sdxl",

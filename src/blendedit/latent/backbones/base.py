@@ -33,6 +33,8 @@ class Conditioning:
     def same(self) -> bool:
         """Prompt and negative give the same inputs (e.g. both empty): every guidance scale
         then gives the conditional prediction."""
+        if self.cond.is_meta:  # shapes only (FLOP counting): nothing to compare
+            return False
         return torch.equal(self.cond, self.uncond) and all(
             torch.equal(v, self.added_uncond[k]) for k, v in self.added.items()
         )

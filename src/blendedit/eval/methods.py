@@ -409,6 +409,9 @@ class DiffusersInpaintRunner(EditorRunner):
                 output_type="pt",
             )
             chunks.append(out.images.float().cpu())
+        # diffusers' SDXL pipeline casts a force_upcast VAE back to fp16 after its call; the
+        # editor shares it and keeps it in float32 there (the fp16 VAE overflows).
+        ed.vae.to(ed.backbone.vae_dtype_for(ed.dtype))
         x = torch.cat(chunks)  # (N, 3, h, w) in [0, 1]
         t_gen = time.perf_counter() - t0
         scores = None

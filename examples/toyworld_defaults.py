@@ -43,7 +43,7 @@ def table(title: str, head: list[str], rows: list[list[str]]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sections", default="steps,feather,context,shrink")
+    ap.add_argument("--sections", default="steps,fewstep,feather,context,shrink")
     sections = set(ap.parse_args().sections.split(","))
     torch.set_num_threads(1)
     world = World()
@@ -77,6 +77,26 @@ def main() -> None:
             )
         table(
             "Steps (DDIM, blend start 0.25)",
+            ["steps", "run", "precision batch", "top-1", "seam"],
+            rows,
+        )
+
+    # 1b. Few steps: the smallest step count that still blends (1 step = a latent paste).
+    if "fewstep" in sections:
+        rows = []
+        for steps in (1, 2, 3, 4, 6, 8):  # trailing: even one step starts from t = 999
+            m = np.mean(
+                [run(c, num_inference_steps=steps, scheduler="euler-trailing") for c in cases],
+                axis=0,
+            )
+            run_steps = steps - int(steps * 0.25)
+            rows.append(
+                [str(steps), str(run_steps), f"{100 * m[0]:.1f}%", f"{100 * m[1]:.0f}%",
+                 f"{m[2]:.4f}"]
+            )  # fmt: skip
+        table(
+            "Few steps (trailing Euler as the realtime presets, blend start 0.25; one step run = "
+            "the latent paste)",
             ["steps", "run", "precision batch", "top-1", "seam"],
             rows,
         )

@@ -36,14 +36,15 @@ export OUT PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DIS
 
 # One row per bench run: step name | preset | CPU dry-run preset (- = skip in a dry run) |
 # time limit (s) | bench arguments besides --preset/--device/--report. A preset bench.py does not
-# define (yet) is skipped with a line, as is a row whose flags the bench lacks. Estimated on an
-# H200 (README.md): 55, 120, 85 and 110 s; setup 15 s and the GPU tests 25 s before them.
+# define (yet) is skipped with a line, as is a row whose flags the bench lacks; ?--flag is passed
+# only where the bench has it (--realtime: the preset's few-step config, blendedit.config).
+# Estimated on an H200 (README.md): 55, 120, 85 and 110 s; setup 15 s, GPU tests 25 s before.
 PLAN=$(
   cat <<'EOF'
 sd2-base-bf16|sd2-base|tiny|75|--batch 24 --dtype bf16 --repeats 1
 sd2-base-bf16-compile|sd2-base|-|130|--batch 24 --dtype bf16 --compile --no-diffusers --repeats 1
 sdxl-bf16|sdxl|tiny-sdxl|100|--dtype bf16 --repeats 1
-flux-schnell-realtime|flux-schnell|tiny-flux|120|--dtype bf16 --batch 8 --steps 4 --scheduler flow-euler --repeats 1 --no-diffusers
+flux-schnell-realtime|flux-schnell|tiny-flux|120|--dtype bf16 ?--realtime --batch 8 --steps 4 --scheduler flow-euler --repeats 1 --no-diffusers
 EOF
 )
 
@@ -118,7 +119,7 @@ main() {
   fi
 
   # 3. Bench rows.
-  local name preset dry limit args a
+  local name preset dry limit args a words run_args
   while IFS='|' read -r name preset dry limit args; do
     wanted "$name" || {
       record "$name" skipped 0 "not in DEVICE_CHECK_ONLY"
@@ -129,11 +130,18 @@ main() {
       record "$name" skipped 0 "no preset $preset in bench.py"
       continue
     fi
-    for a in $args; do  # a flag this bench does not have: say so rather than fail in argparse
-      if [[ $a == --* && $flags != *" $a "* ]]; then
+    read -r -a words <<<"$args"
+    run_args=()
+    for a in "${words[@]}"; do
+      if [[ $a == \?--* ]]; then  # ?--flag: passed when this bench has it
+        a=${a#\?}
+        if [[ $flags == *" $a "* ]]; then run_args+=("$a"); else echo "   ($name: no $a here)"; fi
+      elif [[ $a == --* && $flags != *" $a "* ]]; then  # say so rather than fail in argparse
         echo "== $name: SKIPPED, blendedit bench has no $a"
         record "$name" skipped 0 "bench has no $a"
         continue 2
+      else
+        run_args+=("$a")
       fi
     done
     if [ "$DRY" = 1 ]; then
@@ -142,12 +150,10 @@ main() {
         record "$name" skipped 0 "dry run"
         continue
       fi
-      # shellcheck disable=SC2086
-      step "$name" "$limit" "$PY" -m blendedit.cli bench --preset "$dry" $args --device cpu \
-        --dtype fp32 --batch 2 --steps 4 --report "$OUT/bench.md"
+      step "$name" "$limit" "$PY" -m blendedit.cli bench --preset "$dry" "${run_args[@]}" \
+        --device cpu --dtype fp32 --batch 2 --steps 4 --report "$OUT/bench.md"
     else
-      # shellcheck disable=SC2086
-      step "$name" "$limit" "$PY" -m blendedit.cli bench --preset "$preset" $args \
+      step "$name" "$limit" "$PY" -m blendedit.cli bench --preset "$preset" "${run_args[@]}" \
         --device cuda --report "$OUT/bench.md"
     fi
   done <<<"$PLAN"

@@ -20,6 +20,7 @@ from blendedit.bench import (
     unet_flops,
 )
 from blendedit.cli import main
+from blendedit.errors import InputError
 
 # Parameter counts of the published checkpoints, per part (the diffusers / transformers folders:
 # sum of the tensors in each part's weights file; SDXL: Podell et al. 2023 give "2.6B" for the UNet).
@@ -44,6 +45,26 @@ PUBLISHED = {
 LDM_UNET, LDM_BERT = 872_300_484, 581_994_042
 LDM_PUBLISHED = 1.45e9
 CLIP_B16_PARAMS = 149_620_737
+# Rectified-flow models (diffusers folders stabilityai/stable-diffusion-3.5-medium / -large,
+# black-forest-labs/FLUX.1-dev / -schnell): the 16-channel VAE, CLIP-L with projection (SD3) or
+# without (FLUX), CLIP-G with projection (= SDXL's text_encoder_2), T5-XXL's encoder
+# (google/t5-v1_1-xxl, "4.7B"), and the transformers as built here.
+FLOW_VAE = 83_819_683
+CLIP_L_PROJ, CLIP_G = 123_650_304, 694_659_840
+T5_XXL = 4_762_310_656
+SD3 = {"vae": FLOW_VAE, "text_encoder": CLIP_L_PROJ, "text_encoder_2": CLIP_G}
+FLOW_PUBLISHED = {
+    "sd35-medium": {**SD3, "unet": 2_243_171_520, "text_encoder_3": T5_XXL},
+    "sd35-large": {**SD3, "unet": 8_056_627_520, "text_encoder_3": T5_XXL},
+    "flux-dev": {"vae": FLOW_VAE, "unet": 11_901_408_320, "text_encoder": CLIP_L,
+                 "text_encoder_2": T5_XXL},
+    "flux-schnell": {"vae": FLOW_VAE, "unet": 11_891_178_560, "text_encoder": CLIP_L,
+                     "text_encoder_2": T5_XXL},
+}  # fmt: skip
+# The published sizes: SD3.5 Medium "2.5B" and Large "8.1B" (Stability AI's model cards) count
+# the MMDiT's learned position table, a buffer in diffusers (384^2 x 1536, 192^2 x 2432);
+# FLUX.1 "12B" (Black Forest Labs; 11.9B); T5-XXL's encoder 4.76B.
+MMDIT_PUBLISHED = {"sd35-medium": 2.5e9, "sd35-large": 8.1e9}
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -54,7 +75,7 @@ def _count(module: torch.nn.Module) -> int:
 def meta_backbones(tmp_path_factory):
     """Every full-size preset built on the meta device: shapes only, nothing is allocated."""
     tmp = tmp_path_factory.mktemp("tok")
-    names = ["sd15", "sd2-base", "sd2", "sdxl", "ldm-1.45b"]
+    names = ["sd15", "sd2-base", "sd2", "sdxl", "ldm-1.45b", "sdxl-turbo", *FLOW_PUBLISHED]
     return {n: build_backbone(ARCHITECTURES[n], "meta", tmp) for n in names}
 
 
@@ -66,6 +87,64 @@ def test_presets_are_the_published_architectures(name, meta_backbones):
     assert counts == PUBLISHED[name]
     v = "v_prediction" if name == "sd2" else "epsilon"  # SD 2.1 (768) predicts v
     assert backbone.scheduler.config.prediction_type == v
+
+
+@pytest.mark.parametrize("name", list(FLOW_PUBLISHED))
+def test_flow_presets_are_the_published_architectures(name, meta_backbones):
+    backbone = meta_backbones[name]
+    arch = ARCHITECTURES[name]
+    assert backbone.family == arch.family == name.split("-")[0].replace("sd35", "sd3")
+    counts = {k: _count(m) for k, m in backbone.modules().items()}
+    assert counts == FLOW_PUBLISHED[name]
+    assert backbone.native_size == arch.resolution == 1024
+    assert type(backbone.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    assert backbone.vae.config.latent_channels == 16
+    if arch.family == "sd3":
+        pos = backbone.unet.pos_embed.pos_embed.numel()  # the learned position table
+        assert round((counts["unet"] + pos) / 1e9, 1) == MMDIT_PUBLISHED[name] / 1e9
+        assert backbone.scheduler.config.shift == 3.0
+        assert (backbone.vae.config.scaling_factor, backbone.vae.config.shift_factor) == (
+            1.5305,
+            0.0609,
+        )
+    else:
+        assert round(counts["unet"] / 1e9, 1) == 11.9 and backbone.is_dev == (name == "flux-dev")
+        dynamic = backbone.scheduler.config.use_dynamic_shifting
+        assert dynamic == backbone.is_dev and arch.realtime == (
+            None if dynamic else "realtime-schnell"
+        )
+        assert (backbone.vae.config.scaling_factor, backbone.vae.config.shift_factor) == (
+            0.3611,
+            0.1159,
+        )
+    assert round(T5_XXL / 1e9, 2) == 4.76
+
+
+def test_sdxl_turbo_is_sdxl_at_512_with_trailing_euler_a(meta_backbones):
+    turbo, arch = meta_backbones["sdxl-turbo"], ARCHITECTURES["sdxl-turbo"]
+    counts = {k: _count(m) for k, m in turbo.modules().items()}
+    assert counts == PUBLISHED["sdxl"]  # the same networks as SDXL base
+    assert turbo.native_size == arch.resolution == 512
+    assert type(turbo.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    assert turbo.scheduler.config.timestep_spacing == "trailing"
+    assert arch.realtime == "realtime-sdxl-turbo" and arch.batch == 8
+
+
+@pytest.mark.parametrize(("preset", "parts"), [("tiny-sd3", "tiny_sd3_parts"),
+                                               ("tiny-flux", "tiny_flux_parts")])  # fmt: skip
+def test_tiny_flow_presets_are_the_test_suites_models(preset, parts, tmp_path):
+    """bench cannot import tests/: its tiny flow presets copy tests/tiny_models.py's configs."""
+    import tiny_models
+
+    kw = {"dev": False} if preset == "tiny-flux" else {}
+    ours = build_backbone(ARCHITECTURES[preset], "cpu", tmp_path / "a").modules()
+    theirs = getattr(tiny_models, parts)(tmp_path / "b", **kw)
+    for name, module in ours.items():
+        ref = theirs["transformer" if name == "unet" else name]
+        assert _count(module) == _count(ref), name
+        keys = ("patch_size", "num_layers", "attention_head_dim", "latent_channels", "d_model")
+        for k in keys:
+            assert getattr(module.config, k, None) == getattr(ref.config, k, None), (name, k)
 
 
 def test_sdxl_preset_is_sdxl_base(meta_backbones):
@@ -106,7 +185,7 @@ def test_ranking_model_is_clip_b16():
 
 def test_every_preset_has_a_family_builder():
     assert {a.family for a in ARCHITECTURES.values()} <= set(FAMILIES)
-    for name in ("sdxl", "ldm-1.45b"):  # a tiny preset of each full-size family runs on a CPU
+    for name in ("sdxl", "ldm-1.45b", "sd35-medium", "flux-schnell"):  # each runs tiny on a CPU
         assert f"tiny-{ARCHITECTURES[name].family}" in ARCHITECTURES
 
 
@@ -143,6 +222,9 @@ def test_tiny_cpu_bench_measures_every_stage_and_diffusers(tmp_path):
         ("tiny-sdxl", torch.bfloat16, "StableDiffusionXLInpaintPipeline"),
         # LDMBert embeddings into diffusers' SD inpaint pipeline (it cannot tokenize for LDMBert)
         ("tiny-ldm", torch.float32, "StableDiffusionInpaintPipeline"),
+        # blendedit's own SD3 / FLUX embeddings into diffusers' pipelines of the families
+        ("tiny-sd3", torch.float32, "StableDiffusion3InpaintPipeline"),
+        ("tiny-flux", torch.float32, "FluxInpaintPipeline"),
     ],
 )
 def test_tiny_family_bench_runs_against_its_reference(preset, dtype, reference, monkeypatch):
@@ -156,11 +238,40 @@ def test_tiny_family_bench_runs_against_its_reference(preset, dtype, reference, 
         return real(editor, *args, **kwargs)
 
     monkeypatch.setattr(bench, "_bench_diffusers", spy)
-    res = run_bench(preset, "cpu", dtype, batch=1, steps=4, repeats=1)
+    res = run_bench(preset, "cpu", dtype, batch=2, steps=4, repeats=1)
     assert seen == [(reference, dtype)]
     assert res.family == ARCHITECTURES[preset].family and res.dtype == str(dtype)[6:]
     assert res.steps_run == 3 and res.unet_tflop_per_step > 0
     assert res.diffusers_per_step_ms > 0 and res.per_step_ratio_vs_diffusers > 0
+
+
+def test_realtime_bench_times_a_ranked_batch_of_8(tmp_path, capsys, monkeypatch):
+    """`--realtime`: the architecture's few-step preset (FLUX.1-schnell: realtime-schnell, flow
+    Euler, 4 steps of which 3 run, no guidance), 8 candidates ranked, the warm time reported."""
+    import blendedit.latent.pipeline as pipeline
+
+    ranked = []
+    real = pipeline.BlendedLatentDiffusion.__call__
+
+    def spy(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        scores = out.scores  # best first: ranked by CLIP
+        ok = None not in scores and scores == sorted(scores, reverse=True)
+        ranked.append((len(scores), ok, kwargs["config"].guidance_scale))
+        return out
+
+    monkeypatch.setattr(pipeline.BlendedLatentDiffusion, "__call__", spy)
+    report = tmp_path / "b.md"
+    args = ["bench", "--preset", "tiny-flux", "--realtime", "--device", "cpu", "--repeats", "1"]
+    assert main([*args, "--no-diffusers", "--report", str(report)]) == 0
+    assert ranked and all(r == (8, True, 1.0) for r in ranked)
+    row = json.loads(report.with_suffix(".json").read_text())[0]
+    assert row["realtime"] == "realtime-schnell" and row["batch"] == 8 and row["steps_run"] == 3
+    assert row["scheduler"] == "flow-euler" and row["total_s"] > 0
+    line = "Time to a ranked batch of 8 (tiny-flux, realtime-schnell: flow-euler"
+    assert line in capsys.readouterr().out and line in report.read_text()
+    with pytest.raises(InputError, match="'tiny-sd3' has no realtime preset"):
+        run_bench("tiny-sd3", "cpu", torch.float32, realtime=True)
 
 
 def test_cli_bench_runs_a_family_preset(tmp_path, capsys):

@@ -155,6 +155,91 @@ _SDXL_EULER = {  # stabilityai/stable-diffusion-xl-base-1.0/scheduler
     "prediction_type": "epsilon",
 }
 _LDM_DDIM = {"_class_name": "DDIMScheduler", **LDM_SAMPLER}  # the original LDM sampler
+_SDXL_TURBO_EULER_A = {  # stabilityai/sdxl-turbo/scheduler: Euler ancestral, trailing spacing
+    **_SDXL_EULER,
+    "_class_name": "EulerAncestralDiscreteScheduler",
+    "timestep_spacing": "trailing",
+}
+_FLOW = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000}
+_SD3_FLOW = {**_FLOW, "shift": 3.0}  # stabilityai/stable-diffusion-3.5-*/scheduler
+_FLUX_DEV_FLOW = {  # black-forest-labs/FLUX.1-dev/scheduler: shift by the image's token count
+    **_FLOW,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+}
+_FLUX_SCHNELL_FLOW = {**_FLUX_DEV_FLOW, "shift": 1.0, "use_dynamic_shifting": False}
+
+# The rectified-flow families' parts (SD3 / SD3.5, FLUX.1).
+_T5_XXL = {  # google/t5-v1_1-xxl's encoder (SD3 text_encoder_3, FLUX text_encoder_2)
+    "vocab_size": 32128,
+    "d_model": 4096,
+    "d_kv": 64,
+    "d_ff": 10240,
+    "num_layers": 24,
+    "num_heads": 64,
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "feed_forward_proj": "gated-gelu",
+    "layer_norm_epsilon": 1e-6,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+}
+_FLOW_VAE = {  # the 16-channel KL-f8 autoencoder of SD3 and FLUX.1 (no quant convs)
+    **_SD_VAE,
+    "latent_channels": 16,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+    "force_upcast": True,
+    "sample_size": 1024,
+}
+_SD3_VAE = {**_FLOW_VAE, "scaling_factor": 1.5305, "shift_factor": 0.0609}
+_FLUX_VAE = {**_FLOW_VAE, "scaling_factor": 0.3611, "shift_factor": 0.1159}
+_SD3_MMDIT = {  # SD3Transformer2DModel, common to SD3.5 Medium and Large
+    "sample_size": 128,
+    "patch_size": 2,
+    "in_channels": 16,
+    "out_channels": 16,
+    "attention_head_dim": 64,
+    "joint_attention_dim": 4096,
+    "pooled_projection_dim": 2048,  # CLIP-L 768 + CLIP-G 1280 pooled
+    "qk_norm": "rms_norm",
+}
+_FLUX_DIT = {  # FluxTransformer2DModel of FLUX.1 dev and schnell
+    "patch_size": 1,
+    "in_channels": 64,  # 16 latent channels x 2 x 2 packed
+    "num_layers": 19,  # double-stream (MM-DiT) blocks
+    "num_single_layers": 38,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,  # T5-XXL
+    "pooled_projection_dim": 768,  # CLIP-L pooled
+    "axes_dims_rope": (16, 56, 56),
+}
+# The test suite's tiny flow models (tests/tiny_models.py tiny_sd3_parts, tiny_flux_parts,
+# tiny_flow_vae, tiny_t5): a 16-channel VAE of factor 2, T5 stand-in 64 wide.
+_TINY_T5 = {
+    "vocab_size": 520,
+    "d_model": 64,
+    "d_kv": 16,
+    "d_ff": 37,
+    "num_layers": 2,
+    "num_heads": 4,
+    "pad_token_id": 513,
+}
+_TINY_FLOW_VAE = {
+    **_FLOW_VAE,
+    "block_out_channels": (8, 16),
+    "norm_num_groups": 8,
+    "layers_per_block": 1,
+    "down_block_types": ("DownEncoderBlock2D",) * 2,
+    "up_block_types": ("UpDecoderBlock2D",) * 2,
+    "force_upcast": False,
+    "sample_size": 64,
+}
 
 
 @dataclass(frozen=True)
@@ -169,6 +254,7 @@ class Architecture:
     scheduler: dict[str, Any] = field(default_factory=lambda: _SD_DDIM)
     batch: int = 24  # the ranked batch a bench run uses unless told (the paper's)
     source: str = ""  # the published model it copies
+    realtime: str | None = None  # its few-step preset (blendedit.config), for ``--realtime``
 
 
 def _sd(
@@ -184,6 +270,33 @@ _SD2_UNET = {
     "cross_attention_dim": 1024,
     "attention_head_dim": (5, 10, 20, 20),
     "use_linear_projection": True,
+}
+
+_SDXL_PARTS: dict[str, dict[str, Any]] = {
+    "unet": {
+        "in_channels": 4,
+        "out_channels": 4,
+        "layers_per_block": 2,
+        "block_out_channels": (320, 640, 1280),
+        "down_block_types": ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 2,
+        "up_block_types": ("CrossAttnUpBlock2D",) * 2 + ("UpBlock2D",),
+        "transformer_layers_per_block": (1, 2, 10),
+        "attention_head_dim": (5, 10, 20),
+        "use_linear_projection": True,
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 256,
+        "projection_class_embeddings_input_dim": 2816,  # 6 time ids x 256 + pooled 1280
+        "cross_attention_dim": 2048,  # CLIP-L 768 + bigG 1280, concatenated
+        "sample_size": 128,
+    },
+    "vae": {
+        **_SD_VAE,
+        "scaling_factor": 0.13025,
+        "force_upcast": True,
+        "sample_size": 1024,
+    },
+    "text": _CLIP_L_TEXT,
+    "text_2": _OPENCLIP_BIGG_TEXT,
 }
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -208,32 +321,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     ),
     "sdxl": Architecture(  # Podell et al. 2023: 2.6B UNet, two text encoders, 1024x1024
         "sdxl",
-        {
-            "unet": {
-                "in_channels": 4,
-                "out_channels": 4,
-                "layers_per_block": 2,
-                "block_out_channels": (320, 640, 1280),
-                "down_block_types": ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 2,
-                "up_block_types": ("CrossAttnUpBlock2D",) * 2 + ("UpBlock2D",),
-                "transformer_layers_per_block": (1, 2, 10),
-                "attention_head_dim": (5, 10, 20),
-                "use_linear_projection": True,
-                "addition_embed_type": "text_time",
-                "addition_time_embed_dim": 256,
-                "projection_class_embeddings_input_dim": 2816,  # 6 time ids x 256 + pooled 1280
-                "cross_attention_dim": 2048,  # CLIP-L 768 + bigG 1280, concatenated
-                "sample_size": 128,
-            },
-            "vae": {
-                **_SD_VAE,
-                "scaling_factor": 0.13025,
-                "force_upcast": True,
-                "sample_size": 1024,
-            },
-            "text": _CLIP_L_TEXT,
-            "text_2": _OPENCLIP_BIGG_TEXT,
-        },
+        _SDXL_PARTS,
         1024,
         scheduler=_SDXL_EULER,
         batch=4,  # the official BLD SDXL script's batch (text_editing_SDXL.py)
@@ -308,6 +396,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         128,
         clip=_TINY_CLIP,
         scheduler=_SDXL_EULER,
+        realtime="realtime-sdxl-turbo",  # the code path of `--preset sdxl-turbo --realtime`
     ),
     "tiny-ldm": Architecture(  # LDM-1.45B's layout at toy size (tests/test_latent_ldm.py)
         "ldm",
@@ -337,6 +426,141 @@ ARCHITECTURES: dict[str, Architecture] = {
         128,
         clip=_TINY_CLIP,
         scheduler=_LDM_DDIM,
+    ),
+    # SDXL-Turbo (Sauer et al. 2023): SDXL base's networks, trained at 512x512, trailing Euler-a.
+    "sdxl-turbo": Architecture(
+        "sdxl",
+        {
+            **_SDXL_PARTS,
+            "unet": {**_SDXL_PARTS["unet"], "sample_size": 64},
+            "vae": {**_SDXL_PARTS["vae"], "sample_size": 512},
+        },
+        512,
+        scheduler=_SDXL_TURBO_EULER_A,
+        batch=8,
+        source="stabilityai/sdxl-turbo",
+        realtime="realtime-sdxl-turbo",
+    ),
+    # SD3.5 (Esser et al. 2024; Stability AI 2024): MMDiT, CLIP-L and CLIP-G with projections
+    # (SD3 takes their pooled outputs and penultimate states), T5-XXL, 16-channel VAE.
+    "sd35-medium": Architecture(  # MMDiT-X: self-attention beside the joint one in blocks 0-12
+        "sd3",
+        {
+            "transformer": {
+                **_SD3_MMDIT,
+                "num_layers": 24,
+                "num_attention_heads": 24,
+                "caption_projection_dim": 1536,  # 24 heads x 64
+                "pos_embed_max_size": 384,
+                "dual_attention_layers": tuple(range(13)),
+            },
+            "vae": _SD3_VAE,
+            "text": _CLIP_L_TEXT,
+            "text_2": _OPENCLIP_BIGG_TEXT,
+            "text_3": _T5_XXL,
+        },
+        1024,
+        scheduler=_SD3_FLOW,
+        batch=4,
+        source="stabilityai/stable-diffusion-3.5-medium",
+    ),
+    "sd35-large": Architecture(
+        "sd3",
+        {
+            "transformer": {
+                **_SD3_MMDIT,
+                "num_layers": 38,
+                "num_attention_heads": 38,
+                "caption_projection_dim": 2432,  # 38 heads x 64
+                "pos_embed_max_size": 192,
+            },
+            "vae": _SD3_VAE,
+            "text": _CLIP_L_TEXT,
+            "text_2": _OPENCLIP_BIGG_TEXT,
+            "text_3": _T5_XXL,
+        },
+        1024,
+        scheduler=_SD3_FLOW,
+        batch=4,
+        source="stabilityai/stable-diffusion-3.5-large",
+    ),
+    # FLUX.1 (Black Forest Labs 2024): 19 double- and 38 single-stream blocks, CLIP-L pooled and
+    # T5-XXL text; dev embeds the guidance scale, schnell (timestep-distilled, 4 steps) does not.
+    "flux-dev": Architecture(
+        "flux",
+        {
+            "transformer": {**_FLUX_DIT, "guidance_embeds": True},
+            "vae": _FLUX_VAE,
+            "text": _CLIP_L_TEXT,
+            "text_2": _T5_XXL,
+        },
+        1024,
+        scheduler=_FLUX_DEV_FLOW,
+        batch=4,
+        source="black-forest-labs/FLUX.1-dev",
+    ),
+    "flux-schnell": Architecture(
+        "flux",
+        {
+            "transformer": {**_FLUX_DIT, "guidance_embeds": False},
+            "vae": _FLUX_VAE,
+            "text": _CLIP_L_TEXT,
+            "text_2": _T5_XXL,
+        },
+        1024,
+        scheduler=_FLUX_SCHNELL_FLOW,
+        batch=8,
+        source="black-forest-labs/FLUX.1-schnell",
+        realtime="realtime-schnell",
+    ),
+    "tiny-sd3": Architecture(  # tests/tiny_models.py tiny_sd3_parts, at 64 px (32x32 latents)
+        "sd3",
+        {
+            "transformer": {
+                "sample_size": 32,
+                "patch_size": 2,
+                "in_channels": 16,
+                "out_channels": 16,
+                "num_layers": 2,
+                "attention_head_dim": 8,
+                "num_attention_heads": 4,
+                "joint_attention_dim": 64,
+                "caption_projection_dim": 32,
+                "pooled_projection_dim": 64,  # 32 + 32 pooled
+            },
+            "vae": {**_TINY_FLOW_VAE, "scaling_factor": 1.5305, "shift_factor": 0.0609},
+            "text": _TINY_TEXT,
+            "text_2": _TINY_TEXT,
+            "text_3": _TINY_T5,
+        },
+        64,
+        clip=_TINY_CLIP,
+        scheduler=_SD3_FLOW,
+    ),
+    "tiny-flux": Architecture(  # tests/tiny_models.py tiny_flux_parts(dev=False): schnell's shape
+        "flux",
+        {
+            "transformer": {
+                "patch_size": 1,
+                "in_channels": 64,
+                "num_layers": 1,
+                "num_single_layers": 1,
+                "attention_head_dim": 16,
+                "num_attention_heads": 2,
+                "joint_attention_dim": 64,
+                "pooled_projection_dim": 32,
+                "axes_dims_rope": (4, 4, 8),
+                "guidance_embeds": False,
+            },
+            "vae": {**_TINY_FLOW_VAE, "scaling_factor": 0.3611, "shift_factor": 0.1159},
+            "text": _TINY_TEXT,
+            "text_2": _TINY_T5,
+        },
+        64,
+        clip=_TINY_CLIP,
+        scheduler=_FLUX_SCHNELL_FLOW,
+        batch=8,
+        realtime="realtime-schnell",
     ),
 }
 
@@ -451,14 +675,87 @@ def _build_ldm(arch: Architecture, device: torch.device, workdir: Path) -> Backb
     return LatentDiffusion(vae, unet, bert, tokenizer, _scheduler(arch.scheduler))
 
 
-def _prompt_as_text(backbone: Backbone, prompt: str) -> dict[str, Any]:
-    return {"prompt": prompt}
+def _t5(cfg: dict[str, Any]) -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(**cfg))
 
 
-def _prompt_as_embeddings(backbone: Backbone, prompt: str) -> dict[str, Any]:
+def _build_sd3(arch: Architecture, device: torch.device, workdir: Path) -> Backbone:
+    """SD3 / SD3.5: MMDiT, 16-channel VAE, CLIP-L and CLIP-G (with projections), T5-XXL. The
+    character-level CLIP tokenizer serves T5 too (random weights need only ids in range)."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from blendedit.latent.backbones.sd3 import StableDiffusion3
+
+    p = arch.parts
+    with torch.device(device):
+        transformer = SD3Transformer2DModel(**p["transformer"])
+        vae = AutoencoderKL(**p["vae"])
+        text = CLIPTextModelWithProjection(CLIPTextConfig(**_special_tokens(p["text"])))
+        text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**_special_tokens(p["text_2"])))
+        text_3 = _t5(p["text_3"])
+    tok = _clip_tokenizer(workdir)
+    sched = _scheduler(arch.scheduler)
+    return StableDiffusion3(vae, transformer, text, text_2, text_3, tok, tok, tok, sched)
+
+
+def _build_flux(arch: Architecture, device: torch.device, workdir: Path) -> Backbone:
+    """FLUX.1: the double/single-stream transformer, 16-channel VAE, CLIP-L (pooled), T5-XXL."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from blendedit.latent.backbones.flux import Flux
+
+    p = arch.parts
+    with torch.device(device):
+        transformer = FluxTransformer2DModel(**p["transformer"])
+        vae = AutoencoderKL(**p["vae"])
+        text = CLIPTextModel(CLIPTextConfig(**_special_tokens(p["text"])))
+        text_2 = _t5(p["text_2"])
+    tok = _clip_tokenizer(workdir)
+    return Flux(vae, transformer, text, text_2, tok, tok, _scheduler(arch.scheduler))
+
+
+def _prompt_as_text(backbone: Backbone, prompt: str, n: int) -> dict[str, Any]:
+    return {"prompt": prompt, "num_images_per_prompt": n}
+
+
+def _prompt_as_embeddings(backbone: Backbone, prompt: str, n: int) -> dict[str, Any]:
     """diffusers' SD inpaint pipeline cannot tokenize for LDMBert: it gets the embeddings."""
     encode = backbone.encode_prompt  # type: ignore[attr-defined]
-    return {"prompt_embeds": encode(prompt), "negative_prompt_embeds": encode("")}
+    return {
+        "prompt_embeds": encode(prompt),
+        "negative_prompt_embeds": encode(""),
+        "num_images_per_prompt": n,  # the SD pipeline repeats given embeddings
+    }
+
+
+def _prompt_as_sd3_embeddings(backbone: Backbone, prompt: str, n: int) -> dict[str, Any]:
+    """diffusers' SD3 inpaint pipeline gets blendedit's own embeddings (the same 77 CLIP + 256
+    T5 tokens), encoded inside the timed call; it does not repeat given embeddings, so they come
+    ``n`` times, one image each."""
+    encode = backbone.encode_prompt  # type: ignore[attr-defined]
+    (cond, pooled), (uncond, pooled_u) = encode(prompt), encode("")
+    return {
+        "prompt_embeds": cond.expand(n, -1, -1),  # (n, 77 + 256, 4096)
+        "pooled_prompt_embeds": pooled.expand(n, -1),  # (n, 2048)
+        "negative_prompt_embeds": uncond.expand(n, -1, -1),
+        "negative_pooled_prompt_embeds": pooled_u.expand(n, -1),
+        "num_images_per_prompt": 1,
+    }
+
+
+def _prompt_as_flux_embeddings(backbone: Backbone, prompt: str, n: int) -> dict[str, Any]:
+    """diffusers' FLUX inpaint pipeline gets blendedit's T5 states and CLIP pooled output (its
+    T5 length: dev 512, schnell 256), encoded inside the timed call, ``n`` times."""
+    t5, pooled = backbone.encode_prompt(prompt)  # type: ignore[attr-defined]
+    return {
+        "prompt_embeds": t5.expand(n, -1, -1),  # (n, T, 4096)
+        "pooled_prompt_embeds": pooled.expand(n, -1),  # (n, 768)
+        "num_images_per_prompt": 1,
+    }
 
 
 @dataclass(frozen=True)
@@ -467,13 +764,16 @@ class Family:
     pipeline (``Backbone.inpaint_reference``) takes the prompt."""
 
     build: Callable[[Architecture, torch.device, Path], Backbone]
-    reference_prompt: Callable[[Backbone, str], dict[str, Any]] = _prompt_as_text
+    # (backbone, prompt, number of images) -> the pipeline's prompt arguments
+    reference_prompt: Callable[[Backbone, str, int], dict[str, Any]] = _prompt_as_text
 
 
 FAMILIES: dict[str, Family] = {
     "sd": Family(_build_sd),
     "sdxl": Family(_build_sdxl),
     "ldm": Family(_build_ldm, _prompt_as_embeddings),
+    "sd3": Family(_build_sd3, _prompt_as_sd3_embeddings),
+    "flux": Family(_build_flux, _prompt_as_flux_embeddings),
 }
 
 
@@ -552,6 +852,8 @@ class BenchResult:
     scheduler: str
     compile: bool
     family: str = ""
+    realtime: str | None = None  # the few-step preset run (``--realtime``), if any
+    guidance_scale: float | None = None
     warmup_s: float = 0.0
     total_s: float = 0.0
     stages_s: dict[str, float] = field(default_factory=dict)
@@ -615,9 +917,9 @@ def run_bench(
     device: str | torch.device = "cuda",
     dtype: torch.dtype = torch.float16,
     batch: int | None = None,
-    steps: int = 50,
+    steps: int | None = None,
     blend_start: float = 0.25,
-    scheduler: str = "ddim",
+    scheduler: str | None = None,
     compile: bool = False,
     channels_last: bool = True,
     repeats: int = 2,
@@ -627,40 +929,61 @@ def run_bench(
     image: str | Path | None = None,
     mask: str | Path | None = None,
     peak_tflops: float | None = None,
+    realtime: bool = False,
 ) -> BenchResult:
     """Benchmark one configuration. Random weights; a real photo and mask (examples/);
-    ``batch`` None: the preset's own (24, the paper's; SDXL 4, its official script's)."""
+    ``batch`` None: the preset's own (24, the paper's; SDXL 4, its official script's); ``steps``
+    and ``scheduler`` None: the family's defaults (SD, SDXL, LDM: DDIM 50; SD3, FLUX.1-dev:
+    flow Euler 28; schnell: 4). ``realtime``: the architecture's few-step preset
+    (``Architecture.realtime``, e.g. ``realtime-schnell``) on a ranked batch of 8 unless told;
+    ``total_s`` is then the warm wall-clock time from the call to the ranked results."""
+    from blendedit.config import preset_on
     from blendedit.latent.sampling import blend_timesteps
     from blendedit.models import make_scheduler
 
     if preset not in ARCHITECTURES:
         raise InputError(f"preset: unknown {preset!r}; choose one of {', '.join(ARCHITECTURES)}")
     arch = ARCHITECTURES[preset]
-    batch = arch.batch if batch is None else batch
+    if realtime and arch.realtime is None:
+        have = ", ".join(k for k, a in ARCHITECTURES.items() if a.realtime)
+        raise InputError(
+            f"preset: {preset!r} has no realtime preset (--realtime); use one of {have}"
+        )
+    batch = (8 if realtime else arch.batch) if batch is None else batch
     dev = torch.device(device)
     photo, photo_mask = _inputs(image, mask, arch.resolution)
     with tempfile.TemporaryDirectory() as tmp:
         editor = build_editor(arch, dev, dtype, Path(tmp))
     editor.optimize(channels_last=channels_last and dev.type == "cuda", compile=compile)
-    cfg = (
-        editor.default_config()
-        .replace(  # the family's defaults (SDXL, LDM: guidance 5)
-            num_images=batch,
-            batch_size=batch,
-            decode_batch_size=min(batch, 8),
-            num_inference_steps=steps,
-            blend_start=blend_start,
-            scheduler=scheduler,
-            size=arch.resolution,
-            background=background,
-            keep=keep,
-            mask_shrink="off",
-            metrics=False,
-        )
-        .validate()
+    base = editor.default_config()  # the family's defaults (SDXL, LDM: guidance 5; flow models)
+    if realtime:
+        base = preset_on(arch.realtime, base)  # type: ignore[arg-type]
+    steps = base.num_inference_steps if steps is None else steps
+    scheduler = base.scheduler if scheduler is None else scheduler
+    cfg = base.replace(
+        num_images=batch,
+        batch_size=batch,
+        decode_batch_size=min(batch, 8),
+        num_inference_steps=steps,
+        blend_start=blend_start,
+        scheduler=scheduler,
+        size=arch.resolution,
+        background=background,
+        keep=keep,
+        mask_shrink="off",
+        metrics=False,
+    ).validate()
+    latent_hw = tuple(
+        s // editor.vae_scale_factor
+        for s in _work_hw(photo, arch.resolution, editor.vae_scale_factor)
     )
     n_steps = len(
-        blend_timesteps(make_scheduler(scheduler, editor.scheduler.config), steps, blend_start)
+        blend_timesteps(
+            make_scheduler(scheduler, editor.scheduler.config),
+            steps,
+            blend_start,
+            **editor.backbone.timestep_kwargs(steps, latent_hw),  # flow models: sigmas, shift
+        )
     )
     res = BenchResult(
         preset,
@@ -672,6 +995,8 @@ def run_bench(
         scheduler,
         compile,
         arch.family,
+        arch.realtime if realtime else None,
+        cfg.guidance_scale,
     )
 
     # Warm-up (and compilation), reported apart from the steady state.
@@ -710,10 +1035,6 @@ def run_bench(
             ),
         )
         for _ in range(repeats)
-    )
-    latent_hw = tuple(
-        s // editor.vae_scale_factor
-        for s in _work_hw(photo, arch.resolution, editor.vae_scale_factor)
     )
     flops = unet_flops(editor.backbone, batch, latent_hw, cfg.guidance_scale)  # type: ignore[arg-type]
     res.unet_tflop_per_step = flops / 1e12
@@ -779,7 +1100,6 @@ def _bench_diffusers(
         "strength": strength,
         "num_inference_steps": cfg.num_inference_steps,
         "guidance_scale": cfg.guidance_scale,
-        "num_images_per_prompt": cfg.num_images,
         "output_type": "pil",
     }
 
@@ -787,8 +1107,8 @@ def _bench_diffusers(
         return [torch.Generator().manual_seed(seed + i) for i in range(cfg.num_images)]
 
     def edit(seed: int, **kw: Any) -> Any:
-        return pipe(**reference_prompt(backbone, "a vase of red roses"), **call, **kw,
-                    generator=gens(seed))  # fmt: skip
+        prompt = reference_prompt(backbone, "a vase of red roses", cfg.num_images)
+        return pipe(**prompt, **call, **kw, generator=gens(seed))
 
     try:
         edit(0)  # warm-up
@@ -827,14 +1147,24 @@ def table(results: list[BenchResult]) -> str:
         return "n/a" if v is None else format(v, fmt)
 
     for r in results:
+        name = f"{r.preset} ({r.realtime})" if r.realtime else r.preset
         lines.append(
-            f"| {r.preset} | {r.device} | {r.dtype} | {r.batch} | {r.steps_run} | {r.compile} | "
+            f"| {name} | {r.device} | {r.dtype} | {r.batch} | {r.steps_run} | {r.compile} | "
             f"{r.total_s:.3f} | {r.images_per_s:.2f} | {r.per_step_ms:.1f} | {r.unet_tflops:.3g} | "
             f"{f(r.peak_fraction and 100 * r.peak_fraction, '.0f')}{'%' if r.peak_fraction else ''} | "
             f"{f(r.peak_memory_gb, '.1f')} | {f(r.diffusers_total_s, '.3f')} | "
             f"{f(r.speedup_vs_diffusers, '.2f')}{'x' if r.speedup_vs_diffusers else ''} | {f(r.per_step_ratio_vs_diffusers, '.3f')} | {r.warmup_s:.1f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def realtime_line(r: BenchResult) -> str:
+    """The realtime figure: warm wall-clock time from the call to the ranked batch."""
+    return (
+        f"Time to a ranked batch of {r.batch} ({r.preset}, {r.realtime}: {r.scheduler}, "
+        f"{r.steps_run} of the schedule's steps, guidance {r.guidance_scale:g}, {r.resolution}x"
+        f"{r.resolution}, {r.dtype}, warm, best of the repeats): **{r.total_s:.3f} s** on {r.device}"
+    )
 
 
 def stages_table(results: list[BenchResult]) -> str:
@@ -862,6 +1192,7 @@ def append_report(results: list[BenchResult], path: Path, command: str) -> None:
         + table(results)
         + "\nStages of the best end-to-end run:\n\n"
         + stages_table(results)
+        + "".join(f"\n{realtime_line(r)}.\n" for r in results if r.realtime)
     )
     old = path.read_text() if path.is_file() else "# Benchmarks\n\nWritten by `blendedit bench`.\n"
     tmp = path.with_name(path.name + ".new")
@@ -896,8 +1227,9 @@ def add_parser(sub: Any) -> None:
         default="sd2-base",
         choices=list(ARCHITECTURES),
         help="architecture (default sd2-base, 512x512): sd15, sd2-base, sd2 (768x768), sdxl "
-        "(1024x1024), ldm-1.45b (the paper's LDM, 256x256, batch 24); tiny, tiny-sdxl, tiny-ldm "
-        "for a CPU",
+        "(1024x1024), ldm-1.45b (the paper's LDM, 256x256, batch 24), sdxl-turbo (512x512), "
+        "sd35-medium, sd35-large, flux-dev, flux-schnell (1024x1024); tiny, tiny-sdxl, tiny-ldm, "
+        "tiny-sd3, tiny-flux for a CPU",
     )
     p.add_argument("--device", default="auto", help="cuda, cpu, ...; auto = CUDA if present")
     p.add_argument(
@@ -912,14 +1244,30 @@ def add_parser(sub: Any) -> None:
         help="ranked batch size (default: the preset's; 24, the paper's; sdxl 4, its official "
         "script's)",
     )
-    p.add_argument("--steps", type=int, default=50, help="full schedule length (default 50)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="full schedule length (default: the family's; 50 SD/SDXL/LDM, 28 SD3/FLUX.1-dev, "
+        "4 schnell and --realtime)",
+    )
     p.add_argument(
         "--blend-start",
         type=float,
         default=0.25,
         help="fraction skipped (default 0.25: 38 steps run)",
     )
-    p.add_argument("--scheduler", default="ddim", help="noise scheduler (default ddim)")
+    p.add_argument(
+        "--scheduler",
+        help="noise scheduler (default: the family's; ddim, flow-euler for SD3/FLUX, the "
+        "realtime preset's with --realtime)",
+    )
+    p.add_argument(
+        "--realtime",
+        action="store_true",
+        help="the preset's few-step realtime preset (sdxl-turbo: realtime-sdxl-turbo, "
+        "flux-schnell: realtime-schnell) on a ranked batch of 8 unless --batch: reports the warm "
+        "time from the call to the ranked results",
+    )
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the UNet (warm-up reported apart)"
     )
@@ -975,8 +1323,11 @@ def run(args: Any) -> int:
         background=args.background,
         keep=args.keep,
         peak_tflops=args.peak_tflops,
+        realtime=args.realtime,
     )
     print(table([result]) + "\n" + stages_table([result]))
+    if result.realtime:
+        print(realtime_line(result))
     append_report([result], Path(args.report), "blendedit " + " ".join(sys.argv[1:]))
     print(f"appended to {args.report}", file=sys.stderr)
     return 0
@@ -997,14 +1348,15 @@ def run_photo_sizes(args: Any) -> int:
             f"photo-sizes: {args.photo_sizes!r} is not a list like 0.25,12,24"
         ) from None
     batch = ARCHITECTURES[args.preset].batch if args.batch is None else args.batch
-    rows = run_sizes(sizes, args.preset, batch, args.steps)
+    steps = 50 if args.steps is None else args.steps
+    rows = run_sizes(sizes, args.preset, batch, steps)
     text = photo_table(rows)
     print(text)
     report = Path(args.report)
     cmd = "blendedit " + " ".join(sys.argv[1:])
     section = (
         f"\n## Photo size: `{args.preset}` preset, CPU ({device_name(torch.device('cpu'))}), "
-        f"{batch} image(s), {args.steps} steps\n\n`{cmd}`\n\n{text}"
+        f"{batch} image(s), {steps} steps\n\n`{cmd}`\n\n{text}"
     )
     old = report.read_text() if report.is_file() else "# Benchmarks\n"
     tmp = report.with_name(report.name + ".new")

@@ -23,6 +23,21 @@ Layout (prefix -> module):
   ``token_embedding``, ``positional_embedding``, ``transformer.resblocks.i.{ln_1, attn.in_proj_*
   (q, k, v stacked on dim 0), attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj}``, ``ln_final`` and
   ``text_projection`` [width, embed_dim] (applied as ``x @ text_projection``).
+- SD3/SD3.5 (Stability ``sd3_impls`` MMDiT, ComfyUI ``*_incl_clips_t5xxl`` files): the MMDiT under
+  ``model.diffusion_model.``: ``x_embedder.proj``, ``pos_embed`` [1, max^2, width],
+  ``t_embedder.mlp.{0,2}``, ``y_embedder.mlp.{0,2}``, ``context_embedder``,
+  ``joint_blocks.i.{x_block, context_block}.{attn.qkv (q, k, v stacked), attn.proj, attn.ln_{q,k}
+  (3.5), adaLN_modulation.1, mlp.fc{1,2}}``, ``x_block.attn2.*`` (3.5 medium's dual attention),
+  ``final_layer.{linear, adaLN_modulation.1}``. The VAE under ``first_stage_model.`` as above; the
+  text encoders in the Hugging Face layout under ``text_encoders.{clip_l, clip_g,
+  t5xxl}.transformer.``.
+- FLUX.1 (Black Forest Labs ``flux`` repo, ``flux1-dev.safetensors``): the transformer alone, no
+  prefix: ``img_in``, ``txt_in``, ``time_in``/``vector_in``/``guidance_in`` (dev only)
+  ``.{in,out}_layer``, ``double_blocks.i.{img,txt}_{mod.lin, attn.qkv, attn.norm.{query,key}_norm
+  .scale, attn.proj, mlp.{0,2}}``, ``single_blocks.i.{linear1 (q, k, v, mlp stacked), linear2,
+  norm.{query,key}_norm.scale, modulation.lin}``, ``final_layer.{linear, adaLN_modulation.1}``.
+- Both MMDiTs order the final (and SD3's last context) adaLN output (shift, scale); diffusers'
+  ``AdaLayerNormContinuous`` reads (scale, shift), so those two halves swap.
 """
 
 from __future__ import annotations
@@ -37,7 +52,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-FAMILIES = ("sd1", "sd2", "sdxl")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -81,11 +96,16 @@ _OPEN_CLIP_LAYER = {
 }
 
 
-def write_original_checkpoint(folder: Path, out: Path, family: str) -> Path:
-    """Write the UNet, VAE and text encoder(s) of a saved diffusers pipeline ``folder`` as one
-    ``.safetensors`` at ``out`` in the original layout of ``family`` ("sd1", "sd2" or "sdxl").
+def write_original_checkpoint(
+    folder: Path, out: Path, family: str, text_encoders: bool = True
+) -> Path:
+    """Write a saved diffusers pipeline ``folder`` as one ``.safetensors`` at ``out`` in the
+    original layout of ``family`` ("sd1", "sd2", "sdxl", "sd3" or "flux").
 
-    Every weight is written (an unmapped one raises ValueError); ``out`` must not exist yet.
+    SD 1.x/2.x/SDXL: UNet, VAE and text encoder(s). SD3: MMDiT and VAE, plus the three text
+    encoders unless ``text_encoders`` is False (the folder has none). FLUX: the transformer alone,
+    as Black Forest Labs ship it. Every weight is written (an unmapped one raises ValueError);
+    ``out`` must not exist yet.
     """
     folder, out = Path(folder), Path(out)
     if family not in FAMILIES:
@@ -95,6 +115,27 @@ def write_original_checkpoint(folder: Path, out: Path, family: str) -> Path:
     if out.exists():
         raise FileExistsError(f"out: {str(out)!r} exists; not overwriting it")
 
+    if family in ("sd3", "flux"):
+        tensors = _flow_tensors(folder, family, text_encoders)
+    else:
+        tensors = _unet_tensors(folder, family)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        # tied weights (T5's shared / embed_tokens) share storage, which safetensors refuses
+        save_file(
+            {k: v.clone(memory_format=torch.contiguous_format) for k, v in tensors.items()},
+            str(tmp),
+            {"format": "pt"},
+        )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _unet_tensors(folder: Path, family: str) -> dict[str, torch.Tensor]:
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
     tensors = _prefixed(UNET_PREFIX, unet_to_original(unet.state_dict(), unet.config))
@@ -114,15 +155,32 @@ def write_original_checkpoint(folder: Path, out: Path, family: str) -> Path:
         tensors |= _prefixed(
             "conditioner.embedders.1.model.", open_clip_to_original(text_2.state_dict())
         )
+    return tensors
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), {"format": "pt"})
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+
+def _flow_tensors(folder: Path, family: str, text_encoders: bool) -> dict[str, torch.Tensor]:
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+    from transformers import T5EncoderModel
+
+    if family == "flux":
+        flux = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer")
+        return flux_transformer_to_original(flux.state_dict())
+    mmdit = SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer")
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    tensors = _prefixed(UNET_PREFIX, sd3_transformer_to_original(mmdit.state_dict(), mmdit.config))
+    tensors |= _prefixed(VAE_PREFIX, vae_to_original(vae.state_dict()))
+    if text_encoders:
+        clip_l = CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder")
+        clip_g = CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2")
+        t5 = T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_3")
+        proj = clip_l.text_projection.weight
+        if proj.shape[0] != proj.shape[1] or not torch.equal(proj, torch.eye(len(proj))):
+            # diffusers' SD3 loader sets CLIP-L's projection to the identity, whatever the file says
+            raise ValueError("text_encoder: CLIP-L's text_projection must be the identity for SD3")
+        tensors |= _prefixed("text_encoders.clip_l.transformer.", hf_clip_to_original(clip_l))
+        tensors |= _prefixed("text_encoders.clip_g.transformer.", hf_clip_to_original(clip_g))
+        tensors |= _prefixed("text_encoders.t5xxl.transformer.", dict(t5.state_dict()))
+    return tensors
 
 
 def _prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -288,3 +346,164 @@ def open_clip_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
         width = out["token_embedding.weight"].shape[1]
         out["text_projection"] = torch.eye(width, dtype=out["token_embedding.weight"].dtype)
     return out
+
+
+def hf_clip_to_original(model: CLIPTextModelWithProjection) -> dict[str, torch.Tensor]:
+    """SD3's CLIP-L/G: the Hugging Face layout ``text_model.*`` plus ``text_projection.weight``."""
+    state = model.state_dict()
+    out = {
+        f"text_model.{k}": v
+        for k, v in _text_model_keys(state).items()
+        if not k.endswith("position_ids") and k != "text_projection.weight"
+    }
+    out["text_projection.weight"] = state["text_projection.weight"]
+    return out
+
+
+def _swap_halves(t: torch.Tensor) -> torch.Tensor:
+    """(scale, shift) <-> (shift, scale) along dim 0 of an adaLN projection [2d, ...]."""
+    a, b = t.chunk(2, dim=0)
+    return torch.cat([b, a], dim=0)
+
+
+def _fuse(
+    fused: dict[str, dict[str, torch.Tensor]], order: dict[str, tuple[str, ...]]
+) -> dict[str, torch.Tensor]:
+    """Stack the collected parts of each fused projection on dim 0 in the original order."""
+    out: dict[str, torch.Tensor] = {}
+    for name, parts in fused.items():
+        want = order[name.rsplit(".", 2)[-2]]  # keyed by the fused layer's own name
+        if sorted(parts) != sorted(want):
+            raise ValueError(f"{name}: parts {sorted(parts)}, expected {list(want)}")
+        out[name] = torch.cat([parts[p] for p in want], dim=0)
+    return out
+
+
+# diffusers SD3Transformer2DModel top level -> sd3_impls MMDiT
+_SD3_TOP = {
+    "pos_embed.pos_embed": "pos_embed",
+    "pos_embed.proj": "x_embedder.proj",
+    "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+    "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+    "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+    "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
+    "context_embedder": "context_embedder",
+    "proj_out": "final_layer.linear",
+    "norm_out.linear": "final_layer.adaLN_modulation.1",
+}
+# diffusers JointTransformerBlock -> sd3_impls JointBlock (q, k, v fuse into attn.qkv)
+_SD3_BLOCK = {
+    "norm1.linear": "x_block.adaLN_modulation.1",
+    "norm1_context.linear": "context_block.adaLN_modulation.1",
+    "attn.norm_q": "x_block.attn.ln_q",
+    "attn.norm_k": "x_block.attn.ln_k",
+    "attn.norm_added_q": "context_block.attn.ln_q",
+    "attn.norm_added_k": "context_block.attn.ln_k",
+    "attn.to_out.0": "x_block.attn.proj",
+    "attn.to_add_out": "context_block.attn.proj",
+    "attn2.norm_q": "x_block.attn2.ln_q",
+    "attn2.norm_k": "x_block.attn2.ln_k",
+    "attn2.to_out.0": "x_block.attn2.proj",
+    "ff.net.0.proj": "x_block.mlp.fc1",
+    "ff.net.2": "x_block.mlp.fc2",
+    "ff_context.net.0.proj": "context_block.mlp.fc1",
+    "ff_context.net.2": "context_block.mlp.fc2",
+}
+_SD3_QKV = {
+    r"attn\.to_([qkv])": "x_block.attn.qkv",
+    r"attn\.add_([qkv])_proj": "context_block.attn.qkv",
+    r"attn2\.to_([qkv])": "x_block.attn2.qkv",
+}
+
+
+def sd3_transformer_to_original(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """diffusers SD3Transformer2DModel keys -> sd3_impls MMDiT keys (without the prefix).
+
+    The last block's context stream only feeds the image stream (``context_pre_only``): no
+    output projection or MLP, and its adaLN [2d] is (shift, scale) like the final layer's.
+    """
+    last = config.num_layers - 1
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)\.(weight|bias)", key)
+        if m is None:
+            if key.startswith("norm_out.linear."):
+                value = _swap_halves(value)
+            out[_rename(key, _SD3_TOP)] = value
+            continue
+        i, layer, kind = int(m[1]), m[2], m[3]
+        for pattern, name in _SD3_QKV.items():
+            if q := re.fullmatch(pattern, layer):
+                fused.setdefault(f"joint_blocks.{i}.{name}.{kind}", {})[q[1]] = value
+                break
+        else:
+            if layer == "norm1_context.linear" and i == last:
+                value = _swap_halves(value)
+            out[f"joint_blocks.{i}.{_rename(layer, _SD3_BLOCK)}.{kind}"] = value
+    return out | _fuse(fused, {"qkv": ("q", "k", "v")})
+
+
+# diffusers FluxTransformer2DModel top level -> BFL Flux
+_FLUX_TOP = {
+    "x_embedder": "img_in",
+    "context_embedder": "txt_in",
+    "time_text_embed.timestep_embedder.linear_1": "time_in.in_layer",
+    "time_text_embed.timestep_embedder.linear_2": "time_in.out_layer",
+    "time_text_embed.text_embedder.linear_1": "vector_in.in_layer",
+    "time_text_embed.text_embedder.linear_2": "vector_in.out_layer",
+    "time_text_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
+    "time_text_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
+    "proj_out": "final_layer.linear",
+    "norm_out.linear": "final_layer.adaLN_modulation.1",
+}
+# diffusers FluxTransformerBlock -> BFL DoubleStreamBlock (q, k, v fuse into {img,txt}_attn.qkv)
+_FLUX_DOUBLE = {
+    "norm1.linear": "img_mod.lin",
+    "norm1_context.linear": "txt_mod.lin",
+    "attn.norm_q.weight": "img_attn.norm.query_norm.scale",
+    "attn.norm_k.weight": "img_attn.norm.key_norm.scale",
+    "attn.norm_added_q.weight": "txt_attn.norm.query_norm.scale",
+    "attn.norm_added_k.weight": "txt_attn.norm.key_norm.scale",
+    "attn.to_out.0": "img_attn.proj",
+    "attn.to_add_out": "txt_attn.proj",
+    "ff.net.0.proj": "img_mlp.0",
+    "ff.net.2": "img_mlp.2",
+    "ff_context.net.0.proj": "txt_mlp.0",
+    "ff_context.net.2": "txt_mlp.2",
+}
+# diffusers FluxSingleTransformerBlock -> BFL SingleStreamBlock (q, k, v, mlp fuse into linear1)
+_FLUX_SINGLE = {
+    "norm.linear": "modulation.lin",
+    "attn.norm_q.weight": "norm.query_norm.scale",
+    "attn.norm_k.weight": "norm.key_norm.scale",
+    "proj_out": "linear2",
+}
+
+
+def flux_transformer_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers FluxTransformer2DModel keys -> Black Forest Labs Flux keys (no prefix).
+
+    A single block's ``linear1`` [3d + mlp, d] stacks q, k, v and the MLP input projection.
+    """
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if m := re.fullmatch(
+            r"transformer_blocks\.(\d+)\.attn\.(to|add)_([qkv])(_proj)?\.(\w+)", key
+        ):
+            stream = "img" if m[2] == "to" else "txt"
+            fused.setdefault(f"double_blocks.{m[1]}.{stream}_attn.qkv.{m[5]}", {})[m[3]] = value
+        elif m := re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", key):
+            out[f"double_blocks.{m[1]}.{_rename(m[2], _FLUX_DOUBLE)}"] = value
+        elif m := re.fullmatch(
+            r"single_transformer_blocks\.(\d+)\.(attn\.to_([qkv])|proj_(mlp))\.(\w+)", key
+        ):
+            fused.setdefault(f"single_blocks.{m[1]}.linear1.{m[5]}", {})[m[3] or m[4]] = value
+        elif m := re.fullmatch(r"single_transformer_blocks\.(\d+)\.(.+)", key):
+            out[f"single_blocks.{m[1]}.{_rename(m[2], _FLUX_SINGLE)}"] = value
+        else:
+            if key.startswith("norm_out.linear."):
+                value = _swap_halves(value)
+            out[_rename(key, _FLUX_TOP)] = value
+    return out | _fuse(fused, {"qkv": ("q", "k", "v"), "linear1": ("q", "k", "v", "mlp")})

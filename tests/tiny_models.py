@@ -313,3 +313,19 @@ def tiny_flux_parts(folder: Path, seed: int = 0, dev: bool = True) -> dict:
         "tokenizer_2": tok,
         "scheduler": sched,
     }
+
+
+def tiny_sd3_single_file_parts(folder: Path, seed: int = 0) -> dict:
+    """``tiny_sd3_parts`` with text encoders diffusers' SD3 single-file loader reads back exactly:
+    it tells CLIP-L from CLIP-G by width (here 24 and 40; pooled 24 + 40 = the MMDiT's 64, prompt
+    24 + 40 = T5's 64) and sets CLIP-L's projection to the identity."""
+    parts = tiny_sd3_parts(folder, seed)
+    widths = {"text_encoder": (24, 4), "text_encoder_2": (40, 5)}  # (width, heads)
+    for name, (width, heads) in widths.items():
+        cfg = tiny_text_config()
+        cfg.hidden_size = cfg.projection_dim = width
+        cfg.num_attention_heads = heads
+        parts[name] = CLIPTextModelWithProjection(cfg).eval()
+    with torch.no_grad():
+        parts["text_encoder"].text_projection.weight.copy_(torch.eye(widths["text_encoder"][0]))
+    return parts

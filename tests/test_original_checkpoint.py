@@ -9,6 +9,7 @@ widths and depths, so their detection runs on meta-device models of the real con
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_unet_checkpoint,
     infer_diffusers_model_type,
 )
+from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
@@ -335,20 +337,29 @@ def test_sd3_round_trip_through_from_single_file(tiny_sd3_file_dir: Path, tmp_pa
         _assert_same_weights(name, getattr(loaded, name), getattr(saved, name))
 
 
-def test_sd3_without_text_encoders_loads_per_model(tiny_sd3_file_dir: Path, tmp_path: Path) -> None:
-    """sd3_medium.safetensors-style (MMDiT + VAE): each model's own ``from_single_file``."""
-    from diffusers import AutoencoderKL, SD3Transformer2DModel
+def test_sd3_without_text_encoders_loads_with_them_passed(
+    tiny_sd3_file_dir: Path, tmp_path: Path
+) -> None:
+    """sd3_medium.safetensors-style file (MMDiT + VAE). diffusers' pipeline loader takes a missing
+    part from ``config`` only if its weights are named ``diffusion_pytorch_model.*``, which
+    transformers' text encoders are not, so they are passed in: the call blendedit needs."""
+    from diffusers import StableDiffusion3Pipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     out = write_original_checkpoint(
         tiny_sd3_file_dir, tmp_path / "sd3.safetensors", "sd3", text_encoders=False
     )
-    assert not any(k.startswith("text_encoders.") for k in load_file(str(out)))
-    config = str(_config_only(tiny_sd3_file_dir, tmp_path / "config"))
-    for name, cls in (("transformer", SD3Transformer2DModel), ("vae", AutoencoderKL)):
-        loaded = cls.from_single_file(
-            str(out), config=config, subfolder=name, local_files_only=True
-        )
-        _assert_same_weights(name, loaded, cls.from_pretrained(tiny_sd3_file_dir, subfolder=name))
+    assert {k.split(".")[0] for k in load_file(str(out))} == {"model", "first_stage_model"}
+    config = str(_without_weights(tiny_sd3_file_dir, tmp_path / "config", ("transformer", "vae")))
+    with pytest.raises(SingleFileComponentError, match="CLIPTextModelWithProjection"):
+        StableDiffusion3Pipeline.from_single_file(str(out), config=config, local_files_only=True)
+    saved = StableDiffusion3Pipeline.from_pretrained(tiny_sd3_file_dir, local_files_only=True)
+    text = {name: getattr(saved, name) for name in SD3_PARTS[2:]}
+    loaded = StableDiffusion3Pipeline.from_single_file(
+        str(out), config=config, local_files_only=True, **text
+    )
+    for name in ("transformer", "vae"):
+        _assert_same_weights(name, getattr(loaded, name), getattr(saved, name))
 
 
 def test_sd35_blocks_round_trip() -> None:
@@ -453,3 +464,82 @@ def test_sd3_refuses_a_clip_l_projection(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="text_projection must be the identity"):
         write_original_checkpoint(tmp_path / "m", out, "sd3")
     assert not out.exists()
+
+
+def _cli_edit(shared_images: Path, tmp_path: Path, model: Path, config: Path | None, run: str):
+    """``blendedit edit`` on a 90x60 photo with a stroke mask; the output image as an array."""
+    import numpy as np
+    from PIL import Image
+
+    from blendedit.cli import main
+
+    photo, mask = tmp_path / "p.png", tmp_path / "m.png"
+    if not photo.exists():
+        Image.open(shared_images / "chelsea.png").convert("RGB").resize((90, 60)).save(photo)
+        m = np.zeros((60, 90), np.uint8)
+        m[20:40, 10:80] = 255
+        Image.fromarray(m).save(mask)
+    argv = [
+        "edit", str(photo), "--mask", str(mask), "--prompt", "a red flower", "--model", str(model),
+        "--no-rank", "--steps", "4", "--num-images", "1", "--size", "64", "--device", "cpu",
+        "--out", str(tmp_path / run), *(["--model-config", str(config)] if config else []),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    return np.asarray(Image.open(tmp_path / run / "01-seed0.png"))
+
+
+def test_cli_edits_with_sd3_single_file(
+    tiny_sd3_file_dir: Path, shared_images: Path, tmp_path: Path
+) -> None:
+    """``--model file.safetensors --model-config folder`` paints the folder run's pixels."""
+    import numpy as np
+
+    out = write_original_checkpoint(tiny_sd3_file_dir, tmp_path / "sd3.safetensors", "sd3")
+    config = _config_only(tiny_sd3_file_dir, tmp_path / "config")
+    a = _cli_edit(shared_images, tmp_path, tiny_sd3_file_dir, None, "folder")
+    b = _cli_edit(shared_images, tmp_path, out, config, "file")
+    result = json.loads((tmp_path / "file" / "result.json").read_text())
+    assert result["settings"]["family"] == "sd3"
+    assert a.shape == (60, 90, 3) and np.array_equal(a, b)
+    photo = np.asarray(Image.open(tmp_path / "p.png"))
+    assert not np.array_equal(a[20:40, 10:80], photo[20:40, 10:80])  # the edit did paint
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="blendedit's _flow_pipeline calls StableDiffusion3Pipeline.from_single_file(path, "
+    "config=...), which raises SingleFileComponentError for text encoders the file lacks "
+    "(diffusers looks only for diffusion_pytorch_model.* in config); fix: pass them in",
+)
+def test_cli_edits_with_sd3_file_without_text_encoders(
+    tiny_sd3_file_dir: Path, shared_images: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    out = write_original_checkpoint(
+        tiny_sd3_file_dir, tmp_path / "sd3.safetensors", "sd3", text_encoders=False
+    )
+    config = _without_weights(tiny_sd3_file_dir, tmp_path / "config", ("transformer", "vae"))
+    a = _cli_edit(shared_images, tmp_path, tiny_sd3_file_dir, None, "folder")
+    b = _cli_edit(shared_images, tmp_path, out, config, "file")
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="blendedit's FluxPipeline.from_single_file(path, config=...) raises "
+    "SingleFileComponentError for the CLIP text encoder a BFL file lacks (fix: pass text "
+    "encoders and VAE in); a tiny FLUX then still stops in diffusers' converter (inner_dim 3072)",
+)
+def test_cli_edits_with_flux_single_file(
+    tiny_flux_dir: Path, shared_images: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    out = write_original_checkpoint(tiny_flux_dir, tmp_path / "flux.safetensors", "flux")
+    config = _without_weights(tiny_flux_dir, tmp_path / "config", ("transformer",))
+    a = _cli_edit(shared_images, tmp_path, tiny_flux_dir, None, "folder")
+    b = _cli_edit(shared_images, tmp_path, out, config, "file")
+    assert np.array_equal(a, b)

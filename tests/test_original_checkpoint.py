@@ -505,13 +505,6 @@ def test_cli_edits_with_sd3_single_file(
     assert not np.array_equal(a[20:40, 10:80], photo[20:40, 10:80])  # the edit did paint
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="blendedit's _flow_pipeline calls StableDiffusion3Pipeline.from_single_file(path, "
-    "config=...), which raises SingleFileComponentError for text encoders the file lacks "
-    "(diffusers looks only for diffusion_pytorch_model.* in config); fix: pass them in",
-)
 def test_cli_edits_with_sd3_file_without_text_encoders(
     tiny_sd3_file_dir: Path, shared_images: Path, tmp_path: Path
 ) -> None:
@@ -529,9 +522,9 @@ def test_cli_edits_with_sd3_file_without_text_encoders(
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="blendedit's FluxPipeline.from_single_file(path, config=...) raises "
-    "SingleFileComponentError for the CLIP text encoder a BFL file lacks (fix: pass text "
-    "encoders and VAE in); a tiny FLUX then still stops in diffusers' converter (inner_dim 3072)",
+    reason="diffusers 0.42's FLUX converter hard-codes FLUX.1's width (inner_dim 3072), so no "
+    "tiny FLUX loads from a single file; blendedit takes the text encoders and VAE a BFL file "
+    "lacks from --model-config and gets as far as that converter",
 )
 def test_cli_edits_with_flux_single_file(
     tiny_flux_dir: Path, shared_images: Path, tmp_path: Path

@@ -37,11 +37,18 @@ LDM_SAMPLER = {
 }
 
 
-def _single_file_error(path: Path, e: BaseException) -> ModelNotFoundError:
+def _single_file_error(
+    path: Path, e: BaseException, config: str | None = None
+) -> ModelNotFoundError:
     reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    hint = (
+        f"; is --model-config {config!r} a diffusers folder of the same architecture?"
+        if config
+        else "; offline, also pass --model-config with a local diffusers folder of the same "
+        "architecture"
+    )
     return ModelNotFoundError(
-        f"model: could not load the checkpoint {str(path)!r} ({reason}); offline, also pass "
-        "--model-config with a local diffusers folder of the same architecture"
+        f"model: could not load the checkpoint {str(path)!r} ({reason}){hint}"
     )
 
 
@@ -75,7 +82,7 @@ def load_sdxl(
         try:
             pipe = StableDiffusionXLPipeline.from_single_file(str(path), **kw)
         except Exception as e:  # diffusers raises many types for a bad or unrecognised checkpoint
-            raise _single_file_error(path, e) from None
+            raise _single_file_error(path, e, config) from None
         return _sdxl_from_parts(pipe.components, pipe.config)
 
     def load(local_only: bool) -> Backbone:
@@ -162,6 +169,49 @@ def load_ldm(
     return load_cached_first("model", str(name), load, local)
 
 
+# What an SD3 / FLUX single file may carry besides the denoiser: component -> key prefixes.
+# A1111/ComfyUI files often hold the transformer alone (FLUX: BFL layout, always; SD3: with or
+# without text encoders); the rest then comes from ``--model-config``.
+_FILE_PARTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "StableDiffusion3Pipeline": {
+        "vae": ("first_stage_model.",),
+        "text_encoder": ("text_encoders.clip_l.",),
+        "text_encoder_2": ("text_encoders.clip_g.",),
+        "text_encoder_3": ("text_encoders.t5xxl.",),
+    },
+    "FluxPipeline": {
+        "vae": ("vae.", "first_stage_model."),
+        "text_encoder": ("text_encoders.clip_l.",),
+        "text_encoder_2": ("text_encoders.t5xxl.",),
+    },
+}
+
+
+def _parts_from_config(
+    cls_name: str, path: Path, config: str, dtype: torch.dtype | None, given: dict[str, Any]
+) -> dict[str, Any]:
+    """The components a single file lacks, loaded from the diffusers folder ``config`` (diffusers'
+    single-file loader looks there only for the denoiser's config, not for missing weights)."""
+    import diffusers
+
+    from blendedit.latent.backbones import _single_file_keys
+
+    keys = _single_file_keys(path)
+    index = json.loads((Path(config) / "model_index.json").read_text())
+    out: dict[str, Any] = {}
+    for part, prefixes in _FILE_PARTS[cls_name].items():
+        if part in given or any(k.startswith(prefixes) for k in keys):
+            continue
+        library, cls = index.get(part) or (None, None)
+        if cls is None:
+            continue
+        module = diffusers if library == "diffusers" else __import__(library)
+        out[part] = getattr(module, cls).from_pretrained(
+            config, subfolder=part, torch_dtype=dtype, local_files_only=True
+        )
+    return out
+
+
 def _flow_pipeline(
     cls_name: str,
     name: Name,
@@ -177,12 +227,14 @@ def _flow_pipeline(
     path = Path(name)
     if path.is_file():
         kw: dict[str, Any] = {"torch_dtype": dtype, **parts}
-        if config is not None:
-            kw["config"] = config
         try:
+            if config is not None:
+                kw["config"] = config
+                if Path(config).is_dir():
+                    kw.update(_parts_from_config(cls_name, path, config, dtype, parts))
             return cls.from_single_file(str(path), **kw)
         except Exception as e:  # diffusers raises many types for a bad or unrecognised checkpoint
-            raise _single_file_error(path, e) from None
+            raise _single_file_error(path, e, config) from None
     return load_cached_first(
         "model", str(name),
         lambda local_only: cls.from_pretrained(

@@ -63,7 +63,7 @@ FLOW_PUBLISHED = {
 }  # fmt: skip
 # The published sizes: SD3.5 Medium "2.5B" and Large "8.1B" (Stability AI's model cards) count
 # the MMDiT's learned position table, a buffer in diffusers (384^2 x 1536, 192^2 x 2432);
-# FLUX.1 "12B" (Black Forest Labs; 11.9B); T5-XXL's encoder 4.76B.
+# FLUX.1 "12B" (Black Forest Labs; 11.9B). T5-XXL's encoder: 4,762,310,656 ("4.76B").
 MMDIT_PUBLISHED = {"sd35-medium": 2.5e9, "sd35-large": 8.1e9}
 
 
@@ -117,7 +117,6 @@ def test_flow_presets_are_the_published_architectures(name, meta_backbones):
             0.3611,
             0.1159,
         )
-    assert round(T5_XXL / 1e9, 2) == 4.76
 
 
 def test_sdxl_turbo_is_sdxl_at_512_with_trailing_euler_a(meta_backbones):

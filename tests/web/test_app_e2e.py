@@ -2,7 +2,10 @@
 random-weight models in a subprocess, driven by Playwright on Debian's Chromium.
 
 Skipped when Playwright or Chromium is missing (``.ci/run`` installs both). Set
-``BLENDEDIT_SCREENSHOTS=docs/web`` to write the page's screenshots there (the ones in the docs).
+``BLENDEDIT_SCREENSHOTS=docs/web`` to write the page's screenshots there (the ones in the docs):
+with the toy world present (``../shared/toyworld``, see :mod:`blendedit.eval.toyworld`) that run
+serves its trained models instead and edits its scenes (upscaled), so the screenshots show real
+edits; the same steps and checks run either way.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +65,51 @@ SCREENSHOTS = os.environ.get("BLENDEDIT_SCREENSHOTS")
 VIEWPORT = {"width": 1400, "height": 1000}
 
 
+def _toy_world() -> Path | None:
+    """The toy world's folder for a screenshot run, when it is there; else None (tiny models)."""
+    if not SCREENSHOTS:
+        return None
+    from blendedit.eval.toyworld import missing, world_dir
+
+    world = world_dir()
+    return None if missing(world) else world
+
+
+TOY = _toy_world()
+
+
+@dataclass(frozen=True)
+class Edit:
+    """What a test uploads, paints and asks for."""
+
+    photo: Path
+    mask: list[tuple[float, float, float]]  # brush strokes (x0, x1, y), fractions of the canvas
+    prompt: str
+    results: int
+    steps: int
+    keep: int = 1  # the rank kept
+    scribble: list[tuple[float, float, float]] | None = None
+    colour: str = ""  # the scribble's palette colour, "rgb(r, g, b)"
+
+
+def _strokes(
+    x0: float, x1: float, y0: float, y1: float, n: int
+) -> list[tuple[float, float, float]]:
+    """n horizontal strokes filling the box x0..x1, y0..y1 (fractions of the canvas)."""
+    return [(x0, x1, y0 + (y1 - y0) * i / (n - 1)) for i in range(n)]
+
+
+def _scene(index: int, box: tuple[int, int, int, int], size: tuple[int, int], path: Path) -> Path:
+    """The toy world's held-out scene ``index`` cropped to ``box`` (scene px, of 64x64) and
+    upscaled (Lanczos) to ``size``: a photo for the 64 px model, whose edit frame crops the
+    region around the mask and works on it at 64 px."""
+    from blendedit.eval.toyworld import World
+
+    image = World(TOY).scene(index)[0].crop(box)
+    image.resize(size, Image.Resampling.LANCZOS).save(path)
+    return path
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,8 +117,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_sd_dir: Path, tiny_clip_dir: Path, tmp_path_factory) -> Iterator[str]:
-    """``blendedit serve`` on 127.0.0.1 and a free port; yields the URL it prints."""
+def server(request, tmp_path_factory) -> Iterator[str]:
+    """``blendedit serve`` on 127.0.0.1 and a free port; yields the URL it prints. Tiny
+    random-weight models, or the toy world's trained ones for a screenshot run."""
+    if TOY is not None:
+        sd, clip = TOY / "toy-sd", TOY / "toy-clip"
+    else:
+        sd, clip = request.getfixturevalue("tiny_sd_dir"), request.getfixturevalue("tiny_clip_dir")
     tmp = tmp_path_factory.mktemp("serve")
     env = {
         **os.environ,
@@ -80,7 +134,7 @@ def server(tiny_sd_dir: Path, tiny_clip_dir: Path, tmp_path_factory) -> Iterator
     }
     cmd = [
         sys.executable, "-m", "blendedit.cli", "serve",
-        "--model", str(tiny_sd_dir), "--clip-model", str(tiny_clip_dir),
+        "--model", str(sd), "--clip-model", str(clip),
         "--device", "cpu", "--offline", "--port", str(_free_port()),
         "--max-side", "4096", "--max-megapixels", "13", "--max-upload-mb", "6",
         "--max-results", "16",
@@ -169,6 +223,7 @@ def _paint(page, strokes: list[tuple[float, float, float]]) -> None:
     page.get_by_role("button", name="Brush", exact=True).click()
     canvas = page.locator("#editor canvas").first
     for _attempt in range(3):
+        canvas.scroll_into_view_if_needed()  # the whole canvas on screen, for the mouse
         box = canvas.bounding_box()
         x0, y0 = box["x"] + box["width"] * strokes[0][0], box["y"] + box["height"] * strokes[0][2]
         clip = {"x": x0 - 4, "y": y0 - 4, "width": 8, "height": 8}
@@ -214,44 +269,68 @@ def _idle(page) -> None:
     )
 
 
-def test_paint_generate_keep_undo_queue_cancel_in_a_browser(server, browser, shared_images: Path):
+def _fixed_seed(page, seed: int) -> None:
+    """Screenshots of the toy world: the same seeds each run (not a new random one)."""
+    page.locator("#random-seed input").uncheck()
+    _set(page, "seed", str(seed))
+
+
+@pytest.fixture(scope="module")
+def first_edit(shared_images: Path, tmp_path_factory) -> Edit:
+    if TOY is None:  # the cat's eyes; keep the second result
+        eyes = [(0.3, 0.7, 0.36), (0.3, 0.7, 0.42)]
+        return Edit(shared_images / "chelsea.png", eyes, "sunglasses", results=2, steps=4, keep=2)
+    # Scene 7 of the toy world, a red square left of centre, at 512 px: paint over it, ask for a
+    # yellow circle (the edit works on the painted box and its surroundings at 64 px).
+    photo = _scene(7, (0, 0, 64, 64), (512, 512), tmp_path_factory.mktemp("toy") / "scene-7.png")
+    square = _strokes(0.27, 0.56, 0.25, 0.64, 8)
+    return Edit(photo, square, "a yellow circle", results=4, steps=20, keep=1)
+
+
+def test_paint_generate_keep_undo_queue_cancel_in_a_browser(server, browser, first_edit: Edit):
+    e = first_edit
+    w, h = Image.open(e.photo).size
     outside: list[str] = []
     page = _page(browser, server, outside)
     _shot(page, "01-start.png")
     other = _page(browser, server, outside)  # a second tab, for the queue at the end
 
     for tab in (page, other):
-        _upload(tab, shared_images / "chelsea.png")
+        _upload(tab, e.photo)
     for tab in (page, other):
         expect(tab.locator("#status")).to_contain_text("New photo", timeout=60_000)
-    expect(page.locator("#status")).to_contain_text("451×300 px")
+    expect(page.locator("#status")).to_contain_text(f"{w}×{h} px")
 
     # A bad input is one clear line, not a stack trace.
-    page.locator("#prompt textarea").fill("sunglasses")
+    page.locator("#prompt textarea").fill(e.prompt)
     page.locator("#generate").click()
     expect(page.locator(".toast-body").first).to_contain_text("mask: nothing painted")
     assert not any("Traceback" in t for t in _toasts(page))
     _close_toasts(page)
 
-    _paint(page, [(0.3, 0.7, 0.36), (0.3, 0.7, 0.42)])  # across the cat's eyes
-    _set(page, "num-images", "2")
-    _set(page, "steps", "4")
+    _paint(page, e.mask)
+    _set(page, "num-images", str(e.results))
+    _set(page, "steps", str(e.steps))
+    if TOY is not None:
+        _fixed_seed(page, 0)
     _shot(page, "02-painted.png")
     page.locator("#generate").click()
-    expect(page.locator("#status")).to_contain_text("2 results for 'sunglasses'", timeout=90_000)
+    expect(page.locator("#status")).to_contain_text(
+        f"{e.results} results for '{e.prompt}'", timeout=90_000
+    )
     thumbs = page.locator("#results .thumbnail-item")
-    expect(thumbs).to_have_count(2)
+    expect(thumbs).to_have_count(e.results)
     captions = [c.inner_text() for c in page.locator("#results .caption-label").all()]
     assert re.fullmatch(r"#1 seed \d+ score -?\d\.\d{4}", captions[0]), captions
     assert captions[1].startswith("#2 seed ")
-    second_seed = int(captions[1].split()[2])
+    kept_seed = int(captions[e.keep - 1].split()[2])
     _idle(page)
     _shot(page, "03-results.png")
 
-    thumbs.nth(1).click()
-    expect(page.locator("#status")).to_contain_text("Selected #2")
+    thumbs.nth(e.keep - 1).click()
+    expect(page.locator("#status")).to_contain_text(f"Selected #{e.keep}")
     page.locator("#keep").click()
-    expect(page.locator("#status")).to_contain_text("Kept #2")
+    expect(page.locator("#status")).to_contain_text(f"Kept #{e.keep}")
     expect(page.locator("#history .thumbnail-item")).to_have_count(2)  # original + step 1
     expect(page.locator("#undo")).to_be_enabled()
     _idle(page)
@@ -262,18 +341,19 @@ def test_paint_generate_keep_undo_queue_cancel_in_a_browser(server, browser, sha
     assert dl.value.suggested_filename == "result.json"
     trail = json.loads(Path(dl.value.path()).read_text())
     (step,) = trail["steps"]
-    assert step["prompt"] == "sunglasses" and step["seed"] == second_seed and step["rank"] == 2
-    assert step["settings"]["num_inference_steps"] == 4 and step["settings"]["batch_size"] == 1
+    assert step["prompt"] == e.prompt and step["seed"] == kept_seed and step["rank"] == e.keep
+    assert step["settings"]["num_inference_steps"] == e.steps
+    assert step["settings"]["batch_size"] == 1
     assert 0.02 < step["mask_fraction"] < 0.5  # the painted strokes, nothing else
     with page.expect_download() as dl:
         page.locator("#download-image").click()
-    assert dl.value.suggested_filename == "chelsea-blendedit-step1.png"
-    assert Image.open(dl.value.path()).size == (451, 300)
+    assert dl.value.suggested_filename == f"{e.photo.stem}-blendedit-step1.png"
+    assert Image.open(dl.value.path()).size == (w, h)
 
     page.locator("#undo").click()
     expect(page.locator("#status")).to_contain_text("Undid step 1")
     expect(page.locator("#history .thumbnail-item")).to_have_count(1)
-    expect(page.locator("#prompt textarea")).to_have_value("sunglasses")
+    expect(page.locator("#prompt textarea")).to_have_value(e.prompt)
     expect(page.locator("#redo")).to_be_enabled()
     _idle(page)
     _shot(page, "05-undone.png")
@@ -331,7 +411,28 @@ def _exif_params(im: Image.Image) -> str:
     return raw[8:].decode("utf-16-be") if raw.startswith(b"UNICODE\0") else ""
 
 
-def test_a_sideways_12mp_phone_photo_with_a_scribble(server, browser, shared_images, tmp_path):
+@pytest.fixture
+def scribble_edit(shared_images: Path, tmp_path: Path) -> Edit:
+    if TOY is None:  # a yellow blob for "a lemon" on the coffee photo
+        return Edit(
+            shared_images / "coffee.png", [(0.42, 0.58, y) for y in (0.41, 0.44, 0.47, 0.50)],
+            "a lemon", results=1, steps=4,
+            scribble=[(0.47, 0.53, 0.46)], colour="rgb(255, 225, 25)",
+        )  # fmt: skip
+    # Scene 3 of the toy world (a yellow circle at the top) as a portrait 3:4 photo: mark the
+    # empty background below it and scribble a red disc there for "a red circle".
+    photo = _scene(3, (0, 0, 48, 64), (300, 400), tmp_path / "scene-3.png")
+    # (Canvas fractions for this page's layout: the 960x1280 preview fills x 0.24-0.76, y 0-0.89,
+    # and its auto brush is thin: strokes 0.025 apart.)
+    disc = [(0.5 - half, 0.5 + half, y) for half, y in ((0.035, 0.607), (0.049, 0.632),
+            (0.055, 0.657), (0.055, 0.683), (0.049, 0.708), (0.035, 0.733))]  # fmt: skip
+    return Edit(
+        photo, _strokes(0.37, 0.63, 0.55, 0.79, 10), "a red circle", results=4, steps=20,
+        scribble=disc, colour="rgb(230, 25, 75)",
+    )  # fmt: skip
+
+
+def test_a_sideways_12mp_phone_photo_with_a_scribble(server, browser, scribble_edit, tmp_path):
     """A 4000x3000 JPEG stored sideways (EXIF orientation 6), as phones write them: upload, paint
     the mask, scribble in colour, generate, keep and download a full-resolution 3000x4000 JPEG,
     upright, with its parameters and the AI-edit marker; far from the mask its pixels are the
@@ -339,7 +440,8 @@ def test_a_sideways_12mp_phone_photo_with_a_scribble(server, browser, shared_ima
     from blendedit.photo import read_photo
     from blendedit.web.session import b64_to_image
 
-    shown = Image.open(shared_images / "coffee.png").convert("RGB").resize((3000, 4000))
+    e = scribble_edit
+    shown = Image.open(e.photo).convert("RGB").resize((3000, 4000), Image.Resampling.LANCZOS)
     exif = Image.Exif()
     exif[0x0112] = 6
     phone = tmp_path / "phone.jpg"
@@ -353,18 +455,21 @@ def test_a_sideways_12mp_phone_photo_with_a_scribble(server, browser, shared_ima
     expect(page.locator("#status")).to_contain_text("New photo", timeout=60_000)
     expect(page.locator("#status")).to_contain_text("3000×4000 px")
     expect(page.locator("#status")).to_contain_text("960×1280 preview")
-    _paint(page, [(0.42, 0.58, y) for y in (0.41, 0.44, 0.47, 0.50)])  # the mask
-    _brush_colour(page, "rgb(255, 225, 25)")  # yellow: a scribble
-    _paint(page, [(0.47, 0.53, 0.46)])
-    page.locator("#prompt textarea").fill("a lemon")
-    _set(page, "num-images", "1")
-    _set(page, "steps", "4")
+    _paint(page, e.mask)
+    _brush_colour(page, e.colour)  # an opaque colour: a scribble
+    _paint(page, e.scribble)
+    page.locator("#prompt textarea").fill(e.prompt)
+    _set(page, "num-images", str(e.results))
+    _set(page, "steps", str(e.steps))
     _set(page, "blend-start", "0.5")  # the edit starts from the noised scribble
-    _idle(page)
-    _shot(page, "08-scribble.png")
+    if TOY is not None:
+        _fixed_seed(page, 0)
     page.locator("#generate").click()
-    expect(page.locator("#status")).to_contain_text("1 result for 'a lemon'", timeout=120_000)
+    found = f"{e.results} result{'s' if e.results > 1 else ''} for '{e.prompt}'"
+    expect(page.locator("#status")).to_contain_text(found, timeout=240_000)
     expect(page.locator("#status")).to_contain_text("Scribble:")
+    _idle(page)
+    _shot(page, "08-scribble.png")  # the scribble and what it became
     page.locator("#keep").click()
     expect(page.locator("#status")).to_contain_text("Kept #1")
 
@@ -377,7 +482,7 @@ def test_a_sideways_12mp_phone_photo_with_a_scribble(server, browser, shared_ima
         assert "compositeWithTrainedAlgorithmicMedia" in im.info["xmp"].decode()
         params = _exif_params(im)
         out = np.asarray(im.convert("RGB")).astype(int)
-    assert params.startswith("a lemon\n") and "Steps: 4" in params
+    assert params.startswith(f"{e.prompt}\n") and f"Steps: {e.steps}" in params
     with page.expect_download() as dl:
         page.locator("#download-trail").click()
     (step,) = json.loads(Path(dl.value.path()).read_text())["steps"]

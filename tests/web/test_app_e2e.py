@@ -269,6 +269,14 @@ def _idle(page) -> None:
     )
 
 
+def _share(pixels: np.ndarray, colour: str) -> float:
+    """The fraction of (..., 3) RGB pixels that are clearly ``colour`` ("yellow" or "red")."""
+    r, g, b = (pixels[..., i].astype(int) for i in range(3))
+    if colour == "yellow":
+        return float(((r > 180) & (g > 180) & (b < 110)).mean())
+    return float(((r > 160) & (g < 90) & (b < 110)).mean())
+
+
 def _fixed_seed(page, seed: int) -> None:
     """Screenshots of the toy world: the same seeds each run (not a new random one)."""
     page.locator("#random-seed input").uncheck()
@@ -348,7 +356,11 @@ def test_paint_generate_keep_undo_queue_cancel_in_a_browser(server, browser, fir
     with page.expect_download() as dl:
         page.locator("#download-image").click()
     assert dl.value.suggested_filename == f"{e.photo.stem}-blendedit-step1.png"
-    assert Image.open(dl.value.path()).size == (w, h)
+    kept = np.asarray(Image.open(dl.value.path()).convert("RGB")).astype(int)  # (h, w, 3)
+    assert kept.shape == (h, w, 3)
+    if TOY is not None:  # the trained model drew what was asked: yellow where none was
+        before, after = _share(np.asarray(Image.open(e.photo)), "yellow"), _share(kept, "yellow")
+        assert before < 0.001 and after > 0.02, (before, after)
 
     page.locator("#undo").click()
     expect(page.locator("#status")).to_contain_text("Undid step 1")
@@ -365,7 +377,7 @@ def test_paint_generate_keep_undo_queue_cancel_in_a_browser(server, browser, fir
     _set(page, "steps", "200")  # 16 results x 150 steps
     page.locator("#generate").click()
     expect(page.locator("#results")).to_contain_text("denoising", timeout=60_000)
-    other.locator("#prompt textarea").fill("a hat")
+    other.locator("#prompt textarea").fill("a hat" if TOY is None else "a blue ring")
     other.locator("#generate").click()  # nothing painted: it says so, but only on its turn
     expect(other.locator("#results")).to_contain_text("queue: 1/1", timeout=30_000)
     _shot(other, "07-queue.png")
@@ -495,4 +507,6 @@ def test_a_sideways_12mp_phone_photo_with_a_scribble(server, browser, scribble_e
     diff = np.abs(out - shown_px)[far]
     assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 8, (diff.mean(), diff.max())
     assert np.abs(out - shown_px)[mask].mean() > 2  # and inside the mask it was edited
+    if TOY is not None:  # into something red (the scribble's colour and the prompt's)
+        assert _share(shown_px[mask], "red") < 0.001 and _share(out[mask], "red") > 0.02
     assert outside == []

@@ -58,7 +58,7 @@ class _LatentState:
 
 class BlendedLatentDiffusion(FrameMethod):
     """Blended Latent Diffusion (Avrahami, Fried, Lischinski 2023) on a latent text-to-image model:
-    Stable Diffusion 1.x/2.x, SDXL or the paper's own LDM (``latent/backbones``).
+    Stable Diffusion 1.x/2.x, SDXL, SD3/3.5, FLUX.1 or the paper's own LDM (``latent/backbones``).
     ``editor(image, mask, prompt, seed=0)`` returns an :class:`EditResult`."""
 
     config_class = EditConfig
@@ -84,9 +84,9 @@ class BlendedLatentDiffusion(FrameMethod):
         drop_t5: bool = False,
     ) -> BlendedLatentDiffusion:
         """Load from a hub id, a local diffusers folder or a single .safetensors/.ckpt file; the
-        family (SD 1.x/2.x, SDXL, LDM) is detected from the model. ``vae`` replaces its VAE (e.g.
-        an fp16-safe SDXL VAE); ``loras``: "FILE_OR_ID[:SCALE]" each (see :meth:`load_loras`);
-        ``drop_t5``: SD3 without its 4.7B-parameter T5 encoder.
+        family (SD 1.x/2.x, SDXL, SD3, FLUX, LDM) is detected from the model. ``vae`` replaces
+        its VAE (e.g. an fp16-safe SDXL VAE); ``loras``: "FILE_OR_ID[:SCALE]" each (see
+        :meth:`load_loras`); ``drop_t5``: SD3 without its 4.7B-parameter T5 encoder.
         ``clip_model=None`` skips the ranking model (results then come in generation order)."""
         dtype = parse_dtype(torch_dtype)
         backbone = load_backbone(model, dtype, local_files_only, model_config, vae, drop_t5)

@@ -4,7 +4,8 @@ A backbone holds a family's modules and answers five questions: text -> conditio
 embeddings and micro-conditioning where the family has them), the guided model function, VAE
 encode/decode with its scaling, shift and fp16 rules, the native resolution and latent factor, and
 its default settings. The noise levels of the blend come from the scheduler (``schedule.py``), not
-from the family. One small module per family: ``sd.py``, ``sdxl.py``, ``ldm.py``.
+from the family. One small module per family: ``sd.py``, ``sdxl.py``, ``sd3.py``, ``flux.py``,
+``ldm.py``.
 """
 
 from __future__ import annotations

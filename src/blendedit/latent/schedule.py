@@ -83,7 +83,7 @@ def level(scheduler: object, index: int) -> tuple[float, float]:
 def noised(z0: torch.Tensor, noise: torch.Tensor, alpha_sigma: tuple[float, float]) -> torch.Tensor:
     """z0 at a noise level: alpha * z0 + sigma * noise. z0, noise: (B, C, h, w)."""
     alpha, sigma = alpha_sigma
-    return z0 * alpha + noise * sigma if alpha != 1.0 else z0 + noise * sigma
+    return z0 * alpha + noise * sigma
 
 
 def start_latent(

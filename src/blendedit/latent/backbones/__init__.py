@@ -7,7 +7,6 @@ checkpoint file by its key names (read from the header, nothing loaded). An unsu
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 
 from blendedit.errors import InputError
 from blendedit.latent.backbones.base import Backbone, Conditioning
+from blendedit.latent.backbones.files import read_json, single_file_keys
 from blendedit.latent.backbones.flux import Flux
 from blendedit.latent.backbones.ldm import LatentDiffusion
 from blendedit.latent.backbones.sd import StableDiffusion
@@ -75,18 +75,6 @@ _UNSUPPORTED = {
 }
 
 
-def _single_file_keys(path: Path) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of a checkpoint, from the safetensors header (or an mmap'd .ckpt)."""
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    sd = sd.get("state_dict", sd)
-    return {k: tuple(v.shape) for k, v in sd.items() if hasattr(v, "shape")}
-
-
 def family_of_keys(keys: dict[str, tuple[int, ...]], name: str) -> str:
     """The family of an original-layout checkpoint (A1111/ComfyUI single file) by its key names."""
     conv_in = keys.get("model.diffusion_model.input_blocks.0.0.weight")
@@ -125,21 +113,8 @@ def family_of_index(index: dict[str, Any], name: str) -> str:
     return family
 
 
-def _read_index(name: str, local: bool) -> dict[str, Any]:
-    if Path(name).is_dir():
-        p = Path(name) / "model_index.json"
-        if not p.is_file():
-            raise OSError(f"{name} has no model_index.json")
-        return json.loads(p.read_text())
-    from huggingface_hub import hf_hub_download
-
-    return json.loads(
-        Path(hf_hub_download(name, "model_index.json", local_files_only=local)).read_text()
-    )
-
-
 def detect_family(model: str | os.PathLike[str], local_files_only: bool | None = None) -> str:
-    """ "sd", "sdxl" or "ldm" for a hub id, a diffusers folder or a single checkpoint file."""
+    """The family (a key of ``FAMILIES``) of a hub id, a diffusers folder or a single file."""
     path, name = Path(model), str(model)
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
@@ -147,7 +122,7 @@ def detect_family(model: str | os.PathLike[str], local_files_only: bool | None =
                 f"model: {name!r} is a file but not a .safetensors or .ckpt checkpoint"
             )
         try:
-            keys = _single_file_keys(path)
+            keys = single_file_keys(path)
         except Exception as e:  # a truncated or foreign file: one line
             raise InputError(
                 f"model: {name!r} is not a readable checkpoint ({type(e).__name__})"
@@ -158,7 +133,7 @@ def detect_family(model: str | os.PathLike[str], local_files_only: bool | None =
     if not path.exists():
         check_hub_id(name)
     index = load_cached_first(
-        "model", name, lambda local: _read_index(name, local), local_files_only
+        "model", name, lambda local: read_json(name, "model_index.json", local), local_files_only
     )
     return family_of_index(index, name)
 
@@ -173,18 +148,13 @@ def family_defaults(
         return dict(FAMILIES[family].defaults)
     path, name = Path(model), str(model)
     if path.is_file():  # dev has a guidance embedding, schnell none
-        dev = any("guidance_in" in k for k in _single_file_keys(path))
+        dev = any("guidance_in" in k for k in single_file_keys(path))
     else:
-
-        def read(local: bool) -> dict[str, Any]:
-            if path.is_dir():
-                return json.loads((path / "transformer" / "config.json").read_text())
-            from huggingface_hub import hf_hub_download
-
-            f = hf_hub_download(name, "transformer/config.json", local_files_only=local)
-            return json.loads(Path(f).read_text())
-
-        dev = bool(load_cached_first("model", name, read, local_files_only).get("guidance_embeds"))
+        config = load_cached_first(
+            "model", name, lambda local: read_json(name, "transformer/config.json", local),
+            local_files_only,
+        )  # fmt: skip
+        dev = bool(config.get("guidance_embeds"))
     return Flux.defaults_for(dev)
 
 

@@ -57,6 +57,8 @@ class Backbone:
     # SDXL's VAE overflows in fp16: with ``force_upcast`` in its config it then runs in float32
     # (diffusers' rule; an fp16-safe VAE such as madebyollin/sdxl-vae-fp16-fix sets it False).
     fp16_vae_upcast: ClassVar[bool] = False
+    offload: str | None = None  # "model" or "sequential" once enable_offload ran
+    execution_device: torch.device | None = None  # where modules run when offloaded
 
     # -- modules ----------------------------------------------------------------------------------
 
@@ -78,9 +80,6 @@ class Backbone:
     ) -> None:
         for name, m in self.modules().items():
             m.to(device=device, dtype=self.vae_dtype_for(dtype) if name == "vae" else dtype)
-
-    offload: str | None = None  # "model" or "sequential" once enable_offload ran
-    execution_device: torch.device | None = None  # where modules run when offloaded
 
     @property
     def device(self) -> torch.device:

@@ -3,7 +3,6 @@ one line on failure; see ``blendedit.models``)."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 
 from blendedit.errors import InputError, ModelNotFoundError
 from blendedit.latent.backbones.base import Backbone
+from blendedit.latent.backbones.files import read_json, single_file_keys
 from blendedit.latent.backbones.flux import Flux
 from blendedit.latent.backbones.ldm import LatentDiffusion
 from blendedit.latent.backbones.sd import StableDiffusion
@@ -59,16 +59,6 @@ def load_sd(
     return StableDiffusion(p.vae, p.unet, p.text_encoder, p.tokenizer, p.scheduler)
 
 
-def _index(name: str, local: bool) -> dict[str, Any]:
-    if Path(name).is_dir():
-        return json.loads((Path(name) / "model_index.json").read_text())
-    from huggingface_hub import hf_hub_download
-
-    return json.loads(
-        Path(hf_hub_download(name, "model_index.json", local_files_only=local)).read_text()
-    )
-
-
 def load_sdxl(
     name: Name, dtype: torch.dtype | None, local: bool | None, config: str | None
 ) -> Backbone:
@@ -90,7 +80,7 @@ def load_sdxl(
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         src = str(name)
-        index = _index(src, local_only)
+        index = read_json(src, "model_index.json", local_only)
         kw: dict[str, Any] = {"local_files_only": local_only}
         dt = {"torch_dtype": dtype, **kw}
         has_te1 = (index.get("text_encoder") or [None])[0] is not None
@@ -194,10 +184,8 @@ def _parts_from_config(
     single-file loader looks there only for the denoiser's config, not for missing weights)."""
     import diffusers
 
-    from blendedit.latent.backbones import _single_file_keys
-
-    keys = _single_file_keys(path)
-    index = json.loads((Path(config) / "model_index.json").read_text())
+    keys = single_file_keys(path)
+    index = read_json(config, "model_index.json", True)
     out: dict[str, Any] = {}
     for part, prefixes in _FILE_PARTS[cls_name].items():
         if part in given or any(k.startswith(prefixes) for k in keys):

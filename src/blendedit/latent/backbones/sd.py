@@ -25,7 +25,9 @@ def tokenize(tokenizer: Any, prompt: str, max_len: int) -> Any:
     return tok
 
 
-def lcm_guidance_embedding(unet: Any, guidance_scale: float, n: int) -> torch.Tensor | None:
+def lcm_guidance_embedding(
+    unet: Any, guidance_scale: float, n: int, device: torch.device
+) -> torch.Tensor | None:
     """An LCM-distilled UNet's guidance input (Luo et al. 2023, eq. 9: w = scale - 1 as a
     sinusoidal embedding of w * 1000, ``time_cond_proj_dim`` wide), (n, D); None otherwise."""
     dim = unet.config.time_cond_proj_dim
@@ -37,7 +39,7 @@ def lcm_guidance_embedding(unet: Any, guidance_scale: float, n: int) -> torch.Te
     emb = torch.cat([torch.sin(w[:, None] * freqs), torch.cos(w[:, None] * freqs)], dim=1)
     if dim % 2:
         emb = torch.nn.functional.pad(emb, (0, 1))
-    return emb.to(dtype=unet.dtype)  # moved to the model's device with the other inputs
+    return emb.to(device, unet.dtype)
 
 
 class StableDiffusion(Backbone):
@@ -83,8 +85,7 @@ class StableDiffusion(Backbone):
         self, c: Conditioning, batch: int, parts: Sequence[str], guidance_scale: float
     ) -> ModelFn:
         context, _ = self.stack(c, batch, parts)  # (P * B, L, D)
-        cond_w = lcm_guidance_embedding(self.unet, guidance_scale, len(context))
-        cond_w = cond_w.to(self.device) if cond_w is not None else None
+        cond_w = lcm_guidance_embedding(self.unet, guidance_scale, len(context), self.device)
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, C, h, w)
             return self.unet(

@@ -115,8 +115,7 @@ class StableDiffusionXL(Backbone):
         self, c: Conditioning, batch: int, parts: Sequence[str], guidance_scale: float
     ) -> ModelFn:
         context, added = self.stack(c, batch, parts)  # (P * B, 77, 2048), text_embeds, time_ids
-        cond_w = lcm_guidance_embedding(self.unet, guidance_scale, len(context))
-        cond_w = cond_w.to(self.device) if cond_w is not None else None
+        cond_w = lcm_guidance_embedding(self.unet, guidance_scale, len(context), self.device)
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, 4, h, w)
             return self.unet(

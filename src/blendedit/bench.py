@@ -126,6 +126,17 @@ _TINY_CLIP = {
     },
     "projection_dim": 32,
 }
+_TINY_UNET = {  # the tiny SD and LDM presets' UNet
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 1,
+    "block_out_channels": (32, 64),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "cross_attention_dim": 32,
+    "attention_head_dim": 4,
+    "sample_size": 16,
+}
 _TINY_VAE = {  # four blocks: the 8x latent factor of the real ones
     **_SD_VAE,
     "block_out_channels": (8, 8, 16, 16),
@@ -196,8 +207,10 @@ _FLOW_VAE = {  # the 16-channel KL-f8 autoencoder of SD3 and FLUX.1 (no quant co
     "force_upcast": True,
     "sample_size": 1024,
 }
-_SD3_VAE = {**_FLOW_VAE, "scaling_factor": 1.5305, "shift_factor": 0.0609}
-_FLUX_VAE = {**_FLOW_VAE, "scaling_factor": 0.3611, "shift_factor": 0.1159}
+_SD3_LATENTS = {"scaling_factor": 1.5305, "shift_factor": 0.0609}  # full and tiny VAEs
+_FLUX_LATENTS = {"scaling_factor": 0.3611, "shift_factor": 0.1159}
+_SD3_VAE = {**_FLOW_VAE, **_SD3_LATENTS}
+_FLUX_VAE = {**_FLOW_VAE, **_FLUX_LATENTS}
 _SD3_MMDIT = {  # SD3Transformer2DModel, common to SD3.5 Medium and Large
     "sample_size": 128,
     "patch_size": 2,
@@ -207,6 +220,12 @@ _SD3_MMDIT = {  # SD3Transformer2DModel, common to SD3.5 Medium and Large
     "joint_attention_dim": 4096,
     "pooled_projection_dim": 2048,  # CLIP-L 768 + CLIP-G 1280 pooled
     "qk_norm": "rms_norm",
+}
+_SD35_TEXT_VAE = {  # SD3.5 Medium and Large: all but the transformer
+    "vae": _SD3_VAE,
+    "text": _CLIP_L_TEXT,
+    "text_2": _OPENCLIP_BIGG_TEXT,
+    "text_3": _T5_XXL,
 }
 _FLUX_DIT = {  # FluxTransformer2DModel of FLUX.1 dev and schnell
     "patch_size": 1,
@@ -219,6 +238,7 @@ _FLUX_DIT = {  # FluxTransformer2DModel of FLUX.1 dev and schnell
     "pooled_projection_dim": 768,  # CLIP-L pooled
     "axes_dims_rope": (16, 56, 56),
 }
+_FLUX_TEXT_VAE = {"vae": _FLUX_VAE, "text": _CLIP_L_TEXT, "text_2": _T5_XXL}  # dev and schnell
 # The test suite's tiny flow models (tests/tiny_models.py tiny_sd3_parts, tiny_flux_parts,
 # tiny_flow_vae, tiny_t5): a 16-channel VAE of factor 2, T5 stand-in 64 wide.
 _TINY_T5 = {
@@ -347,17 +367,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "tiny": Architecture(  # the test suite's tiny models: seconds on a CPU
         "sd",
         {
-            "unet": {
-                "in_channels": 4,
-                "out_channels": 4,
-                "layers_per_block": 1,
-                "block_out_channels": (32, 64),
-                "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-                "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
-                "cross_attention_dim": 32,
-                "attention_head_dim": 4,
-                "sample_size": 16,
-            },
+            "unet": _TINY_UNET,
             "vae": _TINY_VAE,
             "text": _TINY_TEXT,
         },
@@ -401,17 +411,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "tiny-ldm": Architecture(  # LDM-1.45B's layout at toy size (tests/test_latent_ldm.py)
         "ldm",
         {
-            "unet": {
-                "in_channels": 4,
-                "out_channels": 4,
-                "layers_per_block": 1,
-                "block_out_channels": (32, 64),
-                "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-                "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
-                "cross_attention_dim": 32,
-                "attention_head_dim": 4,
-                "sample_size": 16,
-            },
+            "unet": _TINY_UNET,
             "vae": _TINY_VAE,
             "text": {
                 **_LDM_BERT,
@@ -454,10 +454,7 @@ ARCHITECTURES: dict[str, Architecture] = {
                 "pos_embed_max_size": 384,
                 "dual_attention_layers": tuple(range(13)),
             },
-            "vae": _SD3_VAE,
-            "text": _CLIP_L_TEXT,
-            "text_2": _OPENCLIP_BIGG_TEXT,
-            "text_3": _T5_XXL,
+            **_SD35_TEXT_VAE,
         },
         1024,
         scheduler=_SD3_FLOW,
@@ -474,10 +471,7 @@ ARCHITECTURES: dict[str, Architecture] = {
                 "caption_projection_dim": 2432,  # 38 heads x 64
                 "pos_embed_max_size": 192,
             },
-            "vae": _SD3_VAE,
-            "text": _CLIP_L_TEXT,
-            "text_2": _OPENCLIP_BIGG_TEXT,
-            "text_3": _T5_XXL,
+            **_SD35_TEXT_VAE,
         },
         1024,
         scheduler=_SD3_FLOW,
@@ -490,9 +484,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         "flux",
         {
             "transformer": {**_FLUX_DIT, "guidance_embeds": True},
-            "vae": _FLUX_VAE,
-            "text": _CLIP_L_TEXT,
-            "text_2": _T5_XXL,
+            **_FLUX_TEXT_VAE,
         },
         1024,
         scheduler=_FLUX_DEV_FLOW,
@@ -503,9 +495,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         "flux",
         {
             "transformer": {**_FLUX_DIT, "guidance_embeds": False},
-            "vae": _FLUX_VAE,
-            "text": _CLIP_L_TEXT,
-            "text_2": _T5_XXL,
+            **_FLUX_TEXT_VAE,
         },
         1024,
         scheduler=_FLUX_SCHNELL_FLOW,
@@ -528,7 +518,7 @@ ARCHITECTURES: dict[str, Architecture] = {
                 "caption_projection_dim": 32,
                 "pooled_projection_dim": 64,  # 32 + 32 pooled
             },
-            "vae": {**_TINY_FLOW_VAE, "scaling_factor": 1.5305, "shift_factor": 0.0609},
+            "vae": {**_TINY_FLOW_VAE, **_SD3_LATENTS},
             "text": _TINY_TEXT,
             "text_2": _TINY_TEXT,
             "text_3": _TINY_T5,
@@ -552,7 +542,7 @@ ARCHITECTURES: dict[str, Architecture] = {
                 "axes_dims_rope": (4, 4, 8),
                 "guidance_embeds": False,
             },
-            "vae": {**_TINY_FLOW_VAE, "scaling_factor": 0.3611, "shift_factor": 0.1159},
+            "vae": {**_TINY_FLOW_VAE, **_FLUX_LATENTS},
             "text": _TINY_TEXT,
             "text_2": _TINY_T5,
         },

@@ -81,18 +81,14 @@ def _bench_tables(rows: list[dict[str, Any]], folder: Path) -> str:
         return "No bench run finished.\n"
     try:
         sys.path.insert(0, str(ROOT / "src"))
-        from blendedit import bench
-        from blendedit.bench import BenchResult, stages_table, table
+        from blendedit.bench import BenchResult, realtime_line, stages_table, table
 
         names = {f.name for f in fields(BenchResult)}
         results = [BenchResult(**{k: v for k, v in r.items() if k in names}) for r in rows]
         commands = "\n".join(f"- `{r['command']}`" for r in rows)
-        realtime = getattr(bench, "realtime_line", None)  # the few-step rows' headline figure
         return (
             table(results)
-            + "".join(
-                f"\n{realtime(r)}.\n" for r in results if realtime and getattr(r, "realtime", None)
-            )
+            + "".join(f"\n{realtime_line(r)}.\n" for r in results if r.realtime)  # few-step rows
             + "\nStages of the best end-to-end run:\n\n"
             + stages_table(results)
             + "\nCommands:\n\n"

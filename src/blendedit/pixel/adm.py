@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from blendedit.errors import InputError
 from blendedit.pixel.gaussian import beta_schedule, space_timesteps
 
-# guided-diffusion's NUM_CLASSES: every class-conditional model has one embedding per ImageNet class.
+# guided-diffusion's NUM_CLASSES: a class-conditional model has one embedding per ImageNet class.
 NUM_CLASSES = 1000
 
 # guided-diffusion's channel_mult when the config leaves it empty; there is none for other sizes.
@@ -50,9 +50,9 @@ class ADMConfig:
     Values are coerced (``"true"`` -> True, ``"64"`` -> 64, a list of resolutions -> ``"32,16,8"``)
     and checked; a bad one raises :class:`~blendedit.errors.InputError`. ``class_cond`` adds the
     embedding of :data:`NUM_CLASSES` ImageNet classes (``label_emb``) and makes the class ``y`` an
-    input of the model. ``use_checkpoint`` (gradient
-    checkpointing) is accepted and ignored; ``use_kl`` and ``rescale_learned_sigmas`` only change
-    the training loss. ``sigma_small`` picks the fixed variance when ``learn_sigma`` is False.
+    input of the model. ``use_checkpoint`` (gradient checkpointing) is accepted and ignored;
+    ``use_kl`` and ``rescale_learned_sigmas`` only change the training loss. ``sigma_small`` picks
+    the fixed variance when ``learn_sigma`` is False.
     """
 
     image_size: int = 64
@@ -410,10 +410,10 @@ class ADMUNet(nn.Module):
     forward(x (B, 3, H, W), timesteps (B,) float, original scale 0..1000, y (B,) int64 class
     labels for a class-conditional model, else None) -> (B, 6, H, W) = [ε | v] with a learned
     sigma (else (B, 3, H, W) = ε). Class conditioning (section 4): the timestep embedding plus
-    ``label_emb(y)``, a learned (num_classes, 4·mc) table, feeds every ResBlock. Encoder: conv3x3, then per level
-    ``num_res_blocks`` ResBlocks (+ attention where the downsampling factor is in
-    ``config.attention_ds``) and a down block between levels; middle: ResBlock, attention,
-    ResBlock; decoder: per level ``num_res_blocks + 1`` ResBlocks over [h, popped skip]
+    ``label_emb(y)``, a learned (num_classes, 4·mc) table, feeds every ResBlock. Encoder:
+    conv3x3, then per level ``num_res_blocks`` ResBlocks (+ attention where the downsampling
+    factor is in ``config.attention_ds``) and a down block between levels; middle: ResBlock,
+    attention, ResBlock; decoder: per level ``num_res_blocks + 1`` ResBlocks over [h, popped skip]
     (+ attention) and an up block; head: norm, SiLU, conv3x3.
     """
 
@@ -491,7 +491,7 @@ class ADMUNet(nn.Module):
         return self.config.num_classes
 
     def forward(self, x: Tensor, timesteps: Tensor | float, y: Tensor | None = None) -> Tensor:
-        if (y is None) != (not self.config.class_cond):
+        if (y is not None) != self.config.class_cond:
             raise ValueError(
                 "ADM: give class labels y if and only if the model is class-conditional"
                 f" (class_cond={self.config.class_cond})"

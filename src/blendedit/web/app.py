@@ -176,12 +176,12 @@ def read_upload(path: str | os.PathLike[str], options: ServeOptions) -> Session:
     return Session(photo, source=p.read_bytes(), source_name=p.name)
 
 
-def result_view(photo: Photo, base: np.ndarray, r: Result, side: int) -> tuple[Image.Image, bool]:
-    """A result as the gallery shows it: (sRGB image, is_detail). The whole image when the
-    photo fits in ``side``; else the box the edit worked on (full resolution, at most ``side``),
-    so the edit can be judged at its real sharpness."""
+def result_view(photo: Photo, r: Result, side: int) -> tuple[Image.Image, bool]:
+    """A result of an edit of ``photo`` as the gallery shows it: (sRGB image, is_detail). The
+    whole image when the photo fits in ``side``; else the box the edit worked on (full
+    resolution, at most ``side``), so the edit can be judged at its real sharpness."""
     if max(photo.size) <= side:
-        out = base.copy()
+        out = photo.pixels.copy()
         x0, y0, x1, y1 = r.box
         out[y0:y1, x0:x1] = r.patch
         return Image.fromarray(dataclasses.replace(photo, pixels=out, alpha=None).to_srgb()), False
@@ -445,7 +445,7 @@ class EditorApp:
         s = st.session
         if s is None:
             return []
-        items = [(st.original_thumb or _thumb(s.photo, s.photo.pixels), "original")]
+        items = [(st.original_thumb or _thumb(s.photo), "original")]
         for i, step in enumerate(s.history, start=1):
             thumb = step.thumb if step.thumb is not None else _thumb(s.photo, s.current_pixels)
             items.append((thumb, f"{i}: {_short(step.prompt) or '(no prompt)'} (seed {step.seed})"))
@@ -503,7 +503,7 @@ class EditorApp:
         st.session, st.generation, st.selected = session, None, None
         self._states[sid] = st
         st.serial += 1
-        st.original_thumb = _thumb(session.photo, session.photo.pixels)
+        st.original_thumb = _thumb(session.photo)
         notes = []
         if session.photo.orientation != 1:
             notes.append(f"turned upright by its EXIF orientation {session.photo.orientation}")
@@ -604,7 +604,7 @@ class EditorApp:
         gallery = []
         details = False
         for r in st.generation.results:
-            image, detail = result_view(photo, photo.pixels, r, self.options.preview_side)
+            image, detail = result_view(photo, r, self.options.preview_side)
             details |= detail
             gallery.append((image, r.caption))
         n = len(gallery)
@@ -647,7 +647,7 @@ class EditorApp:
         if st.session is None or st.generation is None:
             raise InputError("keep: nothing to keep yet; Generate first")
         index = st.selected or 0
-        st.session.keep(st.generation, index, meta=self.model_info, thumb=_photo_thumb)
+        st.session.keep(st.generation, index, meta=self.model_info, thumb=_thumb)
         r = st.generation.results[index]
         msg = (
             f"Kept {r.caption} as step {st.session.cursor}. Paint the next region, "
@@ -998,12 +998,9 @@ def _short(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _thumb(photo: Photo, pixels: np.ndarray) -> Image.Image:
+def _thumb(photo: Photo, pixels: np.ndarray | None = None) -> Image.Image:
+    """A history thumbnail of ``pixels`` of the photo (default: its own)."""
     return preview(photo, pixels, THUMB_SIDE)
-
-
-def _photo_thumb(photo: Photo) -> Image.Image:
-    return preview(photo, photo.pixels, THUMB_SIDE)
 
 
 __all__ = [

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from blendedit.errors import InputError
-from blendedit.latent.backbones.loading import LDM_SAMPLER
+from blendedit.latent.backbones.loading import LDM_SAMPLER, own_scheduler
 
 if TYPE_CHECKING:
     from blendedit.latent.backbones import Backbone
@@ -606,12 +606,6 @@ def _clip_tokenizer(workdir: Path) -> Any:
     )
 
 
-def _scheduler(cfg: dict[str, Any]) -> Any:
-    import diffusers
-
-    return getattr(diffusers, cfg["_class_name"]).from_config(cfg)
-
-
 def _build_sd(arch: Architecture, device: torch.device, workdir: Path) -> Backbone:
     """SD 1.x/2.x: UNet, KL-f8 VAE, one CLIP text encoder."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -624,7 +618,7 @@ def _build_sd(arch: Architecture, device: torch.device, workdir: Path) -> Backbo
         unet = UNet2DConditionModel(**p["unet"])
         vae = AutoencoderKL(**p["vae"])
         text = CLIPTextModel(CLIPTextConfig(**_special_tokens(p["text"])))
-    return StableDiffusion(vae, unet, text, _clip_tokenizer(workdir), _scheduler(arch.scheduler))
+    return StableDiffusion(vae, unet, text, _clip_tokenizer(workdir), own_scheduler(arch.scheduler))
 
 
 def _build_sdxl(arch: Architecture, device: torch.device, workdir: Path) -> Backbone:
@@ -641,7 +635,7 @@ def _build_sdxl(arch: Architecture, device: torch.device, workdir: Path) -> Back
         text = CLIPTextModel(CLIPTextConfig(**_special_tokens(p["text"])))
         text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**_special_tokens(p["text_2"])))
     tok = _clip_tokenizer(workdir)
-    return StableDiffusionXL(vae, unet, text, text_2, tok, tok, _scheduler(arch.scheduler))
+    return StableDiffusionXL(vae, unet, text, text_2, tok, tok, own_scheduler(arch.scheduler))
 
 
 def _build_ldm(arch: Architecture, device: torch.device, workdir: Path) -> Backbone:
@@ -662,7 +656,7 @@ def _build_ldm(arch: Architecture, device: torch.device, workdir: Path) -> Backb
         bert = LDMBertModel(LDMBertConfig(**p["text"]))
     vocab = write_bert_vocab(workdir / "bert")
     tokenizer = BertTokenizer(str(vocab), model_max_length=p["text"]["max_position_embeddings"])
-    return LatentDiffusion(vae, unet, bert, tokenizer, _scheduler(arch.scheduler))
+    return LatentDiffusion(vae, unet, bert, tokenizer, own_scheduler(arch.scheduler))
 
 
 def _t5(cfg: dict[str, Any]) -> Any:
@@ -687,7 +681,7 @@ def _build_sd3(arch: Architecture, device: torch.device, workdir: Path) -> Backb
         text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**_special_tokens(p["text_2"])))
         text_3 = _t5(p["text_3"])
     tok = _clip_tokenizer(workdir)
-    sched = _scheduler(arch.scheduler)
+    sched = own_scheduler(arch.scheduler)
     return StableDiffusion3(vae, transformer, text, text_2, text_3, tok, tok, tok, sched)
 
 
@@ -705,7 +699,7 @@ def _build_flux(arch: Architecture, device: torch.device, workdir: Path) -> Back
         text = CLIPTextModel(CLIPTextConfig(**_special_tokens(p["text"])))
         text_2 = _t5(p["text_2"])
     tok = _clip_tokenizer(workdir)
-    return Flux(vae, transformer, text, text_2, tok, tok, _scheduler(arch.scheduler))
+    return Flux(vae, transformer, text, text_2, tok, tok, own_scheduler(arch.scheduler))
 
 
 def _prompt_as_text(backbone: Backbone, prompt: str, n: int) -> dict[str, Any]:

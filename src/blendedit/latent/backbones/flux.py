@@ -154,13 +154,16 @@ class Flux(Backbone):
         )
         txt_ids = torch.zeros(context.shape[1], 3, device=self.device, dtype=self.dtype)
 
+        img_ids: dict[tuple[int, int], torch.Tensor] = {}  # made once per latent size
+
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (B, 16, h, w)
             h, w = z.shape[-2:]
+            if (h, w) not in img_ids:
+                img_ids[h, w] = image_ids(h, w).to(self.device, self.dtype)
             out = self.unet(
                 hidden_states=pack(z), timestep=t.expand(n) / 1000, guidance=guidance,
                 pooled_projections=added["pooled"], encoder_hidden_states=context,
-                txt_ids=txt_ids, img_ids=image_ids(h, w).to(self.device, self.dtype),
-                return_dict=False,
+                txt_ids=txt_ids, img_ids=img_ids[h, w], return_dict=False,
             )[0]  # fmt: skip
             return unpack(out, h, w)
 

@@ -97,16 +97,14 @@ def load_sdxl(
                 src, subfolder="text_encoder_2", **dt
             ),
             "tokenizer_2": CLIPTokenizer.from_pretrained(src, subfolder="tokenizer_2", **kw),
-            "scheduler": _own_scheduler(
-                DDIMScheduler.load_config(src, subfolder="scheduler", **kw)
-            ),
+            "scheduler": own_scheduler(DDIMScheduler.load_config(src, subfolder="scheduler", **kw)),
         }
         return _sdxl_from_parts(parts, index)
 
     return load_cached_first("model", str(name), load, local)
 
 
-def _own_scheduler(config: dict[str, Any]) -> Any:
+def own_scheduler(config: dict[str, Any]) -> Any:
     """The model's own scheduler class (its config is the base of every scheduler made per call;
     a DDIM made from an Euler config would fill in DDIM's defaults, clip_sample among them)."""
     import diffusers

@@ -74,17 +74,13 @@ class EvalWorker:
 
     def unit(self, name: str, case: Any) -> None:
         """Predictions (unless cached) and metrics (unless cached) of one input and method."""
-        from PIL import Image
-
-        from blendedit.eval.metrics import evaluate_case
-        from blendedit.eval.runner import _Store
+        from blendedit.eval.runner import _read_json, _Store, score_case
         from blendedit.io import save_json
 
         case_dir = _case_dir(self.out, name, case)
+        meta = _Store.load_meta(case_dir, case)  # None: to make (a half-made folder is removed)
         image = mask = None
-        if not (case_dir / "meta.json").is_file():
-            if case_dir.exists():  # an interrupted local run's folder: made again
-                shutil.rmtree(case_dir)
+        if meta is None:
             runner = self.runner(name)
             image, mask = case.load_image(), case.mask()
             seeds = [case.seed + i for i in range(self.settings.batch_for(name))]
@@ -96,23 +92,18 @@ class EvalWorker:
                 f".{case.id}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
             )
             try:
-                _Store.save_case(tmp, case, run, str(self.res.device))
+                meta = _Store.save_case(tmp, case, run, str(self.res.device))
                 try:
                     os.rename(tmp, case_dir)
                 except OSError:
                     if not (case_dir / "meta.json").is_file():
                         raise
+                    meta = _read_json(case_dir / "meta.json")  # committed meanwhile by a retry
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         mpath = case_dir / self.metrics_file
         if not mpath.is_file():
-            if image is None:
-                image, mask = case.load_image(), case.mask()
-            meta = json.loads((case_dir / "meta.json").read_text())
-            preds = [Image.open(case_dir / p["file"]).convert("RGB") for p in meta["predictions"]]
-            scores = evaluate_case(
-                preds, image, mask, case.class_index, case.prompt, self.res.metric_models()
-            )
+            scores = score_case(case_dir, meta, case, self.res.metric_models(), image, mask)
             with contextlib.suppress(InputError):  # written meanwhile by a retried unit
                 save_json(scores, mpath)
 

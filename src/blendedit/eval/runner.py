@@ -208,6 +208,22 @@ class _Store:
         return meta
 
 
+def score_case(
+    case_dir: Path,
+    meta: dict[str, Any],
+    case: EvalCase,
+    metric_models: Any,
+    image: Image.Image | None = None,
+    mask: Any = None,
+) -> dict[str, Any]:
+    """The metrics of one input's cached predictions (``meta``'s files in ``case_dir``); the
+    input's ``image`` and ``mask`` are loaded unless given."""
+    if image is None:
+        image, mask = case.load_image(), case.mask()
+    preds = [Image.open(case_dir / p["file"]).convert("RGB") for p in meta["predictions"]]
+    return evaluate_case(preds, image, mask, case.class_index, case.prompt, metric_models)
+
+
 def _protocol(images_dir: Path, settings: EvalSettings, cases: Sequence[EvalCase], labels) -> dict:
     return {
         "images_dir": str(images_dir),
@@ -314,14 +330,7 @@ def run_eval(
                 if mpath.is_file():
                     scores = _read_json(mpath)
                 else:
-                    if image is None:
-                        image, mask = case.load_image(), case.mask()
-                    preds = [
-                        Image.open(case_dir / p["file"]).convert("RGB") for p in meta["predictions"]
-                    ]
-                    scores = evaluate_case(
-                        preds, image, mask, case.class_index, case.prompt, res.metric_models()
-                    )
+                    scores = score_case(case_dir, meta, case, res.metric_models(), image, mask)
                     save_json(scores, mpath)
                 records[name].append({"case": case, "meta": meta, "metrics": _floats(scores)})
                 bar.update(1)

@@ -23,7 +23,6 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +152,7 @@ def fill_cache(
 ) -> dict[str, Any]:
     """Make every missing (method, input) unit of ``todo`` on Ray workers; returns the engine's
     numbers. Raises (one line) when units failed, after the others are done and cached."""
-    from blendedit.batch.ray_engine import connect, plan_workers
+    from blendedit.batch.ray_engine import connect, plan_workers, stream_pool
 
     units = list(_units(out, methods, cases, todo, metrics_file))
     info: dict[str, Any] = {"units": len(units)}
@@ -162,38 +161,26 @@ def fill_cache(
     ray, started, init_s = connect(options.address)
     failed: list[dict[str, Any]] = []
     try:
-        from ray.data import ActorPoolStrategy, DataContext
-
         workers, gpw = plan_workers(
             ray.cluster_resources(), options.workers, options.gpus_per_worker,
             options.cpus_per_worker,
         )  # fmt: skip
         info.update(workers=workers, gpus_per_worker=gpw, connect_s=round(init_s, 3))
-        ctx = DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
-        ctx.wait_for_min_actors_s = options.actor_wait_s
-        items = [{"unit": json.dumps(dataclasses.asdict(u))} for u in units]
-        ds = ray.data.from_items(items, override_num_blocks=min(len(items), 8 * workers))
-        ds = ds.map_batches(
-            EvalWorker,
-            batch_size=1,
-            compute=ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
-            fn_constructor_kwargs={
-                "out": str(out.resolve()),
-                "settings": settings,
-                "models": models,
-                "cases": cases,
-                "metrics_file": metrics_file,
-                "threads": threads,
-            },
-            num_gpus=gpw or None,
-            num_cpus=options.cpus_per_worker,
-        )
+        kwargs = {
+            "out": str(out.resolve()),
+            "settings": settings,
+            "models": models,
+            "cases": cases,
+            "metrics_file": metrics_file,
+            "threads": threads,
+        }
+        items = [json.dumps(dataclasses.asdict(u)) for u in units]
         bar = tqdm(total=len(units), desc="eval (ray)", unit="unit", disable=not settings.progress)
         try:
-            for rec in _stream(ds, options, workers, gpw, ray):
-                o = json.loads(str(rec["outcome"]))
+            for text in stream_pool(
+                ray, EvalWorker, "unit", items, options, workers, gpw, kwargs, 1
+            ):
+                o = json.loads(text)
                 if o["error"]:
                     failed.append(o)
                 bar.set_postfix(failed=len(failed), refresh=False)
@@ -217,15 +204,3 @@ def fill_cache(
             "cached: run again to retry"
         )
     return info
-
-
-def _stream(ds: Any, options: Any, workers: int, gpw: float, ray: Any) -> Iterator[Any]:
-    try:
-        yield from ds.iter_rows()
-    except Exception as e:
-        if type(e).__name__ == "GetTimeoutError":
-            raise InputError(
-                f"workers: no worker started within {options.actor_wait_s:g} s ({workers} x "
-                f"{gpw:g} GPU asked; cluster: {ray.cluster_resources()})"
-            ) from None
-        raise

@@ -114,6 +114,50 @@ def plan_workers(resources: dict[str, float], workers: int | None, gpus: float |
     return workers, gpw
 
 
+def stream_pool(
+    ray: Any,
+    fn: type,
+    column: str,
+    items: list[str],
+    opts: Any,
+    workers: int,
+    gpw: float,
+    fn_kwargs: dict[str, Any],
+    in_flight: int,
+) -> Iterator[str]:
+    """The ``outcome`` texts of ``fn`` (a callable class) on ``items`` (texts in ``column``), one
+    item per call, as a Ray Data pool of ``workers`` actors (``gpw`` GPUs each) finishes them."""
+    from ray.data import ActorPoolStrategy, DataContext
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its progress notes
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # the driver has its own bar
+    ctx.print_on_execution_start = False
+    ctx.wait_for_min_actors_s = opts.actor_wait_s
+    ds = ray.data.from_items(
+        [{column: t} for t in items], override_num_blocks=min(len(items), 8 * workers)
+    )
+    ds = ds.map_batches(
+        fn,
+        batch_size=1,  # one item per call: a retry after a worker death redoes one item
+        compute=ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=in_flight),
+        fn_constructor_kwargs=fn_kwargs,
+        num_gpus=gpw or None,
+        num_cpus=opts.cpus_per_worker,
+    )
+    try:
+        for rec in ds.iter_rows():
+            yield str(rec["outcome"])
+    except Exception as e:
+        if type(e).__name__ == "GetTimeoutError":
+            raise InputError(
+                f"workers: no worker started within {opts.actor_wait_s:g} s "
+                f"({workers} x {gpw:g} GPU, {opts.cpus_per_worker:g} CPU asked; cluster: "
+                f"{ray.cluster_resources()})"
+            ) from None
+        raise
+
+
 def run_rows(
     rows: list[Row], spec: WorkerSpec, opts: Any, extra: dict[str, Any]
 ) -> Iterator[Outcome]:
@@ -121,38 +165,14 @@ def run_rows(
     engine's numbers (workers, GPUs, seconds to connect) for the summary."""
     ray, started, init_s = connect(opts.address)
     try:
-        from ray.data import ActorPoolStrategy, DataContext
-
         workers, gpw = plan_workers(
             ray.cluster_resources(), opts.workers, opts.gpus_per_worker, opts.cpus_per_worker
         )
         extra.update(ray_workers=workers, ray_gpus_per_worker=gpw, ray_connect_s=round(init_s, 3))
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its progress notes
-        ctx = DataContext.get_current()
-        ctx.enable_progress_bars = False  # the driver has its own bar
-        ctx.print_on_execution_start = False
-        ctx.wait_for_min_actors_s = opts.actor_wait_s
-        items = [{"row": json.dumps(r.to_dict())} for r in rows]
-        ds = ray.data.from_items(items, override_num_blocks=min(len(items), 8 * workers))
-        ds = ds.map_batches(
-            RayWorker,
-            batch_size=1,  # one row per call: a retry after a worker death redoes one row
-            compute=ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=2),
-            fn_constructor_kwargs={"spec": dataclasses.asdict(spec)},
-            num_gpus=gpw or None,
-            num_cpus=opts.cpus_per_worker,
-        )
-        try:
-            for rec in ds.iter_rows():
-                yield Outcome(**json.loads(str(rec["outcome"])))
-        except Exception as e:
-            if type(e).__name__ == "GetTimeoutError":
-                raise InputError(
-                    f"workers: no worker started within {opts.actor_wait_s:g} s "
-                    f"({workers} x {gpw:g} GPU, {opts.cpus_per_worker:g} CPU asked; cluster: "
-                    f"{ray.cluster_resources()})"
-                ) from None
-            raise
+        items = [json.dumps(r.to_dict()) for r in rows]
+        spec_kwargs = {"spec": dataclasses.asdict(spec)}
+        for text in stream_pool(ray, RayWorker, "row", items, opts, workers, gpw, spec_kwargs, 2):
+            yield Outcome(**json.loads(text))
     finally:
         if started:
             ray.shutdown()

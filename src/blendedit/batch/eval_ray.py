@@ -48,15 +48,10 @@ class EvalWorker:
 
     def __init__(self, out: str, settings: Any, models: Any, cases: list[Any],
                  metrics_file: str, threads: int | None = None) -> None:  # fmt: skip
-        import torch
-
+        from blendedit.batch.worker import setup_worker
         from blendedit.eval.methods import Resources
-        from blendedit.models import quiet_libraries
 
-        quiet_libraries()
-        torch.set_flush_denormal(True)
-        if threads:
-            torch.set_num_threads(threads)
+        setup_worker(threads)
         self.out, self.settings, self.cases = Path(out), settings, cases
         self.metrics_file = metrics_file
         self.res = Resources(models)

@@ -64,7 +64,7 @@ class Progress:
 
 def _local(rows: list[Row], spec: WorkerSpec) -> Iterator[Outcome]:
     """The local engine: this process, one editor, rows in manifest order."""
-    setup_worker(spec)
+    setup_worker(spec.threads, spec.offline)
     cache = EditorCache(spec.device, spec.dtype)
     store = BatchStore(spec.out)
     shared = spec.shared_settings()

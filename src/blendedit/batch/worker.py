@@ -176,15 +176,15 @@ def process_row(cache: EditorCache, store: BatchStore, row: Row, shared: Shared)
     return Outcome(row.key, row.index, status, None, time.perf_counter() - t0, worker_name(), files)
 
 
-def setup_worker(spec: WorkerSpec) -> None:
+def setup_worker(threads: int | None = None, offline: bool = False) -> None:
     """Process-wide settings of a worker process (the CLI sets the same for a local run)."""
     import os
 
-    if spec.offline:
+    if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     from blendedit.models import quiet_libraries
 
     quiet_libraries()
     torch.set_flush_denormal(True)  # as the CLI: subnormals make CPU arithmetic 30x slower
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
+    if threads:
+        torch.set_num_threads(threads)

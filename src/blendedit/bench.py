@@ -1289,9 +1289,7 @@ def run(args: Any) -> int:
     if args.photo_sizes:
         return run_photo_sizes(args)
     dev = parse_device(args.device)
-    dtype = parse_dtype(
-        ("fp16" if dev.type == "cuda" else "fp32") if args.dtype == "auto" else args.dtype
-    )
+    dtype = parse_dtype(args.dtype, dev)
     result = run_bench(
         args.preset,
         dev,

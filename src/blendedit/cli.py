@@ -503,9 +503,7 @@ def _prepare(args: argparse.Namespace, rank: bool | None = None) -> tuple[Any, A
     if args.out is not None:
         check_out_dir(args.out)
     device = parse_device(args.device)
-    dtype = parse_dtype(
-        ("fp16" if device.type == "cuda" else "fp32") if args.dtype == "auto" else args.dtype
-    )
+    dtype = parse_dtype(args.dtype, device)
     if args.method == "latent":
         model = args.model or DEFAULT_MODEL
         _say(args, f"loading {model} ({str(dtype).removeprefix('torch.')} on {device}) ...")

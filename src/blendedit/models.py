@@ -226,9 +226,14 @@ def _load_single_file(
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+def parse_dtype(
+    name: str | torch.dtype | None, device: torch.device | None = None
+) -> torch.dtype | None:
+    """A dtype by name; "auto" (with the device) is fp16 on a CUDA GPU and fp32 elsewhere."""
     if name is None or isinstance(name, torch.dtype):
         return name
+    if name == "auto" and device is not None:
+        name = "fp16" if device.type == "cuda" else "fp32"
     if name not in DTYPES:
         raise InputError(f"dtype: unknown {name!r}; choose one of {', '.join(DTYPES)}")
     return DTYPES[name]

@@ -47,8 +47,7 @@ class EditorCache:
         from blendedit.models import parse_device, parse_dtype
 
         self.device = parse_device(device)
-        name = ("fp16" if self.device.type == "cuda" else "fp32") if dtype == "auto" else dtype
-        self.dtype = parse_dtype(name)
+        self.dtype = parse_dtype(dtype, self.device)
         self._key: tuple[Any, ...] | None = None
         self._editor: Any = None
         self.loads = 0

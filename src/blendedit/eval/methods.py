@@ -131,10 +131,7 @@ class Resources:
 
     @cached_property
     def dtype(self) -> torch.dtype:
-        name = self.models.dtype
-        if name == "auto":
-            name = "fp16" if self.device.type == "cuda" else "fp32"
-        return parse_dtype(name) or torch.float32
+        return parse_dtype(self.models.dtype, self.device) or torch.float32
 
     @cached_property
     def ranking_clip(self) -> ClipScorer | None:

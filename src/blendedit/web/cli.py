@@ -216,7 +216,7 @@ def load_editor(
         os.environ["HF_HUB_OFFLINE"] = "1"
     quiet_libraries()
     dev = parse_device(device)
-    dt = parse_dtype(("fp16" if dev.type == "cuda" else "fp32") if dtype == "auto" else dtype)
+    dt = parse_dtype(dtype, dev)
     if method == "latent":
         from blendedit.latent.pipeline import BlendedLatentDiffusion
 

@@ -76,6 +76,7 @@ def _toy_world() -> Path | None:
 
 
 TOY = _toy_world()
+SERVER_LOG: list[Path] = []  # the running server's log, for a failure's message
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,8 @@ def server(request, tmp_path_factory) -> Iterator[str]:
         "--max-side", "4096", "--max-megapixels", "13", "--max-upload-mb", "6",
         "--max-results", "16",
     ]  # fmt: skip
-    log = open(tmp / "server.log", "w+")  # noqa: SIM115 - closed below
+    SERVER_LOG[:] = [tmp / "server.log"]
+    log = open(SERVER_LOG[0], "w+")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     line: list[str] = []
     reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
@@ -258,6 +260,48 @@ def _close_toasts(page) -> None:
         c.click()
 
 
+# Whether a component shows a pending event (queue position, progress) in its status tracker.
+_BUSY = """(sel) => [...document.querySelectorAll(`${sel} [data-testid=status-tracker]`)]
+    .some(e => !e.classList.contains('hide') && e.textContent.trim() !== '')"""
+
+
+def _generate(page, found: str, timeout_s: float) -> None:
+    """Click Generate and wait until the status says ``found``. The editor commits a stroke to
+    its value asynchronously, so a click landing just before that is told "nothing painted" (or,
+    rarely, is lost before it reaches the queue); a user clicks again, and so does this, twice at
+    most. Any other outcome fails with the page's toasts, the results panel and the server's log."""
+    status, results = page.locator("#status"), page.locator("#results")
+    for attempt in range(3):
+        _close_toasts(page)
+        expect(page.locator(".toast-body")).to_have_count(0, timeout=10_000)
+        page.locator("#generate").click()
+        start = time.monotonic()
+        retry = False
+        while not retry and time.monotonic() - start < timeout_s:
+            if found in status.inner_text():
+                return
+            toasts = _toasts(page)
+            busy = page.evaluate(_BUSY, "#results")
+            if toasts and attempt < 2 and all("nothing painted" in t for t in toasts):
+                _close_toasts(page)
+                retry = True
+            elif toasts:
+                break
+            elif not busy and time.monotonic() - start > 20 and attempt < 2:
+                retry = True  # nothing queued, running or said: the click did not arrive
+            time.sleep(0.5)
+        if not retry:
+            break
+        print(f"Generate clicked again (attempt {attempt + 2}): the first did not run")
+        time.sleep(1)
+    log = SERVER_LOG[0].read_text()[-3000:] if SERVER_LOG else ""
+    pytest.fail(
+        f"no {found!r} in the status after Generate; status: {status.inner_text()!r}; "
+        f"toasts: {_toasts(page)!r}; results panel: {results.inner_text()[:300]!r}\n"
+        f"server log:\n{log}"
+    )
+
+
 def _idle(page) -> None:
     """Before a screenshot: wait until no component shows a pending event."""
     if not SCREENSHOTS:
@@ -322,10 +366,7 @@ def test_paint_generate_keep_undo_queue_cancel_in_a_browser(server, browser, fir
     if TOY is not None:
         _fixed_seed(page, 0)
     _shot(page, "02-painted.png")
-    page.locator("#generate").click()
-    expect(page.locator("#status")).to_contain_text(
-        f"{e.results} results for '{e.prompt}'", timeout=90_000
-    )
+    _generate(page, f"{e.results} results for '{e.prompt}'", timeout_s=90)
     thumbs = page.locator("#results .thumbnail-item")
     expect(thumbs).to_have_count(e.results)
     captions = [c.inner_text() for c in page.locator("#results .caption-label").all()]
@@ -476,9 +517,8 @@ def test_a_sideways_12mp_phone_photo_with_a_scribble(server, browser, scribble_e
     _set(page, "blend-start", "0.5")  # the edit starts from the noised scribble
     if TOY is not None:
         _fixed_seed(page, 0)
-    page.locator("#generate").click()
     found = f"{e.results} result{'s' if e.results > 1 else ''} for '{e.prompt}'"
-    expect(page.locator("#status")).to_contain_text(found, timeout=240_000)
+    _generate(page, found, timeout_s=240)
     expect(page.locator("#status")).to_contain_text("Scribble:")
     _idle(page)
     _shot(page, "08-scribble.png")  # the scribble and what it became

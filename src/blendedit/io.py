@@ -75,14 +75,16 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr.permute(1, 2, 0).cpu().numpy())
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename: no half-written outputs."""
+def write_atomic(path: Path, write: Any, replace: bool = False) -> None:
+    """Write through a temporary file in the same folder, then rename: no half-written outputs.
+    An existing file is refused, unless ``replace`` (a file the program remakes on every run: a
+    summary, a report), which a reader then sees whole, old or new."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-        if path.exists():
+        if not replace and path.exists():
             raise InputError(f"out: refusing to overwrite existing file {str(path)!r}")
         os.replace(tmp, path)
     except BaseException:
@@ -91,11 +93,11 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 
 def save_png(image: Image.Image, path: Path) -> None:
-    _atomic_write(path, lambda f: image.save(f, format="PNG"))
+    write_atomic(path, lambda f: image.save(f, format="PNG"))
 
 
 def save_gif(frames: list[Image.Image], path: Path, duration_ms: int = 120) -> None:
-    _atomic_write(
+    write_atomic(
         path,
         lambda f: frames[0].save(
             f, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0
@@ -114,13 +116,13 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def save_json(data: dict[str, Any], path: Path) -> None:
+def save_json(data: dict[str, Any], path: Path, replace: bool = False) -> None:
     text = json.dumps(_finite(data), indent=2, allow_nan=False, default=str) + "\n"
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    write_atomic(path, lambda f: f.write(text.encode()), replace)
 
 
-def write_text(text: str, path: Path) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
+def write_text(text: str, path: Path, replace: bool = False) -> None:
+    write_atomic(path, lambda f: f.write(text.encode()), replace)
 
 
 def slug(text: str, max_len: int = 40) -> str:

@@ -286,7 +286,7 @@ def save_photo(
 
     if fmt == "png" and px.dtype == np.uint16 and (mode != "L" or alpha is not None):
         data = _png16(px, alpha, icc, exif, parameters, xmp)
-        bio._atomic_write(path, lambda f: f.write(data))
+        bio.write_atomic(path, lambda f: f.write(data))
         return path
     im = _pil(
         px if alpha is None else np.dstack((px, alpha)), mode + ("A" if alpha is not None else "")
@@ -307,7 +307,7 @@ def save_photo(
         kw.update(quality=q, lossless=q == 100, exact=alpha is not None)
     if xmp and fmt != "png":
         kw["xmp"] = xmp
-    bio._atomic_write(path, lambda f: im.save(f, format=fmt.upper(), **kw))
+    bio.write_atomic(path, lambda f: im.save(f, format=fmt.upper(), **kw))
     return path
 
 

@@ -265,8 +265,8 @@ _BUSY = """(sel) => [...document.querySelectorAll(`${sel} [data-testid=status-tr
     .some(e => !e.classList.contains('hide') && e.textContent.trim() !== '')"""
 
 
-def _generate(page, found: str, timeout_s: float) -> None:
-    """Click Generate and wait until the status says ``found``. The editor commits a stroke to
+def _generate(page, found: str, timeout_s: float, where: str = "#status") -> None:
+    """Click Generate and wait until ``where`` (the status) says ``found``. The editor commits a stroke to
     its value asynchronously, so a click landing just before that is told "nothing painted" (or,
     rarely, is lost before it reaches the queue); a user clicks again, and so does this, twice at
     most. Any other outcome fails with the page's toasts, the results panel and the server's log."""
@@ -278,7 +278,7 @@ def _generate(page, found: str, timeout_s: float) -> None:
         start = time.monotonic()
         retry = False
         while not retry and time.monotonic() - start < timeout_s:
-            if found in status.inner_text():
+            if found in page.locator(where).inner_text():
                 return
             toasts = _toasts(page)
             busy = page.evaluate(_BUSY, "#results")
@@ -296,7 +296,7 @@ def _generate(page, found: str, timeout_s: float) -> None:
         time.sleep(1)
     log = SERVER_LOG[0].read_text()[-3000:] if SERVER_LOG else ""
     pytest.fail(
-        f"no {found!r} in the status after Generate; status: {status.inner_text()!r}; "
+        f"no {found!r} in {where} after Generate; status: {status.inner_text()!r}; "
         f"toasts: {_toasts(page)!r}; results panel: {results.inner_text()[:300]!r}\n"
         f"server log:\n{log}"
     )
@@ -356,7 +356,9 @@ def test_paint_generate_keep_undo_queue_cancel_in_a_browser(server, browser, fir
     # A bad input is one clear line, not a stack trace.
     page.locator("#prompt textarea").fill(e.prompt)
     page.locator("#generate").click()
-    expect(page.locator(".toast-body").first).to_contain_text("mask: nothing painted")
+    expect(page.locator(".toast-body").first).to_contain_text(
+        "mask: nothing painted", timeout=30_000
+    )
     assert not any("Traceback" in t for t in _toasts(page))
     _close_toasts(page)
 
@@ -416,8 +418,7 @@ def test_paint_generate_keep_undo_queue_cancel_in_a_browser(server, browser, fir
     _paint(page, [(0.3, 0.7, 0.36)])
     _set(page, "num-images", "16")
     _set(page, "steps", "200")  # 16 results x 150 steps
-    page.locator("#generate").click()
-    expect(page.locator("#results")).to_contain_text("denoising", timeout=60_000)
+    _generate(page, "denoising", timeout_s=60, where="#results")
     other.locator("#prompt textarea").fill("a hat" if TOY is None else "a blue ring")
     other.locator("#generate").click()  # nothing painted: it says so, but only on its turn
     expect(other.locator("#results")).to_contain_text("queue: 1/1", timeout=30_000)

@@ -172,6 +172,17 @@ def test_trail_round_trips_through_json():
         assert make_config(got.method, got.settings) == make_config(step.method, step.settings)
 
 
+def test_trail_masks_are_encoded_once_and_counted_from_their_bits():
+    s = Session(_photo(43, 30))  # a width that is not a multiple of 8: packed rows are padded
+    s.keep(_generation(s, "a hat"), 0)
+    first = s.to_trail()["steps"][0]
+    (step,) = s.history
+    assert first["mask_fraction"] == round(float(step.mask.mean()), 6) == round(200 / 1290, 6)
+    assert s.to_trail()["steps"][0]["mask_png_base64"] is step.mask_png()  # not re-encoded
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(step.mask_png()))))
+    assert np.array_equal(decoded, step.mask)
+
+
 def test_trail_file_and_its_errors(tmp_path: Path):
     s = Session(_photo())
     s.keep(_generation(s, "a hat"), 0)

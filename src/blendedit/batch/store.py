@@ -224,8 +224,9 @@ class BatchStore:
             entries.append(e)
         counts = {s: sum(e["status"] == s for e in entries) for s in ("done", "failed", "pending")}
         summary = {"rows": len(entries), **counts, **(extra or {}), "entries": entries}
-        _replace(self.out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-        _replace(self.out / "summary.md", _markdown(summary))
+        text = json.dumps(summary, indent=2, default=str) + "\n"
+        write_text(text, self.out / "summary.json", replace=True)  # a rerun rebuilds them
+        write_text(_markdown(summary), self.out / "summary.md", replace=True)
         return summary
 
     @contextlib.contextmanager
@@ -248,16 +249,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write a summary that a rerun rebuilds: atomically, replacing the old one."""
-    if path.exists():
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    else:
-        write_text(text, path)
 
 
 def _markdown(summary: dict[str, Any]) -> str:

@@ -10,10 +10,8 @@ all sit under keys named ``time`` (per method, per input) or ``run`` (the whole 
 from __future__ import annotations
 
 import math
-import os
 import platform
 import statistics
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from PIL import Image, ImageDraw
 from blendedit.eval.methods import METHODS, EvalModels, Runner
 from blendedit.eval.metrics import precision_rule
 from blendedit.eval.protocol import EvalCase
-from blendedit.io import save_json
+from blendedit.io import save_json, write_atomic, write_text
 
 REPORT_VERSION = 1
 TIMING_KEYS = ("time", "run")
@@ -499,7 +497,7 @@ def precision_time_figure(report: Mapping[str, Any], path: Path) -> bool:
     ax.set_title(f"Precision vs. time ({Path(str(report['metrics']['classifier'])).name})")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _replace(path, lambda f: fig.savefig(f, format="png"))
+    write_atomic(path, lambda f: fig.savefig(f, format="png"), replace=True)
     return True
 
 
@@ -554,27 +552,6 @@ def grid_figure(
 # --------------------------------------------------------------------------------------------
 
 
-def _replace(path: Path, write: Any) -> None:
-    """Write through a temporary file, then rename over ``path`` (reports are remade on every
-    run; a reader never sees half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def replace_json(data: Any, path: Path) -> None:
-    """``save_json`` that may replace an existing file (atomically)."""
-    tmp = path.with_name(f".{path.name}.new")
-    tmp.unlink(missing_ok=True)
-    save_json(data, tmp)
-    os.replace(tmp, path)
-
-
 def write_report(
     out: Path,
     *,
@@ -583,8 +560,8 @@ def write_report(
     **kwargs: Any,
 ) -> dict[str, Any]:
     report = build_report(records=records, done=done, **kwargs)
-    replace_json(report, out / "report.json")
-    _replace(out / "report.md", lambda f: f.write(render_markdown(report).encode()))
+    save_json(report, out / "report.json", replace=True)
+    write_text(render_markdown(report), out / "report.md", replace=True)
     precision_time_figure(report, out / "precision_vs_time.png")
     columns = {
         name: {
@@ -597,5 +574,5 @@ def write_report(
         for name, recs in records.items()
     }
     grid = grid_figure(done, columns)
-    _replace(out / "grid.png", lambda f: grid.save(f, format="PNG"))
+    write_atomic(out / "grid.png", lambda f: grid.save(f, format="PNG"), replace=True)
     return report

@@ -45,7 +45,7 @@ from blendedit.eval.methods import (
 )
 from blendedit.eval.metrics import classifier_top_k, evaluate_case
 from blendedit.eval.protocol import DEFAULT_MAX_SIDE, MASK_SIDE_RANGE, EvalCase, make_cases
-from blendedit.eval.report import replace_json, write_report
+from blendedit.eval.report import write_report
 from blendedit.io import save_json, save_png
 from blendedit.pixel.pipeline import PixelConfig
 
@@ -147,7 +147,7 @@ class _Store:
                     f"{', '.join(diff)}); use another --out"
                 )
             if len(protocol["cases"]) > len(old["cases"]):
-                replace_json(protocol, path)
+                save_json(protocol, path, replace=True)
             return
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise InputError(

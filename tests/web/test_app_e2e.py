@@ -35,6 +35,9 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')"
 )
 expect = sync_api.expect
+# Each step waits on the server (a keep writes a 12 MP file and the trail); on a loaded 2-core
+# machine that is more than Playwright's default 5 s. A passing check returns at once.
+expect.set_options(timeout=60_000)
 
 
 def _chromium() -> str | None:

@@ -233,6 +233,22 @@ def test_save_json_refuses_to_overwrite(tmp_path: Path) -> None:
     assert [f.name for f in tmp_path.iterdir()] == ["meta.json"]
 
 
+def test_replace_rewrites_a_remade_file_whole(tmp_path: Path) -> None:
+    """A summary or report that a run remakes: replaced, never half written."""
+    p = tmp_path / "summary.json"
+    save_json({"rows": 1}, p)
+    save_json({"rows": 2}, p, replace=True)
+    assert json.loads(p.read_text()) == {"rows": 2}
+
+    def fail(f: object) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        bio.write_atomic(p, fail, replace=True)
+    assert json.loads(p.read_text()) == {"rows": 2}  # the old file stays whole
+    assert [f.name for f in tmp_path.iterdir()] == ["summary.json"]
+
+
 def test_failed_write_leaves_no_temp(tmp_path: Path) -> None:
     class Boom(RuntimeError):
         pass

@@ -24,7 +24,7 @@ from blendedit.latent.backbones import LatentDiffusion, detect_family
 from blendedit.latent.backbones.loading import LDM_SAMPLER
 from blendedit.models import make_scheduler
 from test_latent_pipeline import PointMassVAE
-from tiny_models import tiny_vae
+from tiny_models import tiny_unet, tiny_vae
 
 WORDS = ["a", "red", "blue", "flower", "cat", "hat", "sunglasses", "dog", "blurry"]
 SIZE = (96, 64)
@@ -49,18 +49,7 @@ def tiny_ldm_pipeline(folder: Path) -> LDMTextToImagePipeline:
             pad_token_id=0,
         )
     ).eval()
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        norm_num_groups=32,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-    ).eval()
+    unet = tiny_unet(sample_size=8)  # native 8x8 latents, 64 px
     return LDMTextToImagePipeline(
         vqvae=tiny_vae(),
         bert=bert,

@@ -6,6 +6,7 @@ Shared by the ``conftest.py`` fixtures; ``blendedit bench --preset tiny`` builds
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -58,40 +59,33 @@ def tiny_text_encoder(seed: int = 0) -> CLIPTextModel:
     return CLIPTextModel(tiny_text_config()).eval()
 
 
-def tiny_unet(seed: int = 0, prediction_type: str = "epsilon") -> UNet2DConditionModel:
+def tiny_unet(
+    seed: int = 0, prediction_type: str = "epsilon", **config: Any
+) -> UNet2DConditionModel:
+    """SD's UNet shape at 16x16 latents; ``config`` adds or overrides UNet arguments."""
     del prediction_type  # the UNet is agnostic; the scheduler config carries it
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        norm_num_groups=32,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
+        **{
+            "sample_size": 16,
+            "in_channels": 4,
+            "out_channels": 4,
+            "layers_per_block": 1,
+            "block_out_channels": (32, 64),
+            "norm_num_groups": 32,
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+            "cross_attention_dim": 32,
+            "attention_head_dim": 4,
+            **config,
+        }
     ).eval()
 
 
 def tiny_lcm_unet(seed: int = 0, time_cond_proj_dim: int = 256) -> UNet2DConditionModel:
     """:func:`tiny_unet`'s shape as an LCM-distilled UNet: the guidance scale enters as a
     ``time_cond_proj_dim``-wide embedding added to the time embedding (diffusers' LCM tests: 256)."""
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        norm_num_groups=32,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        time_cond_proj_dim=time_cond_proj_dim,
-    ).eval()
+    return tiny_unet(seed, time_cond_proj_dim=time_cond_proj_dim)
 
 
 def tiny_vae(seed: int = 0) -> AutoencoderKL:
@@ -218,8 +212,6 @@ def tiny_sdxl_pipeline(folder: Path, seed: int = 0) -> StableDiffusionXLPipeline
 # Tiny rectified-flow models (SD3, FLUX): a 16-channel VAE with factor 2, so 2x2-patch tokens
 # cover 4x4 pixels; T5 stand-ins 64 wide; the character tokenizer serves every text encoder.
 def tiny_flow_vae(seed: int = 0, shift: float = 0.0609, scale: float = 1.5035):
-    from diffusers import AutoencoderKL
-
     torch.manual_seed(seed)
     return AutoencoderKL(
         in_channels=3,

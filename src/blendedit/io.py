@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -123,6 +124,17 @@ def save_json(data: dict[str, Any], path: Path, replace: bool = False) -> None:
 
 def write_text(text: str, path: Path, replace: bool = False) -> None:
     write_atomic(path, lambda f: f.write(text.encode()), replace)
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def json_digest(obj: Any, n: int = 16) -> str:
+    """The first ``n`` hex digits of the SHA-256 of ``obj`` as sorted-key JSON: a fingerprint of
+    settings that names or checks what they made."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
 def slug(text: str, max_len: int = 40) -> str:

@@ -47,11 +47,11 @@ class EvalWorker:
     runner per method."""
 
     def __init__(self, out: str, settings: Any, models: Any, cases: list[Any],
-                 metrics_file: str, threads: int | None = None) -> None:  # fmt: skip
+                 metrics_file: str) -> None:  # fmt: skip
         from blendedit.batch.worker import setup_worker
         from blendedit.eval.methods import Resources
 
-        setup_worker(threads)
+        setup_worker()
         self.out, self.settings, self.cases = Path(out), settings, cases
         self.metrics_file = metrics_file
         self.res = Resources(models)
@@ -68,8 +68,8 @@ class EvalWorker:
 
     def unit(self, name: str, case: Any) -> None:
         """Predictions (unless cached) and metrics (unless cached) of one input and method."""
-        from blendedit.eval.runner import _read_json, _Store, score_case
-        from blendedit.io import save_json
+        from blendedit.eval.runner import _Store, score_case
+        from blendedit.io import read_json, save_json
 
         case_dir = _case_dir(self.out, name, case)
         meta = _Store.load_meta(case_dir, case)  # None: to make (a half-made folder is removed)
@@ -92,7 +92,7 @@ class EvalWorker:
                 except OSError:
                     if not (case_dir / "meta.json").is_file():
                         raise
-                    meta = _read_json(case_dir / "meta.json")  # committed meanwhile by a retry
+                    meta = read_json(case_dir / "meta.json")  # committed meanwhile by a retry
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         mpath = case_dir / self.metrics_file
@@ -142,8 +142,6 @@ def fill_cache(
     todo: list[Any],
     metrics_file: str,
     options: Any,
-    *,
-    threads: int | None = None,
 ) -> dict[str, Any]:
     """Make every missing (method, input) unit of ``todo`` on Ray workers; returns the engine's
     numbers. Raises (one line) when units failed, after the others are done and cached."""
@@ -167,7 +165,6 @@ def fill_cache(
             "models": models,
             "cases": cases,
             "metrics_file": metrics_file,
-            "threads": threads,
         }
         items = [json.dumps(dataclasses.asdict(u)) for u in units]
         bar = tqdm(total=len(units), desc="eval (ray)", unit="unit", disable=not settings.progress)

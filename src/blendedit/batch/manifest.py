@@ -29,6 +29,7 @@ from typing import Any
 
 from blendedit.config import EditConfig, FrameConfig
 from blendedit.errors import InputError
+from blendedit.io import json_digest
 from blendedit.pixel.pipeline import PixelConfig
 
 METHODS = ("latent", "pixel", "local-clip")
@@ -111,10 +112,6 @@ class Row:
     def name(self) -> str:
         """How errors name the row."""
         return f"row {self.index} (line {self.line})"
-
-
-def _digest(obj: Any, n: int = 16) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
 def file_digest(path: Path) -> str:
@@ -294,15 +291,12 @@ def read_manifest(path: str | os.PathLike[str], shared: Shared | None = None) ->
                     problem = f"{k}: no such file: {str(p)!r}"
                     continue
                 try:
-                    digests.setdefault(p, file_digest(p))
+                    if p not in digests:  # a file many rows share is hashed once
+                        digests[p] = file_digest(p)
                 except OSError as e:
                     problem = f"{k}: cannot read {str(p)!r} ({e.strerror})"
         content = {k: digests.get(Path(v), f"path:{v}") for k, v in files.items()}
-        own = {
-            k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in given.items()
-            if k not in ("image", "mask", "id")
-        }
+        own = {k: v for k, v in given.items() if k not in ("image", "mask", "id")}
         if "id" in given:
             key = str(given["id"]).strip()
             if not _ID.fullmatch(key) or key.lower().startswith("summary."):
@@ -311,9 +305,9 @@ def read_manifest(path: str | os.PathLike[str], shared: Shared | None = None) ->
                     "'-' (it names the row's folder), not starting with '.', '_' or '-', not summary.*"
                 )
         else:
-            key = _digest({"inputs": content, "row": own})
+            key = json_digest({"inputs": content, "row": own})
         settings = cfg.to_dict()
-        fingerprint = _digest(
+        fingerprint = json_digest(
             {
                 "inputs": content,
                 "prompt": prompt,
@@ -337,7 +331,7 @@ def read_manifest(path: str | os.PathLike[str], shared: Shared | None = None) ->
             model_config=models["model_config"],
             clip_model=models["clip_model"],
             settings=settings,
-            given={k: (list(v) if isinstance(v, tuple) else v) for k, v in given.items()},
+            given=given,
             problem=problem,
         )
         if key in seen:

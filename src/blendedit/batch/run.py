@@ -41,27 +41,6 @@ class RayOptions:
     actor_wait_s: float = 600.0  # how long workers may take to start before the run gives up
 
 
-class Progress:
-    """The driver's bar: rows done and failed, rows/s and ETA (tqdm), plus a one-line total."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.bar = tqdm(total=total, desc="batch", unit="row", disable=not enabled, smoothing=0.1)
-        self.done = self.failed = self.exists = 0
-
-    def update(self, o: Outcome) -> None:
-        if o.status == "failed":
-            self.failed += 1
-        elif o.status == "exists":
-            self.exists += 1
-        else:
-            self.done += 1
-        self.bar.set_postfix(done=self.done, failed=self.failed, refresh=False)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def _local(rows: list[Row], spec: WorkerSpec) -> Iterator[Outcome]:
     """The local engine: this process, one editor, rows in manifest order."""
     setup_worker(spec.threads, spec.offline)
@@ -110,13 +89,15 @@ def run_batch(
         todo = [r for r in todo if not r.problem]
         if done:
             logger.info("%d of %d rows already done in %s", len(done), len(rows), out)
-        bar = Progress(len(bad) + len(todo), progress)
+        # The driver's bar: rows done and failed, rows/s and ETA.
+        bar = tqdm(total=len(bad) + len(todo), desc="batch", unit="row", disable=not progress)
         counts = {"done": 0, "exists": 0, "failed": 0}
 
         def take(o: Outcome) -> None:
             store.record(o, run_id)
             counts[o.status] += 1
-            bar.update(o)
+            bar.set_postfix(done=counts["done"], failed=counts["failed"], refresh=False)
+            bar.update(1)
             if on_outcome is not None:
                 on_outcome(o)
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from blendedit.batch.manifest import Row
 from blendedit.errors import InputError
-from blendedit.io import save_json, write_text
+from blendedit.io import read_json, save_json, write_text
 
 PARTIAL, ERRORS, LOCK = ".partial", ".errors", ".lock"
 RESULT = "result.json"
@@ -65,11 +65,6 @@ class Outcome:
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 class BatchStore:
@@ -184,11 +179,8 @@ class BatchStore:
             f.flush()
             os.fsync(f.fileno())
         if outcome.status == "failed":
-            path = self.out / ERRORS / f"{outcome.key}.json"
-            path.parent.mkdir(exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"row": outcome.index, "error": outcome.error}) + "\n")
-            os.replace(tmp, path)
+            error = {"row": outcome.index, "error": outcome.error}
+            save_json(error, self.out / ERRORS / f"{outcome.key}.json", replace=True)
 
     def summarize(self, rows: list[Row], extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Rebuild summary.json and summary.md from the row folders (the source of truth) and the

@@ -48,7 +48,6 @@ from blendedit.eval.metrics import (
     DEFAULT_SCORE_CLIP_MODEL,
     Classifier,
     MetricModels,
-    classifier_top_k,
     load_classifier,
 )
 from blendedit.eval.toyworld import is_toy_classifier
@@ -208,9 +207,7 @@ class Resources:
         return LPIPS.from_pretrained(w[0], w[1], self.models.lpips_net).to(self.device)  # type: ignore[arg-type]
 
     def metric_models(self) -> MetricModels:
-        return MetricModels(
-            self.classifier, self.score_clip, self.lpips, classifier_top_k(self.models.classifier)
-        )
+        return MetricModels(self.classifier, self.score_clip, self.lpips, self.classifier.top_k)
 
 
 # --------------------------------------------------------------------------------------------

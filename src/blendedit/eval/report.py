@@ -322,7 +322,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "section 5 and appendix C.1). Each method generates its batch for the same inputs and "
         "seeds; its predictions are ranked by CLIP "
         f"(`{report['models']['clip_model']}`).\n",
-        f"Precision: each prediction {precision_rule(met['classifier'])} "
+        f"Precision: each prediction {p['precision']} "
         f"(`{met['classifier']}`). *Batch*: the average over all "
         "predictions of an input, then over inputs; *top-1*: the top-ranked prediction alone; "
         "*first*: the first prediction generated (lowest seed), what the method gives unranked "

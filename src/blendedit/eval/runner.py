@@ -17,8 +17,6 @@ settings (or for other cases) is refused, never silently reused.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -46,7 +44,7 @@ from blendedit.eval.methods import (
 from blendedit.eval.metrics import classifier_top_k, evaluate_case
 from blendedit.eval.protocol import DEFAULT_MAX_SIDE, MASK_SIDE_RANGE, EvalCase, make_cases
 from blendedit.eval.report import write_report
-from blendedit.io import save_json, save_png
+from blendedit.io import json_digest, read_json, save_json, save_png
 from blendedit.pixel.pipeline import PixelConfig
 
 logger = logging.getLogger(__name__)
@@ -106,12 +104,7 @@ class EvalSettings:
 
 
 def fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def _read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return json_digest(obj, 12)
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -133,7 +126,7 @@ class _Store:
         """Start a new run folder, or resume one made with the same protocol."""
         out, path = self.out, self.out / "protocol.json"
         if path.is_file():
-            old = _read_json(path)
+            old = read_json(path)
             # The photo folder may be named differently (relative, moved): the cases compare
             # photo names, sizes, rectangles, prompts and seeds.
             ignore = ("cases", "images_dir")
@@ -162,7 +155,7 @@ class _Store:
         path = d / "settings.json"
         record = {"fingerprint": fingerprint(settings), "settings": settings}
         if path.is_file():
-            old = _read_json(path)
+            old = read_json(path)
             if old.get("fingerprint") != record["fingerprint"]:
                 diff = _diff_keys(old.get("settings", {}), settings) or ["settings"]
                 raise InputError(
@@ -180,7 +173,7 @@ class _Store:
             if case_dir.exists():  # interrupted while writing: make it again
                 shutil.rmtree(case_dir)
             return None
-        meta = _read_json(path)
+        meta = read_json(path)
         if meta.get("case") != case.to_dict():
             raise InputError(
                 f"out: {str(case_dir)!r} holds predictions for another input; use another --out"
@@ -328,7 +321,7 @@ def run_eval(
                     meta = store.save_case(case_dir, case, run, str(res.device))
                 mpath = case_dir / metrics_file
                 if mpath.is_file():
-                    scores = _read_json(mpath)
+                    scores = read_json(mpath)
                 else:
                     scores = score_case(case_dir, meta, case, res.metric_models(), image, mask)
                     save_json(scores, mpath)

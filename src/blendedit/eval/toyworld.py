@@ -40,8 +40,8 @@ def shared_dir() -> Path:
     return Path(__file__).resolve().parents[3].parent / "shared"
 
 
-def world_dir(shared: str | os.PathLike[str] | None = None) -> Path:
-    return Path(shared) / "toyworld" if shared is not None else shared_dir() / "toyworld"
+def world_dir() -> Path:
+    return shared_dir() / "toyworld"
 
 
 def missing(world: Path) -> str | None:

@@ -178,8 +178,8 @@ def test_trail_masks_are_encoded_once_and_counted_from_their_bits():
     first = s.to_trail()["steps"][0]
     (step,) = s.history
     assert first["mask_fraction"] == round(float(step.mask.mean()), 6) == round(200 / 1290, 6)
-    assert s.to_trail()["steps"][0]["mask_png_base64"] is step.mask_png()  # not re-encoded
-    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(step.mask_png()))))
+    assert s.to_trail()["steps"][0]["mask_png_base64"] is step.mask_png  # not re-encoded
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(step.mask_png))))
     assert np.array_equal(decoded, step.mask)
 
 

@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +259,6 @@ class Step:
     thumb: Image.Image | None = field(default=None, repr=False)
     meta: dict[str, Any] = field(default_factory=dict)  # model, dtype, device: informative
     loras: list[str] = field(default_factory=list)  # "source:scale" the step's edit ran with
-    _mask_png: str = field(default="", init=False, repr=False, compare=False)  # see mask_png
 
     @property
     def mask(self) -> np.ndarray:
@@ -266,14 +266,13 @@ class Step:
         bit a pixel (6 MB for 48 MP), and unpacked on each access."""
         return np.unpackbits(self.mask_bits, axis=1, count=self.mask_shape[1]).astype(bool)
 
+    # The trail is rewritten on every keep and undo: what it needs of a step is made once.
+    @cached_property
     def mask_png(self) -> str:
-        """The mask as a 1-bit PNG in base64, for the trail: encoded at the first call only (the
-        trail is rewritten on every keep and undo; a 48 MP mask takes about 0.2 s to encode)."""
-        if not self._mask_png:
-            self._mask_png = mask_to_b64(self.mask)
-        return self._mask_png
+        """The mask as a 1-bit PNG in base64 (a 48 MP mask takes about 0.2 s to encode)."""
+        return mask_to_b64(self.mask)
 
-    @property
+    @cached_property
     def mask_fraction(self) -> float:
         """The painted share of the image (the packed rows' padding bits are zero)."""
         ones = int(np.unpackbits(self.mask_bits).sum())
@@ -431,27 +430,32 @@ class Session:
         self.cursor += 1
         return self.steps[self.cursor - 1]
 
+    @cached_property
+    def _trail_original(self) -> dict[str, Any]:
+        """The trail's record of the original, made once (the file may be 200 MB of base64)."""
+        data, name = (
+            (self.source, self.source_name) if self.source is not None else photo_file(self.photo)
+        )
+        return {
+            "size": list(self.size),
+            "file_name": name,
+            "file_base64": base64.b64encode(data).decode("ascii"),
+            "sha256": pixels_sha256(self.photo),
+        }
+
     def to_trail(self, model: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The steps that made the current image as a JSON-able dict: enough to replay them
         (:func:`replay`, ``blendedit replay``). The original is stored once, as the file it was
         read from (or a lossless PNG/TIFF of it); masks are 1-bit PNG at full resolution and
         scribbles RGBA PNG of their box, all base64; each step also records the hash of its
         result's pixels, so a replay can tell whether it is identical."""
-        data, name = (
-            (self.source, self.source_name) if self.source is not None else photo_file(self.photo)
-        )
         return {
             "format": TRAIL_FORMAT,
             "version": TRAIL_VERSION,
             "blendedit": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "model": dict(model or {}),
-            "original": {
-                "size": list(self.size),
-                "file_name": name,
-                "file_base64": base64.b64encode(data).decode("ascii"),
-                "sha256": pixels_sha256(self.photo),
-            },
+            "original": dict(self._trail_original),
             "steps": [
                 {
                     "step": i,
@@ -463,7 +467,7 @@ class Session:
                     "seeds": s.seeds,
                     "settings": s.settings,
                     **({"loras": list(s.loras)} if s.loras else {}),
-                    "mask_png_base64": s.mask_png(),
+                    "mask_png_base64": s.mask_png,
                     "mask_fraction": round(s.mask_fraction, 6),
                     **({"scribble": s.scribble.to_dict()} if s.scribble is not None else {}),
                     "box": list(s.box),

@@ -568,7 +568,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
     import torch
 
     from blendedit.io import prepare_out_dir, save_gif, save_json, save_png
-    from blendedit.photo import output_format
 
     # 1-2. Check the inputs, load the models.
     t0 = time.perf_counter()
@@ -587,13 +586,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
     )
     result.timings.load = load_s
     out = prepare_out_dir(args.out, args.prompt)
-    files = []
-    fmt = output_format(args.out_format, image)
-    for c in result.candidates:
-        name = f"{c.rank:02d}-seed{c.seed}.{'jpg' if fmt == 'jpeg' else fmt}"
-        params = None if args.no_metadata else result.parameters(c)
-        c.save(out / name, format=fmt, quality=args.quality, parameters=params)
-        files.append(name)
+    files = result.save(
+        out, format=args.out_format, quality=args.quality, metadata=not args.no_metadata
+    )
     best = result.best
     stem = files[0].rsplit(".", 1)[0]
     if args.save_process and best.process:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from blendedit.photo import Photo, format_parameters, save_photo
+from blendedit.photo import Photo, format_parameters, output_format, save_photo
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps in all); raise inside to cancel
 
@@ -123,6 +123,26 @@ class EditResult:
     @property
     def best(self) -> Candidate:
         return self.candidates[0]
+
+    def save(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        format: str | None = None,
+        quality: int | None = None,
+        metadata: bool = True,
+    ) -> list[str]:
+        """Write every candidate into ``folder`` as ``{rank:02d}-seed{seed}.{ext}``, best first, in
+        ``format`` or the input's own (:func:`blendedit.photo.output_format`), with its generation
+        parameters unless ``metadata`` is off (the AI-edit marker always); returns the names."""
+        fmt = output_format(format, self.best.photo)
+        names = []
+        for c in self.candidates:
+            name = f"{c.rank:02d}-seed{c.seed}.{'jpg' if fmt == 'jpeg' else fmt}"
+            params = self.parameters(c) if metadata else None
+            c.save(Path(folder) / name, format=fmt, quality=quality, parameters=params)
+            names.append(name)
+        return names
 
     def parameters(self, candidate: Candidate) -> str:
         """A1111-style generation parameters of one result, for the file's metadata."""

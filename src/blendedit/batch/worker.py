@@ -107,18 +107,11 @@ def _edit(editor: Any, row: Row) -> Any:
 
 def _writer(row: Row, result: Any, shared: Shared, device: str) -> Any:
     from blendedit import __version__
-    from blendedit.photo import output_format
 
     def write(folder: Path) -> dict[str, Any]:
-        first = result.candidates[0]
-        fmt = output_format(shared.out_format, first.photo)
-        ext = "jpg" if fmt == "jpeg" else fmt
-        files = []
-        for c in result.candidates:
-            name = f"{c.rank:02d}-seed{c.seed}.{ext}"
-            params = result.parameters(c) if shared.metadata else None
-            c.save(folder / name, format=fmt, quality=shared.quality, parameters=params)
-            files.append(name)
+        files = result.save(
+            folder, format=shared.out_format, quality=shared.quality, metadata=shared.metadata
+        )
         report = result.to_dict()
         report.update(
             image=row.image,

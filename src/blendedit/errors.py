@@ -13,3 +13,10 @@ class InputError(BlendEditError):
 
 class ModelNotFoundError(BlendEditError):
     """A model id or path that could not be found or loaded."""
+
+
+def first_line(error: BaseException, limit: int | None = 200) -> str:
+    """What a library's exception says, as the first ``limit`` characters of its first line
+    (its type name when it says nothing), for a one-line error of ours."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

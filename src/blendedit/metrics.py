@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from blendedit.errors import InputError
+from blendedit.errors import InputError, first_line
 
 __all__ = [
     "LPIPS",
@@ -442,8 +442,7 @@ def _load_state_dict(path: str | PathLike[str], name: str) -> Mapping[str, Tenso
         else:
             sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign file: report as one line
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{name}: cannot read {str(p)!r}: {msg}") from exc
+        raise InputError(f"{name}: cannot read {str(p)!r}: {first_line(exc, None)}") from exc
     if isinstance(sd, Mapping) and isinstance(sd.get("state_dict"), Mapping):
         sd = sd["state_dict"]
     if not isinstance(sd, Mapping):

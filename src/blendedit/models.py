@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from blendedit.errors import InputError, ModelNotFoundError
+from blendedit.errors import InputError, ModelNotFoundError, first_line
 
 T = TypeVar("T")
 
@@ -67,9 +67,7 @@ class SDComponents:
 
 def describe_load_failure(arg: str, model: str, error: BaseException) -> str:
     """One line: what was looked for, why it failed, and how to point at a local copy."""
-    reason = (
-        str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-    )
+    reason = first_line(error)
     hint = f" (it moved to {MOVED_MODELS[model]!r})" if model in MOVED_MODELS else ""
     return (
         f"{arg}: could not load {model!r}{hint}: not a local folder or file, and not in the "
@@ -202,24 +200,40 @@ def _load_diffusers(name: str, torch_dtype: torch.dtype | None, local: bool) -> 
     return SDComponents(vae, unet, text_encoder, tokenizer, scheduler)
 
 
+def single_file_error(
+    path: Path, e: BaseException, config: str | None = None
+) -> ModelNotFoundError:
+    """One line for a single-file checkpoint diffusers could not load, with what to try."""
+    hint = (
+        f"; is --model-config {config!r} a diffusers folder of the same architecture?"
+        if config
+        else "; offline, also pass --model-config with a local diffusers folder of the same "
+        "architecture"
+    )
+    return ModelNotFoundError(
+        f"model: could not load the checkpoint {str(path)!r} ({first_line(e)}){hint}"
+    )
+
+
+def from_single_file(pipeline: Any, path: Path, config: str | None, **kw: Any) -> Any:
+    """``pipeline.from_single_file(path, config=config, **kw)``; any failure is one line."""
+    if config is not None:
+        kw["config"] = config
+    try:
+        return pipeline.from_single_file(str(path), **kw)
+    except Exception as e:  # diffusers raises many types for a bad or unrecognised checkpoint
+        raise single_file_error(path, e, config) from None
+
+
 def _load_single_file(
     path: Path, torch_dtype: torch.dtype | None, config: str | None
 ) -> SDComponents:
     from diffusers import StableDiffusionPipeline
 
-    kw: dict[str, Any] = {"torch_dtype": torch_dtype}
-    if config is not None:
-        kw["config"] = config
-    try:
-        pipe = StableDiffusionPipeline.from_single_file(
-            str(path), safety_checker=None, requires_safety_checker=False, **kw
-        )
-    except Exception as e:  # diffusers raises many types for a bad or unrecognised checkpoint
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ModelNotFoundError(
-            f"model: could not load the checkpoint {str(path)!r} ({reason}); offline, also pass "
-            "--model-config with a local diffusers folder of the same architecture"
-        ) from None
+    pipe = from_single_file(
+        StableDiffusionPipeline, path, config,
+        torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False,
+    )  # fmt: skip
     return SDComponents(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler)
 
 

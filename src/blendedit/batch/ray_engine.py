@@ -28,7 +28,7 @@ import numpy as np
 from blendedit.batch.manifest import Row
 from blendedit.batch.store import BatchStore, Outcome
 from blendedit.batch.worker import EditorCache, WorkerSpec, process_row, setup_worker
-from blendedit.errors import InputError
+from blendedit.errors import InputError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +81,8 @@ def connect(address: str | None) -> tuple[Any, bool, float]:
         else:
             ray.init(address="local", include_dashboard=False, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(
-            f"ray_address: cannot reach a Ray cluster at {address or os.environ.get('RAY_ADDRESS') or 'local'!r} ({first})"
+            f"ray_address: cannot reach a Ray cluster at {address or os.environ.get('RAY_ADDRESS') or 'local'!r} ({first_line(e, None)})"
         ) from None
     return ray, True, time.perf_counter() - t0
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from blendedit.errors import InputError, ModelNotFoundError
+from blendedit.errors import InputError, ModelNotFoundError, first_line
 
 LORA_WEIGHT_FILE = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -249,7 +249,7 @@ def _read_weights(path: Path, source: str) -> dict[str, torch.Tensor] | str:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(f"lora: could not read {source!r}: {_first_line(e)}") from None
+        raise InputError(f"lora: could not read {source!r}: {first_line(e)}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -270,7 +270,7 @@ def _load_one(host: Any, path: Path, source: str, name: str) -> None:
     except InputError:
         raise
     except Exception as e:
-        raise InputError(f"lora: could not read {source!r}: {_first_line(e)}") from None
+        raise InputError(f"lora: could not read {source!r}: {first_line(e)}") from None
     if not state_dict or not all("lora" in k for k in state_dict):
         example = next((k for k in state_dict if "lora" not in k), None)
         what = f"weights such as {example!r}" if example else "no weights"
@@ -311,7 +311,7 @@ def _load_one(host: Any, path: Path, source: str, name: str) -> None:
                     metadata=metadata,
                 )
     except Exception as e:
-        msg = _first_line(e)
+        msg = first_line(e)
         found = _SIZE_MISMATCH.search(str(e))
         if found:
             layer = found.group(1).split(".lora_")[0]
@@ -423,11 +423,4 @@ def _from_hub(
     except InputError:
         raise
     except Exception as e:
-        raise fail(
-            f"not in the Hugging Face cache, and not on the hub ({_first_line(e)})"
-        ) from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
+        raise fail(f"not in the Hugging Face cache, and not on the hub ({first_line(e)})") from None

@@ -11,14 +11,13 @@ from blendedit.latent.backbones.sd import StableDiffusion
 
 class LatentDiffusion(StableDiffusion):
     """LDM-1.45B. The conditioning is SD 1.x's (hidden states of the whole padded prompt, the
-    empty prompt encoded for guidance), only the encoder is LDMBert (77 tokens, 1280 wide)."""
+    empty prompt encoded for guidance), only the encoder is LDMBert (77 tokens, 1280 wide).
+
+    diffusers has no LDM inpaint pipeline; its SD one (:meth:`inpaint_reference`) is the same loop
+    on SD1-shaped parts (``../shared/notes/backbones.md`` section 3): call it with
+    ``prompt_embeds`` and ``negative_prompt_embeds`` from :meth:`encode_prompt` (it cannot
+    tokenize for LDMBert)."""
 
     family: ClassVar[str] = "ldm"
     # The paper's setting: DDIM 50 steps, eta 0, guidance 5, 256x256 (appendix C; SPEC 3).
     defaults: ClassVar[dict[str, Any]] = {"guidance_scale": 5.0}
-
-    def inpaint_reference(self, scheduler: Any) -> Any:
-        """diffusers has no LDM inpaint pipeline; its SD one is the same loop on SD1-shaped parts
-        (``../shared/notes/backbones.md`` section 3). Call it with ``prompt_embeds`` and
-        ``negative_prompt_embeds`` from :meth:`encode_prompt` (it cannot tokenize for LDMBert)."""
-        return super().inpaint_reference(scheduler)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from blendedit.errors import InputError, ModelNotFoundError
+from blendedit.errors import InputError
 from blendedit.latent.backbones.base import Backbone
 from blendedit.latent.backbones.files import read_json, single_file_keys
 from blendedit.latent.backbones.flux import Flux
@@ -18,7 +18,12 @@ from blendedit.latent.backbones.ldm import LatentDiffusion
 from blendedit.latent.backbones.sd import StableDiffusion
 from blendedit.latent.backbones.sd3 import StableDiffusion3
 from blendedit.latent.backbones.sdxl import StableDiffusionXL
-from blendedit.models import load_cached_first, load_sd_components
+from blendedit.models import (
+    from_single_file,
+    load_cached_first,
+    load_sd_components,
+    single_file_error,
+)
 
 Name = str | os.PathLike[str]
 
@@ -37,21 +42,6 @@ LDM_SAMPLER = {
 }
 
 
-def _single_file_error(
-    path: Path, e: BaseException, config: str | None = None
-) -> ModelNotFoundError:
-    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-    hint = (
-        f"; is --model-config {config!r} a diffusers folder of the same architecture?"
-        if config
-        else "; offline, also pass --model-config with a local diffusers folder of the same "
-        "architecture"
-    )
-    return ModelNotFoundError(
-        f"model: could not load the checkpoint {str(path)!r} ({reason}){hint}"
-    )
-
-
 def load_sd(
     name: Name, dtype: torch.dtype | None, local: bool | None, config: str | None
 ) -> Backbone:
@@ -66,13 +56,9 @@ def load_sdxl(
 
     path = Path(name)
     if path.is_file():
-        kw: dict[str, Any] = {"torch_dtype": dtype, "add_watermarker": False}
-        if config is not None:
-            kw["config"] = config
-        try:
-            pipe = StableDiffusionXLPipeline.from_single_file(str(path), **kw)
-        except Exception as e:  # diffusers raises many types for a bad or unrecognised checkpoint
-            raise _single_file_error(path, e, config) from None
+        pipe = from_single_file(
+            StableDiffusionXLPipeline, path, config, torch_dtype=dtype, add_watermarker=False
+        )
         return _sdxl_from_parts(pipe.components, pipe.config)
 
     def load(local_only: bool) -> Backbone:
@@ -220,7 +206,7 @@ def _flow_pipeline(
                     kw.update(_parts_from_config(cls_name, path, config, dtype, parts))
             return cls.from_single_file(str(path), **kw)
         except Exception as e:  # diffusers raises many types for a bad or unrecognised checkpoint
-            raise _single_file_error(path, e, config) from None
+            raise single_file_error(path, e, config) from None
     return load_cached_first(
         "model", str(name),
         lambda local_only: cls.from_pretrained(

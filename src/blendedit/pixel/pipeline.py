@@ -371,22 +371,22 @@ class BlendedDiffusion(FrameMethod):
     ) -> Generated:
         """SPEC 2 for one chunk: CLIP-guided denoising, blending the noised input outside the
         mask (or the background loss instead, local mode); no guidance for an empty prompt."""
-        guidance: Any = partial(
-            clip_guidance_grad,
-            diffusion=state.diffusion,
-            mask=state.mask,
-            clip=self.clip,
-            text_embed=state.text_embed,
-            augmenter=state.augmenter,
-            clip_weight=cfg.clip_guidance_lambda if state.augmenter is not None else 0.0,
-            range_weight=cfg.range_lambda,
-            source=state.x0 if cfg.local else None,
-            l2_weight=cfg.l2_sim_lambda if cfg.local else 0.0,
-            lpips_weight=cfg.lpips_sim_lambda if cfg.local else 0.0,
-            lpips=state.lpips,
-        )
-        if state.unguided:
-            guidance = None
+        guidance: Callable[..., Any] | None = None  # an empty prompt: unguided
+        if not state.unguided:
+            guidance = partial(
+                clip_guidance_grad,
+                diffusion=state.diffusion,
+                mask=state.mask,
+                clip=self.clip,
+                text_embed=state.text_embed,
+                augmenter=state.augmenter,
+                clip_weight=cfg.clip_guidance_lambda if state.augmenter is not None else 0.0,
+                range_weight=cfg.range_lambda,
+                source=state.x0 if cfg.local else None,
+                l2_weight=cfg.l2_sim_lambda if cfg.local else 0.0,
+                lpips_weight=cfg.lpips_sim_lambda if cfg.local else 0.0,
+                lpips=state.lpips,
+            )
         x, frames = self._denoise_chunk(cfg, state, seeds, guidance, tick, keep_process)
         return Generated(x.cpu(), frames)
 

@@ -120,10 +120,18 @@ def mask_from_editor(
     if canvas is None:
         bg = (value or {}).get("background")
         canvas = size if bg is None else (np.asarray(bg).shape[1], np.asarray(bg).shape[0])
-    painted, _ = paint_from_editor(value, canvas)
+    return painted_region(value, size, canvas)[0]
+
+
+def painted_region(
+    value: Mapping[str, Any] | None, size: tuple[int, int], canvas: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the painted region as a bool (H, W) at the photo's ``size``, the paint layer of the
+    ``canvas`` preview or None); nothing painted is one line."""
+    painted, layer = paint_from_editor(value, canvas)
     if not painted.any():
         raise InputError("mask: nothing painted; paint the region to edit with the brush")
-    return to_full(painted, size)
+    return to_full(painted, size), layer
 
 
 def mask_layer(mask: np.ndarray) -> np.ndarray:
@@ -552,10 +560,7 @@ class EditorApp:
             self.kind, values, self.options.max_results, self._defaults()
         )
         loras = lora_lines(values.get("loras")) if self.kind == "latent" else []
-        painted, layer = paint_from_editor(value, canvas)
-        if not painted.any():
-            raise InputError("mask: nothing painted; paint the region to edit with the brush")
-        mask = to_full(painted, s.size)  # (H, W) bool, as painted
+        mask, layer = painted_region(value, s.size, canvas)  # (H, W) bool, as painted
         region = ~mask if cfg.invert_mask else mask
         scribble = None if layer is None else scribble_from_canvas(layer, s.size, region)
         seed = (

@@ -92,11 +92,10 @@ class Scribble:
     def pixels(self) -> int:
         return int((self.rgba[..., 3] > 0).sum())
 
-    def apply(self, photo: Photo, pixels: np.ndarray | None = None) -> np.ndarray:
-        """A new (H, W, C) array: ``pixels`` (default the photo's) with the scribble's colours
-        converted to the photo's own colour space and depth where it is drawn."""
-        base = photo.pixels if pixels is None else pixels
-        out = base.copy()
+    def apply(self, photo: Photo) -> np.ndarray:
+        """A new (H, W, C) array: the photo's pixels with the scribble's colours converted to the
+        photo's own colour space and depth where it is drawn."""
+        out = photo.pixels.copy()
         x0, y0, x1, y1 = self.box
         drawn = self.rgba[..., 3] > 0  # (h, w)
         own = photo.from_srgb(np.ascontiguousarray(self.rgba[..., :3]))  # (h, w, C)

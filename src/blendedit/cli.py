@@ -552,15 +552,18 @@ def place(editor: Any, device: Any, dtype: Any, offload: str | None) -> Any:
     try:
         return editor.enable_offload(offload, device) if offload else editor.to(device)
     except torch.OutOfMemoryError:
-        modules = getattr(getattr(editor, "backbone", None), "modules", dict)().values()
+        backbone = getattr(editor, "backbone", None)  # latent; the pixel method has one model
+        modules = backbone.modules().values() if backbone is not None else [editor.model]
         size = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
-        hints = "--offload model, --offload sequential" + (
-            ", --no-t5" if getattr(editor, "family", "") == "sd3" else ""
-        )
+        hints = ["--offload model", "--offload sequential"] if backbone is not None else []
+        if getattr(editor, "family", "") == "sd3":
+            hints.append("--no-t5")
+        if dtype not in (torch.float16, torch.bfloat16):
+            hints.append("--dtype fp16")
+        tried = f"; try {' or '.join(hints)}" if hints else ""
         raise InputError(
             f"device: the model's weights ({size / 2**30:.1f} GiB in "
-            f"{str(dtype).removeprefix('torch.')}) do not fit on {device}; try {hints}"
-            + ("" if dtype in (torch.float16, torch.bfloat16) else " or --dtype fp16")
+            f"{str(dtype).removeprefix('torch.')}) do not fit on {device}{tried}"
         ) from None
 
 

@@ -126,9 +126,7 @@ def make_scheduler(name: str, base_config: Any) -> Any:
     if name not in SCHEDULERS:
         raise InputError(f"scheduler: unknown name {name!r}; choose one of {', '.join(SCHEDULERS)}")
     cls_name, extra = SCHEDULERS[name]
-    if (
-        "clip_sample" not in base_config and cls_name != "FlowMatchEulerDiscreteScheduler"
-    ):  # e.g. an Euler config: DDIM's default (True) clips x0
+    if "clip_sample" not in base_config:  # e.g. an Euler config: DDIM's default (True) clips x0
         extra = {**extra, "clip_sample": False}  # to [-1, 1], which only pixel models want
     return getattr(diffusers, cls_name).from_config(base_config, **extra)
 

@@ -145,8 +145,9 @@ class Backbone:
 
     def reference_strength(self, n: int, begin: int) -> float:
         """The ``strength`` at which diffusers' inpaint pipeline of this family runs the same
-        steps as BLD: SD/SDXL run ``int(n * strength)``, so half a step above ``n - begin``."""
-        return (n - begin + 0.5) / n
+        steps as BLD: SD/SDXL run ``int(n * strength)``, so half a step above ``n - begin``; the
+        flow pipelines (SD3, FLUX) start at ``int(n - n * strength)``, so half a step below."""
+        return (n - begin + (-0.5 if self.flow else 0.5)) / n
 
     # -- text -------------------------------------------------------------------------------------
 
@@ -162,7 +163,7 @@ class Backbone:
     @property
     def guidance_embedded(self) -> bool:
         """The scale is a model input (LCM-distilled UNet, FLUX.1-dev): one pass, no CFG."""
-        return False
+        return getattr(self.unet.config, "time_cond_proj_dim", None) is not None  # LCM
 
     def denoiser(
         self, c: Conditioning, batch: int, parts: Sequence[str], guidance_scale: float

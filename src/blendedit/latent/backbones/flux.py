@@ -116,13 +116,7 @@ class Flux(Backbone):
         """FluxPipeline's schedule: sigmas linspace(1, 1/N, N), shifted by mu of the token count."""
         cfg = self.scheduler.config
         seq = (latent_hw[0] // 2) * (latent_hw[1] // 2)
-        mu = calculate_shift(
-            seq,
-            cfg.get("base_image_seq_len", 256),
-            cfg.get("max_image_seq_len", 4096),
-            cfg.get("base_shift", 0.5),
-            cfg.get("max_shift", 1.15),
-        )
+        mu = calculate_shift(cfg, seq, max_shift=1.15)
         return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps).tolist(), "mu": mu}
 
     @torch.no_grad()
@@ -168,9 +162,6 @@ class Flux(Backbone):
             return unpack(out, h, w)
 
         return denoise
-
-    def reference_strength(self, n: int, begin: int) -> float:
-        return (n - begin - 0.5) / n  # FluxInpaintPipeline starts at int(n - n * strength)
 
     def inpaint_reference(self, scheduler: Any) -> Any:
         from diffusers import FluxInpaintPipeline

@@ -77,10 +77,6 @@ class StableDiffusion(Backbone):
     ) -> Conditioning:
         return Conditioning(self.encode_prompt(prompt), self.encode_prompt(negative))
 
-    @property
-    def guidance_embedded(self) -> bool:
-        return self.unet.config.time_cond_proj_dim is not None  # LCM-distilled UNet
-
     def denoiser(
         self, c: Conditioning, batch: int, parts: Sequence[str], guidance_scale: float
     ) -> ModelFn:

@@ -17,11 +17,13 @@ from blendedit.latent.backbones.sd import tokenize
 from blendedit.latent.sampling import ModelFn
 
 
-def calculate_shift(
-    seq_len: int, base_seq: int, max_seq: int, base_shift: float, max_shift: float
-) -> float:
+def calculate_shift(config: Any, seq_len: int, max_shift: float) -> float:
     """mu of the resolution-dependent timestep shift: linear in the number of image tokens
-    (SD3 paper section 5.3.2; base_shift at base_seq tokens, max_shift at max_seq)."""
+    (SD3 paper section 5.3.2; base_shift at base_image_seq_len tokens, max_shift at
+    max_image_seq_len), read from a FlowMatch scheduler's ``config`` with diffusers' defaults;
+    ``max_shift`` is the pipeline's own fallback (SD3 1.16, FLUX 1.15)."""
+    base_seq, max_seq = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+    base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", max_shift)
     slope = (max_shift - base_shift) / (max_seq - base_seq)
     return seq_len * slope + base_shift - slope * base_seq
 
@@ -87,14 +89,7 @@ class StableDiffusion3(Backbone):
         if not cfg.get("use_dynamic_shifting", False):
             return {}
         seq = (latent_hw[0] // self.patch_size) * (latent_hw[1] // self.patch_size)
-        mu = calculate_shift(
-            seq,
-            cfg.get("base_image_seq_len", 256),
-            cfg.get("max_image_seq_len", 4096),
-            cfg.get("base_shift", 0.5),
-            cfg.get("max_shift", 1.16),  # diffusers' SD3 fallback (FLUX's is 1.15)
-        )
-        return {"mu": mu}
+        return {"mu": calculate_shift(cfg, seq, max_shift=1.16)}
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,10 +135,6 @@ class StableDiffusion3(Backbone):
             )[0]  # fmt: skip
 
         return denoise
-
-    def reference_strength(self, n: int, begin: int) -> float:
-        """diffusers' SD3/FLUX pipelines start at int(n - n * strength): half a step below."""
-        return (n - begin - 0.5) / n
 
     def inpaint_reference(self, scheduler: Any) -> Any:
         """Its decode drops ``shift_factor`` (diffusers issue #13611): compare latents."""

@@ -107,10 +107,6 @@ class StableDiffusionXL(Backbone):
             {"text_embeds": pooled_u, "time_ids": ids_u},
         )  # fmt: skip
 
-    @property
-    def guidance_embedded(self) -> bool:
-        return self.unet.config.time_cond_proj_dim is not None  # LCM-distilled SDXL UNet
-
     def denoiser(
         self, c: Conditioning, batch: int, parts: Sequence[str], guidance_scale: float
     ) -> ModelFn:

@@ -22,6 +22,7 @@ from blendedit.config import (
     EditConfig,
     preset_on,
 )
+from blendedit.editors import load_editor, loading_line, place
 from blendedit.errors import BlendEditError, InputError
 from blendedit.models import DEFAULT_MODEL, DTYPES, SCHEDULERS, quiet_libraries
 from blendedit.photo import OUTPUT_FORMATS
@@ -487,7 +488,6 @@ def _prepare(args: argparse.Namespace, rank: bool | None = None) -> tuple[Any, A
 
     from blendedit.frame import photo_mask
     from blendedit.io import check_out_dir
-    from blendedit.latent.pipeline import BlendedLatentDiffusion
     from blendedit.models import parse_device, parse_dtype
     from blendedit.photo import read_photo
 
@@ -504,67 +504,23 @@ def _prepare(args: argparse.Namespace, rank: bool | None = None) -> tuple[Any, A
         check_out_dir(args.out)
     device = parse_device(args.device)
     dtype = parse_dtype(args.dtype, device)
-    if args.method == "latent":
-        model = args.model or DEFAULT_MODEL
-        _say(args, f"loading {model} ({str(dtype).removeprefix('torch.')} on {device}) ...")
-        editor = BlendedLatentDiffusion.from_pretrained(
-            model,
-            clip_model=args.clip_model if (cfg.rank if rank is None else rank) else None,
-            torch_dtype=dtype,
-            model_config=args.model_config,
-            vae=args.vae,
-            loras=args.loras or (),
-            drop_t5=args.no_t5,
-        )
+    latent = args.method == "latent"
+    editor = load_editor(
+        args.method,
+        args.model,
+        model_config=args.model_config,
+        clip_model=args.clip_model if not latent or (cfg.rank if rank is None else rank) else None,
+        lpips_weights=args.lpips_weights,
+        dtype=dtype,
+        vae=args.vae,
+        loras=args.loras or (),
+        drop_t5=args.no_t5,
+        offload=args.offload,
+        say=lambda name: _say(args, loading_line(name, dtype, device)),
+    )
+    if latent:
         cfg = config_from_args(args, editor.default_config())  # the family's own defaults
-    else:
-        from blendedit.pixel.pipeline import BlendedDiffusion
-
-        for flag, value in (
-            ("vae", args.vae),
-            ("lora", args.loras),
-            ("offload", args.offload),
-            ("no_t5", args.no_t5),
-        ):
-            if value:
-                raise InputError(f"{flag}: applies to --method latent only, not {args.method}")
-        if args.model is None:
-            raise InputError(
-                f"model: --method {args.method} needs --model with the ADM checkpoint file "
-                "(256x256_diffusion_uncond.pt from openai/guided-diffusion)"
-            )
-        _say(args, f"loading {args.model} ({str(dtype).removeprefix('torch.')} on {device}) ...")
-        editor = BlendedDiffusion.from_pretrained(
-            args.model,
-            model_config=args.model_config,
-            clip_model=args.clip_model,
-            lpips_weights=tuple(args.lpips_weights) if args.lpips_weights else None,
-            torch_dtype=dtype,
-        )
-    return cfg, image, mask, place(editor, device, dtype, getattr(args, "offload", None))
-
-
-def place(editor: Any, device: Any, dtype: Any, offload: str | None) -> Any:
-    """The editor on ``device`` (or offloaded to it); a model too large for the device is one
-    line with its size and what to try, never a CUDA traceback."""
-    import torch
-
-    try:
-        return editor.enable_offload(offload, device) if offload else editor.to(device)
-    except torch.OutOfMemoryError:
-        backbone = getattr(editor, "backbone", None)  # latent; the pixel method has one model
-        modules = backbone.modules().values() if backbone is not None else [editor.model]
-        size = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
-        hints = ["--offload model", "--offload sequential"] if backbone is not None else []
-        if getattr(editor, "family", "") == "sd3":
-            hints.append("--no-t5")
-        if dtype not in (torch.float16, torch.bfloat16):
-            hints.append("--dtype fp16")
-        tried = f"; try {' or '.join(hints)}" if hints else ""
-        raise InputError(
-            f"device: the model's weights ({size / 2**30:.1f} GiB in "
-            f"{str(dtype).removeprefix('torch.')}) do not fit on {device}{tried}"
-        ) from None
+    return cfg, image, mask, place(editor, device, dtype, args.offload)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:

@@ -60,28 +60,14 @@ class EditorCache:
         self._editor, self._key = None, None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        from blendedit.models import DEFAULT_MODEL
+        from blendedit.editors import load_editor
         from blendedit.ranking import DEFAULT_CLIP_MODEL
 
         clip = row.clip_model or DEFAULT_CLIP_MODEL
-        if row.method == "latent":
-            from blendedit.latent.pipeline import BlendedLatentDiffusion
-
-            editor = BlendedLatentDiffusion.from_pretrained(
-                row.model or DEFAULT_MODEL,
-                clip_model=clip if key[-1] else None,
-                torch_dtype=self.dtype,
-                model_config=row.model_config,
-            )
-        else:
-            from blendedit.pixel.pipeline import BlendedDiffusion
-
-            editor = BlendedDiffusion.from_pretrained(
-                row.model,  # type: ignore[arg-type]  # checked in read_manifest
-                model_config=row.model_config,
-                clip_model=clip,
-                torch_dtype=self.dtype,
-            )
+        editor = load_editor(
+            row.method, row.model, model_config=row.model_config, dtype=self.dtype,
+            clip_model=clip if row.method != "latent" or key[-1] else None,  # ranking only
+        )  # fmt: skip
         self._editor, self._key = editor.to(self.device), key
         self.loads += 1
         return self._editor

@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Any
 
+from blendedit import editors
 from blendedit.errors import InputError
 from blendedit.io import MAX_PIXELS, MAX_SIDE
 from blendedit.models import DEFAULT_MODEL, DTYPES
@@ -217,36 +218,12 @@ def load_editor(
     quiet_libraries()
     dev = parse_device(device)
     dt = parse_dtype(dtype, dev)
-    if method == "latent":
-        from blendedit.latent.pipeline import BlendedLatentDiffusion
-
-        name = model or DEFAULT_MODEL
-        if say:
-            say(f"loading {name} ({str(dt).removeprefix('torch.')} on {dev}) ...")
-        editor = BlendedLatentDiffusion.from_pretrained(
-            name, clip_model=clip_model, torch_dtype=dt, model_config=model_config,
-            loras=loras or (), vae=vae,
-        )  # fmt: skip
-    else:
-        from blendedit.pixel.pipeline import BlendedDiffusion
-
-        if loras or vae:
-            raise InputError(f"{'lora' if loras else 'vae'}: applies to --method latent only")
-        if model is None:
-            raise InputError(
-                f"model: --method {method} needs --model with the ADM checkpoint file "
-                "(256x256_diffusion_uncond.pt from openai/guided-diffusion)"
-            )
-        if say:
-            say(f"loading {model} ({str(dt).removeprefix('torch.')} on {dev}) ...")
-        editor = BlendedDiffusion.from_pretrained(
-            model,
-            model_config=model_config,
-            clip_model=clip_model,
-            lpips_weights=tuple(lpips_weights) if lpips_weights else None,  # type: ignore[arg-type]
-            torch_dtype=dt,
-        )
-    return editor.to(dev)
+    editor = editors.load_editor(
+        method, model, model_config=model_config, clip_model=clip_model,
+        lpips_weights=lpips_weights, dtype=dt, vae=vae, loras=loras or (),
+        say=None if say is None else lambda name: say(editors.loading_line(name, dt, dev)),
+    )  # fmt: skip
+    return editors.place(editor, dev, dt)
 
 
 def _check_serve_args(args: argparse.Namespace) -> None:

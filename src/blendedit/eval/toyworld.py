@@ -27,6 +27,7 @@ from PIL import Image
 from torch import Tensor
 
 from blendedit.errors import InputError
+from blendedit.region import mask_bbox
 
 TOP_K = 1  # 30 classes: top 1 (the paper's top 5 is for ImageNet's near-synonyms)
 _WORLD_MODULES = ("data", "train", "classifier")
@@ -89,12 +90,10 @@ def mask_square(mask: np.ndarray | Tensor, min_side: int = 16) -> tuple[int, int
     ``min_side``), centred on it, shifted inside the image. mask (H, W) or (1, 1, H, W), 1 = edit."""
     m = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
     m = m.reshape(m.shape[-2:])
-    ys, xs = np.nonzero(m > 0.5)
-    if len(xs) == 0:
-        raise InputError("mask: the mask is empty")
+    bx0, by0, bx1, by1 = mask_bbox(m > 0.5)
     h, w = m.shape
-    side = min(max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1, min_side), h, w)
-    cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+    side = min(max(bx1 - bx0, by1 - by0, min_side), h, w)
+    cx, cy = (bx0 + bx1) / 2, (by0 + by1) / 2
     x0 = int(np.clip(round(cx - side / 2), 0, w - side))
     y0 = int(np.clip(round(cy - side / 2), 0, h - side))
     return x0, y0, x0 + int(side), y0 + int(side)

@@ -48,7 +48,7 @@ from PIL import Image
 from blendedit import io as bio
 from blendedit.config import BACKGROUND_MODES, MASK_SHRINK_MODES, PRESETS
 from blendedit.errors import BlendEditError, InputError
-from blendedit.io import MIN_SIDE
+from blendedit.io import MIN_SIDE, write_text
 from blendedit.models import SCHEDULERS
 from blendedit.photo import Photo, output_format, read_photo, save_photo
 from blendedit.web.canvas import (
@@ -444,9 +444,9 @@ class EditorApp:
             folder.mkdir(parents=True, exist_ok=True)
             if not image.exists():
                 save_photo(s.current_pixels, s.photo, image, parameters=s.history[-1].parameters)
-            tmp = folder / ".result.json.tmp"
-            tmp.write_text(json.dumps(s.to_trail(self.model_info), indent=1) + "\n")
-            tmp.replace(trail)
+            write_text(
+                json.dumps(s.to_trail(self.model_info), indent=1) + "\n", trail, replace=True
+            )
         return str(image), str(trail)
 
     def _history(self, st: WebState) -> list[tuple[Image.Image, str]]:

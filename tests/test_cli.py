@@ -336,7 +336,7 @@ def test_compare_backgrounds_writes_figure_and_table(edit_args, tmp_path):
 
 
 def test_edit_writes_the_chosen_format_with_parameters_and_marker(edit_args, tmp_path):
-    from blendedit.photo import AI_SOURCE_TYPE
+    from blendedit.frame.photo import AI_SOURCE_TYPE
 
     out = tmp_path / "jpeg"
     args = ["--out", str(out), "--num-images", "1", "--format", "jpeg", "--quality", "80"]

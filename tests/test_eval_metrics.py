@@ -23,8 +23,8 @@ from blendedit.eval.metrics import (
     pairwise_lpips,
     precision_top_k,
 )
-from blendedit.metrics import LPIPS
-from blendedit.ranking import ClipScorer
+from blendedit.frame.metrics import LPIPS
+from blendedit.frame.ranking import ClipScorer
 from tiny_eval_models import lpips_weight_files, tiny_efficientnet_classifier
 
 

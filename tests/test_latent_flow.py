@@ -14,9 +14,9 @@ from PIL import Image
 from blendedit import BlendedLatentDiffusion
 from blendedit.cli import main
 from blendedit.errors import InputError
+from blendedit.frame.masks import latent_mask
 from blendedit.latent.backbones import Flux, StableDiffusion3, detect_family
 from blendedit.latent.backbones.flux import image_ids, pack, unpack
-from blendedit.masks import latent_mask
 from test_latent_pipeline import PointMassVAE
 from tiny_models import tiny_flux_parts, tiny_sd3_parts
 

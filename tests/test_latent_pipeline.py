@@ -18,8 +18,8 @@ from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from blendedit import BlendedLatentDiffusion, EditConfig, InputError
+from blendedit.frame.masks import feather
 from blendedit.latent.backbones import StableDiffusion
-from blendedit.masks import feather
 from blendedit.models import make_scheduler
 
 FAST = {"num_inference_steps": 4, "num_images": 2, "size": 128}

@@ -98,7 +98,7 @@ def tiny_efficientnet_classifier(folder: Path, seed: int = 0) -> Path:
 def lpips_weight_files(folder: Path, net: str = "alex", seed: int = 0) -> tuple[Path, Path]:
     """Random LPIPS weights saved in the published files' layouts (torchvision trunk keys
     ``features.N.*``; lpips ``linK.model.1.weight``)."""
-    from blendedit.metrics import LPIPS
+    from blendedit.frame.metrics import LPIPS
 
     torch.manual_seed(seed)
     model = LPIPS(net)  # type: ignore[arg-type]

@@ -8,13 +8,12 @@ result.best.image.save("edit.png")
 
 from __future__ import annotations
 
+from blendedit._version import __version__
 from blendedit.config import PRESETS, EditConfig
 from blendedit.errors import BlendEditError, InputError, ModelNotFoundError
+from blendedit.frame.results import Candidate, EditResult, Timings
 from blendedit.latent.pipeline import BlendedLatentDiffusion
 from blendedit.pixel.pipeline import PIXEL_PRESETS, BlendedDiffusion, PixelConfig
-from blendedit.results import Candidate, EditResult, Timings
-
-__version__ = "0.1.0"
 
 __all__ = [
     "PIXEL_PRESETS",
@@ -29,4 +28,5 @@ __all__ = [
     "ModelNotFoundError",
     "PixelConfig",
     "Timings",
+    "__version__",
 ]

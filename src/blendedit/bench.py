@@ -774,8 +774,8 @@ def build_editor(
     """A BlendedLatentDiffusion of the given architecture with random weights, built on ``device``."""
     from transformers import CLIPConfig, CLIPModel
 
+    from blendedit.frame.ranking import ClipScorer
     from blendedit.latent.pipeline import BlendedLatentDiffusion
-    from blendedit.ranking import ClipScorer
 
     backbone = build_backbone(arch, device, workdir)
     with torch.device(device):
@@ -1041,8 +1041,8 @@ def _work_hw(photo: Image.Image, long_side: int, f: int) -> tuple[int, int]:
 def _inputs(
     image: str | Path | None, mask: str | Path | None, resolution: int
 ) -> tuple[Image.Image, np.ndarray]:
+    from blendedit.frame.masks import load_mask, open_image
     from blendedit.io import load_image
-    from blendedit.masks import load_mask, open_image
 
     examples = Path(__file__).resolve().parents[2] / "examples"
     if image is None and (examples / "chelsea.png").is_file():

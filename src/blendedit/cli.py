@@ -12,24 +12,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from blendedit import __version__
+from blendedit._version import __version__
 from blendedit.config import (
     BACKGROUND_MODES,
     BLEND_RULES,
     MASK_SHRINK_MODES,
     PRESET_HELP,
     PRESETS,
+    REGION_MODES,
     EditConfig,
     preset_on,
 )
 from blendedit.editors import load_editor, loading_line, place
 from blendedit.errors import BlendEditError, InputError
+from blendedit.frame.photo import OUTPUT_FORMATS
+from blendedit.frame.ranking import DEFAULT_CLIP_MODEL
 from blendedit.models import DEFAULT_MODEL, DTYPES, SCHEDULERS, quiet_libraries
-from blendedit.photo import OUTPUT_FORMATS
 from blendedit.pixel.pipeline import PIXEL_PRESETS, PixelConfig, pixel_preset
 from blendedit.pixel.pipeline import default_preset as default_pixel_preset
-from blendedit.ranking import DEFAULT_CLIP_MODEL
-from blendedit.region import REGION_MODES
 
 EDIT_EXAMPLES = """\
 examples:
@@ -487,9 +487,9 @@ def _prepare(args: argparse.Namespace, rank: bool | None = None) -> tuple[Any, A
     import os
 
     from blendedit.frame import photo_mask
+    from blendedit.frame.photo import read_photo
     from blendedit.io import check_out_dir
     from blendedit.models import parse_device, parse_dtype
-    from blendedit.photo import read_photo
 
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"

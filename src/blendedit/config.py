@@ -11,8 +11,8 @@ import torch
 
 from blendedit.errors import InputError
 from blendedit.models import SCHEDULERS
-from blendedit.region import REGION_MODES
 
+REGION_MODES = ("auto", "crop", "full")
 BACKGROUND_MODES = ("stitch", "decoded", "poisson", "latent", "decoder")
 MASK_SHRINK_MODES = ("auto", "on", "off")
 BLEND_RULES = ("diffusers", "official")  # see blendedit.latent.schedule

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from blendedit.errors import InputError
+from blendedit.frame.ranking import ClipScorer
 from blendedit.pixel.adm import ADMConfig, load_adm
 from blendedit.pixel.gaussian import GaussianDiffusion, condition_mean
 from blendedit.pixel.guidance import (
@@ -21,7 +22,6 @@ from blendedit.pixel.guidance import (
     range_loss,
     spherical_distance,
 )
-from blendedit.ranking import ClipScorer
 
 REF = Path(__file__).resolve().parents[1] / "data" / "reference" / "adm"
 needs_ref = pytest.mark.skipif(not REF.is_dir(), reason=f"ADM reference data not found at {REF}")

@@ -292,7 +292,7 @@ def test_local_mode_with_lpips_weights(tiny_clip_dir: Path, small, tmp_path: Pat
     """lpips_weights=(trunk, lin) files load through LPIPS.from_pretrained and join the loss."""
     from safetensors.torch import save_file
 
-    from blendedit.metrics import LPIPS
+    from blendedit.frame.metrics import LPIPS
 
     ref = LPIPS("alex")  # random weights, in the published files' key layout
     sd = ref.state_dict()

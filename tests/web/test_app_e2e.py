@@ -494,7 +494,7 @@ def test_a_sideways_12mp_phone_photo_with_a_scribble(server, browser, scribble_e
     the mask, scribble in colour, generate, keep and download a full-resolution 3000x4000 JPEG,
     upright, with its parameters and the AI-edit marker; far from the mask its pixels are the
     input's as shown (up to JPEG re-encoding)."""
-    from blendedit.photo import read_photo
+    from blendedit.frame.photo import read_photo
     from blendedit.web.session import b64_to_image
 
     e = scribble_edit

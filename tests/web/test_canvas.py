@@ -12,7 +12,7 @@ from PIL import Image
 
 from blendedit import io as bio
 from blendedit.errors import InputError
-from blendedit.photo import read_photo
+from blendedit.frame.photo import read_photo
 from blendedit.web.app import ServeOptions, check_photo_file, mask_from_editor, read_upload
 from blendedit.web.canvas import (
     Scribble,

@@ -13,7 +13,7 @@ from PIL import Image
 
 from blendedit.config import EditConfig
 from blendedit.errors import InputError
-from blendedit.photo import Photo
+from blendedit.frame.photo import Photo
 from blendedit.web.canvas import Scribble
 from blendedit.web.session import (
     Generation,

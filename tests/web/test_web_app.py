@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from blendedit.errors import InputError
-from blendedit.photo import read_photo
+from blendedit.frame.photo import read_photo
 from blendedit.web.app import (
     EditorApp,
     ServeOptions,

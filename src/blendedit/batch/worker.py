@@ -61,7 +61,7 @@ class EditorCache:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         from blendedit.editors import load_editor
-        from blendedit.ranking import DEFAULT_CLIP_MODEL
+        from blendedit.frame.ranking import DEFAULT_CLIP_MODEL
 
         clip = row.clip_model or DEFAULT_CLIP_MODEL
         editor = load_editor(
@@ -92,7 +92,7 @@ def _edit(editor: Any, row: Row) -> Any:
 
 
 def _writer(row: Row, result: Any, shared: Shared, device: str) -> Any:
-    from blendedit import __version__
+    from blendedit._version import __version__
 
     def write(folder: Path) -> dict[str, Any]:
         files = result.save(

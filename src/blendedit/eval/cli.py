@@ -11,10 +11,10 @@ from blendedit.errors import BlendEditError, InputError
 from blendedit.eval.methods import DEFAULT_METHODS, METHODS, EvalModels
 from blendedit.eval.metrics import DEFAULT_CLASSIFIER, DEFAULT_SCORE_CLIP_MODEL
 from blendedit.eval.protocol import DEFAULT_MAX_SIDE
+from blendedit.frame.ranking import DEFAULT_CLIP_MODEL
 from blendedit.latent.backbones import family_defaults
 from blendedit.models import DEFAULT_MODEL, DTYPES, SCHEDULERS, quiet_libraries
 from blendedit.pixel.pipeline import PIXEL_PRESETS
-from blendedit.ranking import DEFAULT_CLIP_MODEL
 
 EXAMPLES = """\
 examples:

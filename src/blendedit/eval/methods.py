@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from blendedit import masks as M
 from blendedit.config import EditConfig
 from blendedit.errors import InputError
 from blendedit.eval.metrics import (
@@ -51,11 +50,12 @@ from blendedit.eval.metrics import (
     load_classifier,
 )
 from blendedit.eval.toyworld import is_toy_classifier
+from blendedit.frame import masks as M
+from blendedit.frame.metrics import LPIPS
+from blendedit.frame.ranking import DEFAULT_CLIP_MODEL, ClipScorer, rank_order
 from blendedit.io import tensor_to_pil, working_size
-from blendedit.metrics import LPIPS
 from blendedit.models import DEFAULT_MODEL, parse_device, parse_dtype
 from blendedit.pixel.pipeline import PixelConfig
-from blendedit.ranking import DEFAULT_CLIP_MODEL, ClipScorer, rank_order
 
 logger = logging.getLogger(__name__)
 

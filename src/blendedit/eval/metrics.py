@@ -6,7 +6,7 @@
 * diversity: mean pairwise LPIPS between the masked correct predictions of one input
   (:func:`diversity`);
 * background fidelity outside the mask: PSNR, MSE, SSIM, LPIPS (:func:`background_scores`, from
-  :func:`blendedit.metrics.background_metrics`);
+  :func:`blendedit.frame.metrics.background_metrics`);
 * CLIP score: ``max(100 * cos(CLIP(image), CLIP(prompt)), 0)`` (:func:`clip_scores`), on the masked
   result (the region the prompt is about) and on the whole image (BrushBench's way).
 
@@ -32,8 +32,8 @@ from torch import Tensor
 
 from blendedit.errors import InputError
 from blendedit.eval.toyworld import ToyClassifier, is_toy_classifier
-from blendedit.metrics import LPIPS, background_metrics
-from blendedit.ranking import ClipScorer
+from blendedit.frame.metrics import LPIPS, background_metrics
+from blendedit.frame.ranking import ClipScorer
 
 DEFAULT_CLASSIFIER = "google/efficientnet-b7"  # the paper used EfficientNet (variant not stated)
 DEFAULT_SCORE_CLIP_MODEL = "openai/clip-vit-large-patch14"  # BrushBench's CLIP score model

@@ -185,7 +185,7 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from blendedit import __version__
+    from blendedit._version import __version__
 
     return {
         "blendedit": __version__,

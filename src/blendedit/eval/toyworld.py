@@ -27,7 +27,7 @@ from PIL import Image
 from torch import Tensor
 
 from blendedit.errors import InputError
-from blendedit.region import mask_bbox
+from blendedit.frame.region import mask_bbox
 
 TOP_K = 1  # 30 classes: top 1 (the paper's top 5 is for ImageNet's near-synonyms)
 _WORLD_MODULES = ("data", "train", "classifier")

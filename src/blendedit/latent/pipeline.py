@@ -16,11 +16,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from blendedit import masks as M
-from blendedit import reconstruct as R
 from blendedit.config import EditConfig
 from blendedit.errors import InputError
 from blendedit.frame import FrameMethod, Generated, Work
+from blendedit.frame import masks as M
+from blendedit.frame import reconstruct as R
+from blendedit.frame.ranking import DEFAULT_CLIP_MODEL, ClipScorer
+from blendedit.frame.region import shapes_at
 from blendedit.io import working_size
 from blendedit.latent.backbones import Backbone, Conditioning, load_backbone
 from blendedit.latent.lora import LoraHandle, LoraSpec, apply_loras
@@ -32,8 +34,6 @@ from blendedit.latent.sampling import (
 )
 from blendedit.latent.schedule import blend_rule, start_latent
 from blendedit.models import DEFAULT_MODEL, FLOW_SCHEDULERS, make_scheduler, parse_dtype
-from blendedit.ranking import DEFAULT_CLIP_MODEL, ClipScorer
-from blendedit.region import shapes_at
 
 logger = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from blendedit.errors import InputError
 from blendedit.pixel.gaussian import GaussianDiffusion, MeanVariance, condition_mean
 
 if TYPE_CHECKING:
-    from blendedit.metrics import LPIPS
-    from blendedit.ranking import ClipScorer
+    from blendedit.frame.metrics import LPIPS
+    from blendedit.frame.ranking import ClipScorer
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator]
 # (x_t with requires_grad, respaced t, p_mean_variance output built from x_t) -> guidance direction

@@ -51,11 +51,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from blendedit import masks as M
 from blendedit.config import FrameConfig
 from blendedit.errors import InputError
 from blendedit.frame import FrameMethod, Generated, Work
-from blendedit.metrics import LPIPS
+from blendedit.frame import masks as M
+from blendedit.frame.metrics import LPIPS
+from blendedit.frame.ranking import DEFAULT_CLIP_MODEL, ClipScorer
 from blendedit.models import parse_dtype
 from blendedit.pixel.adm import ADMConfig, ADMUNet, default_config, is_class_conditional, load_adm
 from blendedit.pixel.gaussian import GaussianDiffusion, MeanVariance
@@ -65,7 +66,6 @@ from blendedit.pixel.guidance import (
     guided_mean_variance,
     make_augmenter,
 )
-from blendedit.ranking import DEFAULT_CLIP_MODEL, ClipScorer
 
 logger = logging.getLogger(__name__)
 

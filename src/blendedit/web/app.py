@@ -48,9 +48,9 @@ from PIL import Image
 from blendedit import io as bio
 from blendedit.config import BACKGROUND_MODES, MASK_SHRINK_MODES, PRESETS
 from blendedit.errors import BlendEditError, InputError
+from blendedit.frame.photo import Photo, output_format, read_photo, save_photo
 from blendedit.io import MIN_SIDE, write_text
 from blendedit.models import SCHEDULERS
-from blendedit.photo import Photo, output_format, read_photo, save_photo
 from blendedit.web.canvas import (
     PREVIEW_SIDE,
     paint_from_editor,
@@ -144,7 +144,7 @@ def mask_layer(mask: np.ndarray) -> np.ndarray:
 def check_photo_file(path: str | os.PathLike[str], options: ServeOptions) -> tuple[int, int]:
     """An uploaded file against the server's caps, from its header, before it is decoded:
     returns its stored (W, H); one-line InputError naming the cap otherwise."""
-    from blendedit.photo import _register_heif
+    from blendedit.frame.photo import _register_heif
 
     p = Path(path)
     name = p.name

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from blendedit.errors import InputError
-from blendedit.photo import Photo
+from blendedit.frame.photo import Photo
 
 PREVIEW_SIDE = 1280  # px; long side of the canvas the brush works on
 PAINT_ALPHA_MIN = 16  # layer alpha (of 255) from which a canvas pixel counts as painted

@@ -16,9 +16,9 @@ from typing import Any
 
 from blendedit import editors
 from blendedit.errors import InputError
+from blendedit.frame.ranking import DEFAULT_CLIP_MODEL
 from blendedit.io import MAX_PIXELS, MAX_SIDE
 from blendedit.models import DEFAULT_MODEL, DTYPES
-from blendedit.ranking import DEFAULT_CLIP_MODEL
 from blendedit.web.canvas import PREVIEW_SIDE
 
 SERVE_EXAMPLES = """\
@@ -317,8 +317,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    from blendedit.frame.photo import save_photo
     from blendedit.io import check_out_dir, prepare_out_dir, save_png, slug
-    from blendedit.photo import save_photo
     from blendedit.web.session import mask_to_image, parse_trail, pixels_sha256, replay
 
     trail = parse_trail(args.trail)

@@ -1,6 +1,6 @@
 """An interactive editing session: pure logic, no web imports.
 
-A :class:`Session` holds the original photo (a :class:`~blendedit.photo.Photo` at full resolution,
+A :class:`Session` holds the original photo (a :class:`~blendedit.frame.photo.Photo` at full resolution,
 with the uploaded file's bytes) and the edits kept so far, each a :class:`Step` (prompt, painted
 mask, optional scribble, settings, the seed of the kept result, and the result as the patch of the
 box the edit worked on), with a cursor for undo and redo. Steps hold patches, not whole images: a
@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from blendedit import __version__
+from blendedit._version import __version__
 from blendedit.config import EditConfig
 from blendedit.errors import BlendEditError, InputError
+from blendedit.frame.masks import check_mask
+from blendedit.frame.photo import Photo, read_photo, save_photo
 from blendedit.io import load_image
-from blendedit.masks import check_mask
-from blendedit.photo import Photo, read_photo, save_photo
 from blendedit.web.canvas import Scribble
 
 TRAIL_FORMAT = "blendedit-session"
@@ -212,7 +212,7 @@ class Generation:
         scribble: Scribble | None = None,
         loras: Sequence[str] = (),
     ) -> Generation:
-        """From an :class:`~blendedit.results.EditResult` of ``editor(..., config=config)``."""
+        """From an :class:`~blendedit.frame.results.EditResult` of ``editor(..., config=config)``."""
         return cls(
             base=base,
             prompt=prompt,
@@ -583,7 +583,7 @@ def step_edit(
 ) -> Any:
     """Regenerate one step of ``photo`` (its scribble composited first): the kept seed with the
     seeds of its UNet calls, ranking off. Returns the kept seed's
-    :class:`~blendedit.results.Candidate`."""
+    :class:`~blendedit.frame.results.Candidate`."""
     seeds = step.replay_seeds()
     cfg = make_config(step.method, step.settings)
     changes: dict[str, Any] = {"num_images": len(seeds), "rank": False}

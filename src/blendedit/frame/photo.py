@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
 from blendedit import io as bio
+from blendedit._version import __version__
 from blendedit.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -211,12 +212,7 @@ def format_parameters(prompt: str, settings: dict[str, Any], seed: int | None = 
 
 def xmp_packet(parameters: str | None = None) -> bytes:
     """An XMP packet marking the image as AI-edited (IPTC DigitalSourceType), with parameters."""
-    try:
-        import blendedit
-
-        tool = f"blendedit {blendedit.__version__}"
-    except (ImportError, AttributeError):
-        tool = "blendedit"
+    tool = f"blendedit {__version__}"
     comment = ""
     if parameters:
         text = escape(re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]", "", parameters))

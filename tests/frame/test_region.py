@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from blendedit.errors import InputError
-from blendedit.region import (
+from blendedit.frame.region import (
     CONTEXT_FRACTION,
     MIN_CONTEXT,
     choose_region,

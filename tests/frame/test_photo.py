@@ -21,7 +21,7 @@ from PIL import Image, ImageCms, features
 
 from blendedit import io as bio
 from blendedit.errors import InputError
-from blendedit.photo import (
+from blendedit.frame.photo import (
     AI_SOURCE_TYPE,
     OUTPUT_FORMATS,
     Photo,
@@ -33,7 +33,7 @@ from blendedit.photo import (
 )
 from photo_fixtures import display_p3_icc
 
-CHELSEA = Path(__file__).resolve().parents[1] / "examples" / "chelsea.png"
+CHELSEA = Path(__file__).resolve().parents[2] / "examples" / "chelsea.png"
 T = Image.Transpose
 SHOW = {  # orientation -> what shows the stored pixels upright (as EXIF defines it)
     2: T.FLIP_LEFT_RIGHT,
@@ -257,7 +257,7 @@ def test_16bit_to_jpeg_is_reduced_with_a_warning(
     tmp_path: Path, shown: Image.Image, caplog: pytest.LogCaptureFixture
 ) -> None:
     photo = Photo(_img16(shown), "RGB")
-    with caplog.at_level(logging.WARNING, logger="blendedit.photo"):
+    with caplog.at_level(logging.WARNING, logger="blendedit.frame.photo"):
         out = save_photo(photo.pixels, photo, tmp_path / "o.jpg", format="jpg")
     assert "16-bit" in caplog.text
     with Image.open(out) as im:
@@ -361,7 +361,7 @@ def test_rgba_to_jpeg_drops_alpha(
     tmp_path: Path, shown: Image.Image, caplog: pytest.LogCaptureFixture
 ) -> None:
     photo = read_photo(_rgba(shown))
-    with caplog.at_level(logging.WARNING, logger="blendedit.photo"):
+    with caplog.at_level(logging.WARNING, logger="blendedit.frame.photo"):
         out = save_photo(photo.pixels, photo, tmp_path / "o.jpg", format="JPEG")
     assert "alpha" in caplog.text
     with Image.open(out) as im:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from blendedit import reconstruct as R
-from blendedit.masks import feather
+from blendedit.frame import reconstruct as R
+from blendedit.frame.masks import feather
 
 SETTINGS = {"num_images": 1, "num_inference_steps": 4, "size": 128, "seed": 3}
 

@@ -1,8 +1,8 @@
 """The edit frame that every method runs through: orient -> region -> core -> paste -> measure.
 
-1. the photo as the user sees it (:mod:`blendedit.photo`: orientation, colour profile, bit depth)
+1. the photo as the user sees it (:mod:`blendedit.frame.photo`: orientation, colour profile, bit depth)
    and its mask (oriented the same way, grown, blurred, binarised unless soft);
-2. the working region (:mod:`blendedit.region`): a crop around the mask or the whole photo, at the
+2. the working region (:mod:`blendedit.frame.region`): a crop around the mask or the whole photo, at the
    core's working size;
 3. the method's core (:class:`EditCore`): prepare, generate (in chunks, halving on out-of-memory),
    decode; the frame ranks the candidates with the core's CLIP (BLD paper 4.4);
@@ -29,16 +29,16 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from blendedit import masks as M
-from blendedit import reconstruct as R
 from blendedit.config import FrameConfig, resolve_seeds
 from blendedit.errors import InputError
+from blendedit.frame import masks as M
+from blendedit.frame import reconstruct as R
+from blendedit.frame.metrics import region_background_report
+from blendedit.frame.photo import Photo, orient_like, read_photo
+from blendedit.frame.ranking import ClipScorer, rank_order
+from blendedit.frame.region import Region, Size, choose_region
+from blendedit.frame.results import Candidate, EditResult, ProgressFn, Timings
 from blendedit.io import open_image, pil_to_tensor
-from blendedit.metrics import region_background_report
-from blendedit.photo import Photo, orient_like, read_photo
-from blendedit.ranking import ClipScorer, rank_order
-from blendedit.region import Region, Size, choose_region
-from blendedit.results import Candidate, EditResult, ProgressFn, Timings
 
 logger = logging.getLogger(__name__)
 

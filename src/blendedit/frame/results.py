@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from blendedit.photo import Photo, format_parameters, output_format, save_photo
+from blendedit.frame.photo import Photo, format_parameters, output_format, save_photo
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps in all); raise inside to cancel
 
@@ -72,7 +72,7 @@ class Candidate:
         marker: bool = True,
     ) -> Path:
         """Write the result atomically in the input's colour space, profile and bit depth, with
-        the generation ``parameters`` and the AI-edit marker (:func:`blendedit.photo.save_photo`)."""
+        the generation ``parameters`` and the AI-edit marker (:func:`blendedit.frame.photo.save_photo`)."""
         return save_photo(
             self.pixels(),
             self.photo,
@@ -133,7 +133,7 @@ class EditResult:
         metadata: bool = True,
     ) -> list[str]:
         """Write every candidate into ``folder`` as ``{rank:02d}-seed{seed}.{ext}``, best first, in
-        ``format`` or the input's own (:func:`blendedit.photo.output_format`), with its generation
+        ``format`` or the input's own (:func:`blendedit.frame.photo.output_format`), with its generation
         parameters unless ``metadata`` is off (the AI-edit marker always); returns the names."""
         fmt = output_format(format, self.best.photo)
         names = []

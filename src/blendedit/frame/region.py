@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from blendedit.config import REGION_MODES
 from blendedit.errors import InputError
 
-REGION_MODES = ("auto", "crop", "full")
 CONTEXT_FRACTION = 0.125  # of the mask box's mean side, added on each side
 MIN_CONTEXT = 16  # px
 Box = tuple[int, int, int, int]

@@ -1,4 +1,4 @@
-"""Tests for blendedit.ranking: CLIP scores of masked results, aspect-preserving preprocessing,
+"""Tests for blendedit.frame.ranking: CLIP scores of masked results, aspect-preserving preprocessing,
 rank order and load errors (tiny random-weight CLIP)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from blendedit.errors import ModelNotFoundError
-from blendedit.ranking import ClipScorer, rank_order
+from blendedit.frame.ranking import ClipScorer, rank_order
 
 
 @pytest.fixture(scope="module")

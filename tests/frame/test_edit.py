@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from blendedit.masks import dilate, to_tensor
-from blendedit.metrics import background_report
+from blendedit.frame.masks import dilate, to_tensor
+from blendedit.frame.metrics import background_report
 
 FAST = {"num_inference_steps": 4, "num_images": 2}
 
@@ -212,7 +212,7 @@ def _write(kind: str, shown: Image.Image, folder):
     "kind", ["cmyk.jpg", "rgb16.png", "p3.png", "rgba.png", "grey.png", "heic", "avif"]
 )
 def test_phone_formats_edit_keep_size_and_pixels_outside(editor, shared_images, tmp_path, kind):
-    from blendedit.photo import read_photo
+    from blendedit.frame.photo import read_photo
 
     shown = _photo(shared_images, (160, 96))
     path = _write(kind, shown, tmp_path)

@@ -1,4 +1,4 @@
-"""Tests for blendedit.metrics: known answers, invariances and argument errors."""
+"""Tests for blendedit.frame.metrics: known answers, invariances and argument errors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from blendedit.errors import InputError
-from blendedit.metrics import (
+from blendedit.frame.metrics import (
     LPIPS,
     background_metrics,
     masked_lpips,

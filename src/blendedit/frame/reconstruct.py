@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from blendedit.masks import feather
+from blendedit.frame.masks import feather
 
 RECON_DEFAULTS = {"latent": {"lr": 0.1}, "decoder": {"lr": 1e-4}}  # official code, SPEC 1
 POISSON_PAD = 2  # px of reflected border: OpenCV's cloning needs the region off the image edge

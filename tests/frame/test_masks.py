@@ -1,4 +1,4 @@
-"""Tests for blendedit.masks: mask images of every mode, checks, latent masks, morphology,
+"""Tests for blendedit.frame.masks: mask images of every mode, checks, latent masks, morphology,
 progressive shrinking and feathering."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from blendedit.errors import InputError
-from blendedit.masks import (
+from blendedit.frame.masks import (
     check_mask,
     dilate,
     erode,
@@ -382,7 +382,7 @@ def test_to_tensor_shape() -> None:
 
 
 def test_soft_step_masks_free_a_cell_once_its_strength_reaches_the_threshold():
-    from blendedit.masks import step_masks
+    from blendedit.frame.masks import step_masks
 
     strength = torch.tensor([0.0, 0.3, 0.5, 1.0]).view(1, 1, 1, 1, 4)  # (S=1, B, 1, h, w)
     masks = step_masks(strength, [0] * 4, soft=True)  # thresholds 1, 0.75, 0.5, 0.25
@@ -399,7 +399,7 @@ def test_soft_step_masks_free_a_cell_once_its_strength_reaches_the_threshold():
 
 
 def test_soft_latent_mask_keeps_a_thin_stroke_at_its_strength():
-    from blendedit.masks import latent_mask
+    from blendedit.frame.masks import latent_mask
 
     m = torch.zeros(1, 1, 64, 64)
     m[..., 30, :] = 0.6  # a one-pixel grey line
@@ -409,7 +409,7 @@ def test_soft_latent_mask_keeps_a_thin_stroke_at_its_strength():
 
 
 def test_grow_blur_and_paste_alpha():
-    from blendedit.masks import feather, paste_alpha, refine
+    from blendedit.frame.masks import feather, paste_alpha, refine
 
     m = np.zeros((64, 64), np.uint8)
     m[24:40, 24:40] = 255

@@ -12,8 +12,6 @@ from transformers import CLIPConfig, CLIPModel
 
 from blendedit.bench import (
     ARCHITECTURES,
-    FAMILIES,
-    _special_tokens,
     append_report,
     build_backbone,
     run_bench,
@@ -21,6 +19,8 @@ from blendedit.bench import (
 )
 from blendedit.cli import main
 from blendedit.errors import InputError
+from blendedit.latent.backbones import FAMILIES
+from blendedit.latent.backbones.common import special_tokens as _special_tokens
 
 # Parameter counts of the published checkpoints, per part (the diffusers / transformers folders:
 # sum of the tensors in each part's weights file; SDXL: Podell et al. 2023 give "2.6B" for the UNet).
@@ -227,16 +227,16 @@ def test_tiny_cpu_bench_measures_every_stage_and_diffusers(tmp_path):
     ],
 )
 def test_tiny_family_bench_runs_against_its_reference(preset, dtype, reference, monkeypatch):
-    import blendedit.bench as bench
+    import blendedit.bench.reference as bench
 
     seen = []
-    real = bench._bench_diffusers
+    real = bench.time_diffusers
 
     def spy(editor, *args, **kwargs):
         seen.append((type(editor.diffusers_inpaint(args[2])[0]).__name__, editor.dtype))
         return real(editor, *args, **kwargs)
 
-    monkeypatch.setattr(bench, "_bench_diffusers", spy)
+    monkeypatch.setattr(bench, "time_diffusers", spy)
     res = run_bench(preset, "cpu", dtype, batch=2, steps=4, repeats=1)
     assert seen == [(reference, dtype)]
     assert res.family == ARCHITECTURES[preset].family and res.dtype == str(dtype)[6:]

@@ -1,4 +1,4 @@
-"""Few-step models under the BLD loop (README "Few-step models"): parity with diffusers' inpaint
+"""Few-step models under the BLD loop (docs/models.md, "Few-step models"): parity with diffusers' inpaint
 pipelines on tiny random components with a partial mask for SDXL-Turbo / SD-Turbo (trailing
 Euler-a / Euler, our guidance 1 = diffusers' 0) and LCM (an LCM-distilled UNet with a guidance
 embedding, and a plain UNet as under an LCM-LoRA); step noise drawn from each candidate's own

@@ -21,7 +21,7 @@ from transformers import BertTokenizer
 from blendedit import BlendedLatentDiffusion
 from blendedit.cli import main
 from blendedit.latent.backbones import LatentDiffusion, detect_family
-from blendedit.latent.backbones.loading import LDM_SAMPLER
+from blendedit.latent.backbones.ldm import LDM_SAMPLER
 from blendedit.models import make_scheduler
 from test_latent_pipeline import PointMassVAE
 from tiny_models import tiny_unet, tiny_vae

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from blendedit import BlendedLatentDiffusion
-from blendedit.cli import main, place
+from blendedit.cli import main
 from blendedit.errors import InputError
+from blendedit.methods import place
 
 
 def _inputs(shared_images):

@@ -10,12 +10,11 @@ import pytest
 import torch
 
 from blendedit.errors import InputError, ModelNotFoundError
+from blendedit.latent.backbones.sd import SDComponents, load_sd_components
 from blendedit.models import (
     DTYPES,
     FLOW_SCHEDULERS,
     SCHEDULERS,
-    SDComponents,
-    load_sd_components,
     make_scheduler,
     parse_device,
     parse_dtype,

@@ -124,7 +124,7 @@ def test_blendedit_loads_original_checkpoint(
     family: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """blendedit's own single-file path (``--model file.safetensors --model-config folder``)."""
-    from blendedit.models import load_sd_components
+    from blendedit.latent.backbones.sd import load_sd_components
 
     _, fixture, _, _ = FAMILIES[family]
     folder: Path = request.getfixturevalue(fixture)

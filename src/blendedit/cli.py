@@ -13,23 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from blendedit._version import __version__
-from blendedit.config import (
-    BACKGROUND_MODES,
-    BLEND_RULES,
-    MASK_SHRINK_MODES,
-    PRESET_HELP,
-    PRESETS,
-    REGION_MODES,
-    EditConfig,
-    preset_on,
-)
-from blendedit.editors import load_editor, loading_line, place
+from blendedit.config import GROUPS, PIXEL_PRESETS, PRESET_HELP, PRESETS, EditConfig
 from blendedit.errors import BlendEditError, InputError
 from blendedit.frame.photo import OUTPUT_FORMATS
-from blendedit.frame.ranking import DEFAULT_CLIP_MODEL
-from blendedit.models import DEFAULT_MODEL, DTYPES, SCHEDULERS, quiet_libraries
-from blendedit.pixel.pipeline import PIXEL_PRESETS, PixelConfig, pixel_preset
-from blendedit.pixel.pipeline import default_preset as default_pixel_preset
+from blendedit.methods import METHODS, get_method
+from blendedit.models import quiet_libraries
+from blendedit.options import (
+    ModelOptions,
+    add_model_arguments,
+    add_setting_arguments,
+    command,
+    given_settings,
+)
 
 EDIT_EXAMPLES = """\
 examples:
@@ -46,25 +41,31 @@ settings and, per result, its seed, rank and CLIP score. To regenerate one resul
 """
 
 
-def _kernels(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(k) for k in text.split(",") if k.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated odd sizes like 7,5,3, got {text!r}"
-        ) from None
-
-
-METHODS = ("latent", "pixel", "local-clip")
-
 # Modules that add a subcommand: each has add_parser(subparsers), which registers its parser with
 # set_defaults(run=function), and run(args) -> exit status. Kept apart so this file stays thin.
 COMMAND_MODULES: list[str] = [
-    "blendedit.bench",
+    "blendedit.bench.cli",
     "blendedit.eval.cli",
     "blendedit.web.cli",
     "blendedit.batch.cli",
 ]
+
+
+EDIT_HELP = "edit the masked region of a photo; writes ranked results"
+EDIT_DESCRIPTION = (
+    "Blended Latent Diffusion (Avrahami et al. 2023): denoise inside the mask with a "
+    "text-to-image latent diffusion model while the noised photo is blended back outside "
+    "it at every step. Generates several candidates, ranks them by CLIP similarity of the "
+    "masked result to the prompt, and keeps the photo's own pixels outside the mask."
+)
+
+COMPARE_HELP = "one edit, every background mode side by side (paper fig. 4), with metrics"
+COMPARE_DESCRIPTION = (
+    "Runs one edit (the first seed) and reconstructs its background with each mode: "
+    "decoded, stitch, poisson, latent, decoder. Writes comparison.png (full images and "
+    "zooms on the mask border) and comparison.md (background PSNR, SSIM, MSE, seam score "
+    "and time per mode) into --out. Takes the same options as edit."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,30 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"blendedit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    e = sub.add_parser(
-        "edit",
-        help="edit the masked region of a photo; writes ranked results",
-        description=(
-            "Blended Latent Diffusion (Avrahami et al. 2023): denoise inside the mask with a "
-            "text-to-image latent diffusion model while the noised photo is blended back outside "
-            "it at every step. Generates several candidates, ranks them by CLIP similarity of the "
-            "masked result to the prompt, and keeps the photo's own pixels outside the mask."
-        ),
-        epilog=EDIT_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    e = command(sub, "edit", EDIT_HELP, EDIT_DESCRIPTION, EDIT_EXAMPLES)
     _edit_arguments(e)
 
-    c = sub.add_parser(
-        "compare-backgrounds",
-        help="one edit, every background mode side by side (paper fig. 4), with metrics",
-        description=(
-            "Runs one edit (the first seed) and reconstructs its background with each mode: "
-            "decoded, stitch, poisson, latent, decoder. Writes comparison.png (full images and "
-            "zooms on the mask border) and comparison.md (background PSNR, SSIM, MSE, seam score "
-            "and time per mode) into --out. Takes the same options as edit."
-        ),
-    )
+    c = command(sub, "compare-backgrounds", COMPARE_HELP, COMPARE_DESCRIPTION)
     _edit_arguments(c)
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_parser(sub)
@@ -106,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _edit_arguments(e: argparse.ArgumentParser) -> None:
-    """The options of ``edit`` (shared by ``compare-backgrounds``); each maps onto a field."""
+    """The options of ``edit`` (shared by ``compare-backgrounds``): the inputs, the model options
+    (:mod:`blendedit.options`), every setting from its description (:mod:`blendedit.config`),
+    and the output's own."""
     e.add_argument("image", help="the photo to edit (PNG, JPEG, ...; any size)")
     e.add_argument(
         "--mask",
@@ -123,87 +106,12 @@ def _edit_arguments(e: argparse.ArgumentParser) -> None:
         "--out",
         help="output folder; must be new or empty (default: new folder under ./blendedit-out/)",
     )
-    g = e.add_argument_group("model")
-    g.add_argument(
-        "--method",
-        default="latent",
-        choices=METHODS,
-        help=(
-            "latent: Blended Latent Diffusion on Stable Diffusion (default); pixel: Blended "
-            "Diffusion on OpenAI's ADM with CLIP guidance; local-clip: the local CLIP-guided "
-            "diffusion baseline (no blending, background loss)"
-        ),
-    )
-    g.add_argument(
-        "--model",
-        default=None,
-        help=(
-            f"latent: hub id, local diffusers folder, or .safetensors file (default: "
-            f"{DEFAULT_MODEL}); pixel/local-clip: the ADM checkpoint file "
-            "(256x256_diffusion_uncond.pt or .safetensors)"
-        ),
-    )
-    g.add_argument(
-        "--model-config",
-        help=(
-            "latent, single-file checkpoint offline: a local diffusers folder with its configs; "
-            "pixel/local-clip: guided-diffusion model settings JSON (default: the official 256 "
-            "unconditional settings)"
-        ),
-    )
-    g.add_argument(
-        "--vae",
-        help="latent: a VAE folder or hub id replacing the model's (e.g. an fp16-safe SDXL VAE)",
-    )
-    g.add_argument(
-        "--lora",
-        action="append",
-        dest="loras",
-        metavar="FILE_OR_ID[:SCALE]",
-        help="latent, SD 1.x/2.x and SDXL: apply a LoRA (.safetensors file, folder or hub id) at "
-        "SCALE (default 1); repeat for several",
-    )
-    g.add_argument(
-        "--offload",
-        choices=["model", "sequential"],
-        help="latent, smaller GPUs: keep the weights in CPU memory and move each component "
-        "(model) or each layer (sequential, least memory, slowest) to the GPU only while it runs",
-    )
-    g.add_argument(
-        "--no-t5",
-        action="store_true",
-        dest="no_t5",
-        help="latent, SD3/SD3.5: run without the T5-XXL text encoder (4.7B parameters; its "
-        "tokens become zeros, as in diffusers), at some cost to prompt following",
-    )
-    g.add_argument(
-        "--clip-model",
-        default=DEFAULT_CLIP_MODEL,
-        help=f"CLIP used for ranking (default: {DEFAULT_CLIP_MODEL})",
-    )
-    g.add_argument(
-        "--device",
-        default="auto",
-        help="cpu, cuda, cuda:1, mps; auto = CUDA if present, else MPS, else CPU",
-    )
-    g.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", *DTYPES],
-        help="auto = fp16 on a GPU, fp32 on the CPU",
-    )
-    g.add_argument(
-        "--offline",
-        action="store_true",
-        help="never reach the hub; use local files and the cache only",
-    )
-
-    s = e.add_argument_group("sampling (default values come from --preset)")
-    s.add_argument(
+    add_model_arguments(e)
+    e.add_argument(
         "--preset",
         default=None,
-        choices=sorted(set(PRESETS) | set(PIXEL_PRESETS)),
-        help="named settings; latent: "
+        choices=sorted({name for m in METHODS.values() for name in m.presets}),
+        help="named settings (default values of the sampling options); latent: "
         + "; ".join(
             f"{k} ({PRESET_HELP.get(k) or f'{v.scheduler}, {v.num_inference_steps} steps'}, "
             f"{v.num_images} images)"
@@ -214,211 +122,8 @@ def _edit_arguments(e: argparse.ArgumentParser) -> None:
         + " (default: default, or adm512 for a class-conditional model such as "
         "512x512_diffusion.pt)",
     )
-    s.add_argument(
-        "--num-images", type=int, dest="num_images", help="candidates to generate (default 8)"
-    )
-    s.add_argument(
-        "--steps",
-        type=int,
-        dest="num_inference_steps",
-        help="length of the full noise schedule (default 50)",
-    )
-    s.add_argument(
-        "--guidance",
-        type=float,
-        dest="guidance_scale",
-        help="classifier-free guidance scale (default 7.5)",
-    )
-    s.add_argument(
-        "--blend-start",
-        type=float,
-        dest="blend_start",
-        help="fraction of the schedule skipped; 0.25 runs 38 of 50 steps (default 0.25)",
-    )
-    s.add_argument(
-        "--seed",
-        type=int,
-        help="seed of the first candidate; candidate i uses seed + i (default 0)",
-    )
-    s.add_argument("--negative-prompt", dest="negative_prompt", help="what to steer away from")
-    s.add_argument("--scheduler", choices=list(SCHEDULERS), help="noise scheduler (default ddim)")
-    s.add_argument(
-        "--blend-rule",
-        dest="blend_rule",
-        choices=list(BLEND_RULES),
-        help="background level: diffusers (t' with fixed noise, clean at the end; default) or "
-        "official (the official BLD scripts: t with fresh noise every step)",
-    )
-    s.add_argument("--eta", type=float, help="DDIM eta: 0 = deterministic (default 0)")
-    s.add_argument(
-        "--size",
-        type=int,
-        help="long side of the working resolution in px, rounded to multiples of 8 (default: the model's, 512 for SD 2.1-base)",
-    )
-    s.add_argument(
-        "--batch-size", type=int, dest="batch_size", help="candidates per UNet call (default 8)"
-    )
-
-    r = e.add_argument_group("working region (photos of any size)")
-    r.add_argument(
-        "--region",
-        choices=REGION_MODES,
-        help=(
-            "crop = edit a box around the mask at the model's resolution and paste it back; "
-            "full = the whole photo at the model's resolution; auto = crop whenever that gives "
-            "the mask more pixels (default)"
-        ),
-    )
-    r.add_argument(
-        "--context",
-        type=int,
-        help="px of context around the mask's box for crop (default: a fifth of its mean side, >= 16)",
-    )
-
-    m = e.add_argument_group("mask and background")
-    m.add_argument(
-        "--soft-mask",
-        action="store_const",
-        const=True,
-        dest="soft_mask",
-        help="grey levels of the mask are per-pixel change strengths (default: binarised at 50%%)",
-    )
-    m.add_argument(
-        "--mask-grow", type=int, dest="mask_grow", help="px to grow the mask by (negative: shrink)"
-    )
-    m.add_argument(
-        "--mask-blur",
-        type=float,
-        dest="mask_blur",
-        help="px (Gaussian sigma) to blur the mask by: a softer paste edge",
-    )
-    m.add_argument(
-        "--invert-mask",
-        action="store_const",
-        const=True,
-        dest="invert_mask",
-        help="edit everything outside the mask (e.g. replace the background)",
-    )
-    m.add_argument(
-        "--mask-shrink",
-        choices=MASK_SHRINK_MODES,
-        dest="mask_shrink",
-        help="progressive mask shrinking (paper 4.3): auto = only for masks with thin parts (default)",
-    )
-    m.add_argument(
-        "--no-mask-shrink",
-        action="store_const",
-        const="off",
-        dest="mask_shrink",
-        help="same as --mask-shrink off",
-    )
-    m.add_argument(
-        "--shrink-kernels",
-        type=_kernels,
-        dest="shrink_kernels",
-        help="dilation kernels of the shrinking stages (default 7,5,3)",
-    )
-    m.add_argument(
-        "--background",
-        choices=BACKGROUND_MODES,
-        help=(
-            "how the photo returns outside the mask (paper 4.2): stitch = its own pixels, "
-            "feathered (default); decoded = raw decoder output; poisson = seamless cloning "
-            "(colours may shift); latent = latent optimisation (over-smooth); decoder = per-image "
-            "decoder fine-tuning (the paper's choice, slowest)"
-        ),
-    )
-    m.add_argument(
-        "--feather",
-        type=int,
-        help="px of soft transition outside the mask for stitch, 0-16 (default 8)",
-    )
-    m.add_argument(
-        "--keep",
-        type=int,
-        help="return only the top K after ranking; background reconstruction runs on those only",
-    )
-    m.add_argument(
-        "--recon-steps",
-        type=int,
-        dest="recon_steps",
-        help="Adam steps for latent/decoder (default 75)",
-    )
-    m.add_argument(
-        "--recon-lr",
-        type=float,
-        dest="recon_lr",
-        help="learning rate for latent/decoder (default 0.1 latent, 1e-4 decoder)",
-    )
-    m.add_argument(
-        "--recon-lambda",
-        type=float,
-        dest="recon_lambda",
-        help="weight of the background term for latent/decoder (default 100)",
-    )
-    m.add_argument(
-        "--paste-back",
-        action="store_const",
-        const=True,
-        dest="paste_back",
-        help="after poisson/latent/decoder, put the photo's own pixels back beyond the feather band",
-    )
-
-    p = e.add_argument_group("pixel and local-clip methods (Blended Diffusion, SPEC 2)")
-    p.add_argument(
-        "--respacing", dest="timestep_respacing", help='respaced steps of 1000 (default "100")'
-    )
-    p.add_argument(
-        "--skip-timesteps",
-        type=int,
-        dest="skip_timesteps",
-        help="steps skipped at the start (default 25)",
-    )
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], help="default ddpm (official)")
-    p.add_argument(
-        "--clip-guidance",
-        type=float,
-        dest="clip_guidance_lambda",
-        help="CLIP loss weight (default 1000)",
-    )
-    p.add_argument(
-        "--range-lambda", type=float, dest="range_lambda", help="range loss weight (default 50)"
-    )
-    p.add_argument(
-        "--aug-num", type=int, dest="aug_num", help="augmented copies for the CLIP loss (default 8)"
-    )
-    p.add_argument(
-        "--fit",
-        choices=["stretch", "pad"],
-        help="non-square photos: stretch to the model's square (official) or pad",
-    )
-    p.add_argument(
-        "--lpips-weights",
-        nargs=2,
-        metavar=("TRUNK", "LIN"),
-        help="local-clip: LPIPS VGG trunk and lin weight files (without them only the L2 term is used)",
-    )
-    p.add_argument(
-        "--lpips-lambda",
-        type=float,
-        dest="lpips_sim_lambda",
-        help="local-clip: LPIPS background loss weight (default 1000)",
-    )
-    p.add_argument(
-        "--l2-lambda",
-        type=float,
-        dest="l2_sim_lambda",
-        help="local-clip: L2 background loss weight (default 10000)",
-    )
-
-    o = e.add_argument_group("ranking and output")
-    o.add_argument(
-        "--no-rank",
-        action="store_const",
-        const=False,
-        dest="rank",
-        help="keep generation order; skips loading CLIP",
-    )
+    groups = add_setting_arguments(e)
+    o = groups.get("output") or e.add_argument_group(GROUPS["output"])
     o.add_argument(
         "--save-process",
         choices=["gif", "grid"],
@@ -439,29 +144,12 @@ def _edit_arguments(e: argparse.ArgumentParser) -> None:
     o.add_argument("--quiet", action="store_true", help="no progress bar or messages")
 
 
-LATENT_FIELDS = set(EditConfig.__dataclass_fields__)
-PIXEL_FIELDS = set(PixelConfig.__dataclass_fields__)
-
-
-def config_from_args(
-    args: argparse.Namespace, base: EditConfig | None = None
-) -> EditConfig | PixelConfig:
+def config_from_args(args: argparse.Namespace, base: EditConfig | None = None) -> Any:
     """The method's preset (on ``base``: the model family's defaults, once it is known),
-    overridden by every flag the user gave; a flag of the other method is an error, not silently
+    overridden by every flag the user gave; a flag of another method is an error, not silently
     ignored."""
-    fields = LATENT_FIELDS if args.method == "latent" else PIXEL_FIELDS
-    given = {
-        k: v for k, v in vars(args).items() if k in LATENT_FIELDS | PIXEL_FIELDS and v is not None
-    }
-    for name in given.keys() - fields:
-        other = "latent" if name in LATENT_FIELDS else "pixel and local-clip"
-        raise InputError(f"{name}: applies to --method {other} only, not {args.method}")
-    if args.method == "latent":
-        return preset_on(args.preset or "default", base or EditConfig()).replace(**given).validate()
-    if args.method == "local-clip":
-        given["local"] = True
-    name = args.preset or default_pixel_preset(args.model)  # adm512 for a class-conditional ADM
-    return pixel_preset(name).replace(**given).validate()
+    method = get_method(args.method)
+    return method.settings(given_settings(args), args.preset, base=base, model=args.model)
 
 
 def _say(args: argparse.Namespace, msg: str) -> None:
@@ -482,45 +170,29 @@ def process_grid(frames: list[Any], columns: int = 8) -> Any:
 
 
 def _prepare(args: argparse.Namespace, rank: bool | None = None) -> tuple[Any, Any, Any, Any]:
-    """Check every input before any slow work and before creating any folder, then load the
-    models. Returns (config, image, mask, editor)."""
-    import os
-
-    from blendedit.frame import photo_mask
+    """Check every input before any slow work and before creating any folder (the settings, the
+    photo, the mask, read once, and the output folder), then load the models. Returns (config,
+    image, mask, editor)."""
+    from blendedit.frame import photo_mask, read_mask
     from blendedit.frame.photo import read_photo
     from blendedit.io import check_out_dir
-    from blendedit.models import parse_device, parse_dtype
 
-    if args.offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
+    opts = ModelOptions.from_args(args)
+    opts.apply_offline()
     quiet_libraries()
     cfg = config_from_args(args)
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise InputError(f"quality: {args.quality!r} must be between 1 and 100")
     image = read_photo(args.image, "image")
-    photo_mask(args.mask, image, cfg)  # checked now; the editor reads it again
-    mask = args.mask
+    mask = read_mask(args.mask, image)
+    photo_mask(mask, image, cfg)  # refused now if empty, full or of another aspect
     if args.out is not None:
         check_out_dir(args.out)
-    device = parse_device(args.device)
-    dtype = parse_dtype(args.dtype, device)
-    latent = args.method == "latent"
-    editor = load_editor(
-        args.method,
-        args.model,
-        model_config=args.model_config,
-        clip_model=args.clip_model if not latent or (cfg.rank if rank is None else rank) else None,
-        lpips_weights=args.lpips_weights,
-        dtype=dtype,
-        vae=args.vae,
-        loras=args.loras or (),
-        drop_t5=args.no_t5,
-        offload=args.offload,
-        say=lambda name: _say(args, loading_line(name, dtype, device)),
-    )
-    if latent:
+    clip = (cfg.rank if rank is None else rank) or get_method(opts.method).needs_clip
+    editor = opts.load(lambda line: _say(args, line), clip_model=opts.clip_model if clip else None)
+    if isinstance(cfg, EditConfig):
         cfg = config_from_args(args, editor.default_config())  # the family's own defaults
-    return cfg, image, mask, place(editor, device, dtype, args.offload)
+    return cfg, image, mask, editor
 
 
 def cmd_edit(args: argparse.Namespace) -> int:

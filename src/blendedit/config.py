@@ -1,9 +1,21 @@
-"""Typed settings of an edit, with named presets. CLI flags map one-to-one onto these fields."""
+"""Typed settings of an edit, with named presets; each field described once for every front end.
+
+A field is declared with :func:`setting`: its default, and a :class:`Setting` that says how people
+meet it: the ``blendedit edit`` flag, the help text, its range or choices, the group it is shown in,
+whether ``blendedit eval`` takes it per method and whether the web editor shows it. The ``edit``
+parser (:func:`blendedit.options.add_setting_arguments`), ``eval``'s per-method flags, the web
+editor's controls, the batch manifest's keys and replay's checks are generated from these
+descriptions, and :meth:`FrameConfig.validate` checks every range and choice from them. Which
+methods use a field follows from the config class that declares it (``blendedit.methods``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+import math
+import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -14,31 +26,198 @@ from blendedit.models import SCHEDULERS
 
 REGION_MODES = ("auto", "crop", "full")
 BACKGROUND_MODES = ("stitch", "decoded", "poisson", "latent", "decoder")
+PIXEL_BACKGROUNDS = ("stitch", "decoded", "poisson")  # no decoder to optimise in pixel space
 MASK_SHRINK_MODES = ("auto", "on", "off")
 BLEND_RULES = ("diffusers", "official")  # see blendedit.latent.schedule
+SAMPLERS = ("ddpm", "ddim")
+FIT_MODES = ("stretch", "pad")
 MAX_WORKING_SIDE = 4096  # px; the long side the model works at
 _C = TypeVar("_C", bound="FrameConfig")
+_T = TypeVar("_T")
+GROUPS = {  # argparse group titles of ``blendedit edit``, in this order
+    "sampling": "sampling (default values come from --preset)",
+    "region": "working region (photos of any size)",
+    "mask": "mask and background",
+    "pixel": "pixel and local-clip methods (Blended Diffusion, SPEC 2)",
+    "output": "ranking and output",
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How the front ends present one config field (see the module docstring).
+
+    ``flag``: the ``blendedit edit`` option (None: the library's only). ``const``: the flag takes
+    no value and stores this (``--no-rank`` stores False). ``also``: more flags that store a
+    constant, as ``(flag, const, help)``. ``low``/``high``: inclusive range (``low_open``,
+    ``high_open``: that end excluded), checked by :func:`check_settings`; ``choices`` likewise. ``why``: the error's wording where
+    the range's does not say it. ``parse``: text -> value, for flags and CSV manifests.
+    ``label``/``step``/``web_high``: the web editor's control, shown when ``web`` is True."""
+
+    help: str
+    flag: str | None = None
+    group: str = "sampling"
+    const: Any = None
+    also: tuple[tuple[str, Any, str], ...] = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    unit: str = ""
+    choices: tuple[str, ...] | None = None
+    why: str | None = None
+    parse: Callable[[str], Any] | None = None
+    eval: bool = False
+    web: bool = False
+    label: str | None = None
+    step: float | None = None
+    web_high: float | None = None
+
+    @property
+    def takes_value(self) -> bool:
+        return self.const is None
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is out of this setting's range or choices (None: it is fine)."""
+        if value is None or isinstance(value, bool):
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"
+        if self.choices is not None and value not in self.choices:
+            return self.why or f"must be one of {', '.join(self.choices)}"
+        if not isinstance(value, int | float):
+            return None
+        low, high = self.low, self.high
+        outside = (low is not None and (value <= low if self.low_open else value < low)) or (
+            high is not None and (value >= high if self.high_open else value > high)
+        )
+        if not outside:
+            return None
+        if self.why:
+            return self.why
+        if self.low_open or self.high_open:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"must be in {left}{_num(low)}, {_num(high)}{right}"
+        unit = f" {self.unit}" if self.unit else ""
+        if high is None:
+            return f"must be at least {_num(low)}" if low == 1 else f"must be >= {_num(low)}"
+        return f"must be between {_num(low)} and {_num(high)}{unit}"
+
+
+def _num(x: float | None) -> str:
+    return str(int(x)) if x is not None and float(x).is_integer() else str(x)
+
+
+def setting(default: Any, help: str, **kw: Any) -> Any:
+    """A config field with its description (:class:`Setting`)."""
+    return dataclasses.field(default=default, metadata={"setting": Setting(help=help, **kw)})
+
+
+@functools.cache
+def settings_of(cls: type) -> dict[str, tuple[Setting, Any, Any]]:
+    """Field name -> (its Setting, its type hint, its default) for a config class, in order."""
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: (f.metadata["setting"], hints[f.name], f.default)
+        for f in dataclasses.fields(cls)
+        if "setting" in f.metadata
+    }
+
+
+def check_settings(obj: _T) -> _T:
+    """Refuse any field of a dataclass instance outside the range or choices its description
+    gives (:class:`Setting`), in one line naming the field and the value."""
+    for name, (s, _, _) in settings_of(type(obj)).items():
+        value = getattr(obj, name)
+        why = s.problem(value)
+        if why is not None:
+            raise InputError(f"{name}: {value!r} {why}")
+    return obj
+
+
+def value_type(hint: Any) -> type:
+    """The plain type a field's hint holds: ``int | None`` -> int, ``tuple[int, ...]`` -> tuple."""
+    if typing.get_origin(hint) is tuple:
+        return tuple
+    kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return kinds[0]
+
+
+def _kernels(text: str) -> tuple[int, ...]:
+    """``7,5,3`` -> (7, 5, 3)."""
+    try:
+        return tuple(int(k) for k in str(text).split(",") if k.strip())
+    except ValueError:
+        raise ValueError(f"expected comma-separated odd sizes like 7,5,3, got {text!r}") from None
 
 
 @dataclass(frozen=True)
 class FrameConfig:
     """Settings of the edit frame, shared by every method (``blendedit.frame``)."""
 
-    num_images: int = 8  # candidates generated, one seed each: seed, seed + 1, ...
-    invert_mask: bool = False  # edit outside the mask instead (e.g. replace the background)
-    region: str = "auto"  # auto (crop when it gives the mask more pixels), crop, full
-    context: int | None = None  # px of context around the mask's box (crop); None = by its size
-    soft_mask: bool = False  # grey levels = per-pixel change strength (Differential Diffusion)
-    mask_grow: int = 0  # px; dilate the mask (negative: erode)
-    mask_blur: float = 0.0  # px; Gaussian sigma of a mask blur (soft edge of the paste)
-    rank: bool = True  # rank candidates by CLIP similarity of the masked result to the prompt
-    background: str = "stitch"  # how the input returns outside the mask; see reconstruct.py
-    feather: int = 8  # px; width of the soft band outside the mask (stitch); at most 16
-    paste_back: bool = False  # after poisson/latent/decoder, stitch the input back beyond feather
-    keep: int | None = None  # return (and reconstruct) only the top K after ranking; None = all
-    metrics: bool = True  # background PSNR/MSE/SSIM and seam score per result (result.json)
-    batch_size: int = 8  # candidates per model call
-    seed: int = 0
+    num_images: int = setting(
+        8, "candidates to generate, one seed each: seed, seed + 1, ...", flag="--num-images",
+        low=1, high=1024, label="Results",
+    )  # fmt: skip
+    invert_mask: bool = setting(
+        False, "edit everything outside the mask (e.g. replace the background)",
+        flag="--invert-mask", const=True, group="mask",
+    )  # fmt: skip
+    region: str = setting(
+        "auto", "crop = edit a box around the mask at the model's resolution and paste it back; "
+        "full = the whole photo at the model's resolution; auto = crop whenever that gives the "
+        "mask more pixels", flag="--region", group="region", choices=REGION_MODES,
+    )  # fmt: skip
+    context: int | None = setting(
+        None, "px of context around the mask's box for crop (default: an eighth of its mean side, "
+        ">= 16)", flag="--context", group="region", low=0, high=4096, unit="px",
+    )  # fmt: skip
+    soft_mask: bool = setting(
+        False, "grey levels of the mask are per-pixel change strengths (Differential Diffusion; "
+        "default: binarised at 50%)", flag="--soft-mask", const=True, group="mask",
+    )  # fmt: skip
+    mask_grow: int = setting(
+        0, "px to grow the mask by (negative: shrink)", flag="--mask-grow", group="mask",
+        low=-256, high=256, unit="px",
+    )  # fmt: skip
+    mask_blur: float = setting(
+        0.0, "px (Gaussian sigma) to blur the mask by: a softer paste edge", flag="--mask-blur",
+        group="mask", low=0, high=64, unit="px",
+    )  # fmt: skip
+    rank: bool = setting(
+        True, "keep generation order; skips loading CLIP (default: rank candidates by CLIP "
+        "similarity of the masked result to the prompt)", flag="--no-rank", const=False,
+        group="output",
+    )  # fmt: skip
+    background: str = setting(
+        "stitch", "how the photo returns outside the mask (paper 4.2): stitch = its own pixels, "
+        "feathered; decoded = raw decoder output; poisson = seamless cloning (colours may "
+        "shift); latent = latent optimisation (over-smooth); decoder = per-image decoder "
+        "fine-tuning (the paper's choice, slowest)", flag="--background", group="mask",
+        choices=BACKGROUND_MODES, label="Background",
+    )  # fmt: skip
+    feather: int = setting(
+        8, "px of soft transition outside the mask for stitch", flag="--feather", group="mask",
+        low=0, high=16, unit="px", web=True, label="Feather (px)", step=1,
+    )  # fmt: skip
+    paste_back: bool = setting(
+        False, "after poisson/latent/decoder, put the photo's own pixels back beyond the "
+        "feather band", flag="--paste-back", const=True, group="mask",
+    )  # fmt: skip
+    keep: int | None = setting(
+        None, "return only the top K after ranking; background reconstruction runs on those "
+        "only", flag="--keep", group="mask",
+    )  # fmt: skip
+    metrics: bool = setting(
+        True, "background PSNR/MSE/SSIM and seam score per result (result.json)"
+    )
+    batch_size: int = setting(
+        8, "candidates per model call", flag="--batch-size", low=1, label="Batch size",
+    )  # fmt: skip
+    seed: int = setting(
+        0, "seed of the first candidate; candidate i uses seed + i", flag="--seed", low=0,
+        high=2**63, high_open=True, why="must be in [0, 2**63)",
+    )  # fmt: skip
 
     def replace(self: _C, **changes: Any) -> _C:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -50,28 +229,11 @@ class FrameConfig:
         return InputError(f"{name}: {getattr(self, name)!r} {why}")
 
     def validate(self: _C) -> _C:
-        """Reject values that cannot work, with the field name and value in one line."""
-        bad = self._bad
-        if not 1 <= self.num_images <= 1024:
-            raise bad("num_images", "must be between 1 and 1024")
-        if self.region not in REGION_MODES:
-            raise bad("region", f"must be one of {', '.join(REGION_MODES)}")
-        if self.context is not None and not 0 <= self.context <= 4096:
-            raise bad("context", "must be between 0 and 4096 px")
-        if not -256 <= self.mask_grow <= 256:
-            raise bad("mask_grow", "must be between -256 and 256 px")
-        if not 0 <= self.mask_blur <= 64:
-            raise bad("mask_blur", "must be between 0 and 64 px")
-        if self.background not in BACKGROUND_MODES:
-            raise bad("background", f"must be one of {', '.join(BACKGROUND_MODES)}")
-        if not 0 <= self.feather <= 16:
-            raise bad("feather", "must be between 0 and 16 px")
+        """Reject values that cannot work, with the field name and value in one line: every
+        range and choice from the fields' descriptions, then what relates fields."""
+        check_settings(self)
         if self.keep is not None and not 1 <= self.keep <= self.num_images:
-            raise bad("keep", f"must be between 1 and num_images ({self.num_images})")
-        if self.batch_size < 1:
-            raise bad("batch_size", "must be at least 1")
-        if not 0 <= self.seed < 2**63:
-            raise bad("seed", "must be in [0, 2**63)")
+            raise self._bad("keep", f"must be between 1 and num_images ({self.num_images})")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,52 +244,69 @@ class FrameConfig:
 class EditConfig(FrameConfig):
     """Blended Latent Diffusion settings (SPEC 1; official SD2 script defaults where they exist)."""
 
-    num_inference_steps: int = 50  # length of the full schedule; blend_start skips a part of it
-    guidance_scale: float = 7.5  # classifier-free guidance weight
-    blend_start: float = 0.25  # fraction of the schedule skipped: floor(steps * blend_start)
-    negative_prompt: str = ""
-    scheduler: str = "ddim"  # see blendedit.models.SCHEDULERS
-    blend_rule: str = "diffusers"  # background level: t' and fixed noise, or "official" (t, fresh)
-    eta: float = 0.0  # DDIM stochasticity (only for schedulers that take it)
-    size: int | None = None  # long side of the working resolution in px; None = model's native
-    mask_shrink: str = "auto"  # progressive mask shrinking: auto (thin masks only), on, off
-    shrink_kernels: tuple[int, ...] = (7, 5, 3)  # dilation kernels, one stage each, then the mask
-    recon_steps: int = 75  # Adam steps of latent / decoder reconstruction (official code: 75)
-    recon_lr: float | None = None  # None: 0.1 for latent, 1e-4 for decoder (official code)
-    recon_lambda: float = 100.0  # weight of the background term (paper: 100)
-    decode_batch_size: int = 1  # latents per VAE decode; 1 keeps each result independent
+    num_inference_steps: int = setting(
+        50, "length of the full noise schedule; blend_start skips a part of it", flag="--steps",
+        low=1, high=1000, eval=True, label="Steps", web_high=200,
+    )  # fmt: skip
+    guidance_scale: float = setting(
+        7.5, "classifier-free guidance scale", flag="--guidance", low=0, high=100, eval=True,
+        label="Guidance", step=0.5, web_high=20,
+    )  # fmt: skip
+    blend_start: float = setting(
+        0.25, "fraction of the schedule skipped: floor(steps * blend_start); 0.25 runs 38 of 50 "
+        "steps", flag="--blend-start", low=0, high=1, high_open=True, eval=True,
+        label="Blend start", step=0.05,
+    )  # fmt: skip
+    negative_prompt: str = setting("", "what to steer away from", flag="--negative-prompt")
+    scheduler: str = setting(
+        "ddim", "noise scheduler", flag="--scheduler", choices=tuple(SCHEDULERS), eval=True,
+        why=f"is unknown; choose one of {', '.join(SCHEDULERS)}", label="Scheduler",
+    )  # fmt: skip
+    blend_rule: str = setting(
+        "diffusers", "background level: diffusers (t' with fixed noise, clean at the end) or "
+        "official (the official BLD scripts: t with fresh noise every step)",
+        flag="--blend-rule", choices=BLEND_RULES,
+    )  # fmt: skip
+    eta: float = setting(
+        0.0, "DDIM eta: 0 = deterministic (schedulers that take it)", flag="--eta", low=0
+    )
+    size: int | None = setting(
+        None, "long side of the working resolution in px, rounded to multiples of 8 (default: "
+        "the model's, 512 for SD 2.1-base)", flag="--size", low=64, high=MAX_WORKING_SIDE,
+        unit="px", eval=True,
+    )  # fmt: skip
+    mask_shrink: str = setting(
+        "auto", "progressive mask shrinking (paper 4.3): auto = only for masks with thin parts",
+        flag="--mask-shrink", group="mask", choices=MASK_SHRINK_MODES, eval=True,
+        also=(("--no-mask-shrink", "off", "same as --mask-shrink off"),),
+        label="Mask shrinking",
+    )  # fmt: skip
+    shrink_kernels: tuple[int, ...] = setting(
+        (7, 5, 3), "dilation kernels of the shrinking stages, one stage each, then the mask",
+        flag="--shrink-kernels", group="mask", parse=_kernels,
+    )  # fmt: skip
+    recon_steps: int = setting(
+        75, "Adam steps for latent/decoder reconstruction (official code: 75)",
+        flag="--recon-steps", group="mask", low=0, high=10000, eval=True,
+    )  # fmt: skip
+    recon_lr: float | None = setting(
+        None, "learning rate for latent/decoder (default 0.1 latent, 1e-4 decoder)",
+        flag="--recon-lr", group="mask", low=0, high=10, low_open=True,
+    )  # fmt: skip
+    recon_lambda: float = setting(
+        100.0, "weight of the background term for latent/decoder (paper: 100)",
+        flag="--recon-lambda", group="mask", low=0,
+    )  # fmt: skip
+    decode_batch_size: int = setting(
+        1, "latents per VAE decode; 1 keeps each result independent", low=1
+    )
 
     def validate(self) -> EditConfig:
         super().validate()
-        bad = self._bad
-        if not 1 <= self.num_inference_steps <= 1000:
-            raise bad("num_inference_steps", "must be between 1 and 1000")
-        if not 0.0 <= self.blend_start < 1.0:
-            raise bad("blend_start", "must be in [0, 1)")
         if int(self.num_inference_steps * self.blend_start) >= self.num_inference_steps:
-            raise bad("blend_start", "leaves no denoising step")
-        if not 0.0 <= self.guidance_scale <= 100.0:
-            raise bad("guidance_scale", "must be between 0 and 100")
-        if self.size is not None and not 64 <= self.size <= MAX_WORKING_SIDE:
-            raise bad("size", f"must be between 64 and {MAX_WORKING_SIDE} px")
-        if self.scheduler not in SCHEDULERS:
-            raise bad("scheduler", f"is unknown; choose one of {', '.join(SCHEDULERS)}")
-        if self.blend_rule not in BLEND_RULES:
-            raise bad("blend_rule", f"must be one of {', '.join(BLEND_RULES)}")
-        if self.mask_shrink not in MASK_SHRINK_MODES:
-            raise bad("mask_shrink", f"must be one of {', '.join(MASK_SHRINK_MODES)}")
+            raise self._bad("blend_start", "leaves no denoising step")
         if any(k < 1 or k % 2 == 0 for k in self.shrink_kernels):
-            raise bad("shrink_kernels", "must be odd sizes >= 1")
-        if not 0 <= self.recon_steps <= 10000:
-            raise bad("recon_steps", "must be between 0 and 10000")
-        if self.recon_lr is not None and not 0 < self.recon_lr <= 10:
-            raise bad("recon_lr", "must be in (0, 10]")
-        if self.recon_lambda < 0:
-            raise bad("recon_lambda", "must be >= 0")
-        if self.decode_batch_size < 1:
-            raise bad("decode_batch_size", "must be at least 1")
-        if self.eta < 0:
-            raise bad("eta", "must be >= 0")
+            raise self._bad("shrink_kernels", "must be odd sizes >= 1")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,12 +315,107 @@ class EditConfig(FrameConfig):
         return d
 
 
+def _weight(default: float, help: str, flag: str, **kw: Any) -> Any:
+    """A loss weight of Blended Diffusion: a finite number >= 0."""
+    why = "must be a finite number >= 0"
+    return setting(default, help, flag=flag, group="pixel", low=0, why=why, **kw)
+
+
+@dataclass(frozen=True)
+class PixelConfig(FrameConfig):
+    """Blended Diffusion settings (SPEC 2; defaults are the official script's)."""
+
+    timestep_respacing: str = setting(
+        "100", "guided-diffusion respacing of the 1000 training steps", flag="--respacing",
+        group="pixel", eval=True,
+    )  # fmt: skip
+    skip_timesteps: int = setting(
+        25, "steps skipped at the start: start from the input noised to step K - skip - 1, run "
+        "K - skip steps", flag="--skip-timesteps", group="pixel", low=0, eval=True,
+    )  # fmt: skip
+    sampler: str = setting(
+        "ddpm", "ddpm (official) or ddim", flag="--sampler", group="pixel", choices=SAMPLERS,
+        eval=True, web=True, label="Sampler",
+    )  # fmt: skip
+    eta: float = setting(
+        0.0, "DDIM eta: 0 = deterministic (schedulers that take it)", flag="--eta", low=0
+    )
+    clip_guidance_lambda: float = _weight(
+        1000.0, "CLIP loss weight", "--clip-guidance", label="CLIP guidance", step=50,
+        web_high=5000,
+    )  # fmt: skip
+    range_lambda: float = _weight(50.0, "range loss weight on the clean estimate", "--range-lambda")
+    aug_num: int = setting(
+        8, "augmented copies for the CLIP loss (plus one plain resize)", flag="--aug-num",
+        group="pixel", low=0, high=64, eval=True, web=True, label="Augmentations", step=1,
+        web_high=32,
+    )  # fmt: skip
+    local: bool = setting(
+        False, "the local CLIP-guided diffusion baseline (no blending, background loss)"
+    )
+    lpips_sim_lambda: float = _weight(
+        1000.0, "local-clip: LPIPS background loss weight", "--lpips-lambda"
+    )
+    l2_sim_lambda: float = _weight(10000.0, "local-clip: L2 background loss weight", "--l2-lambda")
+    fit: str = setting(
+        "stretch", "non-square photos: stretch to the model's square (official) or pad (keep "
+        "the aspect)", flag="--fit", group="pixel", choices=FIT_MODES, web=True, label="Fit",
+    )  # fmt: skip
+    batch_size: int = setting(
+        4, "candidates per model call", flag="--batch-size", low=1, label="Batch size"
+    )
+    class_label: int = setting(
+        -1, "class-conditional ADM: -1 = a random class at every step (official)", low=-1,
+        why="must be -1 (a random class at every step) or a class index",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if isinstance(self.timestep_respacing, int) and not isinstance(
+            self.timestep_respacing, bool
+        ):
+            object.__setattr__(self, "timestep_respacing", str(self.timestep_respacing))
+
+    def validate(self) -> PixelConfig:
+        """Reject values that cannot work, with the field name and value in one line.
+        (The respacing and skip are checked against the model's schedule when an edit runs.)"""
+        super().validate()
+        if not isinstance(self.timestep_respacing, str):
+            raise self._bad("timestep_respacing", "must be a respacing string such as '100'")
+        if self.background not in PIXEL_BACKGROUNDS:
+            raise self._bad(
+                "background", f"must be one of {', '.join(PIXEL_BACKGROUNDS)} (pixel space)"
+            )
+        return self
+
+
+PIXEL_PRESETS: dict[str, PixelConfig] = {
+    # The official script: 100 respaced steps, skip 25, DDPM, 8 augmentations, ranked batch of 8.
+    "default": PixelConfig(),
+    # The paper's advice: generate at least 64 and rank them.
+    "paper": PixelConfig(num_images=64),
+    # The local CLIP-guided diffusion baseline (paper's first algorithm), official loss weights.
+    "local": PixelConfig(local=True),
+    # One quick look: half the steps (the same starting noise level), 4 candidates.
+    "draft": PixelConfig(num_images=4, timestep_respacing="50", skip_timesteps=12),
+    # The official script with --model_output_size 512 (512x512_diffusion.pt, class-conditional):
+    # its arguments keep their defaults at 512 (respacing 100, skip 25, CLIP lambda 1000, range
+    # lambda 50, 8 augmentations, DDPM), and a random ImageNet class is drawn at every step.
+    "adm512": PixelConfig(class_label=-1),
+}
+
+
+def pixel_preset(name: str) -> PixelConfig:
+    if name not in PIXEL_PRESETS:
+        raise InputError(f"preset: unknown {name!r}; choose one of {', '.join(PIXEL_PRESETS)}")
+    return PIXEL_PRESETS[name]
+
+
 PRESETS: dict[str, EditConfig] = {
     # What the official SD2 script does, plus ranking and stitching.
     "default": EditConfig(),
     # The paper's evaluation setting: a ranked batch of 24.
     "paper": EditConfig(num_images=24),
-    # Fewer steps with a higher-order solver: about half the time; see README for the caveat.
+    # Fewer steps with a higher-order solver: about half the time; see docs/speed.md for the caveat.
     "fast": EditConfig(scheduler="dpm++", num_inference_steps=25),
     # One quick look.
     "draft": EditConfig(scheduler="dpm++", num_inference_steps=20, num_images=4),
@@ -159,7 +433,7 @@ PRESETS: dict[str, EditConfig] = {
     # The paper's own setting on its LDM (CompVis/ldm-text2im-large-256, 256x256): DDIM 50 steps,
     # eta 0, guidance 5, a ranked batch of 24, Algorithm 1's blend (t, fresh noise).
     "paper-ldm": EditConfig(guidance_scale=5.0, num_images=24, blend_rule="official"),
-    # Few-step distilled models, one preset each (README "Few-step models"). 4 steps, of which
+    # Few-step distilled models, one preset each (docs/models.md, "Few-step models"). 4 steps, of which
     # blend_start 0.25 skips the first: 3 model calls per candidate, 3 blends (the last pastes the
     # clean source). Guidance 1 is the conditional prediction alone in one pass (diffusers'
     # guidance_scale 0 for Turbo and Lightning).

@@ -1,11 +1,11 @@
-"""Loading Stable Diffusion components (hub id, local diffusers folder, single-file checkpoint) and
-choosing a noise scheduler by name. Failures become one line that says what was looked for."""
+"""What every model load shares (hub id or local path, the cache first, one line that says what was
+looked for on failure, single-file checkpoint errors), choosing a noise scheduler by name, and
+dtype/device parsing. Each model family's own loading is in its module (``latent/backbones``)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,17 +52,6 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 FLOW_SCHEDULERS = ("flow-euler",)
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
-
-
-@dataclass
-class SDComponents:
-    """The five parts of a Stable Diffusion 1.x/2.x text-to-image model."""
-
-    vae: Any
-    unet: Any
-    text_encoder: Any
-    tokenizer: Any
-    scheduler: Any
 
 
 def describe_load_failure(arg: str, model: str, error: BaseException) -> str:
@@ -139,63 +128,10 @@ def check_hub_id(name: str, arg: str = "model") -> None:
         )
 
 
-def load_sd_components(
-    model: str | os.PathLike[str],
-    torch_dtype: torch.dtype | None = None,
-    local_files_only: bool | None = None,
-    config: str | None = None,
-) -> SDComponents:
-    """Load VAE, UNet, text encoder, tokenizer and scheduler from a hub id, a local diffusers
-    folder (``model_index.json`` with ``vae/``, ``unet/``, ...) or a single checkpoint file.
-
-    ``config`` is only for single files: a local diffusers folder (or hub id) whose configs describe
-    the checkpoint, for offline use.
-    """
-    path = Path(model)
-    name = str(model)
-    if path.is_file():
-        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-            raise InputError(
-                f"model: {name!r} is a file but not a .safetensors or .ckpt checkpoint"
-            )
-        return _load_single_file(path, torch_dtype, config)
-    if path.is_dir():
-        missing = [
-            s
-            for s in ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
-            if not (path / s).is_dir()
-        ]
-        if missing:
-            raise ModelNotFoundError(
-                f"model: {name!r} is a folder but not a diffusers Stable Diffusion model "
-                f"(missing {', '.join(missing)}/)"
-            )
-    else:
-        check_hub_id(name)
-    parts = load_cached_first(
-        "model", name, lambda local: _load_diffusers(name, torch_dtype, local), local_files_only
-    )
-    if parts.unet.config.in_channels != 4:
-        raise InputError(
-            f"model: {name!r} has a {parts.unet.config.in_channels}-channel UNet (an inpainting "
-            "model); Blended Latent Diffusion needs a plain text-to-image model with 4 latent channels"
-        )
-    return parts
-
-
-def _load_diffusers(name: str, torch_dtype: torch.dtype | None, local: bool) -> SDComponents:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    kw: dict[str, Any] = {"local_files_only": local}
-    scheduler_config = DDIMScheduler.load_config(name, subfolder="scheduler", **kw)
-    tokenizer = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer", **kw)
-    dt = {"torch_dtype": torch_dtype, **kw}
-    text_encoder = CLIPTextModel.from_pretrained(name, subfolder="text_encoder", **dt)
-    vae = AutoencoderKL.from_pretrained(name, subfolder="vae", **dt)
-    unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", **dt)
-    scheduler = DDIMScheduler.from_config(scheduler_config)
-    return SDComponents(vae, unet, text_encoder, tokenizer, scheduler)
+def check_single_file(path: Path, name: str) -> None:
+    """A model given as a file (``name`` as given) must be a checkpoint by its suffix."""
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise InputError(f"model: {name!r} is a file but not a .safetensors or .ckpt checkpoint")
 
 
 def single_file_error(
@@ -221,18 +157,6 @@ def from_single_file(pipeline: Any, path: Path, config: str | None, **kw: Any) -
         return pipeline.from_single_file(str(path), **kw)
     except Exception as e:  # diffusers raises many types for a bad or unrecognised checkpoint
         raise single_file_error(path, e, config) from None
-
-
-def _load_single_file(
-    path: Path, torch_dtype: torch.dtype | None, config: str | None
-) -> SDComponents:
-    from diffusers import StableDiffusionPipeline
-
-    pipe = from_single_file(
-        StableDiffusionPipeline, path, config,
-        torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False,
-    )  # fmt: skip
-    return SDComponents(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler)
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

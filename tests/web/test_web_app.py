@@ -14,17 +14,11 @@ from PIL import Image
 
 from blendedit.errors import InputError
 from blendedit.frame.photo import read_photo
-from blendedit.web.app import (
-    EditorApp,
-    ServeOptions,
-    WebState,
-    friendly,
-    mask_from_editor,
-    mask_layer,
-    settings_from_ui,
-)
-from blendedit.web.canvas import to_full
+from blendedit.web.app import EditorApp
+from blendedit.web.canvas import mask_from_editor, mask_layer, to_full
+from blendedit.web.handlers import ServeOptions, WebState, friendly
 from blendedit.web.session import parse_trail, pixels_sha256, replay
+from blendedit.web.settings import settings_from_ui
 
 REQUEST = SimpleNamespace(session_hash="tab1")
 
@@ -439,6 +433,55 @@ def test_build_has_the_parts_the_page_needs(app):
     assert gen and all(d.concurrency_limit == 1 for d in gen)
     assert len({d.concurrency_id for d in gen}) == 1
     assert app.server_max_bytes >= 4 * 320**2  # room for the editor's PNG of its canvas
+
+
+def test_page_script_and_style_are_package_files_with_the_server_caps():
+    from blendedit.io import MIN_SIDE
+    from blendedit.web.app import page_head, static_text
+
+    js, css = static_text("editor.js"), static_text("editor.css")
+    assert "upload-check-msg" in js and "#upload-check-msg" in css
+    head = page_head(ServeOptions(max_upload_mb=6, max_side=4096, max_megapixels=13))
+    limits = {"maxBytes": 6 * 1024 * 1024, "maxSide": 4096, "minSide": MIN_SIDE}
+    limits["maxPixels"] = 13_000_000
+    assert f"window.blendeditUploadLimits = {json.dumps(limits)};" in head
+    assert head.index("blendeditUploadLimits =") < head.index(js)  # the caps come first
+
+
+def test_controls_are_built_from_their_descriptions():
+    from gradio.layouts import Form
+
+    from blendedit.web.layout import controls
+    from blendedit.web.settings import Control, control_specs
+
+    specs = [
+        Control("a", "slider", "A", 3, 1, 9, 1, info="help a", elem_id="a", row="r"),
+        Control("b", "dropdown", "B", "y", choices=("x", "y"), row="r"),
+        Control("c", "checkbox", "C", True),
+        Control("d", "number", "D", 0, 0, precision=0, section="advanced"),
+        Control("e", "text", "E", lines=2, section="advanced"),
+    ]
+    with gr.Blocks():
+        made = controls(specs)
+    assert list(made) == ["a", "b", "c", "d", "e"]
+    a, b, c, d, e = made.values()
+    assert isinstance(a, gr.Slider) and (a.minimum, a.maximum, a.step, a.value) == (1, 9, 1, 3)
+    assert a.info == "help a" and a.elem_id == "a" and a.label == "A"
+    assert isinstance(b, gr.Dropdown) and b.value == "y" and isinstance(c, gr.Checkbox)
+    assert isinstance(d, gr.Number) and d.precision == 0 and isinstance(e, gr.Textbox)
+
+    def box(comp):  # the layout a control sits in (Gradio puts form controls in a Form)
+        return comp.parent.parent if isinstance(comp.parent, Form) else comp.parent
+
+    assert box(a) is box(b) and isinstance(box(a), gr.Row)  # one row
+    assert isinstance(box(c), gr.Accordion) and box(c).open  # "settings": open
+    assert isinstance(box(d), gr.Accordion) and not box(d).open  # "advanced": closed
+    # The page's own controls are the descriptions of control_specs, by name.
+    latent = control_specs("latent", max_results=4, default_results=4)
+    pixel = control_specs("pixel", max_results=4, default_results=4, method="local-clip")
+    assert {"scheduler", "size", "loras"} <= {s.name for s in latent}
+    assert {"sampler", "fit", "aug_num"} <= {s.name for s in pixel}
+    assert next(s for s in pixel if s.name == "method").default == "local-clip"
 
 
 def test_pixel_model_page_generates_and_keeps(tiny_clip_dir: Path, tmp_path: Path):

@@ -4,7 +4,7 @@
 #      src/ on PYTHONPATH, and record the machine and package versions (probe.py -> env.json);
 #   2. the `gpu`-marked tests (only the test files that have one: the others need packages the
 #      device lacks, such as gradio and ray, to be collected);
-#   3. `blendedit bench` for each row of PLAN below that bench.py defines, each under its own time
+#   3. `blendedit bench` for each row of PLAN below that the bench defines, each under its own time
 #      limit and all under DEVICE_CHECK_BUDGET_S (default 470 s: the whole run under 8 minutes);
 #   4. append-results.py --section-only -> section.md, the markdown for docs/benchmarks.md.
 # Files in $OUT (at most 8 come back): run.log, env.json, pytest.xml, steps.tsv, bench.md,
@@ -35,7 +35,7 @@ mkdir -p "$OUT"
 export OUT PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 
 # One row per bench run: step name | preset | CPU dry-run preset (- = skip in a dry run) |
-# time limit (s) | bench arguments besides --preset/--device/--report. A preset bench.py does not
+# time limit (s) | bench arguments besides --preset/--device/--report. A preset the bench does not
 # define (yet) is skipped with a line, as is a row whose flags the bench lacks; ?--flag is passed
 # only where the bench has it (--realtime: the preset's few-step config, blendedit.config).
 # Estimated on an H200 (README.md): 55, 120, 85 and 110 s; setup 15 s, GPU tests 25 s before.
@@ -126,8 +126,8 @@ main() {
       continue
     }
     if [[ $presets != *" $preset "* ]]; then
-      echo "== $name: SKIPPED, bench.py defines no preset '$preset' (it has:$presets)"
-      record "$name" skipped 0 "no preset $preset in bench.py"
+      echo "== $name: SKIPPED, the bench defines no preset '$preset' (it has:$presets)"
+      record "$name" skipped 0 "no preset $preset in the bench"
       continue
     fi
     read -r -a words <<<"$args"

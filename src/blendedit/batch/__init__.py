@@ -7,8 +7,9 @@ summary = run_batch("edits.jsonl", "out/", shared=Shared(settings={"num_images":
 from __future__ import annotations
 
 from blendedit.batch.manifest import Row, Shared, read_manifest
-from blendedit.batch.run import ENGINES, RayOptions, run_batch
+from blendedit.batch.run import ENGINES, run_batch
 from blendedit.batch.store import BatchStore, Outcome
+from blendedit.engine import RayOptions
 
 __all__ = [
     "ENGINES",

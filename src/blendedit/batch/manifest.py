@@ -27,33 +27,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from blendedit.config import EditConfig, FrameConfig
+from blendedit.config import FrameConfig
 from blendedit.errors import InputError
 from blendedit.io import json_digest
-from blendedit.pixel.pipeline import PixelConfig
+from blendedit.methods import METHODS, get_method
+from blendedit.options import setting_fields
 
-METHODS = ("latent", "pixel", "local-clip")
 # Keys that are not edit settings: the inputs, the row's name and what loads the model.
 INPUT_KEYS = ("image", "mask", "prompt")
 MODEL_KEYS = ("method", "model", "model_config", "clip_model")
 ROW_KEYS = (*INPUT_KEYS, "id", *MODEL_KEYS)
-# ``blendedit edit`` flag names (dashes as underscores) of settings whose field is named otherwise.
-ALIASES = {
-    "steps": "num_inference_steps",
-    "guidance": "guidance_scale",
-    "respacing": "timestep_respacing",
-    "clip_guidance": "clip_guidance_lambda",
-    "lpips_lambda": "lpips_sim_lambda",
-    "l2_lambda": "l2_sim_lambda",
-}
-LATENT_FIELDS = {f.name: f for f in dataclasses.fields(EditConfig)}
-PIXEL_FIELDS = {f.name: f for f in dataclasses.fields(PixelConfig)}
-SETTING_FIELDS = {**LATENT_FIELDS, **PIXEL_FIELDS}
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_HINTS: dict[str, Any] = {
-    **typing.get_type_hints(EditConfig),
-    **typing.get_type_hints(PixelConfig),
-}
+
+
+def setting_hints() -> dict[str, Any]:
+    """Every setting of the registered methods: field name -> its type hint."""
+    return {name: hint for name, (_, hint, _) in setting_fields().items()}
+
+
+def aliases() -> dict[str, str]:
+    """``blendedit edit`` flag names (dashes as underscores) of settings whose field is named
+    otherwise (``steps`` -> ``num_inference_steps``), from the settings' descriptions."""
+    out = {}
+    for name, (s, _, _) in setting_fields().items():
+        flag = (s.flag or "").removeprefix("--").replace("-", "_")
+        if s.takes_value and flag and flag != name:
+            out[flag] = name
+    return out
 
 
 @dataclass(frozen=True)
@@ -101,8 +101,8 @@ class Row:
     def from_dict(cls, d: dict[str, Any]) -> Row:
         return cls(**d)
 
-    def config(self) -> EditConfig | PixelConfig:
-        cls = EditConfig if self.method == "latent" else PixelConfig
+    def config(self) -> FrameConfig:
+        cls = get_method(self.method).config
         s = dict(self.settings)
         if "shrink_kernels" in s:
             s["shrink_kernels"] = tuple(s["shrink_kernels"])
@@ -124,7 +124,7 @@ def file_digest(path: Path) -> str:
 
 def _coerce(name: str, value: Any, where: str) -> Any:
     """A manifest value (CSV: always text) as the type of setting ``name``."""
-    hint = _HINTS[name]
+    hint = setting_hints()[name]
     args = {hint} if typing.get_origin(hint) is tuple else set(typing.get_args(hint)) or {hint}
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
         if type(None) in args:
@@ -220,22 +220,6 @@ def _local_path(value: Any, base: Path | None = None) -> Any:
     return value
 
 
-def _config(method: str, shared: Shared, row_settings: dict[str, Any]) -> FrameConfig:
-    from blendedit.config import preset
-    from blendedit.pixel.pipeline import pixel_preset
-
-    fields = LATENT_FIELDS if method == "latent" else PIXEL_FIELDS
-    merged = {**shared.settings, **row_settings}
-    for name in merged:
-        if name not in fields:
-            other = "latent" if name in LATENT_FIELDS else "pixel and local-clip"
-            raise InputError(f"{name}: applies to method {other} only, not {method}")
-    if method == "latent":
-        return preset(shared.preset).replace(**merged).validate()
-    base = pixel_preset(shared.preset).replace(**merged)
-    return base.replace(local=method == "local-clip").validate()
-
-
 def read_manifest(path: str | os.PathLike[str], shared: Shared | None = None) -> list[Row]:
     """Every row of the manifest, checked: unknown keys, bad types and impossible settings fail
     the whole manifest (one line naming the row); unreadable files make only that row fail."""
@@ -247,99 +231,133 @@ def read_manifest(path: str | os.PathLike[str], shared: Shared | None = None) ->
     digests: dict[Path, str] = {}
     for index, (line, raw) in enumerate(_read_rows(path), start=1):
         where = f"manifest: row {index} (line {line})"
-        given: dict[str, Any] = {}
-        for k, v in raw.items():
-            name = ALIASES.get(k, k)
-            if name not in ROW_KEYS and name not in SETTING_FIELDS:
-                known = ", ".join((*ROW_KEYS, *sorted(SETTING_FIELDS)))
-                raise InputError(f"{where}: unknown key {k!r}; known keys: {known}")
-            if name in given:
-                raise InputError(f"{where}: {name} given twice")
-            given[name] = v
-        for k in INPUT_KEYS:
-            if k not in given:
-                raise InputError(f"{where}: missing {k!r}")
-        prompt = given["prompt"]
-        if not isinstance(prompt, str):
-            raise InputError(f"{where}: prompt: expected text, got {prompt!r}")
-        method = str(given.get("method") or shared.method)
-        if method not in METHODS:
-            raise InputError(f"{where}: method: {method!r} is not one of {', '.join(METHODS)}")
-        row_settings = {k: _coerce(k, v, where) for k, v in given.items() if k in SETTING_FIELDS}
-        try:
-            cfg = _config(method, shared, row_settings)
-        except InputError as e:
-            raise InputError(f"{where}: {e}") from None
-        models = {
-            k: _local_path(given[k], base) if given.get(k) else _local_path(getattr(shared, k))
-            for k in ("model", "model_config", "clip_model")
-        }
-        for k, v in models.items():
-            if v is not None and not isinstance(v, str):
-                raise InputError(f"{where}: {k}: expected text, got {v!r}")
-        if method != "latent" and not models["model"]:
+        row = _row(index, line, where, _given(raw, where), shared, base, digests)
+        if row.key in seen:
             raise InputError(
-                f"{where}: model: method {method} needs the ADM checkpoint file (model key or --model)"
+                f"{where}: same folder {row.key!r} as {seen[row.key].name} (the same inputs"
+                f"{'' if 'id' not in row.given else ' or id'}); give the rows distinct ids"
             )
-        files: dict[str, str] = {}
-        problem = None
-        for k in ("image", "mask"):
-            p = _resolve(base, given[k], k, where)
-            files[k] = str(p)
-            if problem is None:
-                if not p.is_file():
-                    problem = f"{k}: no such file: {str(p)!r}"
-                    continue
-                try:
-                    if p not in digests:  # a file many rows share is hashed once
-                        digests[p] = file_digest(p)
-                except OSError as e:
-                    problem = f"{k}: cannot read {str(p)!r} ({e.strerror})"
-        content = {k: digests.get(Path(v), f"path:{v}") for k, v in files.items()}
-        own = {k: v for k, v in given.items() if k not in ("image", "mask", "id")}
-        if "id" in given:
-            key = str(given["id"]).strip()
-            if not _ID.fullmatch(key) or key.lower().startswith("summary."):
-                raise InputError(
-                    f"{where}: id: {given['id']!r} must be 1-100 letters, digits, '.', '_' or "
-                    "'-' (it names the row's folder), not starting with '.', '_' or '-', not summary.*"
-                )
-        else:
-            key = json_digest({"inputs": content, "row": own})
-        settings = cfg.to_dict()
-        fingerprint = json_digest(
-            {
-                "inputs": content,
-                "prompt": prompt,
-                "method": method,
-                "models": models,
-                "settings": settings,
-                "format": [shared.out_format, shared.quality, shared.metadata],
-            },
-            32,
-        )
-        row = Row(
-            index=index,
-            line=line,
-            key=key,
-            fingerprint=fingerprint,
-            image=files["image"],
-            mask=files["mask"],
-            prompt=prompt,
-            method=method,
-            model=models["model"],
-            model_config=models["model_config"],
-            clip_model=models["clip_model"],
-            settings=settings,
-            given=given,
-            problem=problem,
-        )
-        if key in seen:
-            first = seen[key]
-            raise InputError(
-                f"{where}: same folder {key!r} as {first.name} (the same inputs"
-                f"{'' if 'id' not in given else ' or id'}); give the rows distinct ids"
-            )
-        seen[key] = row
+        seen[row.key] = row
         out.append(row)
     return out
+
+
+def _given(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """A row's keys by their field names (flag names translated), each once; the inputs there."""
+    names, known_settings = aliases(), setting_hints()
+    given: dict[str, Any] = {}
+    for k, v in raw.items():
+        name = names.get(k, k)
+        if name not in ROW_KEYS and name not in known_settings:
+            known = ", ".join((*ROW_KEYS, *sorted(known_settings)))
+            raise InputError(f"{where}: unknown key {k!r}; known keys: {known}")
+        if name in given:
+            raise InputError(f"{where}: {name} given twice")
+        given[name] = v
+    for k in INPUT_KEYS:
+        if k not in given:
+            raise InputError(f"{where}: missing {k!r}")
+    if not isinstance(given["prompt"], str):
+        raise InputError(f"{where}: prompt: expected text, got {given['prompt']!r}")
+    return given
+
+
+def _models(given: dict[str, Any], shared: Shared, base: Path, method: str, where: str) -> dict:
+    models = {
+        k: _local_path(given[k], base) if given.get(k) else _local_path(getattr(shared, k))
+        for k in ("model", "model_config", "clip_model")
+    }
+    for k, v in models.items():
+        if v is not None and not isinstance(v, str):
+            raise InputError(f"{where}: {k}: expected text, got {v!r}")
+    required = get_method(method).model_required
+    if required and not models["model"]:
+        raise InputError(f"{where}: model: method {method} needs {required} (model key or --model)")
+    return models
+
+
+def _files(
+    given: dict[str, Any], base: Path, where: str, digests: dict[Path, str]
+) -> tuple[dict[str, str], str | None]:
+    """The row's image and mask as absolute paths, and why they cannot be used (None: fine)."""
+    files: dict[str, str] = {}
+    problem = None
+    for k in ("image", "mask"):
+        p = _resolve(base, given[k], k, where)
+        files[k] = str(p)
+        if problem is None:
+            if not p.is_file():
+                problem = f"{k}: no such file: {str(p)!r}"
+                continue
+            try:
+                if p not in digests:  # a file many rows share is hashed once
+                    digests[p] = file_digest(p)
+            except OSError as e:
+                problem = f"{k}: cannot read {str(p)!r} ({e.strerror})"
+    return files, problem
+
+
+def _key(given: dict[str, Any], content: dict[str, str], where: str) -> str:
+    """The row's folder name: its id, else a hash of its inputs' contents and what it says."""
+    if "id" not in given:
+        own = {k: v for k, v in given.items() if k not in ("image", "mask", "id")}
+        return json_digest({"inputs": content, "row": own})
+    key = str(given["id"]).strip()
+    if not _ID.fullmatch(key) or key.lower().startswith("summary."):
+        raise InputError(
+            f"{where}: id: {given['id']!r} must be 1-100 letters, digits, '.', '_' or "
+            "'-' (it names the row's folder), not starting with '.', '_' or '-', not summary.*"
+        )
+    return key
+
+
+def _row(
+    index: int,
+    line: int,
+    where: str,
+    given: dict[str, Any],
+    shared: Shared,
+    base: Path,
+    digests: dict[Path, str],
+) -> Row:
+    method = str(given.get("method") or shared.method)
+    if method not in METHODS:
+        raise InputError(f"{where}: method: {method!r} is not one of {', '.join(METHODS)}")
+    hints = setting_hints()
+    row_settings = {k: _coerce(k, v, where) for k, v in given.items() if k in hints}
+    try:
+        merged = {**shared.settings, **row_settings}
+        cfg = get_method(method).settings(merged, shared.preset, key="method")
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
+    models = _models(given, shared, base, method, where)
+    files, problem = _files(given, base, where, digests)
+    content = {k: digests.get(Path(v), f"path:{v}") for k, v in files.items()}
+    settings = cfg.to_dict()
+    fingerprint = json_digest(
+        {
+            "inputs": content,
+            "prompt": given["prompt"],
+            "method": method,
+            "models": models,
+            "settings": settings,
+            "format": [shared.out_format, shared.quality, shared.metadata],
+        },
+        32,
+    )
+    return Row(
+        index=index,
+        line=line,
+        key=_key(given, content, where),
+        fingerprint=fingerprint,
+        image=files["image"],
+        mask=files["mask"],
+        prompt=given["prompt"],
+        method=method,
+        model=models["model"],
+        model_config=models["model_config"],
+        clip_model=models["clip_model"],
+        settings=settings,
+        given=given,
+        problem=problem,
+    )

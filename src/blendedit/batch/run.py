@@ -14,7 +14,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +22,13 @@ from tqdm.auto import tqdm
 
 from blendedit.batch.manifest import Row, Shared, read_manifest
 from blendedit.batch.store import BatchStore, Outcome
-from blendedit.batch.worker import EditorCache, WorkerSpec, process_row, setup_worker
+from blendedit.batch.worker import EditorCache, WorkerSpec, process_row
+from blendedit.engine import RayOptions, setup_worker
 from blendedit.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """Where and how wide the Ray engine runs (``blendedit.batch.ray_engine``)."""
-
-    address: str | None = None  # None: RAY_ADDRESS, else a running local cluster, else a new one
-    workers: int | None = None  # None: every GPU the cluster has / gpus_per_worker (CPU: 1)
-    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
-    cpus_per_worker: float = 1.0
-    actor_wait_s: float = 600.0  # how long workers may take to start before the run gives up
 
 
 def _local(rows: list[Row], spec: WorkerSpec) -> Iterator[Outcome]:
@@ -110,7 +100,7 @@ def run_batch(
                 if engine == "local":
                     outcomes = _local(todo, spec)
                 else:
-                    from blendedit.batch.ray_engine import run_rows
+                    from blendedit.batch.cluster import run_rows
 
                     outcomes = run_rows(todo, spec, ray or RayOptions(), extra)
                 for o in outcomes:

@@ -60,8 +60,8 @@ class EditorCache:
         self._editor, self._key = None, None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        from blendedit.editors import load_editor
         from blendedit.frame.ranking import DEFAULT_CLIP_MODEL
+        from blendedit.methods import load_editor
 
         clip = row.clip_model or DEFAULT_CLIP_MODEL
         editor = load_editor(
@@ -152,17 +152,3 @@ def process_row(cache: EditorCache, store: BatchStore, row: Row, shared: Shared)
         logger.debug("%s failed", row.name, exc_info=True)  # the trace, for debugging only
         return failed(f"{type(e).__name__}: {e}")
     return Outcome(row.key, row.index, status, None, time.perf_counter() - t0, worker_name(), files)
-
-
-def setup_worker(threads: int | None = None, offline: bool = False) -> None:
-    """Process-wide settings of a worker process (the CLI sets the same for a local run)."""
-    import os
-
-    if offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-    from blendedit.models import quiet_libraries
-
-    quiet_libraries()
-    torch.set_flush_denormal(True)  # as the CLI: subnormals make CPU arithmetic 30x slower
-    if threads:
-        torch.set_num_threads(threads)

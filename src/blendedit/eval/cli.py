@@ -6,15 +6,23 @@ import argparse
 import sys
 from typing import Any
 
-from blendedit.config import EditConfig, preset_on
+from blendedit.config import PIXEL_PRESETS, EditConfig, PixelConfig, preset_on, settings_of
 from blendedit.errors import BlendEditError, InputError
 from blendedit.eval.methods import DEFAULT_METHODS, METHODS, EvalModels
 from blendedit.eval.metrics import DEFAULT_CLASSIFIER, DEFAULT_SCORE_CLIP_MODEL
 from blendedit.eval.protocol import DEFAULT_MAX_SIDE
 from blendedit.frame.ranking import DEFAULT_CLIP_MODEL
 from blendedit.latent.backbones import family_defaults
-from blendedit.models import DEFAULT_MODEL, DTYPES, SCHEDULERS, quiet_libraries
-from blendedit.pixel.pipeline import PIXEL_PRESETS
+from blendedit.models import DEFAULT_MODEL, quiet_libraries
+from blendedit.options import (
+    add_engine_arguments,
+    add_model_arguments,
+    add_setting_arguments,
+    command,
+    given_settings,
+    ray_options,
+    setting_fields,
+)
 
 EXAMPLES = """\
 examples:
@@ -57,22 +65,69 @@ def _batch(text: str) -> int | dict[str, int]:
         ) from None
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="the paper's evaluation: precision, diversity, background fidelity, CLIP score, time",
-        description=(
-            "Blended Latent Diffusion paper, section 5 and appendix C.1: per photo a random "
-            "rectangle (sides uniform in [dim/5, dim/2]) and a random ImageNet class name as the "
-            "prompt; each method generates its recommended batch (latent 24, pixel 64); "
-            "precision = the prompt's class in an ImageNet classifier's top 5 for the masked "
-            "prediction (batch average and top-ranked only); diversity = mean pairwise LPIPS of "
-            "the correct masked predictions; plus background PSNR/MSE/SSIM/LPIPS, CLIP score and "
-            "time. Resumable: predictions are cached in --out."
-        ),
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    """The models the methods and the metrics load (the loading options shared with every
+    command, and eval's own)."""
+    g = add_model_arguments(
+        p, ("model", "model_config"), title="models",
+        helps={
+            "model": f"the latent methods' model (default {DEFAULT_MODEL})",
+            "model_config": "for a single-file checkpoint offline: its configs",
+        },
+    )  # fmt: skip
+    g.add_argument(
+        "--pixel-model", help="ADM checkpoint for pixel and local-clip (without it: skipped)"
     )
+    g.add_argument("--pixel-model-config", help="guided-diffusion JSON (default: the 256 uncond)")
+    add_model_arguments(
+        p, ("clip_model",), title=None,
+        helps={"clip_model": f"CLIP for ranking and pixel guidance (default {DEFAULT_CLIP_MODEL}); "
+               "'none': unranked"},
+    )  # fmt: skip
+    g.add_argument(
+        "--score-clip-model",
+        default=DEFAULT_SCORE_CLIP_MODEL,
+        help=f"CLIP for the CLIP score (default {DEFAULT_SCORE_CLIP_MODEL}); 'none': no CLIP score",
+    )
+    g.add_argument(
+        "--classifier",
+        default=DEFAULT_CLASSIFIER,
+        help=f"ImageNet classifier from transformers for precision (default {DEFAULT_CLASSIFIER}; "
+        "or a toy-world classifier.safetensors beside its classifier.py, whose 30 captions are "
+        "the prompts; "
+        "the paper used EfficientNet without naming the variant)",
+    )
+    g.add_argument(
+        "--lpips-weights",
+        nargs=2,
+        metavar=("TRUNK", "LIN"),
+        help="LPIPS trunk (torchvision alexnet/vgg16 state dict) and lin (lpips v0.1) files for "
+        "diversity and background LPIPS; without them those two are reported as unavailable",
+    )
+    g.add_argument("--lpips-net", choices=["alex", "vgg"], default="alex", help="default alex")
+    g.add_argument(
+        "--local-lpips-weights",
+        nargs=2,
+        metavar=("TRUNK", "LIN"),
+        help="local-clip's LPIPS background loss (VGG); without them it uses the L2 term only",
+    )
+    add_model_arguments(p, ("device", "dtype", "offline"), title=None)
+
+
+EVAL_HELP = "the paper's evaluation: precision, diversity, background fidelity, CLIP score, time"
+EVAL_DESCRIPTION = (
+    "Blended Latent Diffusion paper, section 5 and appendix C.1: per photo a random "
+    "rectangle (sides uniform in [dim/5, dim/2]) and a random ImageNet class name as the "
+    "prompt; each method generates its recommended batch (latent 24, pixel 64); "
+    "precision = the prompt's class in an ImageNet classifier's top 5 for the masked "
+    "prediction (batch average and top-ranked only); diversity = mean pairwise LPIPS of "
+    "the correct masked predictions; plus background PSNR/MSE/SSIM/LPIPS, CLIP score and "
+    "time. Resumable: predictions are cached in --out."
+)
+
+
+def add_parser(sub: Any) -> None:
+    p = command(sub, "eval", EVAL_HELP, EVAL_DESCRIPTION, EXAMPLES)
     p.add_argument("--images", required=True, help="folder of photos (*.mask*.* files skipped)")
     p.add_argument(
         "--methods",
@@ -110,99 +165,21 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
 
-    g = p.add_argument_group("models")
-    g.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"Stable Diffusion (default {DEFAULT_MODEL})"
-    )
-    g.add_argument("--model-config", help="for a single-file SD checkpoint offline: its configs")
-    g.add_argument(
-        "--pixel-model", help="ADM checkpoint for pixel and local-clip (without it: skipped)"
-    )
-    g.add_argument("--pixel-model-config", help="guided-diffusion JSON (default: the 256 uncond)")
-    g.add_argument(
-        "--clip-model",
-        default=DEFAULT_CLIP_MODEL,
-        help=f"CLIP for ranking and pixel guidance (default {DEFAULT_CLIP_MODEL}); 'none': unranked",
-    )
-    g.add_argument(
-        "--score-clip-model",
-        default=DEFAULT_SCORE_CLIP_MODEL,
-        help=f"CLIP for the CLIP score (default {DEFAULT_SCORE_CLIP_MODEL}); 'none': no CLIP score",
-    )
-    g.add_argument(
-        "--classifier",
-        default=DEFAULT_CLASSIFIER,
-        help=f"ImageNet classifier from transformers for precision (default {DEFAULT_CLASSIFIER}; "
-        "or a toy-world classifier.safetensors beside its classifier.py, whose 30 captions are "
-        "the prompts; "
-        "the paper used EfficientNet without naming the variant)",
-    )
-    g.add_argument(
-        "--lpips-weights",
-        nargs=2,
-        metavar=("TRUNK", "LIN"),
-        help="LPIPS trunk (torchvision alexnet/vgg16 state dict) and lin (lpips v0.1) files for "
-        "diversity and background LPIPS; without them those two are reported as unavailable",
-    )
-    g.add_argument("--lpips-net", choices=["alex", "vgg"], default="alex", help="default alex")
-    g.add_argument(
-        "--local-lpips-weights",
-        nargs=2,
-        metavar=("TRUNK", "LIN"),
-        help="local-clip's LPIPS background loss (VGG); without them it uses the L2 term only",
-    )
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps; auto = best there is")
-    g.add_argument(
-        "--dtype", default="auto", choices=["auto", *DTYPES], help="auto = fp16 on CUDA, else fp32"
-    )
-    g.add_argument("--offline", action="store_true", help="never reach the hub")
-
-    s = p.add_argument_group("method settings (defaults: the official scripts')")
-    s.add_argument(
-        "--steps", type=int, dest="num_inference_steps", help="latent: schedule length (50)"
-    )
-    s.add_argument("--size", type=int, help="latent: working long side in px (model's native)")
-    s.add_argument("--guidance", type=float, dest="guidance_scale", help="latent: CFG scale (7.5)")
-    s.add_argument(
-        "--blend-start", type=float, dest="blend_start", help="latent: schedule skipped (0.25)"
-    )
-    s.add_argument(
-        "--mask-shrink",
-        choices=["auto", "on", "off"],
-        dest="mask_shrink",
-        help="latent: progressive mask shrinking (auto: thin masks only)",
-    )
-    s.add_argument("--scheduler", choices=list(SCHEDULERS), help="latent: scheduler (ddim)")
-    s.add_argument(
-        "--recon-steps", type=int, dest="recon_steps", help="latent-decoder: Adam steps (75)"
-    )
-    s.add_argument(
+    _model_arguments(p)
+    # The settings eval takes per method, from their descriptions (Setting.eval).
+    add_setting_arguments(p, eval_settings())
+    p.add_argument(
         "--unet-batch",
         type=int,
         help="predictions per model call, every method (latent 8, pixel 4); lower it on small GPUs",
     )
-    s.add_argument("--respacing", dest="timestep_respacing", help='pixel: respaced steps ("100")')
-    s.add_argument(
-        "--skip-timesteps", type=int, dest="skip_timesteps", help="pixel: steps skipped (25)"
-    )
-    s.add_argument("--aug-num", type=int, dest="aug_num", help="pixel: CLIP augmentations (8)")
-    s.add_argument("--sampler", choices=["ddpm", "ddim"], help="pixel: sampler (ddpm)")
-    from blendedit.batch.cli import add_engine_arguments
-
     add_engine_arguments(p)  # --engine ray: the (input, method) units on a Ray cluster
     p.set_defaults(run=run)
 
 
-LATENT_FLAGS = (
-    "num_inference_steps",
-    "size",
-    "guidance_scale",
-    "scheduler",
-    "recon_steps",
-    "blend_start",
-    "mask_shrink",
-)
-PIXEL_FLAGS = ("timestep_respacing", "skip_timesteps", "aug_num", "sampler")
+def eval_settings() -> list[str]:
+    """The settings ``blendedit eval`` takes as flags (those described with ``eval=True``)."""
+    return [name for name, (s, _, _) in setting_fields().items() if s.eval]
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[Any, EvalModels]:
@@ -214,15 +191,16 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, EvalModels]:
     # The model family's own defaults (SDXL/LDM guidance 5, SD3/FLUX flow-euler, ...) under the
     # flags; a model that cannot be found yet fails later, only if a latent method runs.
     try:
-        base = EditConfig(**family_defaults(args.model))
+        base = EditConfig(**family_defaults(args.model or DEFAULT_MODEL))
     except BlendEditError:
         base = EditConfig()
-    latent = preset_on("default", base).replace(
-        **{k: getattr(args, k) for k in LATENT_FLAGS if getattr(args, k) is not None}
-    )
-    pixel = PIXEL_PRESETS["default"].replace(
-        **{k: getattr(args, k) for k in PIXEL_FLAGS if getattr(args, k) is not None}
-    )
+    given = given_settings(args)
+
+    def of(cls: type) -> dict[str, Any]:
+        return {k: v for k, v in given.items() if k in settings_of(cls)}
+
+    latent = preset_on("default", base).replace(**of(EditConfig))
+    pixel = PIXEL_PRESETS["default"].replace(**of(PixelConfig))
     if args.unet_batch is not None:
         latent = latent.replace(batch_size=args.unet_batch)
         pixel = pixel.replace(batch_size=args.unet_batch)
@@ -239,7 +217,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, EvalModels]:
         progress=not args.quiet,
     )
     models = EvalModels(
-        sd_model=args.model,
+        sd_model=args.model or DEFAULT_MODEL,
         sd_model_config=args.model_config,
         pixel_model=args.pixel_model,
         pixel_model_config=args.pixel_model_config,
@@ -266,8 +244,6 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"n_images: must be at least 1, got {args.n_images}")
     quiet_libraries()
     settings, models = settings_from_args(args)
-    from blendedit.batch.cli import ray_options
-
     report = run_eval(
         args.images, args.out, settings, models, engine=args.engine, ray=ray_options(args)
     )

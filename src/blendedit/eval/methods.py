@@ -27,7 +27,6 @@ every method, so "top-1" means the same thing everywhere.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -380,32 +379,25 @@ class DiffusersInpaintRunner(EditorRunner):
         c, ed = self.config, self.editor
         t0 = time.perf_counter()
         w, h = working_size(image.size, c.size or ed.native_size, ed.backbone.size_multiple)
-        # Only the arguments this family's pipeline takes (SD3/FLUX have no eta).
-        takes = inspect.signature(self.pipe.__call__).parameters
-        extra = {k: v for k, v in (("eta", c.eta),) if k in takes}
         mask_img = Image.fromarray(mask.astype(np.uint8) * 255)
         chunks = []
-        for i in range(0, len(seeds), c.batch_size):
-            part = list(seeds[i : i + c.batch_size])
-            out = self.pipe(
-                prompt=prompt,
-                image=image,
-                mask_image=mask_img,
-                height=h,
-                width=w,
-                strength=self.strength,
-                num_inference_steps=c.num_inference_steps,
-                guidance_scale=c.guidance_scale,
-                negative_prompt=c.negative_prompt or None,
-                num_images_per_prompt=len(part),
-                **extra,
-                generator=[torch.Generator("cpu").manual_seed(s) for s in part],
-                output_type="pt",
-            )
-            chunks.append(out.images.float().cpu())
-        # diffusers' SDXL pipeline casts a force_upcast VAE back to fp16 after its call; the
-        # editor shares it and keeps it in float32 there (the fp16 VAE overflows).
-        ed.vae.to(ed.backbone.vae_dtype_for(ed.dtype))
+        with ed.backbone.keeping_vae_dtype():  # the editor shares the VAE (SDXL: float32)
+            for i in range(0, len(seeds), c.batch_size):
+                part = list(seeds[i : i + c.batch_size])
+                out = ed.backbone.reference_inpaint(
+                    self.pipe,
+                    ed.backbone.reference_prompt(prompt, c.negative_prompt, len(part)),
+                    image,
+                    mask_img,
+                    (w, h),
+                    strength=self.strength,
+                    num_inference_steps=c.num_inference_steps,
+                    guidance_scale=c.guidance_scale,
+                    eta=c.eta,  # where the family's pipeline takes one
+                    generator=[torch.Generator("cpu").manual_seed(s) for s in part],
+                    output_type="pt",
+                )
+                chunks.append(out.images.float().cpu())
         x = torch.cat(chunks)  # (N, 3, h, w) in [0, 1]
         t_gen = time.perf_counter() - t0
         scores = None

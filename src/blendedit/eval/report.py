@@ -305,16 +305,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
+def _label(name: str, method: Mapping[str, Any]) -> str:
+    return f"{method['title']} (`{name}`)"
+
+
+def _intro(report: Mapping[str, Any], lpips: str) -> list[str]:
     p, met = report["protocol"], report["metrics"]
-    ok = {k: v for k, v in report["methods"].items() if v["status"] == "ok"}
-    lpips = f"LPIPS-{met['lpips_net']}" if met.get("lpips_weights") else "LPIPS (no weights: n/a)"
     partial = (
         f" (**partial: the first {p['evaluated']} of {p['n_images']}**)"
         if p["evaluated"] < p["n_images"]
         else ""
     )
-    out = [
+    return [
         "# blendedit evaluation\n",
         f"{p['evaluated']} inputs{partial} from `{p['images_dir']}` ({len(p['photos'])} photos), "
         f"seed {p['seed']}: per input a random rectangle (each side uniform in [dim/5, dim/2]) "
@@ -329,130 +331,162 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "(± standard error over inputs). Diversity: mean pairwise "
         f"{lpips} between the masked correct predictions of an input (inputs with at least two), "
         "averaged over inputs.\n",
-        "## Table 1: precision and diversity\n",
-        _table(
+    ]
+
+
+def _precision_table(ok: Mapping[str, Any]) -> list[str]:
+    """Table 1: precision and diversity."""
+    header = ["Method", "Batch", "Precision (batch) ↑", "Precision (top-1) ↑",
+              "Precision (first, unranked)", "Diversity ↑"]  # fmt: skip
+    rows = []
+    for k, v in ok.items():
+        r = v["results"]
+        diversity = _num(r["diversity"])
+        if r["diversity"] is not None:
+            diversity += f" ({r['diversity_inputs']} inputs)"
+        rows.append(
             [
-                "Method",
-                "Batch",
-                "Precision (batch) ↑",
-                "Precision (top-1) ↑",
-                "Precision (first, unranked)",
-                "Diversity ↑",
-            ],
-            [
-                [
-                    f"{v['title']} (`{k}`)",
-                    str(v["batch"]),
-                    _pct(v["results"]["precision_batch"], v["results"]["precision_batch_se"]),
-                    _pct(v["results"]["precision_top1"], v["results"]["precision_top1_se"]),
-                    _pct(
-                        v["results"].get("precision_first"), v["results"].get("precision_first_se")
-                    ),
-                    _num(v["results"]["diversity"])
-                    + (
-                        f" ({v['results']['diversity_inputs']} inputs)"
-                        if v["results"]["diversity"] is not None
-                        else ""
-                    ),
-                ]
-                for k, v in ok.items()
-            ],
-        ),
+                _label(k, v),
+                str(v["batch"]),
+                _pct(r["precision_batch"], r["precision_batch_se"]),
+                _pct(r["precision_top1"], r["precision_top1_se"]),
+                _pct(r.get("precision_first"), r.get("precision_first_se")),
+                diversity,
+            ]
+        )
+    return ["## Table 1: precision and diversity\n", _table(header, rows)]
+
+
+def _time_table(report: Mapping[str, Any], ok: Mapping[str, Any]) -> list[str]:
+    """Table 2: inference time."""
+    rows = [
+        [
+            _label(k, v),
+            str(v["batch"]),
+            f"{_secs(v['time']['single_mean_s'])} ({_secs(v['time']['single_median_s'])})",
+            f"{_secs(v['time']['batch_mean_s'])} ({_secs(v['time']['batch_median_s'])})",
+        ]
+        for k, v in ok.items()
+    ]
+    return [
         "## Table 2: inference time\n",
         f"Seconds per input on {report['run']['device_name']} (`{report['run']['device']}`), "
         "models loaded, mean over inputs (median in brackets). *Single image*: one prediction "
         "alone; *full batch*: the whole ranked batch, including ranking and background handling.\n",
-        _table(
-            ["Method", "Batch", "Single image (s)", "Full batch (s)"],
+        _table(["Method", "Batch", "Single image (s)", "Full batch (s)"], rows),
+    ]
+
+
+def _background_table(ok: Mapping[str, Any], lpips: str) -> list[str]:
+    """Background fidelity of the top-ranked prediction."""
+    rows = []
+    for k, v in ok.items():
+        b = v["results"]["background_top1"]
+        rows.append(
             [
-                [
-                    f"{v['title']} (`{k}`)",
-                    str(v["batch"]),
-                    f"{_secs(v['time']['single_mean_s'])} ({_secs(v['time']['single_median_s'])})",
-                    f"{_secs(v['time']['batch_mean_s'])} ({_secs(v['time']['batch_median_s'])})",
-                ]
-                for k, v in ok.items()
-            ],
-        ),
+                _label(k, v),
+                _num(b["psnr"], "{:.2f}") + (f" ({b['psnr_inf']} inf)" if b["psnr_inf"] else ""),
+                _num(None if b["mse"] is None else 1000 * b["mse"], "{:.3f}"),
+                _num(b["ssim"], "{:.4f}"),
+                _num(b["lpips"], "{:.4f}"),
+            ]
+        )
+    return [
         "## Background fidelity outside the mask (top-ranked prediction)\n",
         "PSNR (dB; mean over predictions whose background changed at all, the number left "
         "untouched in brackets), MSE (×10⁻³, mean over the 3 channels; BrushNet's script reports "
         "3× this), SSIM (windows wholly outside the mask) and "
         f"{lpips} (the mask region blacked out), against the input photo.\n",
-        _table(
-            ["Method", "PSNR ↑", "MSE ×10⁻³ ↓", "SSIM ↑", "LPIPS ↓"],
-            [
-                [
-                    f"{v['title']} (`{k}`)",
-                    _num(b["psnr"], "{:.2f}")
-                    + (f" ({b['psnr_inf']} inf)" if b["psnr_inf"] else ""),
-                    _num(None if b["mse"] is None else 1000 * b["mse"], "{:.3f}"),
-                    _num(b["ssim"], "{:.4f}"),
-                    _num(b["lpips"], "{:.4f}"),
-                ]
-                for k, v in ok.items()
-                for b in [v["results"]["background_top1"]]
-            ],
-        ),
+        _table(["Method", "PSNR ↑", "MSE ×10⁻³ ↓", "SSIM ↑", "LPIPS ↓"], rows),
     ]
-    if met.get("score_clip_model"):
-        out += [
-            "## CLIP score\n",
-            f"`max(100 cos, 0)` between `{met['score_clip_model']}` embeddings of the prediction "
-            "and of the prompt: of the masked prediction (the region the prompt is about) and of "
-            "the whole image (BrushBench's way). Note that the ranking already picked the top-1 "
-            "by a CLIP model.\n",
-            _table(
-                ["Method", "Masked, top-1 ↑", "Masked, batch ↑", "Whole image, top-1 ↑"],
+
+
+def _clip_table(met: Mapping[str, Any], ok: Mapping[str, Any]) -> list[str]:
+    """The CLIP score, when a CLIP score model was given."""
+    if not met.get("score_clip_model"):
+        return []
+    rows = []
+    for k, v in ok.items():
+        c = v["results"]["clip_score"] or {}
+        if c:
+            rows.append(
                 [
-                    [
-                        f"{v['title']} (`{k}`)",
-                        _num(c["masked_top1"], "{:.2f}"),
-                        _num(c["masked_batch"], "{:.2f}"),
-                        _num(c["full_top1"], "{:.2f}"),
-                    ]
-                    for k, v in ok.items()
-                    for c in [v["results"]["clip_score"] or {}]
-                    if c
-                ],
-            ),
-        ]
+                    _label(k, v),
+                    _num(c["masked_top1"], "{:.2f}"),
+                    _num(c["masked_batch"], "{:.2f}"),
+                    _num(c["full_top1"], "{:.2f}"),
+                ]
+            )
+    return [
+        "## CLIP score\n",
+        f"`max(100 cos, 0)` between `{met['score_clip_model']}` embeddings of the prediction "
+        "and of the prompt: of the masked prediction (the region the prompt is about) and of "
+        "the whole image (BrushBench's way). Note that the ranking already picked the top-1 "
+        "by a CLIP model.\n",
+        _table(["Method", "Masked, top-1 ↑", "Masked, batch ↑", "Whole image, top-1 ↑"], rows),
+    ]
+
+
+def _not_measured(report: Mapping[str, Any]) -> list[str]:
+    """The methods skipped and the notes, if any."""
     skipped = {k: v for k, v in report["methods"].items() if v["status"] != "ok"}
-    if skipped or report["notes"]:
-        out.append("## Not measured\n")
-        out += [f"- `{k}`: skipped: {v['note']}" for k, v in skipped.items()]
-        out += [f"- {n}" for n in report["notes"]]
-        out.append("")
-    out += [
+    if not (skipped or report["notes"]):
+        return []
+    return [
+        "## Not measured\n",
+        *(f"- `{k}`: skipped: {v['note']}" for k, v in skipped.items()),
+        *(f"- {n}" for n in report["notes"]),
+        "",
+    ]
+
+
+def _paper_table(report: Mapping[str, Any]) -> list[str]:
+    """The paper's Tables 1 and 2, for orientation."""
+    header = ["Paper row (blendedit method)", "Batch", "Precision (batch)", "Precision (top-1)",
+              "Single image (s)", "Full batch (s)"]  # fmt: skip
+    rows = [
+        [
+            r["row"] + (f" (`{r['method']}`)" if r["method"] else ""),
+            str(r["batch"]),
+            _pct(r["precision_batch"], digits=2),
+            _pct(r["precision_top1"], digits=0),
+            "n/a" if r["single_s"] is None else f"{r['single_s']:g}",
+            "n/a" if r["batch_s"] is None else f"{r['batch_s']:g}",
+        ]
+        for r in report["paper_reference"]
+    ]
+    return [
         "## The paper's numbers, for orientation\n",
         "Blended Latent Diffusion paper, Tables 1 and 2 (as copied in SPEC 4 from a secondary "
         "source; check the arXiv PDF before citing). 50 inputs; time on one NVIDIA A10. "
         "Different models, images and classifier variant than any run here.\n",
-        _table(
-            [
-                "Paper row (blendedit method)",
-                "Batch",
-                "Precision (batch)",
-                "Precision (top-1)",
-                "Single image (s)",
-                "Full batch (s)",
-            ],
-            [
-                [
-                    r["row"] + (f" (`{r['method']}`)" if r["method"] else ""),
-                    str(r["batch"]),
-                    _pct(r["precision_batch"], digits=2),
-                    _pct(r["precision_top1"], digits=0),
-                    "n/a" if r["single_s"] is None else f"{r['single_s']:g}",
-                    "n/a" if r["batch_s"] is None else f"{r['batch_s']:g}",
-                ]
-                for r in report["paper_reference"]
-            ],
-        ),
+        _table(header, rows),
+    ]
+
+
+def _versions_table(report: Mapping[str, Any]) -> list[str]:
+    return [
         "## Settings and versions\n",
         "Every setting of every method, every per-input number and the inputs themselves are in "
         "`report.json`; the predictions are in `predictions/<method>/<input>/`.\n",
         _table(["Package", "Version"], [[k, f"`{v}`"] for k, v in report["versions"].items()]),
+    ]
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """``report.md``: the report's sections, in the paper's order, then the paper's numbers."""
+    met = report["metrics"]
+    ok = {k: v for k, v in report["methods"].items() if v["status"] == "ok"}
+    lpips = f"LPIPS-{met['lpips_net']}" if met.get("lpips_weights") else "LPIPS (no weights: n/a)"
+    out = [
+        *_intro(report, lpips),
+        *_precision_table(ok),
+        *_time_table(report, ok),
+        *_background_table(ok, lpips),
+        *_clip_table(met, ok),
+        *_not_measured(report),
+        *_paper_table(report),
+        *_versions_table(report),
     ]
     return "\n".join(out)
 

@@ -1,50 +1,40 @@
 """The evaluation loop: cases x methods, predictions cached on disk, resumable, then the report.
 
-Layout of ``out``::
-
-    protocol.json                      the cases (photo, rectangle, prompt, class, seed)
-    predictions/<method>/settings.json the settings that made this folder's predictions
-    predictions/<method>/<case>/       NN-seedS.png (rank NN) and meta.json (ranks, seeds, times)
-    predictions/<method>/<case>/metrics-<hash>.json   every metric of that input
-    report.json  report.md  precision_vs_time.png  grid.png
-
-A case is finished when its ``meta.json`` exists (written last, atomically); a folder without one
-is an interrupted case and is made again. Resuming never recomputes a finished case; metrics are
-cached apart from predictions, keyed by the metric settings, so changing the classifier re-scores
-the cached predictions without regenerating them. A folder whose predictions were made with other
-settings (or for other cases) is refused, never silently reused.
+The run folder and its cache (what is finished, what is refused) are
+:class:`~blendedit.eval.store.EvalStore`'s; ``engine="ray"`` first makes the missing units on a
+Ray cluster (:mod:`blendedit.eval.cluster`) into the same cache, which the loop here then reads.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from tqdm.auto import tqdm
 
 from blendedit.config import EditConfig
+from blendedit.engine import RayOptions
 from blendedit.errors import InputError
+from blendedit.eval.cluster import fill_cache
 from blendedit.eval.methods import (
     DEFAULT_METHODS,
     METHODS,
     EvalModels,
-    MethodRun,
     Resources,
     Runner,
     Unavailable,
     build_runner,
     recommended_batch,
 )
-from blendedit.eval.metrics import classifier_top_k, evaluate_case
+from blendedit.eval.metrics import classifier_top_k
 from blendedit.eval.protocol import DEFAULT_MAX_SIDE, MASK_SIDE_RANGE, EvalCase, make_cases
 from blendedit.eval.report import write_report
-from blendedit.io import json_digest, read_json, save_json, save_png
+from blendedit.eval.store import EvalStore, fingerprint, floats, metrics_name, score_case
+from blendedit.io import read_json, save_json
 from blendedit.pixel.pipeline import PixelConfig
 
 logger = logging.getLogger(__name__)
@@ -103,120 +93,6 @@ class EvalSettings:
         return self
 
 
-def fingerprint(obj: Any) -> str:
-    return json_digest(obj, 12)
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
-
-
-class _Store:
-    """The on-disk cache of one run folder."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-
-    def open(self, protocol: dict[str, Any]) -> None:
-        """Start a new run folder, or resume one made with the same protocol."""
-        out, path = self.out, self.out / "protocol.json"
-        if path.is_file():
-            old = read_json(path)
-            # The photo folder may be named differently (relative, moved): the cases compare
-            # photo names, sizes, rectangles, prompts and seeds.
-            ignore = ("cases", "images_dir")
-            a = {k: v for k, v in old.items() if k not in ignore}
-            b = {k: v for k, v in protocol.items() if k not in ignore}
-            n = min(len(old.get("cases", [])), len(protocol["cases"]))
-            if a != b or old["cases"][:n] != protocol["cases"][:n]:
-                diff = _diff_keys(a, b) or ["cases"]
-                raise InputError(
-                    f"out: {str(out)!r} holds an evaluation of other inputs (differs in "
-                    f"{', '.join(diff)}); use another --out"
-                )
-            if len(protocol["cases"]) > len(old["cases"]):
-                save_json(protocol, path, replace=True)
-            return
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise InputError(
-                f"out: {str(out)!r} exists and is not an evaluation folder (no protocol.json); "
-                "choose a new folder"
-            )
-        out.mkdir(parents=True, exist_ok=True)
-        save_json(protocol, path)
-
-    def method_dir(self, method: str, settings: dict[str, Any]) -> Path:
-        d = self.out / "predictions" / method
-        path = d / "settings.json"
-        record = {"fingerprint": fingerprint(settings), "settings": settings}
-        if path.is_file():
-            old = read_json(path)
-            if old.get("fingerprint") != record["fingerprint"]:
-                diff = _diff_keys(old.get("settings", {}), settings) or ["settings"]
-                raise InputError(
-                    f"out: the {method} predictions in {str(d)!r} were made with other settings "
-                    f"({', '.join(diff)}); use another --out, or delete that folder to remake them"
-                )
-        else:
-            save_json(record, path)
-        return d
-
-    @staticmethod
-    def load_meta(case_dir: Path, case: EvalCase) -> dict[str, Any] | None:
-        path = case_dir / "meta.json"
-        if not path.is_file():
-            if case_dir.exists():  # interrupted while writing: make it again
-                shutil.rmtree(case_dir)
-            return None
-        meta = read_json(path)
-        if meta.get("case") != case.to_dict():
-            raise InputError(
-                f"out: {str(case_dir)!r} holds predictions for another input; use another --out"
-            )
-        return meta
-
-    @staticmethod
-    def save_case(case_dir: Path, case: EvalCase, run: MethodRun, device: str) -> dict[str, Any]:
-        preds = []
-        for p in run.predictions:
-            name = f"{p.rank:02d}-seed{p.seed}.png"
-            save_png(p.image, case_dir / name)
-            preds.append({"file": name, "rank": p.rank, "seed": p.seed, "score": p.score})
-        meta = {
-            "case": case.to_dict(),
-            "predictions": preds,
-            "time": {
-                "batch_s": round(run.time_batch, 4),
-                "single_s": None if run.time_single is None else round(run.time_single, 4),
-                **run.details,
-            },
-            "device": device,
-        }
-        save_json(meta, case_dir / "meta.json")  # last: marks the case finished
-        return meta
-
-
-def score_case(
-    case_dir: Path,
-    meta: dict[str, Any],
-    case: EvalCase,
-    metric_models: Any,
-    image: Image.Image | None = None,
-    mask: Any = None,
-) -> dict[str, Any]:
-    """The metrics of one input's cached predictions (``meta``'s files in ``case_dir``); the
-    input's ``image`` and ``mask`` are loaded unless given."""
-    if image is None:
-        image, mask = case.load_image(), case.mask()
-    preds = [Image.open(case_dir / p["file"]).convert("RGB") for p in meta["predictions"]]
-    return evaluate_case(preds, image, mask, case.class_index, case.prompt, metric_models)
-
-
 def _protocol(images_dir: Path, settings: EvalSettings, cases: Sequence[EvalCase], labels) -> dict:
     return {
         "images_dir": str(images_dir),
@@ -247,7 +123,7 @@ def run_eval(
     *,
     resources: Resources | None = None,
     engine: str = "local",
-    ray: Any = None,
+    ray: RayOptions | None = None,
 ) -> dict[str, Any]:
     """Run the protocol (or resume it) and write the report; returns ``report.json``'s content.
 
@@ -256,7 +132,7 @@ def run_eval(
     input being generated: run again with the same arguments to continue.
 
     ``engine="ray"`` makes the (input, method) units on a Ray cluster first (``ray``: a
-    :class:`blendedit.batch.RayOptions`), into the same cache; the loop below then only reads it.
+    :class:`blendedit.engine.RayOptions`), into the same cache; the local loop then only reads it.
     """
     if engine not in ("local", "ray"):
         raise InputError(f"engine: {engine!r} is not one of local, ray")
@@ -264,16 +140,55 @@ def run_eval(
     models = models or EvalModels()
     res = resources or Resources(models)
     images = Path(images_dir)
-    out = Path(out)
+    store = EvalStore(out)
 
     # 1. The inputs: cases drawn from the seed, prompts from the classifier's own label map.
-    labels = res.labels
-    cases = make_cases(images, settings.n_images, settings.seed, labels, settings.max_side)
-    todo = cases[: settings.limit] if settings.limit else cases
-    store = _Store(out)
-    store.open(_protocol(images, settings, cases, labels))
+    cases, todo = _open_cases(store, images, settings, res.labels)
 
     # 2. The methods that can run; the others get a note.
+    runners, skipped = _build_runners(settings, res)
+
+    # 3. Predictions and metrics, case by case; finished work is read back, never redone.
+    metric_settings = _metric_settings(models)
+    metrics_file = metrics_name(metric_settings)
+    if engine == "ray" and runners:
+        for name, runner in runners.items():  # folders of other settings: refused before any work
+            store.method_dir(name, runner.settings())
+        fill_cache(store.out, settings, models, list(runners), cases, todo, metrics_file,
+                   ray or RayOptions())  # fmt: skip
+    records = _predict_and_score(store, settings, res, runners, todo, metrics_file)
+
+    # 4. The report.
+    return write_report(
+        store.out,
+        images=images,
+        cases=cases,
+        done=todo,
+        settings=settings,
+        models=models,
+        runners=runners,
+        skipped=skipped,
+        records=records,
+        metric_settings=metric_settings,
+        device=str(res.device),
+    )
+
+
+def _open_cases(
+    store: EvalStore, images: Path, settings: EvalSettings, labels: Mapping[int, str]
+) -> tuple[list[EvalCase], list[EvalCase]]:
+    """(every case of the protocol, the cases to evaluate now); the run folder opened (or
+    resumed) for them."""
+    cases = make_cases(images, settings.n_images, settings.seed, labels, settings.max_side)
+    todo = cases[: settings.limit] if settings.limit else cases
+    store.open(_protocol(images, settings, cases, labels))
+    return cases, todo
+
+
+def _build_runners(
+    settings: EvalSettings, res: Resources
+) -> tuple[dict[str, Runner], dict[str, str]]:
+    """(name -> runner of each method that can run, name -> why for the others)."""
     runners: dict[str, Runner] = {}
     skipped: dict[str, str] = {}
     for name in settings.methods:
@@ -284,31 +199,31 @@ def run_eval(
         except Unavailable as e:
             skipped[name] = str(e)
             logger.warning("%s: skipped: %s", name, e)
+    return runners, skipped
 
-    # 3. Predictions and metrics, case by case; finished work is read back, never redone.
-    metric_settings = _metric_settings(models)
-    metrics_file = f"metrics-{fingerprint(metric_settings)}.json"
-    if engine == "ray" and runners:
-        from blendedit.batch.eval_ray import fill_cache
-        from blendedit.batch.run import RayOptions
 
-        for name, runner in runners.items():  # folders of other settings: refused before any work
-            store.method_dir(name, runner.settings())
-        fill_cache(
-            out, settings, models, list(runners), cases, todo, metrics_file, ray or RayOptions()
-        )
+def _predict_and_score(
+    store: EvalStore,
+    settings: EvalSettings,
+    res: Resources,
+    runners: Mapping[str, Runner],
+    todo: Sequence[EvalCase],
+    metrics_file: str,
+) -> dict[str, list[dict[str, Any]]]:
+    """Each method's records (case, meta.json, metrics) of ``todo``: cached ones read back,
+    missing predictions made and missing metrics computed, each written to the cache."""
     records: dict[str, list[dict[str, Any]]] = {}
     bar = tqdm(
         total=len(runners) * len(todo), desc="eval", unit="input", disable=not settings.progress
     )
     try:
         for name, runner in runners.items():
-            mdir = store.method_dir(name, runner.settings())
+            store.method_dir(name, runner.settings())
             warm = not settings.warmup  # first calls pay one-time costs: not timed
             records[name] = []
             for case in todo:
                 bar.set_postfix_str(f"{name} {case.id}")
-                case_dir = mdir / case.id
+                case_dir = store.case_dir(name, case)
                 meta = store.load_meta(case_dir, case)
                 image = mask = None
                 if meta is None:
@@ -325,35 +240,8 @@ def run_eval(
                 else:
                     scores = score_case(case_dir, meta, case, res.metric_models(), image, mask)
                     save_json(scores, mpath)
-                records[name].append({"case": case, "meta": meta, "metrics": _floats(scores)})
+                records[name].append({"case": case, "meta": meta, "metrics": floats(scores)})
                 bar.update(1)
     finally:
         bar.close()
-
-    # 4. The report.
-    return write_report(
-        out,
-        images=images,
-        cases=cases,
-        done=todo,
-        settings=settings,
-        models=models,
-        runners=runners,
-        skipped=skipped,
-        records=records,
-        metric_settings=metric_settings,
-        device=str(res.device),
-    )
-
-
-def _floats(scores: dict[str, Any]) -> dict[str, Any]:
-    """JSON stores inf as the string "inf"; back to floats."""
-
-    def conv(v: Any) -> Any:
-        if isinstance(v, str) and v in ("inf", "-inf", "nan"):
-            return float(v)
-        if isinstance(v, list):
-            return [conv(x) for x in v]
-        return v
-
-    return {k: conv(v) for k, v in scores.items()}
+    return records

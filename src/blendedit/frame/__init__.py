@@ -3,6 +3,14 @@ the photo as shown (``photo``), its mask (``masks``), the working region (``regi
 (``ranking``), the background (``reconstruct``), measurements (``metrics``) and results
 (``results``)."""
 
-from blendedit.frame.edit import EditCore, FrameMethod, Generated, Work, photo_mask, run_edit
+from blendedit.frame.edit import (
+    EditCore,
+    FrameMethod,
+    Generated,
+    Work,
+    photo_mask,
+    read_mask,
+    run_edit,
+)
 
-__all__ = ["EditCore", "FrameMethod", "Generated", "Work", "photo_mask", "run_edit"]
+__all__ = ["EditCore", "FrameMethod", "Generated", "Work", "photo_mask", "read_mask", "run_edit"]

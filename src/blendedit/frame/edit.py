@@ -156,10 +156,21 @@ class FrameMethod:
         return self.config_class()
 
 
+def read_mask(mask: M.MaskInput, photo: Photo) -> M.MaskLevels | np.ndarray:
+    """A mask file or image read once onto the photo as shown (see :class:`~.masks.MaskLevels`);
+    an array (already on the photo as shown) as it is."""
+    if isinstance(mask, M.MaskLevels | np.ndarray):
+        return mask
+    img = orient_like(open_image(mask, "mask"), photo)
+    return M.MaskLevels(M.mask_levels(img, photo.size))
+
+
 def photo_mask(mask: M.MaskInput, photo: Photo, cfg: FrameConfig) -> np.ndarray:
     """The mask as uint8 levels (H, W) on the photo as shown: oriented like the photo, grown,
     blurred; 0/255 unless ``soft_mask`` or ``mask_blur``. Rejects empty and full masks."""
-    if isinstance(mask, np.ndarray):
+    if isinstance(mask, M.MaskLevels):
+        levels = 255 - mask.levels if cfg.invert_mask else mask.levels
+    elif isinstance(mask, np.ndarray):
         levels = M.array_levels(mask, photo.size, cfg.invert_mask)
     else:
         img = orient_like(open_image(mask, "mask"), photo)
@@ -211,12 +222,73 @@ def run_edit(
         prompt = ""
     seed_list = list(seeds)
 
-    # 1. The photo as shown, its mask as levels, the binary edit region and the paste alpha.
+    # 1. The photo as shown, its mask as levels.
     photo = read_photo(image, "image")
     levels = photo_mask(mask, photo, cfg)  # (H0, W0) uint8
-    soft = cfg.soft_mask
 
-    # 2. Working region: the crop box (or whole photo) and its working size.
+    # 2. Working region: the crop box (or whole photo), its working size, the core's inputs.
+    region, work, src_box = _working_region(core, photo, levels, cfg, prompt)
+
+    # 3. The core's shared preparation (text, encoding, masks, schedule).
+    t0 = time.perf_counter()
+    state = core.prepare(work, cfg)
+    _sync(core.device)
+    timings.encode = time.perf_counter() - t0
+
+    # 4. Denoise in chunks of batch_size; a chunk that does not fit halves the batch.
+    t0 = time.perf_counter()
+    samples, frames, chunk_size = _denoise(core, state, seed_list, cfg, progress, return_process)
+    _sync(core.device)
+    timings.denoise = time.perf_counter() - t0
+
+    # 5. Decode to images at the working size.
+    t0 = time.perf_counter()
+    decoded = core.decode(state, samples)  # (N, 3, H, W) in [0, 1]
+    _sync(core.device)
+    timings.decode = time.perf_counter() - t0
+
+    # 6. Rank by CLIP similarity of the masked result to the prompt (BLD paper 4.4).
+    t0 = time.perf_counter()
+    scores = _scores(core, decoded, work, cfg, len(seed_list))
+    order = rank_order(scores, len(seed_list))
+    timings.rank = time.perf_counter() - t0
+
+    # 7. Background and paste-back of the top K, in the crop only.
+    t0 = time.perf_counter()
+    kept = _Kept(photo, region, levels, src_box, cfg, samples, decoded, scores, seed_list)
+    candidates = [
+        kept.candidate(core, state, idx, rank, frames if return_process and rank == 1 else [])
+        for rank, idx in enumerate(order[: cfg.keep or len(order)], start=1)
+    ]
+    timings.background = time.perf_counter() - t0
+    timings.total = time.perf_counter() - t_start
+
+    extra = core.describe(state, cfg)
+    settings = {
+        **cfg.to_dict(),
+        **extra.pop("settings", {}),
+        "region_used": region.to_dict(),
+        "batch_size_used": chunk_size,  # smaller than batch_size after out-of-memory
+    }
+    return EditResult(
+        candidates=candidates,
+        prompt=prompt,
+        settings=settings,
+        working_size=region.work_size,
+        input_size=photo.size,
+        timings=timings,
+        method=method,
+        region=region.box,
+        **extra,
+    )
+
+
+def _working_region(
+    core: EditCore, photo: Photo, levels: np.ndarray, cfg: FrameConfig, prompt: str
+) -> tuple[Region, Work, np.ndarray]:
+    """Stage 2: the region (crop box or whole photo) at the core's working size, what the core
+    gets there (:class:`Work`), and the input in the box as the model sees it (h, w, 3) sRGB."""
+    soft = cfg.soft_mask
     region = choose_region(
         levels,
         cfg.region,
@@ -242,16 +314,20 @@ def run_edit(
         prompt=prompt,
         source_size=region.size,
     )
+    return region, work, src_box
 
-    # 3. The core's shared preparation (text, encoding, masks, schedule).
-    t0 = time.perf_counter()
-    state = core.prepare(work, cfg)
-    _sync(core.device)
-    timings.encode = time.perf_counter() - t0
 
-    # 4. Denoise in chunks of batch_size; a chunk that does not fit halves the batch.
-    t0 = time.perf_counter()
-    total = len(seed_list) * state.num_steps
+def _denoise(
+    core: EditCore,
+    state: Any,
+    seeds: list[int],
+    cfg: FrameConfig,
+    progress: bool | ProgressFn,
+    return_process: bool,
+) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+    """Stage 4: every candidate's final sample (N, C, h, w), each step's clean estimates when
+    asked, and the batch size that fitted (halved after each out-of-memory)."""
+    total = len(seeds) * state.num_steps
     bar = tqdm(
         total=total, desc="denoising", unit="step", disable=progress is not True, leave=False
     )
@@ -269,8 +345,8 @@ def run_edit(
     frames: list[torch.Tensor] = []
     done, chunk_size = 0, cfg.batch_size
     try:
-        while done < len(seed_list):
-            chunk = seed_list[done : done + chunk_size]
+        while done < len(seeds):
+            chunk = seeds[done : done + chunk_size]
             try:
                 out = core.generate(state, chunk, cfg, tick, return_process)
             except torch.OutOfMemoryError:
@@ -288,84 +364,78 @@ def run_edit(
             done += len(chunk)
     finally:
         bar.close()
-    samples = torch.cat(chunks)
-    _sync(core.device)
-    timings.denoise = time.perf_counter() - t0
+    return torch.cat(chunks), frames, chunk_size
 
-    # 5. Decode to images at the working size.
-    t0 = time.perf_counter()
-    decoded = core.decode(state, samples)  # (N, 3, H, W) in [0, 1]
-    _sync(core.device)
-    timings.decode = time.perf_counter() - t0
 
-    # 6. Rank by CLIP similarity of the masked result to the prompt (BLD paper 4.4).
-    t0 = time.perf_counter()
-    # An empty prompt names nothing to compare with (CLIP's embedding of "" is no description of
-    # a filled-in background), so its candidates keep their generation order, unscored.
-    scores = None
-    if cfg.rank and core.clip is not None and prompt:
-        scores = core.clip.score(decoded, (work.mask > 0).to(decoded.dtype), prompt)
-    elif cfg.rank and core.clip is None and len(seed_list) > 1:
+def _scores(
+    core: EditCore, decoded: torch.Tensor, work: Work, cfg: FrameConfig, n: int
+) -> torch.Tensor | None:
+    """Stage 6: each candidate's CLIP similarity of its masked result to the prompt (N,), or
+    None. An empty prompt names nothing to compare with (CLIP's embedding of "" is no
+    description of a filled-in background), so its candidates keep their generation order."""
+    if cfg.rank and core.clip is not None and work.prompt:
+        return core.clip.score(decoded, (work.mask > 0).to(decoded.dtype), work.prompt)
+    if cfg.rank and core.clip is None and n > 1:
         logger.warning("no CLIP model loaded: results are not ranked")
-    order = rank_order(scores, len(seed_list))
-    timings.rank = time.perf_counter() - t0
+    return None
 
-    # 7. Background and paste-back of the top K, in the crop only.
-    t0 = time.perf_counter()
-    binary = box_levels >= M.MASK_THRESHOLD if not soft else box_levels > 0  # (h, w) bool
-    alpha = M.paste_alpha(box_levels, cfg.feather, soft)  # (h, w) float32
-    native_box = photo.native(region.box)  # (h, w, C) the input's own pixels
-    measure = _Measure(photo, region, levels, binary) if cfg.metrics else None
-    candidates = []
-    for rank, idx in enumerate(order[: cfg.keep or len(order)], start=1):
+
+class _Kept:
+    """Stage 7 for each kept candidate: its background (BLD paper 4.2) and paste-back in the crop,
+    in the photo's own colour space and bit depth, and its metrics."""
+
+    def __init__(
+        self,
+        photo: Photo,
+        region: Region,
+        levels: np.ndarray,
+        src_box: np.ndarray,
+        cfg: FrameConfig,
+        samples: torch.Tensor,
+        decoded: torch.Tensor,
+        scores: torch.Tensor | None,
+        seeds: list[int],
+    ):
+        box_levels = levels[region.slices]  # (h, w) uint8
+        self.binary = (
+            box_levels >= M.MASK_THRESHOLD if not cfg.soft_mask else box_levels > 0
+        )  # (h, w) bool
+        self.alpha = M.paste_alpha(box_levels, cfg.feather, cfg.soft_mask)  # (h, w) float32
+        self.native_box = photo.native(region.box)  # (h, w, C) the input's own pixels
+        self.measure = _Measure(photo, region, levels, self.binary) if cfg.metrics else None
+        self.photo, self.region, self.src_box, self.cfg = photo, region, src_box, cfg
+        self.samples, self.decoded, self.scores, self.seeds = samples, decoded, scores, seeds
+
+    def candidate(
+        self, core: EditCore, state: Any, idx: int, rank: int, frames: list[torch.Tensor]
+    ) -> Candidate:
+        region, decoded, samples = self.region, self.decoded, self.samples
         dec = _to_box(decoded[idx : idx + 1], region.size)  # (h, w, 3) uint8 sRGB
-        out = _background(core, state, cfg, samples[idx : idx + 1], decoded[idx : idx + 1], dec,
-                          src_box, binary, alpha, region)  # fmt: skip
-        changed = (out != src_box).any(axis=-1)  # (h, w): elsewhere the input's own pixels stay
-        patch = native_box.copy()
+        out = _background(core, state, self.cfg, samples[idx : idx + 1],
+                          decoded[idx : idx + 1], dec, self.src_box, self.binary, self.alpha,
+                          region)  # fmt: skip
+        changed = (out != self.src_box).any(axis=-1)  # (h, w): elsewhere the input's own pixels
+        patch = self.native_box.copy()
         if changed.any():
-            patch[changed] = photo.from_srgb(out)[changed]
+            patch[changed] = self.photo.from_srgb(out)[changed]
         process = None
-        if return_process and rank == 1 and frames:
+        if frames:
             process = [  # at the box's size, like ``decoded``
                 Image.fromarray(_to_box(f[None], region.size))
                 for f in core.decode(state, frames[idx])
             ]
-        candidates.append(
-            Candidate(
-                patch=patch,
-                box=region.box,
-                photo=photo,
-                seed=seed_list[idx],
-                rank=rank,
-                score=None if scores is None else float(scores[idx]),
-                decoded=Image.fromarray(dec),
-                latent=samples[idx].cpu() if state.latent_space else None,
-                process=process,
-                metrics=measure(patch) if measure is not None else {},
-            )
+        return Candidate(
+            patch=patch,
+            box=region.box,
+            photo=self.photo,
+            seed=self.seeds[idx],
+            rank=rank,
+            score=None if self.scores is None else float(self.scores[idx]),
+            decoded=Image.fromarray(dec),
+            latent=samples[idx].cpu() if state.latent_space else None,
+            process=process,
+            metrics=self.measure(patch) if self.measure is not None else {},
         )
-    timings.background = time.perf_counter() - t0
-    timings.total = time.perf_counter() - t_start
-
-    extra = core.describe(state, cfg)
-    settings = {
-        **cfg.to_dict(),
-        **extra.pop("settings", {}),
-        "region_used": region.to_dict(),
-        "batch_size_used": chunk_size,  # smaller than batch_size after out-of-memory
-    }
-    return EditResult(
-        candidates=candidates,
-        prompt=prompt,
-        settings=settings,
-        working_size=region.work_size,
-        input_size=photo.size,
-        timings=timings,
-        method=method,
-        region=region.box,
-        **extra,
-    )
 
 
 def _background(

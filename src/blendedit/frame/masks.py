@@ -6,6 +6,7 @@ Conventions: masks are float tensors of 0/1 with shape (B, 1, H, W); 1 = the reg
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,7 +16,17 @@ from PIL import Image
 from blendedit.errors import InputError
 from blendedit.io import open_image
 
-MaskInput = str | os.PathLike[str] | Image.Image | np.ndarray
+
+@dataclass(frozen=True)
+class MaskLevels:
+    """A user's mask already read onto the photo as shown (oriented like it, at its size):
+    uint8 levels (H, W), before inversion, grow and blur. Reading a mask file once and handing
+    this on lets a command check the mask before loading a model without reading it again."""
+
+    levels: np.ndarray
+
+
+MaskInput = str | os.PathLike[str] | Image.Image | np.ndarray | MaskLevels
 
 MASK_THRESHOLD = 128  # 8-bit grey level at and above which a mask pixel counts as "edit"
 ASPECT_TOLERANCE = 0.02  # relative aspect-ratio difference allowed between mask and image

@@ -24,7 +24,7 @@ from blendedit.frame import reconstruct as R
 from blendedit.frame.ranking import DEFAULT_CLIP_MODEL, ClipScorer
 from blendedit.frame.region import shapes_at
 from blendedit.io import working_size
-from blendedit.latent.backbones import Backbone, Conditioning, load_backbone
+from blendedit.latent.backbones import Backbone, Conditioning, family_names, load_backbone
 from blendedit.latent.lora import LoraHandle, LoraSpec, apply_loras
 from blendedit.latent.sampling import (
     blend_timesteps,
@@ -102,8 +102,9 @@ class BlendedLatentDiffusion(FrameMethod):
         """Apply LoRAs ("FILE_OR_ID[:SCALE]": a .safetensors file in the kohya/A1111 or diffusers
         format, a folder or a hub id) as unfused PEFT adapters on the UNet and text encoder(s),
         replacing any applied before; :meth:`unload_loras` restores the base weights bit for bit."""
-        if self.family not in ("sd", "sdxl"):
-            raise InputError(f"lora: LoRAs apply to SD 1.x/2.x and SDXL models, not {self.family}")
+        if not self.backbone.supports_lora:
+            kinds = family_names(lambda c: c.supports_lora)
+            raise InputError(f"lora: LoRAs apply to {kinds} models, not {self.family}")
         self.unload_loras()
         bb = self.backbone
         self._lora = apply_loras(

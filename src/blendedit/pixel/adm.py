@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blendedit.errors import InputError
-from blendedit.pixel.gaussian import beta_schedule, space_timesteps
+from blendedit.pixel.schedule import beta_schedule, space_timesteps
 
 # guided-diffusion's NUM_CLASSES: a class-conditional model has one embedding per ImageNet class.
 NUM_CLASSES = 1000

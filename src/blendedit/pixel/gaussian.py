@@ -1,4 +1,4 @@
-"""Gaussian diffusion for ADM: beta schedules, respacing, posterior, DDPM and DDIM steps.
+"""Gaussian diffusion for ADM: respaced schedules, posterior, DDPM and DDIM steps.
 
 Our own implementation of the sampling side of OpenAI's guided-diffusion, written from the
 conventions recorded in ``shared/reference/adm/README.md``:
@@ -17,7 +17,6 @@ float32 tensors. The UNet never sees ``t`` itself; it gets :meth:`GaussianDiffus
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,66 +24,10 @@ import torch
 from torch import Tensor
 
 from blendedit.errors import InputError
+from blendedit.pixel.schedule import F64, beta_schedule, space_timesteps
 
 if TYPE_CHECKING:
     from blendedit.pixel.adm import ADMConfig
-
-F64 = torch.float64
-
-
-def beta_schedule(name: str, num_steps: int) -> Tensor:
-    """The original T betas, float64 (T,). "linear": 1e-4..0.02 scaled by 1000/T (DDPM, sec. 4);
-    "cosine": Improved DDPM eq. 17, clipped at 0.999."""
-    if name == "linear":
-        scale = 1000.0 / num_steps
-        return torch.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=F64)
-    if name == "cosine":
-
-        def alpha_bar(s: float) -> float:
-            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
-
-        ts = [(i / num_steps, (i + 1) / num_steps) for i in range(num_steps)]
-        return torch.tensor([min(1 - alpha_bar(b) / alpha_bar(a), 0.999) for a, b in ts], dtype=F64)
-    raise InputError(f"noise_schedule={name!r} is not supported (use 'linear' or 'cosine')")
-
-
-def space_timesteps(num_steps: int, spec: str) -> list[int]:
-    """Original timesteps kept by a respacing string, sorted (Improved DDPM, section 4).
-
-    ``""`` keeps all. ``"ddimN"`` keeps ``range(0, T, s)`` for the smallest stride s giving N steps.
-    Otherwise ``"a,b,..."`` splits 0..T−1 into equal sections (the first T mod n one step longer)
-    and keeps ``count`` steps of each: start + round(pos), pos summing the float stride
-    (size−1)/(count−1), Python's half-to-even ``round``. ``"100"`` over 1000 gives 0, 10, ..., 50, 61.
-    """
-    spec = str(spec).strip()
-    if not spec:
-        return list(range(num_steps))
-    try:
-        if spec.startswith("ddim"):
-            want = int(spec[4:])
-            for stride in range(1, num_steps):
-                if len(range(0, num_steps, stride)) == want:
-                    return list(range(0, num_steps, stride))
-            raise ValueError
-        counts = [int(c) for c in spec.split(",")]
-    except ValueError:
-        raise InputError(
-            f"timestep_respacing={spec!r} is not valid for {num_steps} steps"
-        ) from None
-    kept, start = [], 0
-    for i, count in enumerate(counts):
-        size = num_steps // len(counts) + (1 if i < num_steps % len(counts) else 0)
-        if not 1 <= count <= size:
-            raise InputError(
-                f"timestep_respacing={spec!r}: section {i} of {size} steps asks {count}"
-            )
-        stride = 1.0 if count == 1 else (size - 1) / (count - 1)
-        pos = 0.0
-        for _ in range(count):
-            kept.append(start + round(pos))
-            pos += stride
-        start += size
-    return sorted(set(kept))
 
 
 @dataclass(frozen=True)
@@ -166,13 +109,16 @@ class GaussianDiffusion:
         return cls(betas, kept, steps, rescale_timesteps, learn_sigma, sigma_small, predict_xstart)
 
     @classmethod
-    def from_config(cls, config: ADMConfig) -> GaussianDiffusion:
+    def from_config(
+        cls, config: ADMConfig, timestep_respacing: str | None = None
+    ) -> GaussianDiffusion:
         """The diffusion of an :class:`~blendedit.pixel.adm.ADMConfig` (its diffusion settings;
-        use_kl and rescale_learned_sigmas only change the training loss and are ignored)."""
+        use_kl and rescale_learned_sigmas only change the training loss and are ignored), with
+        ``timestep_respacing`` instead of the config's when given."""
         return cls.create(
             config.diffusion_steps,
             config.noise_schedule,
-            config.timestep_respacing,
+            config.timestep_respacing if timestep_respacing is None else timestep_respacing,
             rescale_timesteps=config.rescale_timesteps,
             learn_sigma=config.learn_sigma,
             sigma_small=config.sigma_small,

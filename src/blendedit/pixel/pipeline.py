@@ -51,7 +51,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from blendedit.config import FrameConfig
+from blendedit.config import (  # noqa: F401 (PixelConfig and its presets are this method's)
+    PIXEL_PRESETS,
+    FrameConfig,
+    PixelConfig,
+    pixel_preset,
+)
 from blendedit.errors import InputError
 from blendedit.frame import FrameMethod, Generated, Work
 from blendedit.frame import masks as M
@@ -68,84 +73,6 @@ from blendedit.pixel.guidance import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-SAMPLERS = ("ddpm", "ddim")
-FIT_MODES = ("stretch", "pad")
-PIXEL_BACKGROUNDS = ("stitch", "decoded", "poisson")  # no decoder to optimise in pixel space
-
-
-@dataclass(frozen=True)
-class PixelConfig(FrameConfig):
-    """Blended Diffusion settings (SPEC 2; defaults are the official script's)."""
-
-    timestep_respacing: str = "100"  # guided-diffusion respacing of the 1000 training steps
-    skip_timesteps: int = 25  # start from the input noised to step K - skip - 1, run K - skip steps
-    sampler: str = "ddpm"  # ddpm (official) or ddim
-    eta: float = 0.0  # DDIM stochasticity
-    clip_guidance_lambda: float = 1000.0  # weight of the CLIP loss
-    range_lambda: float = 50.0  # weight of the range loss on the clean estimate
-    aug_num: int = 8  # augmented copies for the CLIP loss (plus one plain resize)
-    local: bool = False  # True: local CLIP-guided diffusion baseline (no blending, background loss)
-    lpips_sim_lambda: float = 1000.0  # local only: LPIPS background loss weight
-    l2_sim_lambda: float = 10000.0  # local only: L2 background loss weight
-    fit: str = "stretch"  # stretch to the model's square size (official) or pad (keep aspect)
-    batch_size: int = 4  # candidates per UNet call
-    class_label: int = -1  # class-conditional ADM: -1 = a random class at every step (official)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.timestep_respacing, int) and not isinstance(
-            self.timestep_respacing, bool
-        ):
-            object.__setattr__(self, "timestep_respacing", str(self.timestep_respacing))
-
-    def validate(self) -> PixelConfig:
-        """Reject values that cannot work, with the field name and value in one line.
-        (The respacing and skip are checked against the model's schedule when an edit runs.)"""
-        super().validate()
-        bad = self._bad
-        if not isinstance(self.timestep_respacing, str):
-            raise bad("timestep_respacing", "must be a respacing string such as '100'")
-        if self.skip_timesteps < 0:
-            raise bad("skip_timesteps", "must be >= 0")
-        if self.sampler not in SAMPLERS:
-            raise bad("sampler", f"must be one of {', '.join(SAMPLERS)}")
-        if self.eta < 0:
-            raise bad("eta", "must be >= 0")
-        for name in ("clip_guidance_lambda", "range_lambda", "lpips_sim_lambda", "l2_sim_lambda"):
-            if not 0.0 <= getattr(self, name) < float("inf"):
-                raise bad(name, "must be a finite number >= 0")
-        if not 0 <= self.aug_num <= 64:
-            raise bad("aug_num", "must be between 0 and 64")
-        if self.class_label < -1:
-            raise bad("class_label", "must be -1 (a random class at every step) or a class index")
-        if self.fit not in FIT_MODES:
-            raise bad("fit", f"must be one of {', '.join(FIT_MODES)}")
-        if self.background not in PIXEL_BACKGROUNDS:
-            raise bad("background", f"must be one of {', '.join(PIXEL_BACKGROUNDS)} (pixel space)")
-        return self
-
-
-PIXEL_PRESETS: dict[str, PixelConfig] = {
-    # The official script: 100 respaced steps, skip 25, DDPM, 8 augmentations, ranked batch of 8.
-    "default": PixelConfig(),
-    # The paper's advice: generate at least 64 and rank them.
-    "paper": PixelConfig(num_images=64),
-    # The local CLIP-guided diffusion baseline (paper's first algorithm), official loss weights.
-    "local": PixelConfig(local=True),
-    # One quick look: half the steps (the same starting noise level), 4 candidates.
-    "draft": PixelConfig(num_images=4, timestep_respacing="50", skip_timesteps=12),
-    # The official script with --model_output_size 512 (512x512_diffusion.pt, class-conditional):
-    # its arguments keep their defaults at 512 (respacing 100, skip 25, CLIP lambda 1000, range
-    # lambda 50, 8 augmentations, DDPM), and a random ImageNet class is drawn at every step.
-    "adm512": PixelConfig(class_label=-1),
-}
-
-
-def pixel_preset(name: str) -> PixelConfig:
-    if name not in PIXEL_PRESETS:
-        raise InputError(f"preset: unknown {name!r}; choose one of {', '.join(PIXEL_PRESETS)}")
-    return PIXEL_PRESETS[name]
 
 
 def default_preset(checkpoint: str | os.PathLike[str] | None) -> str:
@@ -273,16 +200,7 @@ class BlendedDiffusion(FrameMethod):
 
     def make_diffusion(self, cfg: PixelConfig) -> GaussianDiffusion:
         """The model's diffusion with ``cfg.timestep_respacing``."""
-        c = self.config
-        return GaussianDiffusion.create(
-            c.diffusion_steps,
-            c.noise_schedule,
-            cfg.timestep_respacing,
-            rescale_timesteps=c.rescale_timesteps,
-            learn_sigma=c.learn_sigma,
-            sigma_small=c.sigma_small,
-            predict_xstart=c.predict_xstart,
-        )
+        return GaussianDiffusion.from_config(self.config, cfg.timestep_respacing)
 
     def fit_input(
         self, x: torch.Tensor, mask: torch.Tensor

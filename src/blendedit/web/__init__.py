@@ -1,5 +1,8 @@
 """The interactive editor (``blendedit serve``) and session trails (``blendedit replay``).
 
-``session`` is pure logic with no web imports; ``app`` is the Gradio user interface over it and the
-library; ``cli`` registers the two commands.
+``session`` and ``canvas`` are pure logic with no web imports; ``settings`` describes the settings
+controls and reads their values back; the Gradio user interface over them and the library is
+``layout`` (the page), ``handlers`` (what each event does), ``static/`` (the page's script and
+style) and ``app`` (:class:`~blendedit.web.app.EditorApp`, tying them); ``cli`` registers the two
+commands.
 """

@@ -33,6 +33,8 @@ from blendedit.frame.photo import Photo
 PREVIEW_SIDE = 1280  # px; long side of the canvas the brush works on
 PAINT_ALPHA_MIN = 16  # layer alpha (of 255) from which a canvas pixel counts as painted
 SCRIBBLE_ALPHA_MIN = 192  # ... and from which it is an opaque scribble rather than mask paint
+MASK_RGB = (255, 0, 255)  # the mask brush: magenta at half opacity, so the photo shows through
+MASK_OPACITY = 0.5
 
 
 def preview_size(size: tuple[int, int], side: int = PREVIEW_SIDE) -> tuple[int, int]:
@@ -175,3 +177,33 @@ def paint_from_editor(
         elif merged is not None:
             merged[p] = 0
     return painted, merged
+
+
+def mask_from_editor(
+    value: Mapping[str, Any] | None, size: tuple[int, int], canvas: tuple[int, int] | None = None
+) -> np.ndarray:
+    """The painted region (mask and scribble paint) of an ImageEditor value as a bool (H, W)
+    array at the photo's full ``size`` = (W, H), from a ``canvas`` (w, h) preview (default: the
+    background's size, else the photo's)."""
+    if canvas is None:
+        bg = (value or {}).get("background")
+        canvas = size if bg is None else (np.asarray(bg).shape[1], np.asarray(bg).shape[0])
+    return painted_region(value, size, canvas)[0]
+
+
+def painted_region(
+    value: Mapping[str, Any] | None, size: tuple[int, int], canvas: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the painted region as a bool (H, W) at the photo's ``size``, the paint layer of the
+    ``canvas`` preview or None); nothing painted is one line."""
+    painted, layer = paint_from_editor(value, canvas)
+    if not painted.any():
+        raise InputError("mask: nothing painted; paint the region to edit with the brush")
+    return to_full(painted, size), layer
+
+
+def mask_layer(mask: np.ndarray) -> np.ndarray:
+    """A bool mask as an RGBA editor layer painted with the mask brush."""
+    layer = np.zeros((*mask.shape, 4), np.uint8)
+    layer[mask] = (*MASK_RGB, round(255 * MASK_OPACITY))
+    return layer

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import signal
 import sys
 import time
 from typing import Any
 
-from blendedit import editors
+from blendedit.config import settings_of
 from blendedit.errors import InputError
 from blendedit.frame.ranking import DEFAULT_CLIP_MODEL
-from blendedit.io import MAX_PIXELS, MAX_SIDE
 from blendedit.models import DEFAULT_MODEL, DTYPES
-from blendedit.web.canvas import PREVIEW_SIDE
+from blendedit.options import ModelOptions, add_model_arguments, add_setting_arguments, command
+from blendedit.web.settings import ServeOptions
 
 SERVE_EXAMPLES = """\
 examples:
@@ -45,80 +44,55 @@ with the same dtype and versions).
 """
 
 
+SERVE_OPTIONS = ("method", "model", "model_config", "loras", "vae", "clip_model", "lpips_weights")
+REPLAY_OPTIONS = ("model", "model_config", "clip_model", "lpips_weights")
+LOCAL_OPTIONS = ("device", "dtype", "offline")
+
+
 def _model_arguments(p: argparse.ArgumentParser, *, for_replay: bool) -> None:
-    g = p.add_argument_group("model")
-    if not for_replay:
-        g.add_argument(
-            "--method",
-            default="latent",
-            choices=["latent", "pixel", "local-clip"],
-            help="latent: Blended Latent Diffusion on Stable Diffusion (default); pixel and "
-            "local-clip: Blended Diffusion on an ADM checkpoint (both selectable in the page)",
-        )
-    g.add_argument(
-        "--model",
-        default=None,
-        help=(
-            "the trail's model (default: the one recorded in it)"
-            if for_replay
-            else f"latent: hub id, local diffusers folder or .safetensors file (default: "
-            f"{DEFAULT_MODEL}); pixel: the ADM checkpoint file"
-        ),
-    )
-    g.add_argument(
-        "--model-config",
-        help="single-file SD checkpoint offline: a diffusers folder with its configs; pixel: "
-        "guided-diffusion settings JSON",
-    )
-    if not for_replay:
-        g.add_argument(
-            "--lora",
-            action="append",
-            dest="loras",
-            metavar="FILE_OR_ID[:SCALE]",
-            help="latent: a LoRA applied from the start (repeatable); the page can change them",
-        )
-        g.add_argument("--vae", help="latent: a VAE folder or hub id replacing the model's")
-    g.add_argument(
-        "--clip-model",
-        default=None,
-        help=f"CLIP for ranking (and pixel guidance) (default: {DEFAULT_CLIP_MODEL})",
-    )
-    g.add_argument(
-        "--lpips-weights",
-        nargs=2,
-        metavar=("TRUNK", "LIN"),
-        help="local-clip: LPIPS VGG trunk and lin weight files",
-    )
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps; auto = best found")
-    g.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", *DTYPES],
-        help=(
-            "auto = the trail's dtype (identical pixels need the same one)"
-            if for_replay
-            else "auto = fp16 on a GPU, fp32 on the CPU"
-        ),
-    )
-    g.add_argument(
-        "--offline", action="store_true", help="never reach the hub; local files and cache only"
-    )
+    if for_replay:
+        add_model_arguments(
+            p, REPLAY_OPTIONS + LOCAL_OPTIONS,
+            helps={
+                "model": "the trail's model (default: the one recorded in it)",
+                "clip_model": "CLIP for pixel guidance (default: the trail's, else "
+                f"{DEFAULT_CLIP_MODEL})",
+                "dtype": "auto = the trail's dtype (identical pixels need the same one)",
+            },
+            defaults={"clip_model": None},
+        )  # fmt: skip
+        return
+    add_model_arguments(
+        p, SERVE_OPTIONS + LOCAL_OPTIONS,
+        helps={
+            "method": "latent: Blended Latent Diffusion (default); pixel and local-clip: "
+            "Blended Diffusion on an ADM checkpoint (both selectable in the page)",
+            "loras": "latent: a LoRA applied from the start (repeatable); the page can change "
+            "them",
+        },
+    )  # fmt: skip
+
+
+SERVE_HELP = (
+    "the interactive editor in your browser: paint a mask, see ranked results, keep editing"
+)
+SERVE_DESCRIPTION = (
+    "Starts a local web app over blendedit and prints its URL. One model is loaded at start; "
+    "one generation runs at a time (others wait in a visible queue)."
+)
+
+REPLAY_HELP = "regenerate every step of an interactive session from its result.json trail"
+REPLAY_DESCRIPTION = (
+    "Reads a trail downloaded from `blendedit serve` (Download result.json) and redoes "
+    "each step from the previous step's regenerated image, with the recorded prompt, mask, "
+    "seed and settings. Writes every step's image into --out."
+)
 
 
 def add_parser(sub: Any) -> None:
-    s = sub.add_parser(
-        "serve",
-        help="the interactive editor in your browser: paint a mask, see ranked results, keep editing",
-        description=(
-            "Starts a local web app over blendedit and prints its URL. One model is loaded at start; "
-            "one generation runs at a time (others wait in a visible queue)."
-        ),
-        epilog=SERVE_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    s = command(sub, "serve", SERVE_HELP, SERVE_DESCRIPTION, SERVE_EXAMPLES)
     _model_arguments(s, for_replay=False)
-    n = s.add_argument_group("server")
+    n = add_setting_arguments(s, classes=[ServeOptions], with_defaults=True)["server"]
     n.add_argument(
         "--host",
         default="127.0.0.1",
@@ -126,53 +100,10 @@ def add_parser(sub: Any) -> None:
         "with no login)",
     )
     n.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    n.add_argument(
-        "--max-upload-mb",
-        type=float,
-        default=200.0,
-        help="largest uploaded file in MiB (default 200)",
-    )
-    n.add_argument(
-        "--max-side",
-        type=int,
-        default=MAX_SIDE,
-        help=f"longest side of an uploaded photo in px (default {MAX_SIDE}, the library's cap); "
-        "results come at its full size",
-    )
-    n.add_argument(
-        "--max-megapixels",
-        type=float,
-        default=MAX_PIXELS / 1e6,
-        help=f"most pixels of an uploaded photo, in millions (default {MAX_PIXELS / 1e6:g}, the "
-        "library's cap)",
-    )
-    n.add_argument(
-        "--preview-side",
-        type=int,
-        default=PREVIEW_SIDE,
-        help=f"long side in px of the preview the brush paints on (default {PREVIEW_SIDE}); the "
-        "painting is mapped back to the full-resolution photo",
-    )
-    n.add_argument(
-        "--max-results", type=int, default=16, help="most results per Generate (default 16)"
-    )
-    n.add_argument(
-        "--max-queue", type=int, default=16, help="most Generate requests waiting (default 16)"
-    )
     n.add_argument("--quiet", action="store_true", help="print only the URL")
     s.set_defaults(run=run)
 
-    r = sub.add_parser(
-        "replay",
-        help="regenerate every step of an interactive session from its result.json trail",
-        description=(
-            "Reads a trail downloaded from `blendedit serve` (Download result.json) and redoes "
-            "each step from the previous step's regenerated image, with the recorded prompt, mask, "
-            "seed and settings. Writes every step's image into --out."
-        ),
-        epilog=REPLAY_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    r = command(sub, "replay", REPLAY_HELP, REPLAY_DESCRIPTION, REPLAY_EXAMPLES)
     r.add_argument("trail", help="the session's result.json")
     r.add_argument("--out", required=True, help="output folder; must be new or empty")
     _model_arguments(r, for_replay=True)
@@ -196,53 +127,10 @@ def _say(args: argparse.Namespace, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def load_editor(
-    method: str,
-    model: str | None,
-    *,
-    model_config: str | None = None,
-    clip_model: str | None = DEFAULT_CLIP_MODEL,
-    lpips_weights: list[str] | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    offline: bool = False,
-    say: Any = None,
-    loras: list[str] | None = None,
-    vae: str | None = None,
-) -> Any:
-    """Load the editor for ``method`` onto ``device`` (the same choices as ``blendedit edit``)."""
-    from blendedit.models import parse_device, parse_dtype, quiet_libraries
-
-    if offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-    quiet_libraries()
-    dev = parse_device(device)
-    dt = parse_dtype(dtype, dev)
-    editor = editors.load_editor(
-        method, model, model_config=model_config, clip_model=clip_model,
-        lpips_weights=lpips_weights, dtype=dt, vae=vae, loras=loras or (),
-        say=None if say is None else lambda name: say(editors.loading_line(name, dt, dev)),
-    )  # fmt: skip
-    return editors.place(editor, dev, dt)
-
-
-def _check_serve_args(args: argparse.Namespace) -> None:
+def _serve_options(args: argparse.Namespace) -> ServeOptions:
     if not 0 <= args.port <= 65535:
         raise InputError(f"port: {args.port} must be between 0 and 65535")
-    if not 0 < args.max_upload_mb <= 4096:
-        raise InputError(f"max_upload_mb: {args.max_upload_mb} must be in (0, 4096]")
-    if not 64 <= args.max_side <= MAX_SIDE:
-        raise InputError(f"max_side: {args.max_side} must be between 64 and {MAX_SIDE} px")
-    if not 0.01 <= args.max_megapixels <= MAX_PIXELS / 1e6:
-        raise InputError(
-            f"max_megapixels: {args.max_megapixels} must be between 0.01 and {MAX_PIXELS / 1e6:g}"
-        )
-    if not 256 <= args.preview_side <= 4096:
-        raise InputError(f"preview_side: {args.preview_side} must be between 256 and 4096 px")
-    if not 1 <= args.max_results <= 256:
-        raise InputError(f"max_results: {args.max_results} must be between 1 and 256")
-    if not 1 <= args.max_queue <= 1024:
-        raise InputError(f"max_queue: {args.max_queue} must be between 1 and 1024")
+    return ServeOptions(**{k: getattr(args, k) for k in settings_of(ServeOptions)}).check()
 
 
 def is_loopback(host: str) -> bool:
@@ -255,23 +143,11 @@ def is_loopback(host: str) -> bool:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    _check_serve_args(args)
+    options = _serve_options(args)
     clip = args.clip_model or DEFAULT_CLIP_MODEL
-    editor = load_editor(
-        args.method,
-        args.model,
-        model_config=args.model_config,
-        clip_model=clip,
-        lpips_weights=args.lpips_weights,
-        device=args.device,
-        dtype=args.dtype,
-        offline=args.offline,
-        say=lambda m: _say(args, m),
-        loras=args.loras,
-        vae=args.vae,
-    )
+    editor = ModelOptions.from_args(args).load(lambda m: _say(args, m), clip_model=clip)
     _say(args, "starting the web app ...")
-    from blendedit.web.app import EditorApp, ServeOptions
+    from blendedit.web.app import EditorApp
 
     app = EditorApp(
         editor,
@@ -282,14 +158,7 @@ def run_serve(args: argparse.Namespace) -> int:
             "clip_model": clip,
             **({"vae": args.vae} if args.vae else {}),
         },
-        options=ServeOptions(
-            max_upload_mb=args.max_upload_mb,
-            max_side=args.max_side,
-            max_pixels=int(args.max_megapixels * 1e6),
-            preview_side=args.preview_side,
-            max_results=args.max_results,
-            max_queue=args.max_queue,
-        ),
+        options=options,
     )
     if not is_loopback(args.host):
         _say(
@@ -340,16 +209,13 @@ def run_replay(args: argparse.Namespace) -> int:
         clip = args.clip_model or recorded.get("clip_model") or DEFAULT_CLIP_MODEL
     editor = None
     if trail.steps:
-        editor = load_editor(
-            method,
-            model,
+        editor = ModelOptions.from_args(args).load(
+            lambda m: _say(args, m),
+            method=method,
+            model=model,
             model_config=args.model_config or recorded.get("model_config"),
             clip_model=clip,
-            lpips_weights=args.lpips_weights,
-            device=args.device,
             dtype=dtype,
-            offline=args.offline,
-            say=lambda m: _say(args, m),
             vae=recorded.get("vae") if method == "latent" else None,
         )
     out = prepare_out_dir(args.out, "replay")
@@ -381,4 +247,4 @@ def run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser", "is_loopback", "load_editor", "run", "run_replay", "run_serve"]
+__all__ = ["add_parser", "is_loopback", "run", "run_replay", "run_serve"]

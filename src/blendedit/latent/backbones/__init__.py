@@ -1,4 +1,9 @@
-"""Model families under the BLD loop, detected from the model itself and loaded by one function.
+"""Model families under the BLD loop: one registry of family classes, detection and loading.
+
+Each family is one module (``sd``, ``sdxl``, ``sd3``, ``flux``, ``ldm``): a :class:`Backbone`
+subclass that says which models are its own, loads them, builds them with random weights and
+lists its bench presets. :func:`register_family` adds one (a plugin or a test can add its own at
+run time); nothing outside this package names a family.
 
 Detection: a diffusers folder or hub id by its ``model_index.json`` (``_class_name``), a single
 checkpoint file by its key names (read from the header, nothing loaded). An unsupported model (a
@@ -8,20 +13,21 @@ checkpoint file by its key names (read from the header, nothing loaded). An unsu
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from blendedit.errors import InputError
-from blendedit.latent.backbones.base import Backbone, Conditioning
+from blendedit.latent.backbones.base import Backbone, Conditioning, LoadOptions
 from blendedit.latent.backbones.files import read_json, single_file_keys
 from blendedit.latent.backbones.flux import Flux
 from blendedit.latent.backbones.ldm import LatentDiffusion
 from blendedit.latent.backbones.sd import StableDiffusion
 from blendedit.latent.backbones.sd3 import StableDiffusion3
 from blendedit.latent.backbones.sdxl import StableDiffusionXL
-from blendedit.models import SINGLE_FILE_SUFFIXES, check_hub_id, load_cached_first
+from blendedit.models import check_hub_id, check_single_file, load_cached_first
 
 __all__ = [
     "FAMILIES",
@@ -29,98 +35,91 @@ __all__ = [
     "Conditioning",
     "Flux",
     "LatentDiffusion",
+    "LoadOptions",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",
     "detect_family",
     "family_defaults",
+    "family_names",
     "load_backbone",
+    "register_family",
+    "unregister_family",
 ]
 
-FAMILIES: dict[str, type[Backbone]] = {
-    "sd": StableDiffusion,
-    "sdxl": StableDiffusionXL,
-    "ldm": LatentDiffusion,
-    "sd3": StableDiffusion3,
-    "flux": Flux,
-}
+FAMILIES: dict[str, type[Backbone]] = {}  # family -> class, in the order detection asks them
 
-# model_index.json ``_class_name`` -> family; None: known, but not a model BLD can blend with.
-PIPELINE_FAMILIES: dict[str, str | None] = {
-    "StableDiffusionPipeline": "sd",
-    "StableDiffusionImg2ImgPipeline": "sd",
-    "StableDiffusionInpaintPipeline": "sd",  # refused below when its UNet has 9 channels
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusionXLImg2ImgPipeline": "sdxl",
-    "StableDiffusionXLInpaintPipeline": "sdxl",
-    "LDMTextToImagePipeline": "ldm",
-    "StableDiffusion3Pipeline": "sd3",
-    "StableDiffusion3Img2ImgPipeline": "sd3",
-    "StableDiffusion3InpaintPipeline": "sd3",  # refused below when its transformer is not 16-ch
-    "FluxPipeline": "flux",
-    "FluxImg2ImgPipeline": "flux",
-    "FluxInpaintPipeline": "flux",
-    "FluxFillPipeline": None,
-    "FluxKontextPipeline": None,
-}
-_UNSUPPORTED = {
-    "FluxKontextPipeline": (
-        "a FLUX Kontext model (editing by image conditioning); Blended Latent Diffusion needs "
-        "the plain text-to-image model"
-    ),
-    "FluxFillPipeline": (
-        "a FLUX Fill model (inpainting by channel concatenation); Blended Latent Diffusion needs "
-        "the plain text-to-image model"
-    ),
-}
+
+def register_family(cls: type[Backbone]) -> type[Backbone]:
+    """Add a model family (a :class:`Backbone` subclass with ``family``, ``pipelines``, ``load``,
+    ...): every front end (edit, batch, eval, serve, bench) then loads its models and lists its
+    bench presets. Its family name, pipeline class names and preset names must be new. Returns
+    ``cls`` (usable as a class decorator)."""
+    if not cls.family or cls.family in FAMILIES:
+        raise ValueError(f"family: {cls.family!r} is empty or registered already")
+    for other in FAMILIES.values():
+        claimed = {*other.pipelines, *other.refused} & {*cls.pipelines, *cls.refused}
+        presets = set(other.catalogue) & set(cls.catalogue)
+        if claimed or presets:
+            raise ValueError(
+                f"family: {cls.family!r} claims {', '.join(sorted(claimed | presets))} of "
+                f"{other.family!r}"
+            )
+    FAMILIES[cls.family] = cls
+    return cls
+
+
+def unregister_family(family: str) -> None:
+    """Remove a family added by :func:`register_family`."""
+    FAMILIES.pop(family, None)
+
+
+for _cls in (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux, LatentDiffusion):
+    register_family(_cls)
+
+
+def family_names(
+    where: Callable[[type[Backbone]], bool] = lambda cls: True,
+    last: str = "and",
+    long: bool = False,
+) -> str:
+    """The registered families ``where`` holds, for a message: "SD 1.x/2.x, SDXL and SD3"
+    (``long``: their titles)."""
+    names = list(dict.fromkeys(c.title if long else c.name for c in FAMILIES.values() if where(c)))
+    return f" {last} ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def family_of_keys(keys: dict[str, tuple[int, ...]], name: str) -> str:
     """The family of an original-layout checkpoint (A1111/ComfyUI single file) by its key names."""
-    conv_in = keys.get("model.diffusion_model.input_blocks.0.0.weight")
-    if conv_in is not None and len(conv_in) == 4 and conv_in[1] != 4:
-        raise InputError(
-            f"model: {name!r} has a {conv_in[1]}-channel UNet (an inpainting model); Blended "
-            "Latent Diffusion needs a plain text-to-image model with 4 latent channels"
-        )
-    if any(k.startswith("conditioner.embedders.") for k in keys):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.") for k in keys):
-        return "sd"
-    if any(".joint_blocks." in k for k in keys):
-        return "sd3"
-    if any("double_blocks." in k for k in keys):
-        img_in = next((v for k, v in keys.items() if k.endswith("img_in.weight")), None)
-        if img_in is not None and len(img_in) == 2 and img_in[1] != 64:
-            raise InputError(f"model: {name!r} is {_UNSUPPORTED['FluxFillPipeline']}")
-        return "flux"
+    for cls in FAMILIES.values():
+        if cls.single_file and cls.claims_keys(keys, name):
+            return cls.family
+    kinds = family_names(lambda c: c.single_file, last="or")
     raise InputError(
-        f"model: {name!r} is not a checkpoint blendedit recognises (no SD 1.x/2.x, SDXL, SD3 or "
-        "FLUX keys); pass a diffusers folder instead"
+        f"model: {name!r} is not a checkpoint blendedit recognises (no {kinds} keys); pass a "
+        "diffusers folder instead"
     )
 
 
 def family_of_index(index: dict[str, Any], name: str) -> str:
-    cls = str(index.get("_class_name", ""))
-    if cls not in PIPELINE_FAMILIES:
-        raise InputError(
-            f"model: {name!r} is a {cls or 'unknown'} model; the latent method supports "
-            "Stable Diffusion 1.x/2.x, SDXL, SD3/3.5, FLUX.1 and the CompVis LDM"
-        )
-    family = PIPELINE_FAMILIES[cls]
-    if family is None:
-        raise InputError(f"model: {name!r} is {_UNSUPPORTED[cls]}")
-    return family
+    """The family of a diffusers model by its ``model_index.json`` ``_class_name``."""
+    cls_name = str(index.get("_class_name", ""))
+    for cls in FAMILIES.values():
+        if cls_name in cls.refused:
+            raise InputError(f"model: {name!r} is {cls.refused[cls_name]}")
+        if cls_name in cls.pipelines:
+            return cls.family
+    raise InputError(
+        f"model: {name!r} is a {cls_name or 'unknown'} model; the latent method supports "
+        f"{family_names(long=True)}"
+    )
 
 
 def detect_family(model: str | os.PathLike[str], local_files_only: bool | None = None) -> str:
     """The family (a key of ``FAMILIES``) of a hub id, a diffusers folder or a single file."""
     path, name = Path(model), str(model)
     if path.is_file():
-        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-            raise InputError(
-                f"model: {name!r} is a file but not a .safetensors or .ckpt checkpoint"
-            )
+        check_single_file(path, name)
         try:
             keys = single_file_keys(path)
         except Exception as e:  # a truncated or foreign file: one line
@@ -129,7 +128,8 @@ def detect_family(model: str | os.PathLike[str], local_files_only: bool | None =
             ) from None
         return family_of_keys(keys, name)
     if path.is_dir() and not (path / "model_index.json").is_file():
-        return "sd"  # a bare folder of SD parts; load_sd_components names what is missing
+        # a bare folder of parts: the family that loads one names what is missing
+        return next(c.family for c in FAMILIES.values() if c.bare_folder)
     if not path.exists():
         check_hub_id(name)
     index = load_cached_first(
@@ -141,21 +141,10 @@ def detect_family(model: str | os.PathLike[str], local_files_only: bool | None =
 def family_defaults(
     model: str | os.PathLike[str], local_files_only: bool | None = None
 ) -> dict[str, Any]:
-    """The EditConfig fields a model's family changes (``Backbone.defaults``), without loading
-    it: for tools that set up settings before the model (``blendedit eval``)."""
+    """The EditConfig fields a model's family changes (``Backbone.defaults``; FLUX: dev or
+    schnell), without loading it: for tools that set up settings before the model (``eval``)."""
     family = detect_family(model, local_files_only)
-    if family != "flux":
-        return dict(FAMILIES[family].defaults)
-    path, name = Path(model), str(model)
-    if path.is_file():  # dev has a guidance embedding, schnell none
-        dev = any("guidance_in" in k for k in single_file_keys(path))
-    else:
-        config = load_cached_first(
-            "model", name, lambda local: read_json(name, "transformer/config.json", local),
-            local_files_only,
-        )  # fmt: skip
-        dev = bool(config.get("guidance_embeds"))
-    return Flux.defaults_for(dev)
+    return FAMILIES[family].model_defaults(model, local_files_only)
 
 
 def load_backbone(
@@ -170,15 +159,16 @@ def load_backbone(
     a diffusers folder or hub id of the same architecture, for offline single files). ``vae``
     replaces the model's VAE (a folder or hub id, e.g. an fp16-safe SDXL VAE); ``drop_t5`` loads
     SD3 without its T5 encoder (its tokens become zeros)."""
-    from blendedit.latent.backbones import loading
+    from blendedit.latent.backbones.loading import replace_vae
 
     family = detect_family(model, local_files_only)
-    opts = {"drop_t5": True} if drop_t5 else {}
-    if drop_t5 and family != "sd3":
-        raise InputError(f"t5: --no-t5 applies to SD3 models, not {family}")
-    backbone = loading.LOADERS[family](model, torch_dtype, local_files_only, model_config, **opts)
+    cls = FAMILIES[family]
+    if drop_t5 and not cls.can_drop_t5:
+        kinds = family_names(lambda c: c.can_drop_t5)
+        raise InputError(f"t5: --no-t5 applies to {kinds} models, not {family}")
+    backbone = cls.load(model, LoadOptions(torch_dtype, local_files_only, model_config, drop_t5))
     if vae is not None:
-        loading.replace_vae(backbone, vae, torch_dtype, local_files_only)
+        replace_vae(backbone, vae, torch_dtype, local_files_only)
     want = backbone.model_in_channels
     if backbone.unet.config.in_channels != want:
         raise InputError(

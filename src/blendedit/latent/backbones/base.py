@@ -4,21 +4,49 @@ A backbone holds a family's modules and answers five questions: text -> conditio
 embeddings and micro-conditioning where the family has them), the guided model function, VAE
 encode/decode with its scaling, shift and fp16 rules, the native resolution and latent factor, and
 its default settings. The noise levels of the blend come from the scheduler (``schedule.py``), not
-from the family. One small module per family: ``sd.py``, ``sdxl.py``, ``sd3.py``, ``flux.py``,
-``ldm.py``.
+from the family.
+
+A family is one module (``sd.py``, ``sdxl.py``, ``sd3.py``, ``flux.py``, ``ldm.py``): one subclass
+that also owns the family's detection (:attr:`Backbone.pipelines`, :meth:`Backbone.claims_keys`),
+loading (:meth:`Backbone.load`), default settings (:meth:`Backbone.model_defaults`), a
+random-weight builder (:meth:`Backbone.build`), its bench catalogue entries
+(:attr:`Backbone.catalogue`) and its diffusers reference call (:meth:`Backbone.inpaint_reference`,
+:meth:`Backbone.reference_prompt`). ``backbones/__init__.py`` registers the classes
+(``register_family``); nothing else names a family.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from blendedit.latent.backbones.parts import Architecture
 from blendedit.latent.sampling import ModelFn, classifier_free_guidance
 
 Size = tuple[int, int]  # (W, H)
+Name = str | os.PathLike[str]  # a hub id, a diffusers folder or a single checkpoint file
+Configs = dict[str, dict[str, Any]]  # part -> config (``Architecture.parts``)
+# The text parts a diffusers pipeline takes by these names, where a family has them.
+TEXT_PARTS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+TEXT_PARTS += ("tokenizer", "tokenizer_2", "tokenizer_3")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a model is loaded: its dtype, from the cache only, the diffusers folder or hub id of a
+    single file's architecture (``--model-config``), SD3 without T5-XXL (``--no-t5``)."""
+
+    dtype: torch.dtype | None = None
+    local_files_only: bool | None = None
+    config: str | None = None
+    drop_t5: bool = False
 
 
 @dataclass
@@ -44,10 +72,25 @@ class Conditioning:
 class Backbone:
     """A latent text-to-image model family: VAE + denoiser + text encoder(s) + scheduler config.
 
-    Subclasses set ``family``, ``defaults`` and implement :meth:`encode_text`, :meth:`denoiser`
-    and :meth:`inpaint_reference`; the VAE rules here fit every AutoencoderKL family."""
+    Subclasses set the class attributes below and implement :meth:`encode_text`, :meth:`denoiser`,
+    :meth:`load` and :meth:`build`; the VAE rules here fit every AutoencoderKL family."""
 
-    family: ClassVar[str] = ""
+    family: ClassVar[str] = ""  # the registry's key
+    name: ClassVar[str] = ""  # short, in messages ("SDXL")
+    title: ClassVar[str] = ""  # long, in the list of what the latent method supports
+    # Detection: model_index.json ``_class_name``s this family loads, and those it knows but
+    # refuses (class name -> what the model is, one line).
+    pipelines: ClassVar[tuple[str, ...]] = ()
+    refused: ClassVar[dict[str, str]] = {}
+    single_file: ClassVar[bool] = False  # has a single-file key rule (:meth:`claims_keys`)
+    bare_folder: ClassVar[bool] = False  # loads a folder of parts without model_index.json
+    supports_lora: ClassVar[bool] = False
+    can_drop_t5: ClassVar[bool] = False  # ``--no-t5``
+    catalogue: ClassVar[dict[str, Architecture]] = {}  # bench presets (published models)
+    # The reference: diffusers' inpaint pipeline of the family, and the name it gives the denoiser.
+    reference_pipeline: ClassVar[str] = ""
+    denoiser_name: ClassVar[str] = "unet"
+
     defaults: ClassVar[dict[str, Any]] = {}  # EditConfig fields this family changes (its presets)
     flow: ClassVar[bool] = False  # rectified flow (SD3, FLUX): flow-matching schedulers only
 
@@ -59,6 +102,30 @@ class Backbone:
     fp16_vae_upcast: ClassVar[bool] = False
     offload: str | None = None  # "model" or "sequential" once enable_offload ran
     execution_device: torch.device | None = None  # where modules run when offloaded
+
+    # -- the family: detection, loading, defaults, random weights ---------------------------------
+
+    @classmethod
+    def claims_keys(cls, keys: dict[str, tuple[int, ...]], name: str) -> bool:
+        """Whether an original-layout single file (key -> shape) is this family's; raises
+        InputError (one line) for a model of the family that cannot blend."""
+        return False
+
+    @classmethod
+    def model_defaults(cls, model: Name, local_files_only: bool | None = None) -> dict[str, Any]:
+        """The EditConfig fields a model of this family changes, without loading it."""
+        return dict(cls.defaults)
+
+    @classmethod
+    def load(cls, model: Name, opts: LoadOptions) -> Backbone:
+        """The model from a hub id, a diffusers folder or a single file."""
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, parts: Configs, scheduler: Any, device: torch.device, workdir: Path) -> Backbone:
+        """The model of an :class:`Architecture`'s ``parts`` with random weights, built on
+        ``device`` ("meta": shapes only); ``workdir`` receives the tokenizer files."""
+        raise NotImplementedError
 
     # -- modules ----------------------------------------------------------------------------------
 
@@ -225,9 +292,54 @@ class Backbone:
         parts = [self.decode_with(self.vae, part).float() for part in z.split(chunk)]
         return (torch.cat(parts) / 2 + 0.5).clamp(0, 1)
 
-    # -- comparison ---------------------------------------------------------------------------------
+    # -- the diffusers reference (SPEC 5) ----------------------------------------------------------
+
+    def reference_options(self) -> dict[str, Any]:
+        """Constructor arguments of the reference pipeline besides its parts and scheduler."""
+        return {}
 
     def inpaint_reference(self, scheduler: Any) -> Any:
         """diffusers' inpaint pipeline of this family on these components (a 4-channel model
         blends like BLD, SPEC 5), for parity tests, ``bench`` and ``eval``."""
-        raise NotImplementedError
+        import diffusers
+
+        texts = {k: getattr(self, k) for k in TEXT_PARTS if hasattr(self, k)}
+        parts = {"vae": self.vae, self.denoiser_name: self.unet, **texts}
+        pipeline = getattr(diffusers, self.reference_pipeline)
+        return pipeline(**parts, scheduler=scheduler, **self.reference_options())
+
+    def reference_embeddings(self, prompt: str, negative: str, n: int) -> dict[str, Any] | None:
+        """The reference pipeline's prompt arguments as this family's own embeddings, for ``n``
+        images; None where the pipeline takes the text."""
+        return None
+
+    def reference_prompt(
+        self, prompt: str, negative: str, n: int, embeddings: bool = False
+    ) -> dict[str, Any]:
+        """The prompt arguments of the reference pipeline for ``n`` images: the text, or with
+        ``embeddings`` the family's own embeddings where it gives them (``bench``: encoded inside
+        the timed call)."""
+        if embeddings and (given := self.reference_embeddings(prompt, negative, n)) is not None:
+            return given
+        return {"prompt": prompt, "negative_prompt": negative or None, "num_images_per_prompt": n}
+
+    @staticmethod
+    def reference_inpaint(
+        pipe: Any, prompt: dict[str, Any], image: Any, mask_image: Any, size: Size, **call: Any
+    ) -> Any:
+        """One call of the reference pipeline at the working ``size`` (W, H); ``call``: strength,
+        num_inference_steps, guidance_scale, generator, output_type, ... (an ``eta`` only where the
+        pipeline takes one: SD3/FLUX do not)."""
+        if "eta" in call and "eta" not in inspect.signature(pipe.__call__).parameters:
+            call.pop("eta")
+        w, h = size
+        return pipe(**prompt, image=image, mask_image=mask_image, height=h, width=w, **call)
+
+    @contextmanager
+    def keeping_vae_dtype(self) -> Iterator[None]:
+        """Around reference calls: diffusers' SDXL pipeline casts a force_upcast VAE back to the
+        UNet's dtype after its call; the editor shares it and keeps it in float32 (fp16 overflows)."""
+        try:
+            yield
+        finally:
+            self.vae.to(self.vae_dtype_for(self.dtype))

@@ -12,15 +12,88 @@ after every step like BLD and is the parity reference."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from blendedit.latent.backbones.base import Backbone, Conditioning, Size
-from blendedit.latent.backbones.sd import tokenize
-from blendedit.latent.backbones.sd3 import calculate_shift
+from blendedit.errors import InputError
+from blendedit.latent.backbones import common as C
+from blendedit.latent.backbones import parts as P
+from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
+from blendedit.latent.backbones.files import read_json, single_file_keys
+from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.sampling import ModelFn
+from blendedit.models import load_cached_first
+
+# -- bench presets: FLUX.1 (Black Forest Labs 2024): 19 double- and 38 single-stream blocks,
+# CLIP-L pooled and T5-XXL text; dev embeds the guidance scale, schnell (timestep-distilled,
+# 4 steps) does not ------------------------------------------------------------------------------
+
+_DEV_FLOW = {  # black-forest-labs/FLUX.1-dev/scheduler: shift by the image's token count
+    **P.FLOW,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+}
+_SCHNELL_FLOW = {**_DEV_FLOW, "shift": 1.0, "use_dynamic_shifting": False}
+_LATENTS = {"scaling_factor": 0.3611, "shift_factor": 0.1159}
+_DIT = {  # FluxTransformer2DModel of FLUX.1 dev and schnell
+    "patch_size": 1,
+    "in_channels": 64,  # 16 latent channels x 2 x 2 packed
+    "num_layers": 19,  # double-stream (MM-DiT) blocks
+    "num_single_layers": 38,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,  # T5-XXL
+    "pooled_projection_dim": 768,  # CLIP-L pooled
+    "axes_dims_rope": (16, 56, 56),
+}
+_TEXT_VAE = {"vae": {**P.FLOW_VAE, **_LATENTS}, "text": P.CLIP_L_TEXT, "text_2": P.T5_XXL}
+
+
+def _published(dev: bool, **kw: Any) -> P.Architecture:
+    """FLUX.1-dev or -schnell: the same networks but for dev's guidance embedding."""
+    parts = {"transformer": {**_DIT, "guidance_embeds": dev}, **_TEXT_VAE}
+    name = "dev" if dev else "schnell"
+    flow = _DEV_FLOW if dev else _SCHNELL_FLOW
+    return P.Architecture(
+        parts, 1024, scheduler=flow, source=f"black-forest-labs/FLUX.1-{name}", **kw
+    )
+
+
+_CATALOGUE = {
+    "flux-dev": _published(dev=True, batch=4),
+    "flux-schnell": _published(dev=False, batch=8, realtime="realtime-schnell"),
+    "tiny-flux": P.Architecture(  # tests/tiny_models.py tiny_flux_parts(dev=False): schnell's shape
+        {
+            "transformer": {
+                "patch_size": 1,
+                "in_channels": 64,
+                "num_layers": 1,
+                "num_single_layers": 1,
+                "attention_head_dim": 16,
+                "num_attention_heads": 2,
+                "joint_attention_dim": 64,
+                "pooled_projection_dim": 32,
+                "axes_dims_rope": (4, 4, 8),
+                "guidance_embeds": False,
+            },
+            "vae": {**P.TINY_FLOW_VAE, **_LATENTS},
+            "text": P.TINY_TEXT,
+            "text_2": P.TINY_T5,
+        },
+        64,
+        clip=P.TINY_CLIP,
+        scheduler=_SCHNELL_FLOW,
+        batch=8,
+        realtime="realtime-schnell",
+    ),
+}
 
 
 def pack(z: torch.Tensor) -> torch.Tensor:
@@ -49,20 +122,40 @@ class Flux(Backbone):
     """FLUX.1: ``transformer`` (FluxTransformer2DModel), ``text_encoder`` (CLIP-L, pooled only),
     ``text_encoder_2`` (T5-XXL)."""
 
-    family: ClassVar[str] = "flux"
-    flow: ClassVar[bool] = True
+    family = "flux"
+    name = "FLUX"
+    title = "FLUX.1"
+    pipelines = (
+        "FluxPipeline",
+        "FluxImg2ImgPipeline",
+        "FluxInpaintPipeline",
+    )
+    refused: ClassVar[dict[str, str]] = {
+        "FluxKontextPipeline": (
+            "a FLUX Kontext model (editing by image conditioning); Blended Latent Diffusion needs "
+            "the plain text-to-image model"
+        ),
+        "FluxFillPipeline": (
+            "a FLUX Fill model (inpainting by channel concatenation); Blended Latent Diffusion "
+            "needs the plain text-to-image model"
+        ),
+    }
+    single_file = True
+    catalogue = _CATALOGUE
+    reference_pipeline = "FluxInpaintPipeline"
+    denoiser_name = "transformer"
+    # What a file may hold besides the transformer (BFL layout: always the transformer alone).
+    file_parts: ClassVar[dict[str, tuple[str, ...]]] = {
+        "vae": ("vae.", "first_stage_model."),
+        "text_encoder": ("text_encoders.clip_l.",),
+        "text_encoder_2": ("text_encoders.t5xxl.",),
+    }
+    flow = True
 
     def __init__(
-        self,
-        vae: Any,
-        transformer: Any,
-        text_encoder: Any,
-        text_encoder_2: Any,
-        tokenizer: Any,
-        tokenizer_2: Any,
-        scheduler: Any,
-        max_sequence_length: int | None = None,
-    ):
+        self, vae: Any, transformer: Any, text_encoder: Any, text_encoder_2: Any,
+        tokenizer: Any, tokenizer_2: Any, scheduler: Any, max_sequence_length: int | None = None,
+    ):  # fmt: skip
         self.vae, self.unet, self.scheduler = vae, transformer, scheduler
         self.text_encoder, self.text_encoder_2 = text_encoder, text_encoder_2
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
@@ -70,6 +163,52 @@ class Flux(Backbone):
         self.max_sequence_length = max_sequence_length or (512 if self.is_dev else 256)
         for m in self.modules().values():
             m.eval().requires_grad_(False)
+
+    @classmethod
+    def claims_keys(cls, keys: dict[str, tuple[int, ...]], name: str) -> bool:
+        """BFL's layout: ``double_blocks``; a Fill model (``img_in`` wider than 64 packed
+        channels) is refused."""
+        if not any("double_blocks." in k for k in keys):
+            return False
+        img_in = next((v for k, v in keys.items() if k.endswith("img_in.weight")), None)
+        if img_in is not None and len(img_in) == 2 and img_in[1] != 64:  # (D, 64) or (D, 384)
+            raise InputError(f"model: {name!r} is {cls.refused['FluxFillPipeline']}")
+        return True
+
+    @classmethod
+    def model_defaults(cls, model: Name, local_files_only: bool | None = None) -> dict[str, Any]:
+        """dev or schnell, from the transformer's config or a file's keys, without loading."""
+        path, name = Path(model), str(model)
+        if path.is_file():  # dev has a guidance embedding, schnell none
+            dev = any("guidance_in" in k for k in single_file_keys(path))
+        else:
+            config = load_cached_first(
+                "model", name, lambda local: read_json(name, "transformer/config.json", local),
+                local_files_only,
+            )  # fmt: skip
+            dev = bool(config.get("guidance_embeds"))
+        return cls.defaults_for(dev)
+
+    @classmethod
+    def load(cls, model: Name, opts: LoadOptions) -> Backbone:
+        p = load_pipeline("FluxPipeline", cls.file_parts, model, opts)
+        return cls(
+            p.vae, p.transformer, p.text_encoder, p.text_encoder_2, p.tokenizer, p.tokenizer_2,
+            p.scheduler,
+        )  # fmt: skip
+
+    @classmethod
+    def build(cls, parts: Configs, scheduler: Any, device: torch.device, workdir: Path) -> Backbone:
+        """FLUX.1: the double/single-stream transformer, 16-channel VAE, CLIP-L (pooled), T5-XXL."""
+        from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+        with torch.device(device):
+            transformer = FluxTransformer2DModel(**parts["transformer"])
+            vae = AutoencoderKL(**parts["vae"])
+            text = C.clip_text(parts["text"])
+            text_2 = C.t5_encoder(parts["text_2"])
+        tok = C.clip_tokenizer(workdir)
+        return cls(vae, transformer, text, text_2, tok, tok, scheduler)
 
     @property
     def is_dev(self) -> bool:
@@ -116,15 +255,15 @@ class Flux(Backbone):
         """FluxPipeline's schedule: sigmas linspace(1, 1/N, N), shifted by mu of the token count."""
         cfg = self.scheduler.config
         seq = (latent_hw[0] // 2) * (latent_hw[1] // 2)
-        mu = calculate_shift(cfg, seq, max_shift=1.15)
+        mu = C.calculate_shift(cfg, seq, max_shift=1.15)
         return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps).tolist(), "mu": mu}
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Text -> ((1, T, D) T5 states, (1, P) CLIP pooled output)."""
-        ids = tokenize(self.tokenizer, prompt, self.tokenizer.model_max_length).input_ids
+        ids = C.tokenize(self.tokenizer, prompt, self.tokenizer.model_max_length).input_ids
         pooled = self.text_encoder(ids.to(self.device), output_hidden_states=False).pooler_output
-        ids2 = tokenize(self.tokenizer_2, prompt, self.max_sequence_length).input_ids
+        ids2 = C.tokenize(self.tokenizer_2, prompt, self.max_sequence_length).input_ids
         t5 = self.text_encoder_2(ids2.to(self.device), output_hidden_states=False)[0]
         return t5.to(self.dtype), pooled.to(self.dtype)
 
@@ -163,11 +302,12 @@ class Flux(Backbone):
 
         return denoise
 
-    def inpaint_reference(self, scheduler: Any) -> Any:
-        from diffusers import FluxInpaintPipeline
-
-        return FluxInpaintPipeline(
-            scheduler=scheduler, vae=self.vae, text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer, text_encoder_2=self.text_encoder_2,
-            tokenizer_2=self.tokenizer_2, transformer=self.unet,
-        )  # fmt: skip
+    def reference_embeddings(self, prompt: str, negative: str, n: int) -> dict[str, Any]:
+        """blendedit's T5 states and CLIP pooled output (its T5 length: dev 512, schnell 256) for
+        diffusers' FLUX inpaint pipeline, ``n`` times (no negative: FLUX.1 has no CFG)."""
+        t5, pooled = self.encode_prompt(prompt)
+        return {
+            "prompt_embeds": t5.expand(n, -1, -1),  # (n, T, 4096)
+            "pooled_prompt_embeds": pooled.expand(n, -1),  # (n, 768)
+            "num_images_per_prompt": 1,
+        }

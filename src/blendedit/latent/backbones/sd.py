@@ -1,57 +1,211 @@
-"""Stable Diffusion 1.x / 2.x: one CLIP text encoder, a UNet conditioned on its hidden states."""
+"""Stable Diffusion 1.x / 2.x: one CLIP text encoder, a UNet conditioned on its hidden states.
+
+The family's detection, loading (hub id, diffusers folder, single file), random-weight builder,
+bench presets (SD 1.5, SD 2.1-base, SD 2.1 768-v) and diffusers reference
+(``StableDiffusionInpaintPipeline``)."""
 
 from __future__ import annotations
 
-import logging
-import math
+import os
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from blendedit.latent.backbones.base import Backbone, Conditioning, Size
+from blendedit.errors import InputError, ModelNotFoundError
+from blendedit.latent.backbones import common as C
+from blendedit.latent.backbones import parts as P
+from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
 from blendedit.latent.sampling import ModelFn
+from blendedit.models import (
+    check_hub_id,
+    check_single_file,
+    from_single_file,
+    load_cached_first,
+)
 
-logger = logging.getLogger(__name__)
+# -- bench presets: the published models' parts --------------------------------------------------
+
+_OPENCLIP_H_TEXT = {  # SD 2.x text encoder: OpenCLIP ViT-H/14 (23 of 24 layers)
+    "vocab_size": 49408,
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 23,
+    "hidden_act": "gelu",
+    "projection_dim": 512,
+}
+_SD2_UNET = {
+    **P.SD_UNET,
+    "cross_attention_dim": 1024,
+    "attention_head_dim": (5, 10, 20, 20),
+    "use_linear_projection": True,
+}
 
 
-def tokenize(tokenizer: Any, prompt: str, max_len: int) -> Any:
-    """Pad to ``max_len``; warn once when the prompt is cut."""
-    tok = tokenizer(
-        prompt, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt"
+def _sd(
+    unet: dict[str, Any], text: dict[str, Any], resolution: int, source: str, **kw: Any
+) -> P.Architecture:
+    vae = {**P.SD_VAE, "sample_size": resolution}
+    return P.Architecture({"unet": unet, "vae": vae, "text": text}, resolution, source=source, **kw)
+
+
+_CATALOGUE = {
+    "sd15": _sd(
+        {**P.SD_UNET, "sample_size": 64, "cross_attention_dim": 768, "attention_head_dim": 8},
+        P.CLIP_L_TEXT,
+        512,
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    ),
+    "sd2-base": _sd(
+        {**_SD2_UNET, "sample_size": 64},
+        _OPENCLIP_H_TEXT,
+        512,
+        "stabilityai/stable-diffusion-2-1-base",
+    ),
+    "sd2": _sd(  # SD 2.1 (768-v): the same networks at 768x768
+        {**_SD2_UNET, "sample_size": 96},
+        _OPENCLIP_H_TEXT,
+        768,
+        "stabilityai/stable-diffusion-2-1",
+        scheduler={**P.SD_DDIM, "prediction_type": "v_prediction"},
+    ),
+    # the test suite's tiny models: seconds on a CPU
+    "tiny": P.Architecture(
+        {"unet": P.TINY_UNET, "vae": P.TINY_VAE, "text": P.TINY_TEXT}, 128, clip=P.TINY_CLIP
+    ),
+}
+
+# -- loading ---------------------------------------------------------------------------------------
+
+SD_PARTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class SDComponents:
+    """The five parts of a Stable Diffusion 1.x/2.x text-to-image model."""
+
+    vae: Any
+    unet: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+
+
+def load_sd_components(
+    model: str | os.PathLike[str],
+    torch_dtype: torch.dtype | None = None,
+    local_files_only: bool | None = None,
+    config: str | None = None,
+) -> SDComponents:
+    """Load VAE, UNet, text encoder, tokenizer and scheduler from a hub id, a local diffusers
+    folder (``model_index.json`` with ``vae/``, ``unet/``, ...) or a single checkpoint file.
+
+    ``config`` is only for single files: a local diffusers folder (or hub id) whose configs describe
+    the checkpoint, for offline use.
+    """
+    path = Path(model)
+    name = str(model)
+    if path.is_file():
+        check_single_file(path, name)
+        return _load_single_file(path, torch_dtype, config)
+    if path.is_dir():
+        missing = [s for s in SD_PARTS if not (path / s).is_dir()]
+        if missing:
+            raise ModelNotFoundError(
+                f"model: {name!r} is a folder but not a diffusers Stable Diffusion model "
+                f"(missing {', '.join(missing)}/)"
+            )
+    else:
+        check_hub_id(name)
+    parts = load_cached_first(
+        "model", name, lambda local: _load_diffusers(name, torch_dtype, local), local_files_only
     )
-    if len(tokenizer(prompt).input_ids) > max_len:
-        logger.warning("prompt longer than %d tokens; the rest is ignored", max_len)
-    return tok
+    if parts.unet.config.in_channels != 4:
+        raise InputError(
+            f"model: {name!r} has a {parts.unet.config.in_channels}-channel UNet (an inpainting "
+            "model); Blended Latent Diffusion needs a plain text-to-image model with 4 latent channels"
+        )
+    return parts
 
 
-def lcm_guidance_embedding(
-    unet: Any, guidance_scale: float, n: int, device: torch.device
-) -> torch.Tensor | None:
-    """An LCM-distilled UNet's guidance input (Luo et al. 2023, eq. 9: w = scale - 1 as a
-    sinusoidal embedding of w * 1000, ``time_cond_proj_dim`` wide), (n, D); None otherwise."""
-    dim = unet.config.time_cond_proj_dim
-    if dim is None:
-        return None
-    w = torch.full((n,), (guidance_scale - 1) * 1000.0)
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half) / (half - 1))
-    emb = torch.cat([torch.sin(w[:, None] * freqs), torch.cos(w[:, None] * freqs)], dim=1)
-    if dim % 2:
-        emb = torch.nn.functional.pad(emb, (0, 1))
-    return emb.to(device, unet.dtype)
+def _load_diffusers(name: str, torch_dtype: torch.dtype | None, local: bool) -> SDComponents:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    kw: dict[str, Any] = {"local_files_only": local}
+    scheduler_config = DDIMScheduler.load_config(name, subfolder="scheduler", **kw)
+    tokenizer = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer", **kw)
+    dt = {"torch_dtype": torch_dtype, **kw}
+    text_encoder = CLIPTextModel.from_pretrained(name, subfolder="text_encoder", **dt)
+    vae = AutoencoderKL.from_pretrained(name, subfolder="vae", **dt)
+    unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", **dt)
+    scheduler = DDIMScheduler.from_config(scheduler_config)
+    return SDComponents(vae, unet, text_encoder, tokenizer, scheduler)
+
+
+def _load_single_file(
+    path: Path, torch_dtype: torch.dtype | None, config: str | None
+) -> SDComponents:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = from_single_file(
+        StableDiffusionPipeline, path, config,
+        torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False,
+    )  # fmt: skip
+    return SDComponents(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler)
+
+
+# -- the family --------------------------------------------------------------------------------------
 
 
 class StableDiffusion(Backbone):
     """SD 1.x/2.x (epsilon or v-prediction): CLIP ViT-L/14 or OpenCLIP ViT-H text encoder."""
 
-    family: ClassVar[str] = "sd"
+    family = "sd"
+    name = "SD 1.x/2.x"
+    title = "Stable Diffusion 1.x/2.x"
+    # StableDiffusionInpaintPipeline: refused at loading when its UNet has 9 channels.
+    pipelines = (
+        "StableDiffusionPipeline",
+        "StableDiffusionImg2ImgPipeline",
+        "StableDiffusionInpaintPipeline",
+    )
+    single_file = True
+    bare_folder = True  # a folder of SD parts; load_sd_components names the gaps
+    supports_lora = True
+    catalogue = _CATALOGUE
+    reference_pipeline = "StableDiffusionInpaintPipeline"
 
     def __init__(self, vae: Any, unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any):
         self.vae, self.unet, self.scheduler = vae, unet, scheduler
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
         for m in (vae, unet, text_encoder):
             m.eval().requires_grad_(False)
+
+    @classmethod
+    def claims_keys(cls, keys: dict[str, tuple[int, ...]], name: str) -> bool:
+        """An A1111/ComfyUI file: the text encoder under ``cond_stage_model.`` (SDXL's sit under
+        ``conditioner.embedders.``)."""
+        C.refuse_inpainting_unet(keys, name)
+        return C.has_prefix(keys, "cond_stage_model.") and not C.has_prefix(
+            keys, "conditioner.embedders."
+        )
+
+    @classmethod
+    def load(cls, model: Name, opts: LoadOptions) -> Backbone:
+        p = load_sd_components(model, opts.dtype, opts.local_files_only, opts.config)
+        return cls(p.vae, p.unet, p.text_encoder, p.tokenizer, p.scheduler)
+
+    @classmethod
+    def build(cls, parts: Configs, scheduler: Any, device: torch.device, workdir: Path) -> Backbone:
+        """SD 1.x/2.x: UNet, KL-f8 VAE, one CLIP text encoder."""
+        with torch.device(device):
+            unet, vae = C.unet_and_vae(parts)
+            text = C.clip_text(parts["text"])
+        return cls(vae, unet, text, C.clip_tokenizer(workdir), scheduler)
 
     def modules(self) -> dict[str, Any]:
         return {"vae": self.vae, "unet": self.unet, "text_encoder": self.text_encoder}
@@ -64,7 +218,7 @@ class StableDiffusion(Backbone):
         """Text -> (1, L, D) last hidden states, padded to the tokenizer's length."""
         enc = self.text_encoder
         max_len = min(self.tokenizer.model_max_length, enc.config.max_position_embeddings)
-        tok = tokenize(self.tokenizer, prompt, max_len)
+        tok = C.tokenize(self.tokenizer, prompt, max_len)
         mask = (
             tok.attention_mask.to(self.device)
             if getattr(enc.config, "use_attention_mask", False)
@@ -81,7 +235,7 @@ class StableDiffusion(Backbone):
         self, c: Conditioning, batch: int, parts: Sequence[str], guidance_scale: float
     ) -> ModelFn:
         context, _ = self.stack(c, batch, parts)  # (P * B, L, D)
-        cond_w = lcm_guidance_embedding(self.unet, guidance_scale, len(context), self.device)
+        cond_w = C.lcm_guidance_embedding(self.unet, guidance_scale, len(context), self.device)
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, C, h, w)
             return self.unet(
@@ -90,16 +244,5 @@ class StableDiffusion(Backbone):
 
         return denoise
 
-    def inpaint_reference(self, scheduler: Any) -> Any:
-        from diffusers import StableDiffusionInpaintPipeline
-
-        return StableDiffusionInpaintPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            unet=self.unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+    def reference_options(self) -> dict[str, Any]:
+        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}

@@ -8,52 +8,138 @@ way after every step and is the parity reference."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from blendedit.latent.backbones.base import Backbone, Conditioning, Size
-from blendedit.latent.backbones.sd import tokenize
+from blendedit.latent.backbones import common as C
+from blendedit.latent.backbones import parts as P
+from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
+from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.sampling import ModelFn
 
+# -- bench presets: SD3.5 (Esser et al. 2024; Stability AI 2024): MMDiT, CLIP-L and CLIP-G with
+# projections (SD3 takes their pooled outputs and penultimate states), T5-XXL, 16-channel VAE ----
 
-def calculate_shift(config: Any, seq_len: int, max_shift: float) -> float:
-    """mu of the resolution-dependent timestep shift: linear in the number of image tokens
-    (SD3 paper section 5.3.2; base_shift at base_image_seq_len tokens, max_shift at
-    max_image_seq_len), read from a FlowMatch scheduler's ``config`` with diffusers' defaults;
-    ``max_shift`` is the pipeline's own fallback (SD3 1.16, FLUX 1.15)."""
-    base_seq, max_seq = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
-    base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", max_shift)
-    slope = (max_shift - base_shift) / (max_seq - base_seq)
-    return seq_len * slope + base_shift - slope * base_seq
+_SD3_FLOW = {**P.FLOW, "shift": 3.0}  # stabilityai/stable-diffusion-3.5-*/scheduler
+_SD3_LATENTS = {"scaling_factor": 1.5305, "shift_factor": 0.0609}  # full and tiny VAEs
+_SD3_MMDIT = {  # SD3Transformer2DModel, common to SD3.5 Medium and Large
+    "sample_size": 128,
+    "patch_size": 2,
+    "in_channels": 16,
+    "out_channels": 16,
+    "attention_head_dim": 64,
+    "joint_attention_dim": 4096,
+    "pooled_projection_dim": 2048,  # CLIP-L 768 + CLIP-G 1280 pooled
+    "qk_norm": "rms_norm",
+}
+_SD35_TEXT_VAE = {  # SD3.5 Medium and Large: all but the transformer
+    "vae": {**P.FLOW_VAE, **_SD3_LATENTS},
+    "text": P.CLIP_L_TEXT,
+    "text_2": P.OPENCLIP_BIGG_TEXT,
+    "text_3": P.T5_XXL,
+}
+_CATALOGUE = {
+    "sd35-medium": P.Architecture(  # MMDiT-X: self-attention beside the joint one in blocks 0-12
+        {
+            "transformer": {
+                **_SD3_MMDIT,
+                "num_layers": 24,
+                "num_attention_heads": 24,
+                "caption_projection_dim": 1536,  # 24 heads x 64
+                "pos_embed_max_size": 384,
+                "dual_attention_layers": tuple(range(13)),
+            },
+            **_SD35_TEXT_VAE,
+        },
+        1024,
+        scheduler=_SD3_FLOW,
+        batch=4,
+        source="stabilityai/stable-diffusion-3.5-medium",
+    ),
+    "sd35-large": P.Architecture(
+        {
+            "transformer": {
+                **_SD3_MMDIT,
+                "num_layers": 38,
+                "num_attention_heads": 38,
+                "caption_projection_dim": 2432,  # 38 heads x 64
+                "pos_embed_max_size": 192,
+            },
+            **_SD35_TEXT_VAE,
+        },
+        1024,
+        scheduler=_SD3_FLOW,
+        batch=4,
+        source="stabilityai/stable-diffusion-3.5-large",
+    ),
+    "tiny-sd3": P.Architecture(  # tests/tiny_models.py tiny_sd3_parts, at 64 px (32x32 latents)
+        {
+            "transformer": {
+                "sample_size": 32,
+                "patch_size": 2,
+                "in_channels": 16,
+                "out_channels": 16,
+                "num_layers": 2,
+                "attention_head_dim": 8,
+                "num_attention_heads": 4,
+                "joint_attention_dim": 64,
+                "caption_projection_dim": 32,
+                "pooled_projection_dim": 64,  # 32 + 32 pooled
+            },
+            "vae": {**P.TINY_FLOW_VAE, **_SD3_LATENTS},
+            "text": P.TINY_TEXT,
+            "text_2": P.TINY_TEXT,
+            "text_3": P.TINY_T5,
+        },
+        64,
+        clip=P.TINY_CLIP,
+        scheduler=_SD3_FLOW,
+    ),
+}
 
 
 class StableDiffusion3(Backbone):
     """SD3/SD3.5: ``transformer`` (SD3Transformer2DModel), ``text_encoder`` / ``text_encoder_2``
     (CLIPTextModelWithProjection L and G), ``text_encoder_3`` (T5, None = dropped: zeros)."""
 
-    family: ClassVar[str] = "sd3"
+    family = "sd3"
+    name = "SD3"
+    title = "SD3/3.5"
+    # StableDiffusion3InpaintPipeline: refused at loading when its transformer is not 16-channel.
+    pipelines = (
+        "StableDiffusion3Pipeline",
+        "StableDiffusion3Img2ImgPipeline",
+        "StableDiffusion3InpaintPipeline",
+    )
+    single_file = True
+    can_drop_t5 = True
+    catalogue = _CATALOGUE
+    reference_pipeline = "StableDiffusion3InpaintPipeline"
+    denoiser_name = "transformer"
+    # What an A1111/ComfyUI file may hold besides the transformer (component -> key prefixes);
+    # the rest comes from ``--model-config``.
+    file_parts: ClassVar[dict[str, tuple[str, ...]]] = {
+        "vae": ("first_stage_model.",),
+        "text_encoder": ("text_encoders.clip_l.",),
+        "text_encoder_2": ("text_encoders.clip_g.",),
+        "text_encoder_3": ("text_encoders.t5xxl.",),
+    }
     # diffusers' StableDiffusion3Pipeline defaults.
     defaults: ClassVar[dict[str, Any]] = {
         "num_inference_steps": 28,
         "guidance_scale": 7.0,
         "scheduler": "flow-euler",
     }
-    flow: ClassVar[bool] = True
+    flow = True
     max_sequence_length: int = 256  # T5 tokens
 
     def __init__(
-        self,
-        vae: Any,
-        transformer: Any,
-        text_encoder: Any,
-        text_encoder_2: Any,
-        text_encoder_3: Any | None,
-        tokenizer: Any,
-        tokenizer_2: Any,
-        tokenizer_3: Any | None,
-        scheduler: Any,
-    ):
+        self, vae: Any, transformer: Any,
+        text_encoder: Any, text_encoder_2: Any, text_encoder_3: Any | None,  # None: no T5
+        tokenizer: Any, tokenizer_2: Any, tokenizer_3: Any | None, scheduler: Any,
+    ):  # fmt: skip
         self.vae, self.unet, self.scheduler = vae, transformer, scheduler
         self.text_encoder, self.text_encoder_2, self.text_encoder_3 = (
             text_encoder, text_encoder_2, text_encoder_3,
@@ -61,6 +147,36 @@ class StableDiffusion3(Backbone):
         self.tokenizer, self.tokenizer_2, self.tokenizer_3 = tokenizer, tokenizer_2, tokenizer_3
         for m in self.modules().values():
             m.eval().requires_grad_(False)
+
+    @classmethod
+    def claims_keys(cls, keys: dict[str, tuple[int, ...]], name: str) -> bool:
+        """An original-layout MMDiT: ``joint_blocks``."""
+        return any(".joint_blocks." in k for k in keys)
+
+    @classmethod
+    def load(cls, model: Name, opts: LoadOptions) -> Backbone:
+        """``drop_t5``: without T5-XXL (``--no-t5``)."""
+        parts = {"text_encoder_3": None, "tokenizer_3": None} if opts.drop_t5 else {}
+        p = load_pipeline("StableDiffusion3Pipeline", cls.file_parts, model, opts, **parts)
+        return cls(
+            p.vae, p.transformer, p.text_encoder, p.text_encoder_2, p.text_encoder_3,
+            p.tokenizer, p.tokenizer_2, p.tokenizer_3, p.scheduler,
+        )  # fmt: skip
+
+    @classmethod
+    def build(cls, parts: Configs, scheduler: Any, device: torch.device, workdir: Path) -> Backbone:
+        """SD3 / SD3.5: MMDiT, 16-channel VAE, CLIP-L and CLIP-G (with projections), T5-XXL. The
+        character-level CLIP tokenizer serves T5 too (random weights need only ids in range)."""
+        from diffusers import AutoencoderKL, SD3Transformer2DModel
+
+        with torch.device(device):
+            transformer = SD3Transformer2DModel(**parts["transformer"])
+            vae = AutoencoderKL(**parts["vae"])
+            text = C.clip_text(parts["text"], projection=True)
+            text_2 = C.clip_text(parts["text_2"], projection=True)
+            text_3 = C.t5_encoder(parts["text_3"])
+        tok = C.clip_tokenizer(workdir)
+        return cls(vae, transformer, text, text_2, text_3, tok, tok, tok, scheduler)
 
     @property
     def transformer(self) -> Any:
@@ -89,7 +205,7 @@ class StableDiffusion3(Backbone):
         if not cfg.get("use_dynamic_shifting", False):
             return {}
         seq = (latent_hw[0] // self.patch_size) * (latent_hw[1] // self.patch_size)
-        return {"mu": calculate_shift(cfg, seq, max_shift=1.16)}
+        return {"mu": C.calculate_shift(cfg, seq, max_shift=1.16)}
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +216,7 @@ class StableDiffusion3(Backbone):
             (self.tokenizer, self.text_encoder),
             (self.tokenizer_2, self.text_encoder_2),
         ):
-            ids = tokenize(tok, prompt, tok.model_max_length).input_ids.to(self.device)
+            ids = C.tokenize(tok, prompt, tok.model_max_length).input_ids.to(self.device)
             out = enc(ids, output_hidden_states=True)
             pooled.append(out[0])  # (1, P) projected pooled output
             states.append(out.hidden_states[-2])
@@ -111,7 +227,7 @@ class StableDiffusion3(Backbone):
                 1, self.max_sequence_length, width, device=self.device, dtype=clip.dtype
             )
         else:
-            ids = tokenize(self.tokenizer_3, prompt, self.max_sequence_length).input_ids
+            ids = C.tokenize(self.tokenizer_3, prompt, self.max_sequence_length).input_ids
             t5 = self.text_encoder_3(ids.to(self.device))[0]
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         return torch.cat([clip, t5.to(clip.dtype)], dim=-2), torch.cat(pooled, dim=-1)
@@ -136,13 +252,16 @@ class StableDiffusion3(Backbone):
 
         return denoise
 
-    def inpaint_reference(self, scheduler: Any) -> Any:
-        """Its decode drops ``shift_factor`` (diffusers issue #13611): compare latents."""
-        from diffusers import StableDiffusion3InpaintPipeline
-
-        return StableDiffusion3InpaintPipeline(
-            transformer=self.unet, scheduler=scheduler, vae=self.vae,
-            text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-            text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2,
-            text_encoder_3=self.text_encoder_3, tokenizer_3=self.tokenizer_3,
-        )  # fmt: skip
+    def reference_embeddings(self, prompt: str, negative: str, n: int) -> dict[str, Any]:
+        """blendedit's own embeddings (the same 77 CLIP + 256 T5 tokens) for diffusers' SD3
+        inpaint pipeline (its decode drops ``shift_factor``, diffusers issue #13611: compare
+        latents); it does not repeat given embeddings, so they come ``n`` times, one image each."""
+        cond, pooled = self.encode_prompt(prompt)
+        uncond, pooled_u = self.encode_prompt(negative)
+        return {
+            "prompt_embeds": cond.expand(n, -1, -1),  # (n, 77 + 256, 4096)
+            "pooled_prompt_embeds": pooled.expand(n, -1),  # (n, 2048)
+            "negative_prompt_embeds": uncond.expand(n, -1, -1),
+            "negative_pooled_prompt_embeds": pooled_u.expand(n, -1),
+            "num_images_per_prompt": 1,
+        }

@@ -1,16 +1,149 @@
 """Stable Diffusion XL (base, fine-tunes, refiner): two CLIP text encoders, pooled text embedding
-and size/crop micro-conditioning (Podell et al. 2023, section 2.2)."""
+and size/crop micro-conditioning (Podell et al. 2023, section 2.2).
+
+The family's detection, loading, random-weight builder, bench presets (SDXL base, SDXL-Turbo) and
+diffusers reference (``StableDiffusionXLInpaintPipeline``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from blendedit.latent.backbones.base import Backbone, Conditioning, Size
-from blendedit.latent.backbones.sd import lcm_guidance_embedding, tokenize
+from blendedit.latent.backbones import common as C
+from blendedit.latent.backbones import parts as P
+from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
+from blendedit.latent.backbones.files import read_json
+from blendedit.latent.backbones.loading import own_scheduler
 from blendedit.latent.sampling import ModelFn
+from blendedit.models import from_single_file, load_cached_first
+
+# -- bench presets ---------------------------------------------------------------------------------
+
+_SDXL_EULER = {  # stabilityai/stable-diffusion-xl-base-1.0/scheduler
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "interpolation_type": "linear",
+    "prediction_type": "epsilon",
+}
+_SDXL_TURBO_EULER_A = {  # stabilityai/sdxl-turbo/scheduler: Euler ancestral, trailing spacing
+    **_SDXL_EULER,
+    "_class_name": "EulerAncestralDiscreteScheduler",
+    "timestep_spacing": "trailing",
+}
+_SDXL_PARTS: dict[str, dict[str, Any]] = {
+    "unet": {
+        "in_channels": 4,
+        "out_channels": 4,
+        "layers_per_block": 2,
+        "block_out_channels": (320, 640, 1280),
+        "down_block_types": ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 2,
+        "up_block_types": ("CrossAttnUpBlock2D",) * 2 + ("UpBlock2D",),
+        "transformer_layers_per_block": (1, 2, 10),
+        "attention_head_dim": (5, 10, 20),
+        "use_linear_projection": True,
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 256,
+        "projection_class_embeddings_input_dim": 2816,  # 6 time ids x 256 + pooled 1280
+        "cross_attention_dim": 2048,  # CLIP-L 768 + bigG 1280, concatenated
+        "sample_size": 128,
+    },
+    "vae": {
+        **P.SD_VAE,
+        "scaling_factor": 0.13025,
+        "force_upcast": True,
+        "sample_size": 1024,
+    },
+    "text": P.CLIP_L_TEXT,
+    "text_2": P.OPENCLIP_BIGG_TEXT,
+}
+_TINY_SDXL_UNET = {  # tests/tiny_models.py tiny_sdxl_*: diffusers' own tiny SDXL shape
+    **P.TINY_UNET,
+    "layers_per_block": 2,
+    "attention_head_dim": (2, 4),
+    "use_linear_projection": True,
+    "transformer_layers_per_block": (1, 2),
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 8,
+    "projection_class_embeddings_input_dim": 6 * 8 + 32,  # 6 time ids + pooled 32
+    "cross_attention_dim": 32 + 64,  # both encoders' widths
+}
+_CATALOGUE = {
+    "sdxl": P.Architecture(  # Podell et al. 2023: 2.6B UNet, two text encoders, 1024x1024
+        _SDXL_PARTS,
+        1024,
+        scheduler=_SDXL_EULER,
+        batch=4,  # the official BLD SDXL script's batch (text_editing_SDXL.py)
+        source="stabilityai/stable-diffusion-xl-base-1.0",
+    ),
+    # SDXL-Turbo (Sauer et al. 2023): SDXL base's networks, trained at 512x512, trailing Euler-a.
+    "sdxl-turbo": P.Architecture(
+        {
+            **_SDXL_PARTS,
+            "unet": {**_SDXL_PARTS["unet"], "sample_size": 64},
+            "vae": {**_SDXL_PARTS["vae"], "sample_size": 512},
+        },
+        512,
+        scheduler=_SDXL_TURBO_EULER_A,
+        batch=8,
+        source="stabilityai/sdxl-turbo",
+        realtime="realtime-sdxl-turbo",
+    ),
+    "tiny-sdxl": P.Architecture(
+        {
+            "unet": _TINY_SDXL_UNET,
+            "vae": {**P.TINY_VAE, "scaling_factor": 0.13025, "force_upcast": True},
+            "text": P.TINY_TEXT,  # CLIP-L stand-in
+            # bigG stand-in: wider than the first (as in the real pair), exact GELU, projection
+            "text_2": {
+                **P.TINY_TEXT,
+                "hidden_size": 64,
+                "num_hidden_layers": 10,
+                "hidden_act": "gelu",
+            },
+        },
+        128,
+        clip=P.TINY_CLIP,
+        scheduler=_SDXL_EULER,
+        realtime="realtime-sdxl-turbo",  # the code path of `--preset sdxl-turbo --realtime`
+    ),
+}
+
+
+_ARGS = ("vae", "unet", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+
+
+def _load_folder(name: str, dtype: torch.dtype | None, local_only: bool) -> dict[str, Any]:
+    """The parts of a diffusers SDXL folder or hub id (the refiner has no first text encoder)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    index = read_json(name, "model_index.json", local_only)
+    kw: dict[str, Any] = {"local_files_only": local_only}
+    dt = {"torch_dtype": dtype, **kw}
+    has_te1 = (index.get("text_encoder") or [None])[0] is not None
+    return {
+        "vae": AutoencoderKL.from_pretrained(name, subfolder="vae", **dt),
+        "unet": UNet2DConditionModel.from_pretrained(name, subfolder="unet", **dt),
+        "text_encoder": CLIPTextModel.from_pretrained(name, subfolder="text_encoder", **dt)
+        if has_te1
+        else None,
+        "tokenizer": CLIPTokenizer.from_pretrained(name, subfolder="tokenizer", **kw)
+        if has_te1
+        else None,
+        "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(
+            name, subfolder="text_encoder_2", **dt
+        ),
+        "tokenizer_2": CLIPTokenizer.from_pretrained(name, subfolder="tokenizer_2", **kw),
+        "scheduler": own_scheduler(DDIMScheduler.load_config(name, subfolder="scheduler", **kw)),
+        "force_zeros_for_empty_prompt": bool(index.get("force_zeros_for_empty_prompt", True)),
+    }
 
 
 class StableDiffusionXL(Backbone):
@@ -18,10 +151,21 @@ class StableDiffusionXL(Backbone):
     bigG with projection); penultimate hidden states concatenated (B, 77, 2048), the pooled
     projection of encoder 2 (B, 1280) and the time ids ``original + crop + target`` (B, 6)."""
 
-    family: ClassVar[str] = "sdxl"
+    family = "sdxl"
+    name = "SDXL"
+    title = "SDXL"
+    pipelines = (
+        "StableDiffusionXLPipeline",
+        "StableDiffusionXLImg2ImgPipeline",
+        "StableDiffusionXLInpaintPipeline",
+    )
+    single_file = True
+    supports_lora = True
+    catalogue = _CATALOGUE
+    reference_pipeline = "StableDiffusionXLInpaintPipeline"
     # The official BLD SDXL script (text_editing_SDXL.py): guidance 5 at 1024x1024, 50 steps.
     defaults: ClassVar[dict[str, Any]] = {"guidance_scale": 5.0}
-    fp16_vae_upcast: ClassVar[bool] = True
+    fp16_vae_upcast = True
 
     def __init__(
         self,
@@ -47,6 +191,41 @@ class StableDiffusionXL(Backbone):
         for m in self.modules().values():
             m.eval().requires_grad_(False)
         vae.to(self.vae_dtype_for(vae.dtype))  # float32 when loaded in fp16 (force_upcast)
+
+    @classmethod
+    def claims_keys(cls, keys: dict[str, tuple[int, ...]], name: str) -> bool:
+        """An A1111/ComfyUI file: the text encoders under ``conditioner.embedders.``."""
+        C.refuse_inpainting_unet(keys, name)
+        return C.has_prefix(keys, "conditioner.embedders.")
+
+    @classmethod
+    def load(cls, model: Name, opts: LoadOptions) -> Backbone:
+        from diffusers import StableDiffusionXLPipeline
+
+        path = Path(model)
+        if path.is_file():
+            pipe = from_single_file(
+                StableDiffusionXLPipeline, path, opts.config, torch_dtype=opts.dtype,
+                add_watermarker=False,
+            )  # fmt: skip
+            parts = {k: pipe.components.get(k) for k in _ARGS}
+            zeros = bool(pipe.config.get("force_zeros_for_empty_prompt", True))
+            return cls(**parts, force_zeros_for_empty_prompt=zeros)
+        p = load_cached_first(
+            "model", str(model), lambda local: _load_folder(str(model), opts.dtype, local),
+            opts.local_files_only,
+        )  # fmt: skip
+        return cls(**p)
+
+    @classmethod
+    def build(cls, parts: Configs, scheduler: Any, device: torch.device, workdir: Path) -> Backbone:
+        """SDXL: text_time UNet, VAE, CLIP-L and OpenCLIP bigG (with projection) text encoders."""
+        with torch.device(device):
+            unet, vae = C.unet_and_vae(parts)
+            text = C.clip_text(parts["text"])
+            text_2 = C.clip_text(parts["text_2"], projection=True)
+        tok = C.clip_tokenizer(workdir)
+        return cls(vae, unet, text, text_2, tok, tok, scheduler)
 
     def modules(self) -> dict[str, Any]:
         mods = {"vae": self.vae, "unet": self.unet, "text_encoder_2": self.text_encoder_2}
@@ -78,7 +257,7 @@ class StableDiffusionXL(Backbone):
         for tokenizer, encoder in pairs:
             if encoder is None:
                 continue
-            tok = tokenize(tokenizer, prompt, tokenizer.model_max_length)
+            tok = C.tokenize(tokenizer, prompt, tokenizer.model_max_length)
             out = encoder(tok.input_ids.to(self.device), output_hidden_states=True)
             pooled = out[0]  # the last encoder's projected pooled output, (1, P)
             states.append(out.hidden_states[-2])
@@ -111,7 +290,7 @@ class StableDiffusionXL(Backbone):
         self, c: Conditioning, batch: int, parts: Sequence[str], guidance_scale: float
     ) -> ModelFn:
         context, added = self.stack(c, batch, parts)  # (P * B, 77, 2048), text_embeds, time_ids
-        cond_w = lcm_guidance_embedding(self.unet, guidance_scale, len(context), self.device)
+        cond_w = C.lcm_guidance_embedding(self.unet, guidance_scale, len(context), self.device)
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, 4, h, w)
             return self.unet(
@@ -121,18 +300,9 @@ class StableDiffusionXL(Backbone):
 
         return denoise
 
-    def inpaint_reference(self, scheduler: Any) -> Any:
-        from diffusers import StableDiffusionXLInpaintPipeline
-
-        return StableDiffusionXLInpaintPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            text_encoder_2=self.text_encoder_2,
-            tokenizer=self.tokenizer,
-            tokenizer_2=self.tokenizer_2,
-            unet=self.unet,
-            scheduler=scheduler,
-            requires_aesthetics_score=self.requires_aesthetics_score,
-            force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt,
-            add_watermarker=False,
-        )
+    def reference_options(self) -> dict[str, Any]:
+        return {
+            "requires_aesthetics_score": self.requires_aesthetics_score,
+            "force_zeros_for_empty_prompt": self.force_zeros_for_empty_prompt,
+            "add_watermarker": False,
+        }

@@ -26,8 +26,9 @@ MASK_BOX = (500, 400)  # px: the object to edit, whatever the photo's size
 
 def photo_of(megapixels: float, folder: Path) -> tuple[Path, np.ndarray]:
     """A 3:2 JPEG of ``megapixels`` and a centred ~500x400 mask (smaller photos: a third)."""
-    examples = Path(__file__).resolve().parents[2] / "examples" / "chelsea.png"
-    tile = np.asarray(Image.open(examples).convert("RGB"))
+    from blendedit.bench.measure import EXAMPLES
+
+    tile = np.asarray(Image.open(EXAMPLES / "chelsea.png").convert("RGB"))
     w = round((megapixels * 1e6 * 1.5) ** 0.5)
     h = round(w / 1.5)
     reps = (h // tile.shape[0] + 1, w // tile.shape[1] + 1, 1)
@@ -43,7 +44,8 @@ def measure(megapixels: float, preset: str, num_images: int, steps: int) -> dict
     """One edit of a photo of ``megapixels`` (this process): stage seconds, peak memory."""
     import torch
 
-    from blendedit.bench import ARCHITECTURES, build_editor
+    from blendedit.bench.build import build_editor
+    from blendedit.bench.catalogue import ARCHITECTURES
 
     torch.set_flush_denormal(True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +80,7 @@ def measure(megapixels: float, preset: str, num_images: int, steps: int) -> dict
 def run_sizes(sizes: list[float], preset: str, num_images: int, steps: int) -> list[dict]:
     rows = []
     for mp in sizes:
-        cmd = [sys.executable, "-m", "blendedit.bench_photos", str(mp), preset, str(num_images),
+        cmd = [sys.executable, "-m", "blendedit.bench.photos", str(mp), preset, str(num_images),
                str(steps)]  # fmt: skip
         out = subprocess.run(cmd, check=True, capture_output=True, text=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))

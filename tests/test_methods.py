@@ -1,12 +1,12 @@
-"""Loading an editor by method name and placing it on a device (``blendedit.editors``)."""
+"""Loading an editor by method name and placing it on a device (``blendedit.methods``)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from blendedit.editors import load_editor, place
 from blendedit.errors import InputError
+from blendedit.methods import load_editor, place
 
 
 def test_a_model_too_large_for_the_device_is_one_line():

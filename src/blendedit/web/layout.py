@@ -1,0 +1,256 @@
+"""The editor's page: its components, their arrangement, and the events wired to the handlers.
+
+Left, the photo column: the file box, the paint editor, the prompt, Generate and Cancel, and the
+settings (:func:`controls`, from :func:`~blendedit.web.settings.control_specs`). Right, the
+results column: the status line, the ranked results, Keep, the history with Undo and Redo, and
+the downloads. What each event does is in :mod:`blendedit.web.handlers`; the page's own script and
+style are ``static/editor.js`` and ``static/editor.css`` (:mod:`blendedit.web.app` serves them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from blendedit.web._gradio import gr
+from blendedit.web.canvas import MASK_OPACITY, MASK_RGB
+from blendedit.web.handlers import Handlers, ServeOptions, WebState, friendly
+from blendedit.web.settings import Control, control_specs
+
+if TYPE_CHECKING:
+    from gradio.components import Component
+
+SCRIBBLE_COLORS = (  # opaque scribble colours offered next to the mask brush (any other works too)
+    "#e6194b", "#f58231", "#ffe119", "#3cb44b", "#4363d8", "#911eb4", "#8b5a2b", "#000000",
+    "#ffffff",
+)  # fmt: skip
+PHOTO_TYPES = [".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".bmp"]
+SECTIONS = {"settings": ("Settings", True), "advanced": ("Advanced settings", False)}  # open?
+KINDS: dict[str, Any] = {  # a control's kind -> its component class
+    "slider": gr.Slider,
+    "number": gr.Number,
+    "dropdown": gr.Dropdown,
+    "checkbox": gr.Checkbox,
+    "text": gr.Textbox,
+}
+
+
+def build_page(app: Handlers) -> tuple[gr.Blocks, dict[Component, str]]:
+    """The page over ``app``'s model, its events wired to ``app``'s handlers; returns the Blocks
+    and the names of the components whose values Generate reads."""
+    with gr.Blocks(title="blendedit", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        state = gr.State(None)
+        gr.Markdown(intro(app.model_info, app.options))
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                left = photo_column(app)
+            with gr.Column(scale=2):
+                right = results_column(app)
+        names = wire(app, demo, {"state": state, **left, **right})
+    return demo, names
+
+
+def intro(info: Mapping[str, Any], o: ServeOptions) -> str:
+    return (
+        "## blendedit: interactive editor\n"
+        f"Model `{info.get('name') or '?'}` ({info['method']}, {info['dtype']} on "
+        f"{info['device']}). Upload a photo (up to {o.max_pixels / 1e6:g} MP), paint the "
+        "region to change with the translucent brush, scribble a rough drawing in colour "
+        "inside it if you like, describe what it should become, Generate, Keep the "
+        "result you like, and go on editing it. The edit runs on the full-resolution "
+        "photo; one generation runs at a time."
+    )
+
+
+def photo_column(app: Handlers) -> dict[str, Any]:
+    """The photo, its paint, the prompt, Generate and Cancel, and the settings."""
+    c: dict[str, Any] = {"photo": photo_box(app.options), "editor": paint_editor()}
+    gr.Markdown(
+        "**Brush colours**: the first, translucent magenta, marks the region to "
+        "edit. Any opaque colour of the palette draws a *scribble* of what should "
+        "appear there (a rough shape in its colours; it is part of the region "
+        "too): the edit starts from it, so give it a Blend start of 0.3-0.6. "
+        "You paint on a preview; the edit runs on the full-resolution photo.",
+        elem_id="brush-help",
+    )
+    with gr.Row():
+        c["invert"] = gr.Checkbox(
+            label="Invert mask: edit everything outside the paint", elem_id="invert"
+        )
+        c["clear"] = gr.Button("Clear paint", size="sm", elem_id="clear-mask")
+    c["prompt"] = gr.Textbox(
+        label="Prompt",
+        placeholder=(
+            "what the painted region should become, e.g. 'sunglasses'; "
+            "empty: fill it from its surroundings"
+        ),
+        elem_id="prompt",
+        max_lines=3,
+    )
+    with gr.Row():
+        c["generate"] = gr.Button("Generate", variant="primary", elem_id="generate")
+        c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="cancel")
+    latent = app.kind == "latent"
+    c["controls"] = controls(
+        control_specs(
+            app.kind,
+            app._defaults(),
+            max_results=app.options.max_results,
+            default_results=app.options.default_results,
+            method=app.model_info.get("method"),
+            loras=app.editor.loras if latent else (),
+            native=getattr(app.editor, "native_size", None) if latent else None,
+        )
+    )
+    return c
+
+
+def photo_box(o: ServeOptions) -> gr.File:
+    """The file box a photo is dropped on, and the line that tells an over-cap file."""
+    box = gr.File(
+        label=(
+            f"Photo (JPEG, PNG, WebP, HEIC, AVIF, TIFF; up to "
+            f"{o.max_upload_mb:g} MiB and {o.max_pixels / 1e6:g} MP)"
+        ),
+        elem_id="photo-file",
+        file_count="single",
+        file_types=PHOTO_TYPES,
+        type="filepath",
+        height=90,
+    )
+    gr.HTML('<div id="upload-check-msg" role="alert"></div>', padding=False)
+    return box
+
+
+def paint_editor() -> gr.ImageEditor:
+    """The canvas: the photo's preview, the mask brush (translucent) and scribble colours."""
+    mask_colour = (f"rgb({MASK_RGB[0]}, {MASK_RGB[1]}, {MASK_RGB[2]})", MASK_OPACITY)
+    return gr.ImageEditor(
+        label="Paint the region to edit (translucent); scribble in colour (opaque)",
+        elem_id="editor",
+        type="numpy",
+        image_mode="RGBA",
+        format="png",
+        sources=(),
+        transforms=(),
+        layers=False,
+        brush=gr.Brush(
+            default_size="auto",
+            colors=[mask_colour, *SCRIBBLE_COLORS],
+            default_color=mask_colour,
+            color_mode="defaults",
+        ),
+        eraser=gr.Eraser(default_size="auto"),
+        canvas_size=(768, 512),
+        height=560,
+    )
+
+
+def results_column(app: Handlers) -> dict[str, Any]:
+    """The status line, the results, Keep, the history, Undo and Redo, and the downloads."""
+    c: dict[str, Any] = {}
+    c["status"] = gr.Markdown(app.status_text(WebState()), elem_id="status")
+    c["results"] = gr.Gallery(
+        label="Results, best first (rank, seed, CLIP score)",
+        elem_id="results",
+        columns=2,
+        height=420,
+        format="png",
+        object_fit="contain",
+        interactive=False,
+    )
+    c["keep"] = gr.Button("Keep selected result and edit on", variant="primary", elem_id="keep")
+    c["history"] = gr.Gallery(
+        label="History: the original and each kept step",
+        elem_id="history",
+        columns=6,
+        fit_columns=False,
+        height=170,
+        allow_preview=False,
+        object_fit="contain",
+        interactive=False,
+    )
+    with gr.Row():
+        c["undo"] = gr.Button("Undo", elem_id="undo", interactive=False)
+        c["redo"] = gr.Button("Redo", elem_id="redo", interactive=False)
+    with gr.Row():
+        c["download_image"] = gr.DownloadButton(
+            "Download image", elem_id="download-image", interactive=False
+        )
+        c["download_trail"] = gr.DownloadButton(
+            "Download result.json", elem_id="download-trail", interactive=False
+        )
+    gr.Markdown(
+        "`result.json` records the photo and every kept step (prompt, mask, "
+        "scribble, seed, settings); "
+        "`blendedit replay result.json --out DIR` regenerates them.",
+        elem_id="trail-note",
+    )
+    return c
+
+
+def wire(app: Handlers, demo: gr.Blocks, c: Mapping[str, Any]) -> dict[Component, str]:
+    """The page's events, each to its handler; returns the names of Generate's inputs."""
+    view = [c["state"], c["editor"], c["history"], c["status"]]
+    view += [c["download_image"], c["download_trail"], c["undo"], c["redo"]]
+    settings: dict[str, Component] = c["controls"]
+    names = {c[k]: k for k in ("state", "editor", "prompt", "invert")}
+    names.update({comp: name for name, comp in settings.items()})
+    state, results, status = c["state"], c["results"], c["status"]
+
+    # Progress, queue position and errors show on one component per event, not on all.
+    quiet: dict[str, Any] = {"show_progress": "minimal", "show_progress_on": [c["history"]]}
+    c["photo"].upload(friendly(app.on_upload), [c["photo"], state], view, **quiet)
+    c["editor"].clear(friendly(app.on_clear), [state], view, **quiet)
+    c["clear"].click(friendly(app.on_clear), [state], view, **quiet)
+    run = {
+        "fn": friendly(app.generate),
+        "inputs": set(names),
+        "outputs": [results, status, settings["seed"], state],
+        "concurrency_limit": 1,
+        "concurrency_id": "device",
+        "show_progress": "full",
+        "show_progress_on": [results],
+    }
+    runs = [c["generate"].click(**run), c["prompt"].submit(**run)]
+    c["cancel"].click(app.cancel, None, status, cancels=runs, queue=False)
+    results.select(friendly(app.select), [state], [state, status], show_progress="hidden")
+    c["keep"].click(friendly(app.keep), [state], view, **quiet)
+    c["undo"].click(friendly(app.undo), [state], [*view, c["prompt"]], **quiet)
+    c["redo"].click(friendly(app.redo), [state], view, **quiet)
+    demo.unload(app.unload)
+    return names
+
+
+def controls(specs: Sequence[Control]) -> dict[str, Component]:
+    """The settings controls by name, built from their descriptions: each section an accordion
+    (:data:`SECTIONS`), its controls in order; neighbours with the same ``row`` share a row."""
+    made: dict[str, Component] = {}
+    for section, (title, is_open) in SECTIONS.items():
+        with gr.Accordion(title, open=is_open):
+            mine = [s for s in specs if s.section == section]
+            for (row, _), group in itertools.groupby(mine, key=lambda s: (s.row, s.row or s.name)):
+                with gr.Row() if row else contextlib.nullcontext():
+                    made.update((s.name, control(s)) for s in group)
+    return made
+
+
+def control(s: Control) -> Component:
+    """One settings control from its description; what the description leaves None is Gradio's
+    own default."""
+    given = {
+        "value": s.default,
+        "minimum": s.minimum,
+        "maximum": s.maximum,
+        "step": s.step,
+        "precision": s.precision,
+        "choices": None if s.choices is None else list(s.choices),
+        "label": s.label,
+        "info": s.info,
+        "elem_id": s.elem_id,
+        "interactive": s.interactive,
+        "lines": s.lines,
+    }
+    return KINDS[s.kind](**{k: v for k, v in given.items() if v is not None})

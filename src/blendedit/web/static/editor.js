@@ -1,0 +1,68 @@
+// Checks a photo in the browser before it is sent (blendedit serve's page head).
+//
+// Gradio's upload hangs silently when the server refuses a file as too large, so the caps are
+// told here, in one line, first. The server still enforces them all (max_file_size, and
+// check_photo_file in the upload handler). The caps come from the server, in
+// window.blendeditUploadLimits (blendedit.web.app.page_head writes them before this script).
+(() => {
+  const limits = window.blendeditUploadLimits || {};  // set by the page's head, from the server
+  const MAX_BYTES = limits.maxBytes, MAX_SIDE = limits.maxSide, MIN_SIDE = limits.minSide;
+  const MAX_PIXELS = limits.maxPixels;
+  const say = (text) => {
+    const el = document.getElementById("upload-check-msg");
+    if (el) { el.textContent = text; el.style.display = text ? "block" : "none"; }
+    else if (text) { window.alert(text); }
+  };
+  const problem = async (file) => {
+    if (!file) return "";
+    if (file.size > MAX_BYTES) {
+      return `image: ${file.name} is ${(file.size / 1048576).toFixed(1)} MiB; this editor ` +
+        `accepts files up to ${(MAX_BYTES / 1048576).toFixed(1)} MiB (server option --max-upload-mb)`;
+    }
+    let w = 0, h = 0;
+    try {
+      const bmp = await createImageBitmap(file);
+      w = bmp.width; h = bmp.height;
+      bmp.close();
+    } catch (err) {
+      return "";  // a format this browser cannot decode (HEIC, TIFF): the server checks it
+    }
+    if (Math.max(w, h) > MAX_SIDE || Math.min(w, h) < MIN_SIDE) {
+      return `image: ${file.name} is ${w}x${h} px; this editor accepts ${MIN_SIDE} to ` +
+        `${MAX_SIDE} px a side (server option --max-side); resize it first`;
+    }
+    if (w * h > MAX_PIXELS) {
+      return `image: ${file.name} is ${w}x${h} px (${(w * h / 1e6).toFixed(1)} MP); this ` +
+        `editor accepts up to ${MAX_PIXELS / 1e6} MP (server option --max-megapixels)`;
+    }
+    return "";
+  };
+  const inEditor = (el) => el instanceof Element && el.closest("#photo-file");
+  document.addEventListener("change", async (e) => {
+    const input = e.target;
+    if (!(input instanceof HTMLInputElement) || input.type !== "file" || !inEditor(input)) return;
+    if (input.dataset.checked === "1") { delete input.dataset.checked; return; }
+    e.stopImmediatePropagation();
+    const msg = await problem(input.files && input.files[0]);
+    say(msg);
+    if (msg) { input.value = ""; return; }
+    input.dataset.checked = "1";
+    input.dispatchEvent(new Event("change", { bubbles: true }));
+  }, true);
+  document.addEventListener("drop", async (e) => {
+    if (!inEditor(e.target) || !e.dataTransfer || e.dataTransfer.files.length === 0) return;
+    if (e.target.dataset && e.target.dataset.checked === "1") {
+      delete e.target.dataset.checked; return;
+    }
+    e.preventDefault();
+    e.stopImmediatePropagation();
+    const target = e.target, file = e.dataTransfer.files[0];
+    const msg = await problem(file);
+    say(msg);
+    if (msg) return;
+    const dt = new DataTransfer();
+    dt.items.add(file);
+    target.dataset.checked = "1";
+    target.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+  }, true);
+})();

@@ -175,7 +175,7 @@ def _prepare(args: argparse.Namespace, rank: bool | None = None) -> tuple[Any, A
     image, mask, editor)."""
     from blendedit.frame import photo_mask, read_mask
     from blendedit.frame.photo import read_photo
-    from blendedit.io import check_out_dir
+    from blendedit.io import check_out_dir, check_writable
 
     opts = ModelOptions.from_args(args)
     opts.apply_offline()
@@ -187,7 +187,9 @@ def _prepare(args: argparse.Namespace, rank: bool | None = None) -> tuple[Any, A
     mask = read_mask(args.mask, image)
     photo_mask(mask, image, cfg)  # refused now if empty, full or of another aspect
     if args.out is not None:
-        check_out_dir(args.out)
+        check_out_dir(args.out)  # new or empty, and can be made and written
+    else:
+        check_writable("blendedit-out")  # where the default folder will be made
     clip = (cfg.rank if rank is None else rank) or get_method(opts.method).needs_clip
     editor = opts.load(lambda line: _say(args, line), clip_model=opts.clip_model if clip else None)
     if isinstance(cfg, EditConfig):

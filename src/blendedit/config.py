@@ -14,11 +14,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 from blendedit.errors import InputError
@@ -81,11 +83,12 @@ class Setting:
         """Why ``value`` is out of this setting's range or choices (None: it is fine)."""
         if value is None or isinstance(value, bool):
             return None
-        if isinstance(value, float) and not math.isfinite(value):
+        real = isinstance(value, numbers.Real)  # numpy's numbers too
+        if real and not isinstance(value, numbers.Integral) and not math.isfinite(value):
             return "must be a finite number"
         if self.choices is not None and value not in self.choices:
             return self.why or f"must be one of {', '.join(self.choices)}"
-        if not isinstance(value, int | float):
+        if not real:
             return None
         low, high = self.low, self.high
         outside = (low is not None and (value <= low if self.low_open else value < low)) or (
@@ -125,14 +128,59 @@ def settings_of(cls: type) -> dict[str, tuple[Setting, Any, Any]]:
 
 
 def check_settings(obj: _T) -> _T:
-    """Refuse any field of a dataclass instance outside the range or choices its description
-    gives (:class:`Setting`), in one line naming the field and the value."""
-    for name, (s, _, _) in settings_of(type(obj)).items():
+    """Refuse any field of a dataclass instance of another type than its hint says (a number
+    written as text, a list for a number, None where a value is needed) or outside the range or
+    choices its description gives (:class:`Setting`), in one line naming the field and the
+    value."""
+    for name, (s, hint, _) in settings_of(type(obj)).items():
         value = getattr(obj, name)
-        why = s.problem(value)
+        why = type_problem(value, hint) or s.problem(value)
         if why is not None:
-            raise InputError(f"{name}: {value!r} {why}")
+            raise InputError(f"{name}: {_shown(value)} {why}")
     return obj
+
+
+def _shown(value: Any, limit: int = 120) -> str:
+    """``repr(value)`` for an error line, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+
+def type_problem(value: Any, hint: Any) -> str | None:
+    """Why ``value`` is not of the type a field's ``hint`` names (None: it is): an int field
+    takes integers, a float field any real number, a bool field True or False, a text field
+    text, ``tuple[int, ...]`` a list or tuple of integers; None only where the hint allows it."""
+    args = typing.get_args(hint) if typing.get_origin(hint) is not tuple else ()
+    if value is None:
+        return None if type(None) in args else "must be given (None is not allowed)"
+    kind = value_type(hint)
+    if kind is bool:
+        ok = isinstance(value, bool | np.bool_)
+    elif kind is int:
+        ok = _is_int(value)
+    elif kind is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+        if ok and isinstance(value, numbers.Integral) and abs(value) > 2**1000:
+            return "must be a finite number"  # an int that no float can hold
+    elif kind is str:
+        ok = isinstance(value, str)
+    elif kind is tuple:
+        ok = isinstance(value, tuple | list) and all(_is_int(v) for v in value)
+    else:
+        return None
+    if ok:
+        return None
+    return {
+        bool: "must be true or false",
+        int: "must be an integer",
+        float: "must be a number",
+        str: "must be text",
+        tuple: "must be a list of integers",
+    }[kind]
 
 
 def value_type(hint: Any) -> type:

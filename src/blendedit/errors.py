@@ -15,6 +15,15 @@ class ModelNotFoundError(BlendEditError):
     """A model id or path that could not be found or loaded."""
 
 
+class Cancelled(BlendEditError):
+    """An edit stopped because its caller asked it to (the web editor's Cancel, a closed tab);
+    raised at the next checkpoint of whatever stage it is in (:mod:`blendedit.frame.stop`)."""
+
+
+class TimeLimitError(BlendEditError):
+    """An edit stopped because it ran over its time limit (the web editor's ``--max-seconds``)."""
+
+
 def first_line(error: BaseException, limit: int | None = 200) -> str:
     """What a library's exception says, as the first ``limit`` characters of its first line
     (its type name when it says nothing), for a one-line error of ours."""

@@ -78,6 +78,14 @@ OPTIONS: dict[str, Option] = {
         action="append",
         metavar="FILE_OR_ID[:SCALE]",
     ),
+    "lora_dir": _opt(
+        "--lora-dir",
+        help="latent: a folder whose LoRA weight files (*.safetensors) the page offers by name "
+        "(the file name without .safetensors), besides the --lora ones; a client can choose only "
+        "these, never a path or hub id",
+        default=None,
+        metavar="DIR",
+    ),
     "offload": _opt(
         "--offload",
         help="latent, smaller GPUs: keep the weights in CPU memory and move each component "
@@ -121,7 +129,8 @@ OPTIONS: dict[str, Option] = {
         action="store_true",
     ),
 }
-LOADING = tuple(OPTIONS)  # every option, in this order
+SERVE_ONLY = ("lora_dir",)  # options only ``serve`` takes
+LOADING = tuple(k for k in OPTIONS if k not in SERVE_ONLY)  # every loading option, in this order
 
 
 def command(
@@ -167,6 +176,7 @@ class ModelOptions:
     model_config: str | None = None
     vae: str | None = None
     loras: tuple[str, ...] = ()
+    lora_dir: str | None = None  # serve: the LoRAs the page offers, besides ``loras``
     offload: str | None = None
     no_t5: bool = False
     clip_model: str | None = None

@@ -578,18 +578,21 @@ def test_loras_from_the_page_are_applied_recorded_and_replayed(
     editor, shared_images: Path, tmp_path: Path
 ):
     """The LoRAs field (issue: LoRA in the library, CLI and web editor): a step made with a LoRA
-    records it in the trail; replay applies it again and gives the kept pixels; an empty field
-    takes it off, and the base weights come back bit for bit."""
+    (offered by name from the server's --lora-dir) records it in the trail; replay applies it
+    again and gives the kept pixels; an empty field takes it off, and the base weights come back
+    bit for bit."""
+    from blendedit.web.settings import LoraChoices
     from test_lora import _save_sd_lora
 
     folder, _, _ = _save_sd_lora(tmp_path, editor.unet, editor.backbone.text_encoder)
-    lora = folder / "pytorch_lora_weights.safetensors"
+    lora = (folder / "pytorch_lora_weights.safetensors").resolve()
     weights = {k: v.clone() for k, v in editor.unet.state_dict().items()}
     a = EditorApp(
         editor,
         model_info={"name": str(editor.name)},
         options=ServeOptions(max_side=2048, max_results=4, preview_side=320),
         workdir=tmp_path / "web",
+        loras=LoraChoices.from_options(lora_dir=str(folder)),
     )
     a.build()
     try:
@@ -605,7 +608,7 @@ def test_loras_from_the_page_are_applied_recorded_and_replayed(
                 lambda *x, **k: None,
             )[3]  # fmt: skip
 
-        st = generate(st, f"{lora}:0.7")
+        st = generate(st, "pytorch_lora_weights:0.7")
         assert editor.loras == [f"{lora}:0.7"] and st.generation.loras == editor.loras
         with_lora = st.generation.results[0].patch.copy()
         st = a.keep(st, REQUEST)[0]

@@ -16,10 +16,11 @@ reused; a changed file content gives a new key.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import hashlib
-import json
+import io
 import os
 import re
 import typing
@@ -29,7 +30,7 @@ from typing import Any
 
 from blendedit.config import FrameConfig
 from blendedit.errors import InputError
-from blendedit.io import json_digest
+from blendedit.io import json_digest, loads_json
 from blendedit.methods import METHODS, get_method
 from blendedit.options import setting_fields
 
@@ -161,41 +162,86 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     raise InputError(f"{where}: {name}: {value!r} is not a valid {hint}")
 
 
+# Byte order marks and the encodings they name (UTF-32's before UTF-16's: they start alike).
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _manifest_text(path: Path) -> str:
+    """The manifest's text: UTF-8, or the encoding its byte order mark names (UTF-8, UTF-16 or
+    UTF-32, either byte order, as spreadsheet programs save "Unicode text"); anything else (a
+    binary file, latin-1 without a mark) is one line."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"manifest: cannot read {str(path)!r} ({e.strerror or e})") from None
+    encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), "utf-8")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        name = encoding.removesuffix("-sig").upper()
+        raise InputError(
+            f"manifest: {str(path)!r} is not {name} text (byte {e.start}: {e.reason}); save it "
+            "as UTF-8, or as UTF-16 with a byte order mark"
+        ) from None
+    if "\0" in text:
+        raise InputError(f"manifest: {str(path)!r} holds NUL characters: not a text file")
+    return text
+
+
+def _jsonl_rows(f: Any) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    for n, text in enumerate(f, start=1):
+        if not text.strip() or text.lstrip().startswith("#"):
+            continue
+        obj = loads_json(text, f"manifest: line {n}")
+        if not isinstance(obj, dict):
+            raise InputError(f"manifest: line {n}: expected a JSON object, got {obj!r}"[:300])
+        rows.append((n, obj))
+    return rows
+
+
+def _csv_rows(f: Any, path: Path, delimiter: str) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    reader = csv.DictReader(f, delimiter=delimiter)
+    try:
+        if not reader.fieldnames:
+            raise InputError(f"manifest: {str(path)!r} has no header row")
+        for obj in reader:
+            if None in obj:
+                raise InputError(
+                    f"manifest: line {reader.line_num}: more cells than the header has"
+                )
+            # An empty cell means "not given", except the prompt (an empty prompt removes).
+            cells = {k.strip(): v for k, v in obj.items() if v != "" or k.strip() == "prompt"}
+            if any(v.strip() for v in obj.values() if v is not None):
+                rows.append((reader.line_num, cells))
+    except csv.Error as e:
+        raise InputError(f"manifest: line {reader.line_num}: not valid CSV ({e})") from None
+    return rows
+
+
 def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line, raw row) pairs of a .jsonl / .csv manifest; blank lines and ``#`` lines skipped."""
+    """(line, raw row) pairs of a .jsonl / .csv manifest; blank lines and ``#`` lines skipped.
+    The text is UTF-8, or whatever its byte order mark names (:func:`_manifest_text`); a JSON row
+    nests at most ``blendedit.io.MAX_JSON_DEPTH`` levels."""
     if not path.is_file():
         raise InputError(f"manifest: no such file: {str(path)!r}")
     suffix = path.suffix.lower()
-    rows: list[tuple[int, dict[str, Any]]] = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        if suffix in (".jsonl", ".ndjson", ".json"):
-            for n, text in enumerate(f, start=1):
-                if not text.strip() or text.lstrip().startswith("#"):
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"manifest: line {n}: not valid JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise InputError(f"manifest: line {n}: expected a JSON object, got {obj!r}")
-                rows.append((n, obj))
-        elif suffix in (".csv", ".tsv"):
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            if not reader.fieldnames:
-                raise InputError(f"manifest: {str(path)!r} has no header row")
-            for obj in reader:
-                if None in obj:
-                    raise InputError(
-                        f"manifest: line {reader.line_num}: more cells than the header has"
-                    )
-                # An empty cell means "not given", except the prompt (an empty prompt removes).
-                cells = {k.strip(): v for k, v in obj.items() if v != "" or k.strip() == "prompt"}
-                if any(v.strip() for v in obj.values() if v is not None):
-                    rows.append((reader.line_num, cells))
-        else:
-            raise InputError(
-                f"manifest: {str(path)!r} must be .jsonl or .csv (one row per edit), not {suffix!r}"
-            )
+    if suffix not in (".jsonl", ".ndjson", ".json", ".csv", ".tsv"):
+        raise InputError(
+            f"manifest: {str(path)!r} must be .jsonl or .csv (one row per edit), not {suffix!r}"
+        )
+    f = io.StringIO(_manifest_text(path), newline="")  # lines split as open(newline="") does
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        rows = _jsonl_rows(f)
+    else:
+        rows = _csv_rows(f, path, "\t" if suffix == ".tsv" else ",")
     if not rows:
         raise InputError(f"manifest: {str(path)!r} has no rows")
     return rows

@@ -33,7 +33,7 @@ from typing import Any
 
 from blendedit.batch.manifest import Row
 from blendedit.errors import InputError
-from blendedit.io import read_json, save_json, write_text
+from blendedit.io import check_writable, read_json, save_json, write_text
 
 PARTIAL, ERRORS, LOCK = ".partial", ".errors", ".lock"
 RESULT = "result.json"
@@ -139,12 +139,15 @@ class BatchStore:
 
     # -- driver --------------------------------------------------------------------------
     def open(self) -> None:
-        """Create or resume the folder; take the driver lock; remove leftovers of killed runs."""
+        """Create or resume the folder; take the driver lock; remove leftovers of killed runs.
+        A folder that cannot be created or written is refused first, in one line."""
         out = self.out
-        if out.exists() and not out.is_dir():
-            raise InputError(f"out: {str(out)!r} is a file, not a folder")
-        out.mkdir(parents=True, exist_ok=True)
-        f = open(out / LOCK, "a+")  # noqa: SIM115 - held for the whole run
+        check_writable(out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            f = open(out / LOCK, "a+")  # noqa: SIM115 - held for the whole run
+        except OSError as e:
+            raise InputError(f"out: cannot create {str(out)!r} ({e.strerror or e})") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -73,12 +73,26 @@ class EditorCache:
         return self._editor
 
 
-def _edit(editor: Any, row: Row) -> Any:
-    """The edit; out of memory that the frame's halving could not absorb is retried once with
-    every batch at 1 (CUDA caches emptied first)."""
+def read_inputs(row: Row) -> tuple[Any, Any]:
+    """The row's photo and mask, read once and checked (size, aspect, an empty or full mask
+    after the row's settings) before any model is loaded for it: (Photo, mask levels)."""
+    from blendedit.frame import photo_mask, read_mask
+    from blendedit.frame.photo import read_photo
+
+    photo = read_photo(row.image, "image")
+    mask = read_mask(row.mask, photo)
+    photo_mask(mask, photo, row.config())  # refused now if empty, full or of another aspect
+    return photo, mask
+
+
+def _edit(editor: Any, row: Row, inputs: tuple[Any, Any]) -> Any:
+    """The edit of the row's ``inputs`` (:func:`read_inputs`); out of memory that the frame's
+    halving could not absorb is retried once with every batch at 1 (CUDA caches emptied
+    first)."""
     cfg = row.config()
+    image, mask = inputs
     try:
-        return editor(row.image, row.mask, row.prompt, config=cfg)
+        return editor(image, mask, row.prompt, config=cfg)
     except torch.OutOfMemoryError:
         if cfg.batch_size == 1 and getattr(cfg, "decode_batch_size", 1) == 1:
             raise
@@ -88,7 +102,7 @@ def _edit(editor: Any, row: Row) -> Any:
         one = {"batch_size": 1}
         if hasattr(cfg, "decode_batch_size"):
             one["decode_batch_size"] = 1
-        return editor(row.image, row.mask, row.prompt, config=cfg.replace(**one))
+        return editor(image, mask, row.prompt, config=cfg.replace(**one))
 
 
 def _writer(row: Row, result: Any, shared: Shared, device: str) -> Any:
@@ -135,10 +149,11 @@ def process_row(cache: EditorCache, store: BatchStore, row: Row, shared: Shared)
     try:
         if store.state(row) == "done":
             return Outcome(row.key, row.index, "exists", None, 0.0, worker_name())
+        inputs = read_inputs(row)  # a bad photo or mask fails the row before any model loads
         editor = cache.get(row)
 
         def make(folder: Path) -> dict[str, Any]:
-            result = _edit(editor, row)
+            result = _edit(editor, row, inputs)
             return _writer(row, result, shared, str(editor.device))(folder)
 
         status, files = store.commit(row, make)

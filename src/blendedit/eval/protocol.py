@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from blendedit.errors import InputError
-from blendedit.io import load_image
+from blendedit.io import check_image, load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MASK_SIDE_RANGE = (1 / 5, 1 / 2)  # each side of the rectangle: uniform in [dim/5, dim/2]
@@ -138,7 +138,8 @@ def make_cases(
     Photos: a seeded permutation of the sorted list; case i takes photo ``perm[i % count]``, so
     every photo is used once before any is used again (fewer photos than cases: cycled). Each case
     draws its rectangle, class and generation seed from its own generator ``(seed, i)``.
-    ``labels`` is the classifier's ``id2label``.
+    ``labels`` is the classifier's ``id2label``. Every photo used is checked first (its size and
+    mode from the header, transparency where it has alpha): a bad one is one line naming it.
     """
     if n_images < 1:
         raise InputError(f"n_images: must be at least 1, got {n_images}")
@@ -152,12 +153,8 @@ def make_cases(
     cases = []
     for i in range(n_images):
         path = photos[int(perm[i % len(photos)])]
-        if path not in sizes:
-            try:
-                with Image.open(path) as im:
-                    sizes[path] = effective_size(im.size, max_side)
-            except OSError as e:
-                raise InputError(f"images: cannot read {str(path)!r} ({e})") from None
+        if path not in sizes:  # checked as load_image will read it, before any model loads
+            sizes[path] = effective_size(check_image(path, "images"), max_side)
         size = sizes[path]
         rng = np.random.default_rng([seed, i])
         box = random_box(size, rng)

@@ -34,7 +34,7 @@ from blendedit.eval.metrics import classifier_top_k
 from blendedit.eval.protocol import DEFAULT_MAX_SIDE, MASK_SIDE_RANGE, EvalCase, make_cases
 from blendedit.eval.report import write_report
 from blendedit.eval.store import EvalStore, fingerprint, floats, metrics_name, score_case
-from blendedit.io import read_json, save_json
+from blendedit.io import check_writable, read_json, save_json
 from blendedit.pixel.pipeline import PixelConfig
 
 logger = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ def run_eval(
     if engine not in ("local", "ray"):
         raise InputError(f"engine: {engine!r} is not one of local, ray")
     settings = (settings or EvalSettings()).check()
+    check_writable(out)  # before any model (or the classifier's labels) is looked at
     models = models or EvalModels()
     res = resources or Resources(models)
     images = Path(images_dir)

@@ -30,7 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from blendedit.config import FrameConfig, resolve_seeds
-from blendedit.errors import InputError
+from blendedit.errors import BlendEditError, InputError
 from blendedit.frame import masks as M
 from blendedit.frame import reconstruct as R
 from blendedit.frame.metrics import region_background_report
@@ -38,6 +38,7 @@ from blendedit.frame.photo import Photo, orient_like, read_photo
 from blendedit.frame.ranking import ClipScorer, rank_order
 from blendedit.frame.region import Region, Size, choose_region
 from blendedit.frame.results import Candidate, EditResult, ProgressFn, Timings
+from blendedit.frame.stop import StopFn, checkpoint, stopping
 from blendedit.io import open_image, pil_to_tensor
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ class FrameMethod:
         generator: torch.Generator | None = None,
         progress: bool | ProgressFn = False,
         return_process: bool = False,
+        stop: StopFn | None = None,
+        time_limit: float | None = None,
         **settings: Any,
     ) -> EditResult:
         """Edit the masked region of ``image`` (a path, PIL image or :class:`Photo`) to follow
@@ -136,6 +139,9 @@ class FrameMethod:
         through ``seed`` (default ``config.seed``), explicit ``seeds``, or a ``generator``; each
         candidate draws its noise from its own seed, so any one result can be regenerated alone.
         ``return_process`` keeps each step's one-step clean estimate for the best result.
+        ``stop`` (called at every checkpoint: True stops the edit with
+        :class:`~blendedit.errors.Cancelled`) and ``time_limit`` (seconds;
+        :class:`~blendedit.errors.TimeLimitError`) stop it in any stage (:mod:`.stop`).
         """
         cfg = (config or self.default_config()).replace(**settings).validate()
         self.check(cfg)
@@ -145,7 +151,8 @@ class FrameMethod:
         return run_edit(
             self,  # type: ignore[arg-type]
             image, mask, prompt, cfg, seed_list,
-            progress=progress, return_process=return_process, method=self.method,
+            progress=progress, return_process=return_process, method=self.method, stop=stop,
+            time_limit=time_limit,
         )  # fmt: skip
 
     def check(self, cfg: Any) -> None:
@@ -212,8 +219,27 @@ def run_edit(
     progress: bool | ProgressFn = False,
     return_process: bool = False,
     method: str = "latent",
+    stop: StopFn | None = None,
+    time_limit: float | None = None,
 ) -> EditResult:
-    """Edit the masked region of ``image`` with ``core``; see the module docstring."""
+    """Edit the masked region of ``image`` with ``core``; see the module docstring. ``stop`` and
+    ``time_limit`` stop it at the next checkpoint of any stage (:mod:`blendedit.frame.stop`)."""
+    with stopping(stop, time_limit):
+        return _run_edit(core, image, mask, prompt, cfg, seeds, progress, return_process, method)
+
+
+def _run_edit(
+    core: EditCore,
+    image: Any,
+    mask: M.MaskInput,
+    prompt: str,
+    cfg: FrameConfig,
+    seeds: Sequence[int],
+    progress: bool | ProgressFn,
+    return_process: bool,
+    method: str,
+) -> EditResult:
+    """The stages of :func:`run_edit`, inside its stop scope."""
     t_start = time.perf_counter()
     timings = Timings()
     if not isinstance(prompt, str):
@@ -230,6 +256,7 @@ def run_edit(
     region, work, src_box = _working_region(core, photo, levels, cfg, prompt)
 
     # 3. The core's shared preparation (text, encoding, masks, schedule).
+    checkpoint("encoding")
     t0 = time.perf_counter()
     state = core.prepare(work, cfg)
     _sync(core.device)
@@ -242,12 +269,16 @@ def run_edit(
     timings.denoise = time.perf_counter() - t0
 
     # 5. Decode to images at the working size.
+    checkpoint("decoding")
     t0 = time.perf_counter()
     decoded = core.decode(state, samples)  # (N, 3, H, W) in [0, 1]
     _sync(core.device)
     timings.decode = time.perf_counter() - t0
+    # A candidate with NaN or infinite values is dropped and recorded, never a black image.
+    samples, decoded, frames, seed_list, failed = _finite_only(samples, decoded, frames, seed_list)
 
     # 6. Rank by CLIP similarity of the masked result to the prompt (BLD paper 4.4).
+    checkpoint("ranking")
     t0 = time.perf_counter()
     scores = _scores(core, decoded, work, cfg, len(seed_list))
     order = rank_order(scores, len(seed_list))
@@ -279,6 +310,8 @@ def run_edit(
         timings=timings,
         method=method,
         region=region.box,
+        failed=failed,
+        input_frames=photo.frames,
         **extra,
     )
 
@@ -336,6 +369,7 @@ def _denoise(
 
     def tick(n: int) -> None:
         nonlocal done_steps
+        checkpoint("denoising")
         done_steps += n
         bar.update(n)
         if report is not None:
@@ -347,6 +381,7 @@ def _denoise(
     try:
         while done < len(seeds):
             chunk = seeds[done : done + chunk_size]
+            checkpoint("denoising")
             try:
                 out = core.generate(state, chunk, cfg, tick, return_process)
             except torch.OutOfMemoryError:
@@ -365,6 +400,45 @@ def _denoise(
     finally:
         bar.close()
     return torch.cat(chunks), frames, chunk_size
+
+
+def _finite_only(
+    samples: torch.Tensor, decoded: torch.Tensor, frames: list[torch.Tensor], seeds: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[int], list[dict[str, Any]]]:
+    """Stage 5's check: the candidates whose final sample and decoded image are finite (samples,
+    decoded, per-candidate frames, seeds), and one record (seed, one-line reason) per candidate
+    dropped for NaN or infinite values (a model or LoRA with broken weights, an overflow). None
+    left is a one-line error."""
+    n = len(seeds)
+    sample_ok = torch.isfinite(samples.reshape(n, -1)).all(dim=1).cpu()
+    decoded_ok = torch.isfinite(decoded.reshape(n, -1)).all(dim=1).cpu()
+    if bool((sample_ok & decoded_ok).all()):
+        return samples, decoded, frames, seeds, []
+    keep, failed = [], []
+    for i, seed in enumerate(seeds):
+        if sample_ok[i] and decoded_ok[i]:
+            keep.append(i)
+            continue
+        what = "final sample" if not sample_ok[i] else "decoded image"
+        reason = f"not finite: its {what} holds NaN or infinite values"
+        failed.append({"seed": seed, "reason": reason})
+    if not keep:
+        shown = ", ".join(str(s) for s in seeds[:8]) + (", ..." if n > 8 else "")
+        raise BlendEditError(
+            f"edit: every candidate came out not finite (NaN or infinite values; seeds {shown}): "
+            "the model or a LoRA may hold broken weights, or float16 overflows (try dtype fp32)"
+        )
+    for f in failed:
+        logger.warning("seed %d: %s; the candidate is dropped", f["seed"], f["reason"])
+    idx = torch.tensor(keep)
+    kept_frames = [frames[i] for i in keep] if len(frames) == n else frames
+    return (
+        samples[idx.to(samples.device)],
+        decoded[idx.to(decoded.device)],
+        kept_frames,
+        [seeds[i] for i in keep],
+        failed,
+    )
 
 
 def _scores(
@@ -409,6 +483,7 @@ class _Kept:
     def candidate(
         self, core: EditCore, state: Any, idx: int, rank: int, frames: list[torch.Tensor]
     ) -> Candidate:
+        checkpoint("background")
         region, decoded, samples = self.region, self.decoded, self.samples
         dec = _to_box(decoded[idx : idx + 1], region.size)  # (h, w, 3) uint8 sRGB
         out = _background(core, state, self.cfg, samples[idx : idx + 1],
@@ -460,7 +535,13 @@ def _background(
     if mode == "poisson":
         out = R.poisson(dec, src, binary)
     else:  # latent / decoder: the core optimises at the working size
-        out = _to_box(core.reconstruct(state, sample, decoded, cfg), region.size)
+        recon = core.reconstruct(state, sample, decoded, cfg)  # (1, 3, H, W) in [0, 1]
+        if not bool(torch.isfinite(recon).all()):  # diverged: never a black image marked done
+            raise BlendEditError(
+                f"background: the {mode} reconstruction diverged to NaN or infinite values; "
+                "lower --recon-lr or use --background stitch"
+            )
+        out = _to_box(recon, region.size)
     return R.composite(out, src, alpha) if cfg.paste_back else out
 
 

@@ -22,7 +22,7 @@ from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
 from blendedit import io as bio
 from blendedit._version import __version__
-from blendedit.errors import InputError
+from blendedit.errors import InputError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class Photo:
     stored_size: tuple[int, int] = (0, 0)  # (W, H) in the file
     format: str | None = None
     source: str | None = None
+    frames: int = 1  # frames or pages in the file (an animation, a multi-page TIFF); 1 is used
     _cms: dict[bool, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -146,7 +147,19 @@ class Photo:
 
 
 def read_photo(source: str | os.PathLike[str] | Image.Image | Photo, name: str = "image") -> Photo:
-    """Read a photo as shown: orientation applied, 16 bit kept, alpha split off, metadata kept."""
+    """Read a photo as shown: orientation applied, 16 bit kept, alpha split off, metadata kept.
+
+    The size in the file's header is checked against the caps (``blendedit.io.MAX_SIDE``,
+    ``MAX_PIXELS``) before any pixel is decoded, so a decompression bomb costs nothing. A file
+    that is not a readable image is one :class:`InputError` line, whatever its decoder raised.
+
+    A file with several frames or pages (an animated GIF/PNG/WebP, a multi-page TIFF, a HEIF with
+    several images) is read, not refused: its first frame is the photo, a warning names the frame
+    used and how many there are, and ``Photo.frames`` (and an edit's ``result.json``, as
+    ``input_frame``) records it. To edit another frame, save it as a file of its own. An MPO
+    (a camera's JPEG with extra preview or depth images) is its first image, silently, as every
+    viewer shows it.
+    """
     if isinstance(source, Photo):
         return source
     if isinstance(source, Image.Image):
@@ -165,8 +178,10 @@ def read_photo(source: str | os.PathLike[str] | Image.Image | Photo, name: str =
         raise
     except Image.DecompressionBombError as e:
         raise InputError(f"{name}: {str(path)!r} is too large ({e})") from None
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as e:
-        raise InputError(f"{name}: cannot read {str(path)!r} as an image ({e})") from None
+    except Exception as e:  # a damaged file may make a decoder raise anything
+        raise InputError(
+            f"{name}: cannot read {str(path)!r} as an image ({first_line(e)})"
+        ) from None
 
 
 def orient_like(mask: Image.Image, photo: Photo) -> Image.Image:
@@ -353,7 +368,25 @@ def _from_pil(im: Image.Image, name: str, path: Path | None) -> Photo:
     pixels.flags.writeable = False
     if alpha is not None:
         alpha.flags.writeable = False
-    return Photo(pixels, mode, alpha, icc, exif, n, stored, fmt, source)
+    frames = _frames(im, name, source)
+    return Photo(pixels, mode, alpha, icc, exif, n, stored, fmt, source, frames)
+
+
+def _frames(im: Image.Image, name: str, source: str | None) -> int:
+    """How many frames or pages the file holds (1 for an MPO: its further images are previews
+    or depth maps), with a warning naming the frame used when there are several."""
+    try:
+        n = int(getattr(im, "n_frames", 1) or 1)
+    except Exception:  # counting walks the file; a damaged tail leaves the first frame
+        n = 1
+    if n > 1 and im.format != "MPO":
+        logger.warning(
+            "%s: %s holds %d frames or pages; editing frame 1 of %d (save another frame as a "
+            "file of its own to edit it)",
+            name, repr(source) if source else "the image", n, n,
+        )  # fmt: skip
+        return n
+    return 1
 
 
 def _usable_icc(icc: bytes | None, mode: str, name: str) -> bytes | None:

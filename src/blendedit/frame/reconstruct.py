@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from blendedit.frame.masks import feather
+from blendedit.frame.stop import checkpoint
 
 RECON_DEFAULTS = {"latent": {"lr": 0.1}, "decoder": {"lr": 1e-4}}  # official code, SPEC 1
 POISSON_PAD = 2  # px of reflected border: OpenCV's cloning needs the region off the image edge
@@ -79,6 +80,7 @@ def optimise_latent(
     z = z0.detach().clone().float().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     for _ in range(steps):
+        checkpoint("background reconstruction")
         opt.zero_grad(set_to_none=True)
         reconstruction_loss(decode(z).float(), x_hat, x, m, lam).backward()
         opt.step()
@@ -107,6 +109,7 @@ def finetune_decoder(
     opt = torch.optim.Adam(params, lr=lr)
     z = z0.detach().float()
     for _ in range(steps):
+        checkpoint("background reconstruction")
         opt.zero_grad(set_to_none=True)
         reconstruction_loss(decode(tuned, z).float(), x_hat, x, m, lam).backward()
         opt.step()

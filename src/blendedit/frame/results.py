@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from blendedit.frame.photo import Photo, format_parameters, output_format, save_photo
+from blendedit.frame.stop import checkpoint
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps in all); raise inside to cancel
 
@@ -107,6 +108,8 @@ class EditResult:
     region: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) the core worked on
     latent_masks: torch.Tensor | None = None  # (S, 1, h, w) blend mask per shrinking stage
     stage_per_step: list[int] | None = None  # which of latent_masks each denoising step used
+    failed: list[dict[str, Any]] = field(default_factory=list)  # candidates dropped: seed, reason
+    input_frames: int = 1  # frames (pages) in the input file; the first one is edited
 
     @property
     def images(self) -> list[Image.Image]:
@@ -138,6 +141,7 @@ class EditResult:
         fmt = output_format(format, self.best.photo)
         names = []
         for c in self.candidates:
+            checkpoint("saving")  # a caller's stop scope (blendedit.frame.stop) ends it here
             name = f"{c.rank:02d}-seed{c.seed}.{'jpg' if fmt == 'jpeg' else fmt}"
             params = self.parameters(c) if metadata else None
             c.save(Path(folder) / name, format=fmt, quality=quality, parameters=params)
@@ -165,4 +169,7 @@ class EditResult:
             "stage_per_step": self.stage_per_step,
             "timings": self.timings.to_dict(),
             "results": [c.to_dict() for c in self.candidates],
+            # Only when there is something to say, so other results' files are as before.
+            **({"failed": self.failed} if self.failed else {}),
+            **({"input_frame": {"used": 1, "of": n}} if (n := self.input_frames) > 1 else {}),
         }

@@ -186,7 +186,7 @@ class ADMConfig:
     def from_json(cls, path: str | Path) -> ADMConfig:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
             raise InputError(f"cannot read ADM config {path}: {_one_line(e)}") from None
         return cls.from_dict(data)
 

@@ -13,11 +13,14 @@ scribble, seed and settings: ``blendedit replay`` regenerates it) can be downloa
 
 Safe by default: the CLI binds 127.0.0.1; uploads are capped in bytes and in pixels, told in one
 line in the browser before a file is sent (``static/editor.js``) and enforced by the server
-(Gradio's ``max_file_size``, and the size check on arrival, before the photo is decoded); one
-generation runs at a time (a queue with a visible position, and a lock, so a cancelled run still
-finishing holds the device until it stops); every bad input is a one-line message, never a stack
-trace. Gradio's telemetry and version check are switched off before it is imported, and the page
-loads nothing from outside the server.
+(Gradio's ``max_file_size``, and the size check on arrival, before the photo is decoded); every
+image the paint editor sends is checked from its header, and the layers counted, before Gradio
+decodes them (:mod:`~blendedit.web.paint`), and Pillow's own guard is the pixel cap while it
+serves; the LoRAs a page may apply are the operator's, by name; one generation runs at a time (a
+queue with a visible position, and a lock), stopped by Cancel, a closed tab or ``--max-seconds``
+in whatever stage it is in, the lock always released; every bad input is a one-line message,
+never a stack trace nor a server path. Gradio's telemetry and version check are switched off
+before it is imported, and the page loads nothing from outside the server.
 
 The rooms: :mod:`~blendedit.web.layout` builds the page, :mod:`~blendedit.web.handlers` says what
 each event does, :mod:`~blendedit.web.settings` describes the settings controls, ``static/`` holds
@@ -37,6 +40,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from blendedit.errors import InputError
 from blendedit.io import MIN_SIDE
 from blendedit.web._gradio import gr
@@ -52,8 +57,9 @@ from blendedit.web.handlers import (
     result_view,
 )
 from blendedit.web.layout import build_page
+from blendedit.web.paint import png_worst_bytes
 from blendedit.web.session import mask_to_image
-from blendedit.web.settings import settings_from_ui
+from blendedit.web.settings import LoraChoices, settings_from_ui
 
 # How the editor is served whatever its options: in a background thread, nothing offered to or
 # fetched from outside (no share link, browser tab, MCP server, PWA, server-side rendering or
@@ -92,7 +98,9 @@ def page_head(options: ServeOptions) -> str:
 
 class EditorApp(Handlers):
     """The web UI over one loaded editor (latent: BlendedLatentDiffusion; pixel: BlendedDiffusion).
-    ``build()`` makes the gr.Blocks; the handlers are plain methods, callable from tests."""
+    ``build()`` makes the gr.Blocks; the handlers are plain methods, callable from tests.
+    ``loras``: the LoRAs the page may apply, by name (default: those the editor was loaded
+    with)."""
 
     def __init__(
         self,
@@ -101,12 +109,17 @@ class EditorApp(Handlers):
         model_info: Mapping[str, Any] | None = None,
         options: ServeOptions | None = None,
         workdir: str | os.PathLike[str] | None = None,
+        loras: LoraChoices | None = None,
     ) -> None:
         from blendedit.latent.pipeline import BlendedLatentDiffusion
 
         self.editor = editor
         self.kind = "latent" if isinstance(editor, BlendedLatentDiffusion) else "pixel"
         self.options = options or ServeOptions()
+        if loras is None:  # the LoRAs the editor was loaded with, and no other
+            loaded = editor.loras if self.kind == "latent" else []
+            loras = LoraChoices.from_options([spec.rpartition(":")[0] for spec in loaded])
+        self.lora_choices = loras
         self.model_info = {
             "method": self.kind,
             "name": getattr(editor, "name", ""),
@@ -121,6 +134,7 @@ class EditorApp(Handlers):
         self._cancel: dict[str, threading.Event] = {}
         self._states: dict[str, WebState] = {}  # by tab: emptied when the tab closes
         self._names: dict[Any, str] = {}
+        self._pillow_limit: tuple[int | None] | None = None  # Pillow's own, while serving
         self.demo: gr.Blocks | None = None
 
     def build(self) -> gr.Blocks:
@@ -135,13 +149,17 @@ class EditorApp(Handlers):
     def server_max_bytes(self) -> int:
         """The largest file the server takes: the photo cap, or the editor's lossless PNG of its
         canvas (the preview, RGBA, worst case), whichever is larger."""
-        png_worst = 4 * self.options.preview_side**2 + (1 << 20)
+        png_worst = png_worst_bytes(self.options.preview_side)
         return max(int(self.options.max_upload_mb * 1024 * 1024), png_worst)
 
     def launch(self, host: str = "127.0.0.1", port: int = 7860, quiet: bool = True) -> str:
-        """Start serving in a background thread; returns the local URL."""
+        """Start serving in a background thread; returns the local URL. While it serves, Pillow's
+        own guard (``Image.MAX_IMAGE_PIXELS``) is the server's pixel cap."""
         demo = self.demo or self.build()
         page = {"css": static_text("editor.css"), "head": page_head(self.options)}
+        if self._pillow_limit is None:
+            self._pillow_limit = (Image.MAX_IMAGE_PIXELS,)
+        Image.MAX_IMAGE_PIXELS = self.options.max_pixels
         try:
             demo.launch(
                 server_name=host,
@@ -161,6 +179,8 @@ class EditorApp(Handlers):
     def close(self) -> None:
         if self.demo is not None:
             self.demo.close()
+        if self._pillow_limit is not None:
+            (Image.MAX_IMAGE_PIXELS,), self._pillow_limit = self._pillow_limit, None
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -18,7 +18,7 @@ from blendedit.errors import InputError
 from blendedit.frame.ranking import DEFAULT_CLIP_MODEL
 from blendedit.models import DEFAULT_MODEL, DTYPES
 from blendedit.options import ModelOptions, add_model_arguments, add_setting_arguments, command
-from blendedit.web.settings import ServeOptions
+from blendedit.web.settings import LoraChoices, ServeOptions
 
 SERVE_EXAMPLES = """\
 examples:
@@ -44,7 +44,9 @@ with the same dtype and versions).
 """
 
 
-SERVE_OPTIONS = ("method", "model", "model_config", "loras", "vae", "clip_model", "lpips_weights")
+SERVE_OPTIONS = (
+    "method", "model", "model_config", "loras", "lora_dir", "vae", "clip_model", "lpips_weights",
+)  # fmt: skip
 REPLAY_OPTIONS = ("model", "model_config", "clip_model", "lpips_weights")
 LOCAL_OPTIONS = ("device", "dtype", "offline")
 
@@ -67,8 +69,8 @@ def _model_arguments(p: argparse.ArgumentParser, *, for_replay: bool) -> None:
         helps={
             "method": "latent: Blended Latent Diffusion (default); pixel and local-clip: "
             "Blended Diffusion on an ADM checkpoint (both selectable in the page)",
-            "loras": "latent: a LoRA applied from the start (repeatable); the page can change "
-            "them",
+            "loras": "latent: a LoRA applied from the start (repeatable); the page offers it by "
+            "name (with those of --lora-dir) and can take it off",
         },
     )  # fmt: skip
 
@@ -144,6 +146,9 @@ def is_loopback(host: str) -> bool:
 
 def run_serve(args: argparse.Namespace) -> int:
     options = _serve_options(args)
+    loras = LoraChoices.from_options(args.loras or (), args.lora_dir)
+    if loras.sources and args.method != "latent":
+        raise InputError(f"lora: LoRAs apply to the latent method, not {args.method}")
     clip = args.clip_model or DEFAULT_CLIP_MODEL
     editor = ModelOptions.from_args(args).load(lambda m: _say(args, m), clip_model=clip)
     _say(args, "starting the web app ...")
@@ -159,12 +164,14 @@ def run_serve(args: argparse.Namespace) -> int:
             **({"vae": args.vae} if args.vae else {}),
         },
         options=options,
+        loras=loras,
     )
-    if not is_loopback(args.host):
-        _say(
-            args,
+    if not is_loopback(args.host):  # said even with --quiet
+        print(
             f"warning: listening on {args.host}: anyone who can reach this machine can use the "
             "editor and its device (there is no login)",
+            file=sys.stderr,
+            flush=True,
         )
 
     def stop(signum: int, frame: Any) -> None:

@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from blendedit.errors import BlendEditError, InputError
+from blendedit.errors import BlendEditError, Cancelled, InputError, TimeLimitError
 from blendedit.frame.photo import Photo, output_format, read_photo, save_photo
 from blendedit.io import MIN_SIDE, write_text
 from blendedit.web._gradio import gr
@@ -38,7 +39,7 @@ from blendedit.web.canvas import (
     scribble_from_canvas,
 )
 from blendedit.web.session import Generation, Result, Session, use_loras
-from blendedit.web.settings import ServeOptions, lora_lines, read_number, settings_from_ui
+from blendedit.web.settings import LoraChoices, ServeOptions, read_number, settings_from_ui
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +57,6 @@ class WebState:
     serial: int = 0  # counts uploads; names this tab's download folders
     canvas: tuple[int, int] = (0, 0)  # (w, h) of the preview the editor shows
     original_thumb: Image.Image | None = None
-
-
-class Cancelled(Exception):
-    """Raised inside the progress callback when the user presses Cancel."""
 
 
 @dataclass
@@ -136,8 +133,26 @@ def result_view(photo: Photo, r: Result, side: int) -> tuple[Image.Image, bool]:
     return image, True
 
 
+# An absolute path (POSIX, home-relative or Windows): a separator not preceded by a name, a URL's
+# "://" or another separator, then at least one folder and the last part.
+_PATH = re.compile(
+    r"""(?<![\w:/\\.~])(?:~|[A-Za-z]:)?(?:[/\\][^\s/\\'"`<>|(),;]+)*[/\\]([^\s/\\'"`<>|(),;]+)"""
+)
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with every absolute path shortened to its last part (``/tmp/gradio/ab12/cat.png``
+    -> ``cat.png``): what the server says never shows where its files are."""
+
+    def last(m: re.Match[str]) -> str:
+        return m.group(1)
+
+    return _PATH.sub(last, text)
+
+
 def one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    """An error as the page shows it: one line, at most 300 characters, no server path."""
+    text = scrub_paths(" ".join(str(e)[:4000].split())) or type(e).__name__
     return text if len(text) <= 300 else text[:297] + "..."
 
 
@@ -192,6 +207,7 @@ class Handlers:
     editor: Any
     kind: str  # "latent" or "pixel"
     options: ServeOptions
+    lora_choices: LoraChoices  # the LoRAs the page may apply, by name
     model_info: dict[str, Any]
     workdir: Path
     _device_lock: threading.Lock  # one generation at a time on the device
@@ -335,8 +351,9 @@ class Handlers:
         values = {self._names.get(k, k): v for k, v in ui.items()}
         st: WebState = values.get("state") or WebState()
         job = self._edit_request(st, values)
-        cancel = self._cancel.setdefault(_sid(request), threading.Event())
-        cancel.clear()
+        # A flag of its own: a Generate pressed right after a Cancel never clears the flag the
+        # cancelled run (still finishing on the device) stops on.
+        cancel = self._cancel[_sid(request)] = threading.Event()
         assert st.session is not None
         base, photo = st.session.current_id, st.session.current_photo
         t0 = time.perf_counter()
@@ -344,6 +361,8 @@ class Handlers:
             result = self._run(job, photo, cancel, progress)
         except Cancelled:
             return gr.skip(), "Cancelled.", gr.skip(), st
+        except TimeLimitError as e:
+            raise TimeLimitError(f"{e} (server option --max-seconds)") from None
         seeds = [job.seed + i for i in range(job.config.num_images)]
         st.generation = Generation.from_edit(
             base, job.prompt, job.mask, job.method, job.config, seeds, result, job.scribble,
@@ -375,7 +394,7 @@ class Handlers:
         method, cfg = settings_from_ui(
             self.kind, values, self.options.max_results, self._defaults()
         )
-        loras = lora_lines(values.get("loras")) if self.kind == "latent" else []
+        loras = self.lora_choices.parse(values.get("loras")) if self.kind == "latent" else []
         mask, layer = painted_region(value, s.size, canvas)  # (H, W) bool, as painted
         region = ~mask if cfg.invert_mask else mask
         scribble = None if layer is None else scribble_from_canvas(layer, s.size, region)
@@ -389,12 +408,12 @@ class Handlers:
         return EditRequest(prompt, method, cfg, loras, mask, layer, scribble, seed)
 
     def _run(self, job: EditRequest, photo: Photo, cancel: threading.Event, progress: Any) -> Any:
-        """The edit on the device, one at a time (the lock); Cancelled when Cancel is pressed."""
+        """The edit on the device, one at a time (the lock, always released); Cancelled when
+        Cancel is pressed, TimeLimitError after ``--max-seconds`` on the device, in any stage
+        (:mod:`blendedit.frame.stop`)."""
         last = [0.0]
 
         def report(done: int, total: int) -> None:
-            if cancel.is_set():
-                raise Cancelled
             now = time.monotonic()
             if now - last[0] >= PROGRESS_EVERY_S or done == total:  # spare the page's renderer
                 last[0] = now
@@ -405,14 +424,17 @@ class Handlers:
         torch.set_flush_denormal(True)
         progress(0, desc="waiting for the device" if self._device_lock.locked() else "encoding")
         with self._device_lock:
+            if cancel.is_set():  # cancelled while it waited for the device
+                raise Cancelled("cancelled before it started")
             source = photo
             if job.scribble is not None:  # BLD 5.3: the edit starts from the scribbled photo
                 source = dataclasses.replace(photo, pixels=job.scribble.apply(photo))
             if self.kind == "latent":
                 use_loras(self.editor, job.loras)  # loaded only when the list changed
             return self.editor(
-                source, job.mask, job.prompt, config=job.config, seed=job.seed, progress=report
-            )
+                source, job.mask, job.prompt, config=job.config, seed=job.seed, progress=report,
+                stop=cancel.is_set, time_limit=self.options.max_seconds,
+            )  # fmt: skip
 
     @staticmethod
     def _generated_message(g: Generation, job: EditRequest, details: bool, seconds: float) -> str:
@@ -492,10 +514,13 @@ class Handlers:
         return self.view(st, _sid(request), msg, editor=True)
 
     def unload(self, request: gr.Request) -> None:
-        """A tab closed: drop its cancel flag, its download files and its photo (Gradio keeps a
-        closed tab's state for an hour; a 48 MP photo need not stay with it)."""
+        """A tab closed: stop its Generate if one is running (the device is freed for the
+        others), drop its cancel flag, its download files and its photo (Gradio keeps a closed
+        tab's state for an hour; a 48 MP photo need not stay with it)."""
         sid = _sid(request)
-        self._cancel.pop(sid, None)
+        running = self._cancel.pop(sid, None)
+        if running is not None:
+            running.set()
         st = self._states.pop(sid, None)
         if st is not None:
             st.session, st.generation, st.selected, st.original_thumb = None, None, None, None

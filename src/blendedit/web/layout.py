@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from blendedit.web._gradio import gr
 from blendedit.web.canvas import MASK_OPACITY, MASK_RGB
-from blendedit.web.handlers import Handlers, ServeOptions, WebState, friendly
+from blendedit.web.handlers import Handlers, ServeOptions, WebState, friendly, scrub_paths
+from blendedit.web.paint import CANVAS_SIDE, PaintEditor
 from blendedit.web.settings import Control, control_specs
 
 if TYPE_CHECKING:
@@ -53,9 +54,10 @@ def build_page(app: Handlers) -> tuple[gr.Blocks, dict[Component, str]]:
 
 
 def intro(info: Mapping[str, Any], o: ServeOptions) -> str:
+    name = scrub_paths(str(info.get("name") or "?"))  # a local model: its name, not its folder
     return (
         "## blendedit: interactive editor\n"
-        f"Model `{info.get('name') or '?'}` ({info['method']}, {info['dtype']} on "
+        f"Model `{name}` ({info['method']}, {info['dtype']} on "
         f"{info['device']}). Upload a photo (up to {o.max_pixels / 1e6:g} MP), paint the "
         "region to change with the translucent brush, scribble a rough drawing in colour "
         "inside it if you like, describe what it should become, Generate, Keep the "
@@ -66,7 +68,7 @@ def intro(info: Mapping[str, Any], o: ServeOptions) -> str:
 
 def photo_column(app: Handlers) -> dict[str, Any]:
     """The photo, its paint, the prompt, Generate and Cancel, and the settings."""
-    c: dict[str, Any] = {"photo": photo_box(app.options), "editor": paint_editor()}
+    c: dict[str, Any] = {"photo": photo_box(app.options), "editor": paint_editor(app.options)}
     gr.Markdown(
         "**Brush colours**: the first, translucent magenta, marks the region to "
         "edit. Any opaque colour of the palette draws a *scribble* of what should "
@@ -100,8 +102,9 @@ def photo_column(app: Handlers) -> dict[str, Any]:
             max_results=app.options.max_results,
             default_results=app.options.default_results,
             method=app.model_info.get("method"),
-            loras=app.editor.loras if latent else (),
+            loras=app.lora_choices.shown(app.editor.loras) if latent else (),
             native=getattr(app.editor, "native_size", None) if latent else None,
+            lora_choices=app.lora_choices.offered(),
         )
     )
     return c
@@ -124,10 +127,12 @@ def photo_box(o: ServeOptions) -> gr.File:
     return box
 
 
-def paint_editor() -> gr.ImageEditor:
-    """The canvas: the photo's preview, the mask brush (translucent) and scribble colours."""
+def paint_editor(o: ServeOptions) -> PaintEditor:
+    """The canvas: the photo's preview, the mask brush (translucent) and scribble colours; what
+    the page sends is checked against the preview's size and ``--max-layers`` before it is
+    decoded (:class:`~blendedit.web.paint.PaintEditor`)."""
     mask_colour = (f"rgb({MASK_RGB[0]}, {MASK_RGB[1]}, {MASK_RGB[2]})", MASK_OPACITY)
-    return gr.ImageEditor(
+    return PaintEditor(
         label="Paint the region to edit (translucent); scribble in colour (opaque)",
         elem_id="editor",
         type="numpy",
@@ -143,9 +148,9 @@ def paint_editor() -> gr.ImageEditor:
             color_mode="defaults",
         ),
         eraser=gr.Eraser(default_size="auto"),
-        canvas_size=(768, 512),
+        canvas_size=(CANVAS_SIDE, CANVAS_SIDE * 2 // 3),
         height=560,
-    )
+    ).limit(o.preview_side, o.max_layers)
 
 
 def results_column(app: Handlers) -> dict[str, Any]:

@@ -23,10 +23,10 @@ import base64
 import dataclasses
 import hashlib
 import io
-import json
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -39,9 +39,10 @@ from PIL import Image
 from blendedit._version import __version__
 from blendedit.config import EditConfig
 from blendedit.errors import BlendEditError, InputError
+from blendedit.frame.edit import photo_mask
 from blendedit.frame.masks import check_mask
 from blendedit.frame.photo import Photo, read_photo, save_photo
-from blendedit.io import load_image
+from blendedit.io import check_json_depth, check_size, load_image, loads_json
 from blendedit.web.canvas import Scribble
 
 TRAIL_FORMAT = "blendedit-session"
@@ -64,14 +65,29 @@ def image_to_b64(image: Image.Image) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def b64_to_image(text: str, name: str) -> Image.Image:
+def b64_to_image(
+    text: str, name: str, size: tuple[int, int] | None = None, of: str = "the photo"
+) -> Image.Image:
+    """Base64 PNG text -> the decoded image. Its header is checked first, before any pixel is
+    decoded: within the caps (``blendedit.io.MAX_SIDE``, ``MAX_PIXELS``), and of ``size`` (W, H),
+    the size of ``of``, when given. Every problem is one line starting with ``name``."""
     try:
         data = base64.b64decode(text.encode("ascii"), validate=True)
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.copy()
+        with warnings.catch_warnings():  # the size is checked here, not by Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
     except Exception:
         raise InputError(f"{name}: not a base64 PNG image") from None
+    with im:
+        w, h = im.size
+        if size is not None and (w, h) != tuple(size):
+            raise InputError(f"{name} is {w}x{h}, {of} {size[0]}x{size[1]}")
+        check_size((w, h), name, smallest=1)
+        try:
+            im.load()
+            return im.copy()
+        except Exception:
+            raise InputError(f"{name}: not a base64 PNG image") from None
 
 
 def mask_to_image(mask: np.ndarray) -> Image.Image:
@@ -144,8 +160,8 @@ def make_config(method: str, settings: Mapping[str, Any]) -> Any:
     if unknown:
         raise InputError(f"settings: unknown setting(s) {', '.join(sorted(unknown))} for {method}")
     values = dict(settings)
-    if "shrink_kernels" in values and values["shrink_kernels"] is not None:
-        values["shrink_kernels"] = tuple(int(k) for k in values["shrink_kernels"])
+    if isinstance(values.get("shrink_kernels"), list):  # JSON has no tuples
+        values["shrink_kernels"] = tuple(values["shrink_kernels"])
     if method == "local-clip":
         values["local"] = True
     try:
@@ -517,65 +533,135 @@ class Trail:
 
 def parse_trail(data: Mapping[str, Any] | str | os.PathLike[str]) -> Trail:
     """A trail dict (or the path of its JSON file), checked, with images and masks decoded.
-    Every problem is one :class:`InputError` line naming the step."""
+    Every field's type and value is checked here, before anything is written or loaded (each
+    step's settings as its method's config validates them, its mask as the edit would take it;
+    images from their headers first; at most ``blendedit.io.MAX_JSON_DEPTH`` levels of nesting).
+    Every problem is one :class:`InputError` line naming the step and the field."""
     if not isinstance(data, Mapping):
-        path = Path(data)
-        if not path.is_file():
-            raise InputError(f"trail: no such file: {str(path)!r}")
-        if path.stat().st_size > MAX_TRAIL_BYTES:
-            raise InputError(f"trail: {str(path)!r} is larger than {MAX_TRAIL_BYTES >> 20} MiB")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"trail: cannot read {str(path)!r} as JSON ({e})") from None
-        if not isinstance(data, Mapping):
-            raise InputError("trail: expected a JSON object")
-    if data.get("format") != TRAIL_FORMAT:
-        raise InputError(f"trail: not a blendedit session trail (format {data.get('format')!r})")
-    if data.get("version") not in (1, TRAIL_VERSION):
+        data = _read_trail_file(data)
+    check_json_depth(data, "trail")
+    fmt, version = data.get("format"), data.get("version")
+    if fmt != TRAIL_FORMAT:
+        raise InputError(f"trail: not a blendedit session trail (format {_short(fmt)})")
+    if version not in (1, TRAIL_VERSION) or isinstance(version, bool):
         raise InputError(
-            f"trail: version {data.get('version')!r} is not supported (expected {TRAIL_VERSION})"
+            f"trail: version {_short(version)} is not supported (expected {TRAIL_VERSION})"
         )
-    orig = data.get("original")
-    if not isinstance(orig, Mapping) or not ("file_base64" in orig or "png_base64" in orig):
-        raise InputError("trail: original.file_base64 is missing")
-    if "file_base64" in orig:
-        try:
-            raw = base64.b64decode(str(orig["file_base64"]).encode("ascii"), validate=True)
-        except ValueError:
-            raise InputError("trail: original.file_base64 is not base64") from None
-        original = photo_from_bytes(raw, str(orig.get("file_name") or ""), "trail: original")
-    else:  # version 1: an 8-bit RGB PNG
-        png = load_image(b64_to_image(orig["png_base64"], "trail: original"), "trail: original")
-        original = read_photo(png, "trail: original")
-    steps = []
+    model = data.get("model") or {}
+    if not isinstance(model, Mapping):
+        raise InputError(f"trail: model: {_short(model)} must be an object")
+    for key in ("name", "model_config", "clip_model", "vae", "dtype"):
+        if model.get(key) is not None and not isinstance(model[key], str):
+            raise InputError(f"trail: model.{key}: {_short(model[key])} must be text")
+    original = _trail_original(data.get("original"))
     raw_steps = data.get("steps", [])
     if not isinstance(raw_steps, list):
         raise InputError("trail: steps must be a list")
-    for i, s in enumerate(raw_steps, start=1):
-        name = f"trail: step {i}"
+    steps = [_trail_step(s, i, original) for i, s in enumerate(raw_steps, start=1)]
+    return Trail(original=original, steps=steps, model=dict(model))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for an error line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_trail_file(source: str | os.PathLike[str]) -> Any:
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"trail: no such file: {str(path)!r}")
+    if path.stat().st_size > MAX_TRAIL_BYTES:
+        raise InputError(f"trail: {str(path)!r} is larger than {MAX_TRAIL_BYTES >> 20} MiB")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"trail: cannot read {str(path)!r} as JSON ({e})") from None
+    data = loads_json(text, f"trail: cannot read {str(path)!r} as JSON")  # depth checked too
+    if not isinstance(data, Mapping):
+        raise InputError("trail: expected a JSON object")
+    return data
+
+
+def _trail_original(orig: Any) -> Photo:
+    if not isinstance(orig, Mapping) or not ("file_base64" in orig or "png_base64" in orig):
+        raise InputError("trail: original.file_base64 is missing")
+    if "file_base64" in orig:
+        text, file_name = orig["file_base64"], orig.get("file_name")
+        if not isinstance(text, str):
+            raise InputError(f"trail: original.file_base64: {_short(text)} must be base64 text")
+        if file_name is not None and not isinstance(file_name, str):
+            raise InputError(f"trail: original.file_name: {_short(file_name)} must be text")
         try:
-            prompt, method, seed = str(s["prompt"]), str(s["method"]), int(s["seed"])
-            settings = dict(s["settings"])
-            seeds = [int(x) for x in s.get("seeds") or [seed]]
-            loras = [str(x) for x in s.get("loras") or []]
-            mask_img = b64_to_image(s["mask_png_base64"], f"{name} mask")
-        except (KeyError, TypeError, ValueError) as e:
-            raise InputError(f"{name}: missing or malformed field ({e})") from None
-        config_class(method)
+            raw = base64.b64decode(text.encode("ascii"), validate=True)
+        except ValueError:
+            raise InputError("trail: original.file_base64 is not base64") from None
+        return photo_from_bytes(raw, file_name or "", "trail: original")
+    if not isinstance(orig["png_base64"], str):  # version 1: an 8-bit RGB PNG
+        raise InputError(f"trail: original.png_base64: {_short(orig['png_base64'])} must be text")
+    png = load_image(b64_to_image(orig["png_base64"], "trail: original"), "trail: original")
+    return read_photo(png, "trail: original")
+
+
+def _seed(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise InputError(f"{name}: {_short(value)} must be an integer in [0, 2**63)")
+    return value
+
+
+def _trail_step(s: Any, i: int, original: Photo) -> TrailStep:
+    """Step ``i`` of a trail, every field checked (see :func:`parse_trail`)."""
+    name = f"trail: step {i}"
+    if not isinstance(s, Mapping):
+        raise InputError(f"{name}: expected an object, got {_short(s)}")
+    missing = [k for k in ("prompt", "method", "seed", "settings", "mask_png_base64") if k not in s]
+    if missing:
+        raise InputError(f"{name}: missing or malformed field ({', '.join(missing)} missing)")
+    for key in ("prompt", "method", "mask_png_base64"):
+        if not isinstance(s[key], str):
+            raise InputError(f"{name}: {key}: {_short(s[key])} must be text")
+    seed = _seed(s["seed"], f"{name}: seed")
+    raw_seeds = s.get("seeds")
+    if raw_seeds is not None and not isinstance(raw_seeds, list):
+        raise InputError(f"{name}: seeds: {_short(raw_seeds)} must be a list of seeds")
+    seeds = [_seed(x, f"{name}: seeds") for x in raw_seeds or [seed]]
+    loras = s.get("loras") or []
+    if not isinstance(loras, list) or not all(isinstance(x, str) for x in loras):
+        raise InputError(f"{name}: loras: {_short(loras)} must be a list of texts")
+    sha = s.get("result_sha256")
+    if sha is not None and not isinstance(sha, str):
+        raise InputError(f"{name}: result_sha256: {_short(sha)} must be text")
+    settings = s["settings"]
+    if not isinstance(settings, Mapping):
+        raise InputError(f"{name}: settings: {_short(settings)} must be an object")
+    try:
+        cfg = make_config(s["method"], settings)  # every value typed and in range
+        mask_img = b64_to_image(s["mask_png_base64"], f"{name} mask", original.size)
         mask = np.asarray(mask_img.convert("L")) >= 128
-        if mask.shape != (original.size[1], original.size[0]):
-            raise InputError(
-                f"{name}: mask is {mask.shape[1]}x{mask.shape[0]}, the photo "
-                f"{original.size[0]}x{original.size[1]}"
-            )
         check_mask(mask, f"{name} mask")
-        scribble = None
-        if s.get("scribble") is not None:
-            scribble = Scribble.from_dict(s["scribble"], original.size, f"{name} scribble")
-        sha = s.get("result_sha256")
-        steps.append(TrailStep(prompt, mask, method, settings, seed, seeds, sha, scribble, loras))
-    return Trail(original=original, steps=steps, model=dict(data.get("model") or {}))
+        photo_mask(mask, original, cfg)  # as the edit will take it: inverted, grown
+        scribble = _trail_scribble(s.get("scribble"), original, f"{name} scribble")
+    except InputError as e:
+        text = str(e)
+        raise InputError(text if text.startswith(name) else f"{name}: {text}") from None
+    return TrailStep(
+        s["prompt"], mask, s["method"], dict(settings), seed, seeds, sha, scribble, list(loras)
+    )
+
+
+def _trail_scribble(d: Any, original: Photo, name: str) -> Scribble | None:
+    if d is None:
+        return None
+    box = d.get("box") if isinstance(d, Mapping) else None
+    ok = isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) for v in box)
+    if not ok or not isinstance(d.get("png_base64"), str):
+        raise InputError(f"{name}: {_short(d)} is not a box and a base64 PNG")
+    x0, y0, x1, y1 = box
+    w, h = original.size
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise InputError(f"{name}: box {box} does not fit the {w}x{h} photo")
+    b64_to_image(d["png_base64"], name, (x1 - x0, y1 - y0), "its box")  # header first
+    return Scribble.from_dict(d, original.size, name)
 
 
 def step_edit(

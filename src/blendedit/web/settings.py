@@ -8,8 +8,10 @@ the values back by the same ``name``. Pure logic: no web imports.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from blendedit.config import (
@@ -56,6 +58,16 @@ class ServeOptions:
     max_queue: int = setting(
         16, "most Generate requests waiting; more are refused with a message",
         flag="--max-queue", group="server", low=1, high=1024,
+    )  # fmt: skip
+    max_layers: int = setting(
+        4, "most paint layers the editor takes in one request (each no larger than the preview); "
+        "more are refused before any is decoded", flag="--max-layers", group="server", low=1,
+        high=64,
+    )  # fmt: skip
+    max_seconds: float = setting(
+        600.0, "time limit of one Generate on the device, in seconds: a longer one is stopped "
+        "in whatever stage it is in, and the device freed", flag="--max-seconds",
+        group="server", low=0, high=86400, low_open=True, unit="s",
     )  # fmt: skip
     default_results: int = 4
 
@@ -143,12 +155,15 @@ def control_specs(
     method: str | None = None,
     loras: Sequence[str] = (),
     native: int | None = None,
+    lora_choices: str = "",
 ) -> list[Control]:
     """The settings controls of a page over a ``kind`` ("latent" or "pixel") model, in order,
     each from its setting's description where it is one. ``defaults``: the latent model family's
     config defaults (``editor.default_config()``; default :data:`PRESETS` ``["default"]``);
     ``max_results``/``default_results``: the server's cap and default; ``method``: the method
-    asked for at start; ``loras``: the LoRAs loaded; ``native``: the model's own working size."""
+    asked for at start; ``loras``: the LoRAs loaded, as the page names them ("name:scale");
+    ``native``: the model's own working size; ``lora_choices``: the LoRAs offered
+    (:meth:`LoraChoices.offered`)."""
     latent = kind == "latent"
     d = defaults or PRESETS["default"]
     cls = config_of(kind)
@@ -185,7 +200,7 @@ def control_specs(
                   choices=BACKGROUND_MODES if latent else ("stitch", "decoded"),
                   info="how the photo returns outside the mask", elem_id="background",
                   section="settings", row="method"),
-        *(_latent_specs(d, loras, native) if latent else _pixel_specs()),
+        *(_latent_specs(d, loras, native, lora_choices) if latent else _pixel_specs()),
         described(cls, "feather", d.feather, info="soft band outside the mask (stitch)",
                   row="band"),
         described(cls, "batch_size", 1, maximum=16, kind="slider", step=1,
@@ -195,13 +210,16 @@ def control_specs(
     ]  # fmt: skip
 
 
-def _latent_specs(d: Any, loras: Sequence[str], native: int | None) -> list[Control]:
+def _latent_specs(
+    d: Any, loras: Sequence[str], native: int | None, lora_choices: str
+) -> list[Control]:
     """The advanced controls only a latent model has."""
     return [
         Control("negative_prompt", "text", "Negative prompt", elem_id="negative",
                 section="advanced"),
         Control("loras", "text", "LoRAs", "\n".join(loras), lines=2, elem_id="loras",
-                info="one per line: FILE_OR_ID[:SCALE] (SD 1.x/2.x and SDXL); empty: none",
+                info="one per line: NAME[:SCALE] (SD 1.x/2.x and SDXL); empty: none; "
+                + (lora_choices or LoraChoices().offered()),
                 section="advanced"),
         described(EditConfig, "scheduler", d.scheduler, info=None, row="schedule"),
         described(EditConfig, "mask_shrink", d.mask_shrink, info="auto: for thin masks only",
@@ -296,11 +314,100 @@ def _described_values(cls: type, ui: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def lora_lines(text: Any) -> list[str]:
-    """The LoRAs field: one "FILE_OR_ID[:SCALE]" per line (or comma), normalised to
-    "source:scale" as the editor reports them; checked in one line."""
-    from blendedit.latent.lora import parse_lora_spec
+LORA_NAME_BAD = ":,\n\r"  # a name holds none of these (the field's separators)
+MAX_LORAS = 16  # LoRAs applied at once from the page
 
-    items = [t.strip() for t in str(text or "").replace(",", "\n").splitlines() if t.strip()]
-    specs = [parse_lora_spec(t) for t in items]
-    return [f"{sp.source}:{sp.scale:g}" for sp in specs]
+
+def lora_name(source: str) -> str:
+    """The name the page shows for an operator's LoRA: a file's name without ``.safetensors``,
+    a folder's name, or a hub id as it is."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path.name.removesuffix(".safetensors")
+    if path.is_dir():
+        return path.resolve().name
+    return source
+
+
+@dataclass(frozen=True)
+class LoraChoices:
+    """The LoRAs a page may apply, each by its name: ``sources`` maps a name to the file, folder
+    or hub id the operator gave (``--lora``, ``--lora-dir``). The page's field takes only these
+    names (``NAME[:SCALE]``), never a path or hub id; what it shows and says names no path."""
+
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_options(cls, loras: Sequence[str] = (), lora_dir: str | None = None) -> LoraChoices:
+        """The ``--lora`` LoRAs (``FILE_OR_ID[:SCALE]``, the scale left out) and the
+        ``*.safetensors`` files of ``--lora-dir``; two of the same name are one line."""
+        from blendedit.latent.lora import parse_lora_spec
+
+        found = [("lora", parse_lora_spec(t).source) for t in loras]
+        if lora_dir is not None:
+            folder = Path(lora_dir).expanduser()
+            if not folder.is_dir():
+                raise InputError(f"lora_dir: {lora_dir} is not a folder")
+            files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+            found += [("lora_dir", str(p.resolve())) for p in files]
+        sources: dict[str, str] = {}
+        for flag, source in found:
+            name = lora_name(source)
+            if any(c in name for c in LORA_NAME_BAD) or not name.strip():
+                raise InputError(
+                    f"{flag}: {source}: a LoRA's name may not be empty or hold ':' or ','; "
+                    "rename it"
+                )
+            if sources.get(name, source) != source:
+                raise InputError(
+                    f"{flag}: two LoRAs are named {name!r} ({sources[name]} and {source}); "
+                    "rename one"
+                )
+            sources[name] = source
+        return cls(sources)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.sources)
+
+    def offered(self) -> str:
+        """What the page's help line says is offered."""
+        if not self.sources:
+            return "none are offered by this server (its --lora and --lora-dir options)"
+        return "offered: " + ", ".join(self.names)
+
+    def parse(self, text: Any) -> list[str]:
+        """The page's field, one ``NAME[:SCALE]`` per line (or comma), as the "source:scale"
+        the editor applies; a name that is not offered, or a bad scale, is one line."""
+        items = [t.strip() for t in str(text or "").replace(",", "\n").splitlines() if t.strip()]
+        if len(items) > MAX_LORAS:
+            raise InputError(f"lora: {len(items)} LoRAs; at most {MAX_LORAS} apply at once")
+        return [self._one(item) for item in items]
+
+    def _one(self, item: str) -> str:
+        shown = item if len(item) <= 60 else item[:57] + "..."
+        name, scale = item, 1.0
+        if item not in self.sources and ":" in item:
+            head, _, tail = item.rpartition(":")
+            name = head.strip()
+            try:
+                scale = float(tail)
+            except ValueError:
+                raise InputError(
+                    f"lora: {shown!r}: {tail.strip()[:20]!r} after the ':' is not a scale "
+                    "(a number)"
+                ) from None
+            if not math.isfinite(scale):
+                raise InputError(f"lora: {shown!r}: the scale must be a finite number")
+        if name not in self.sources:
+            raise InputError(f"lora: {shown!r} is not a LoRA of this server; {self.offered()}")
+        return f"{self.sources[name]}:{scale:g}"
+
+    def shown(self, loaded: Sequence[str]) -> list[str]:
+        """The editor's applied LoRAs ("source:scale") as the page shows them, "name:scale"."""
+        by_source = {v: k for k, v in self.sources.items()}
+        out = []
+        for spec in loaded:
+            source, _, scale = spec.rpartition(":")
+            out.append(f"{by_source.get(source, lora_name(source))}:{scale}")
+        return out

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from blendedit.frame.stop import checkpoint
 from blendedit.latent.backbones.parts import Architecture
 from blendedit.latent.sampling import ModelFn, classifier_free_guidance
 
@@ -289,7 +290,10 @@ class Backbone:
     @torch.no_grad()
     def decode(self, z: torch.Tensor, chunk: int = 4) -> torch.Tensor:
         """(B, C, h, w) latents -> (B, 3, H, W) images in [0, 1], ``chunk`` at a time."""
-        parts = [self.decode_with(self.vae, part).float() for part in z.split(chunk)]
+        parts = []
+        for part in z.split(chunk):
+            checkpoint("decoding")  # the caller's Cancel or time limit (blendedit.frame.stop)
+            parts.append(self.decode_with(self.vae, part).float())
         return (torch.cat(parts) / 2 + 0.5).clamp(0, 1)
 
     # -- the diffusers reference (SPEC 5) ----------------------------------------------------------

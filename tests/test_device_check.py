@@ -74,7 +74,7 @@ def test_plan_rows_parse_with_todays_bench():
         assert re.fullmatch(r"[a-z0-9.-]+", name) and int(limit) > 0, name
         assert dry == "-" or dry in ARCHITECTURES or dry.startswith("tiny-"), (name, dry)
         if preset not in ARCHITECTURES:
-            assert preset in PENDING, f"run.sh PLAN row {name}: bench.py has no preset {preset!r}"
+            assert preset in PENDING, f"run.sh PLAN row {name}: the bench has no preset {preset!r}"
             continue
         sub = next(a for a in parser._actions if a.dest == "command")
         flags = {o for a in sub.choices["bench"]._actions for o in a.option_strings}

@@ -144,7 +144,7 @@ FLOORS = [
     ("methods", ["latent", "pixel"]),
     ("registry", ["methods", ""]),
     ("options", ["options"]),
-    ("front ends", ["cli", "web", "batch", "eval", "bench"]),
+    ("front ends", ["cli", "web", "batch", "eval", "bench", "api"]),
 ]
 APART = {"methods", "front ends"}  # floors whose rooms never import each other
 

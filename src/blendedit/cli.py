@@ -48,6 +48,7 @@ COMMAND_MODULES: list[str] = [
     "blendedit.eval.cli",
     "blendedit.web.cli",
     "blendedit.batch.cli",
+    "blendedit.api.cli",
 ]
 
 

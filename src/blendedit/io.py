@@ -183,19 +183,19 @@ def save_gif(frames: list[Image.Image], path: Path, duration_ms: int = 120) -> N
     )
 
 
-def _finite(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """JSON has no infinity: write non-finite floats as the strings "inf", "-inf", "nan"."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
 def save_json(data: dict[str, Any], path: Path, replace: bool = False) -> None:
-    text = json.dumps(_finite(data), indent=2, allow_nan=False, default=str) + "\n"
+    text = json.dumps(json_safe(data), indent=2, allow_nan=False, default=str) + "\n"
     write_atomic(path, lambda f: f.write(text.encode()), replace)
 
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -256,6 +258,62 @@ def setting_fields(
     return out
 
 
+def setting_hints() -> dict[str, Any]:
+    """Every setting of the registered methods: field name -> its type hint."""
+    return {name: hint for name, (_, hint, _) in setting_fields().items()}
+
+
+def aliases() -> dict[str, str]:
+    """``blendedit edit`` flag names (dashes as underscores) of settings whose field is named
+    otherwise (``steps`` -> ``num_inference_steps``), from the settings' descriptions."""
+    out = {}
+    for name, (s, _, _) in setting_fields().items():
+        flag = (s.flag or "").removeprefix("--").replace("-", "_")
+        if s.takes_value and flag and flag != name:
+            out[flag] = name
+    return out
+
+
+def coerce_setting(name: str, value: Any, where: str) -> Any:
+    """A value written as text (a manifest's CSV cell, a form field) or JSON as the type of
+    setting ``name``; one line naming ``where`` and the setting otherwise."""
+    hint = setting_hints()[name]
+    args = {hint} if typing.get_origin(hint) is tuple else set(typing.get_args(hint)) or {hint}
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+        if type(None) in args:
+            return None
+        raise InputError(f"{where}: {name}: None is not allowed")
+    kinds = args - {type(None)}
+    try:
+        if bool in kinds:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes"):
+                return True
+            if text in ("0", "false", "no"):
+                return False
+            raise ValueError
+        if int in kinds:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if float in kinds:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if any(typing.get_origin(k) is tuple for k in kinds):
+            items = value if isinstance(value, list) else str(value).replace(",", " ").split()
+            return tuple(int(v) for v in items)
+        if str in kinds:
+            if not isinstance(value, str | int):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    raise InputError(f"{where}: {name}: {value!r} is not a valid {hint}")
+
+
 def _arg_type(s: Setting, hint: Any) -> Callable[[str], Any]:
     parse = s.parse or value_type(hint)
 
@@ -313,6 +371,16 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The settings a command line gave (field name -> value), the others left to the preset."""
     fields = setting_fields()
     return {k: v for k, v in vars(args).items() if k in fields and v is not None}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a server's --host) is this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:

@@ -23,7 +23,6 @@ import hashlib
 import io
 import os
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,29 +31,14 @@ from blendedit.config import FrameConfig
 from blendedit.errors import InputError
 from blendedit.io import json_digest, loads_json
 from blendedit.methods import METHODS, get_method
-from blendedit.options import setting_fields
+from blendedit.options import aliases, setting_hints
+from blendedit.options import coerce_setting as _coerce
 
 # Keys that are not edit settings: the inputs, the row's name and what loads the model.
 INPUT_KEYS = ("image", "mask", "prompt")
 MODEL_KEYS = ("method", "model", "model_config", "clip_model")
 ROW_KEYS = (*INPUT_KEYS, "id", *MODEL_KEYS)
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-def setting_hints() -> dict[str, Any]:
-    """Every setting of the registered methods: field name -> its type hint."""
-    return {name: hint for name, (_, hint, _) in setting_fields().items()}
-
-
-def aliases() -> dict[str, str]:
-    """``blendedit edit`` flag names (dashes as underscores) of settings whose field is named
-    otherwise (``steps`` -> ``num_inference_steps``), from the settings' descriptions."""
-    out = {}
-    for name, (s, _, _) in setting_fields().items():
-        flag = (s.flag or "").removeprefix("--").replace("-", "_")
-        if s.takes_value and flag and flag != name:
-            out[flag] = name
-    return out
 
 
 @dataclass(frozen=True)
@@ -121,45 +105,6 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _coerce(name: str, value: Any, where: str) -> Any:
-    """A manifest value (CSV: always text) as the type of setting ``name``."""
-    hint = setting_hints()[name]
-    args = {hint} if typing.get_origin(hint) is tuple else set(typing.get_args(hint)) or {hint}
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
-        if type(None) in args:
-            return None
-        raise InputError(f"{where}: {name}: None is not allowed")
-    kinds = args - {type(None)}
-    try:
-        if bool in kinds:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes"):
-                return True
-            if text in ("0", "false", "no"):
-                return False
-            raise ValueError
-        if int in kinds:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if float in kinds:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if any(typing.get_origin(k) is tuple for k in kinds):
-            items = value if isinstance(value, list) else str(value).replace(",", " ").split()
-            return tuple(int(v) for v in items)
-        if str in kinds:
-            if not isinstance(value, str | int):
-                raise ValueError
-            return str(value)
-    except (TypeError, ValueError):
-        pass
-    raise InputError(f"{where}: {name}: {value!r} is not a valid {hint}")
 
 
 # Byte order marks and the encodings they name (UTF-32's before UTF-16's: they start alike).

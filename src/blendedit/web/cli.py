@@ -7,7 +7,6 @@ so every other command starts as fast as before.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import signal
 import sys
 import time
@@ -17,7 +16,13 @@ from blendedit.config import settings_of
 from blendedit.errors import InputError
 from blendedit.frame.ranking import DEFAULT_CLIP_MODEL
 from blendedit.models import DEFAULT_MODEL, DTYPES
-from blendedit.options import ModelOptions, add_model_arguments, add_setting_arguments, command
+from blendedit.options import (
+    ModelOptions,
+    add_model_arguments,
+    add_setting_arguments,
+    command,
+    is_loopback,
+)
 from blendedit.web.settings import LoraChoices, ServeOptions
 
 SERVE_EXAMPLES = """\
@@ -133,15 +138,6 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
     if not 0 <= args.port <= 65535:
         raise InputError(f"port: {args.port} must be between 0 and 65535")
     return ServeOptions(**{k: getattr(args, k) for k in settings_of(ServeOptions)}).check()
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def run_serve(args: argparse.Namespace) -> int:

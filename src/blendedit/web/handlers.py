@@ -14,7 +14,6 @@ import functools
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import threading
@@ -28,7 +27,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from blendedit.errors import BlendEditError, Cancelled, InputError, TimeLimitError
+from blendedit.errors import (
+    BlendEditError,
+    Cancelled,
+    InputError,
+    TimeLimitError,
+    one_line,
+)
 from blendedit.frame.photo import Photo, output_format, read_photo, save_photo
 from blendedit.io import MIN_SIDE, write_text
 from blendedit.web._gradio import gr
@@ -131,29 +136,6 @@ def result_view(photo: Photo, r: Result, side: int) -> tuple[Image.Image, bool]:
     image = Image.fromarray(dataclasses.replace(photo, pixels=r.patch, alpha=None).to_srgb())
     image.thumbnail((side, side), Image.Resampling.LANCZOS)
     return image, True
-
-
-# An absolute path (POSIX, home-relative or Windows): a separator not preceded by a name, a URL's
-# "://" or another separator, then at least one folder and the last part.
-_PATH = re.compile(
-    r"""(?<![\w:/\\.~])(?:~|[A-Za-z]:)?(?:[/\\][^\s/\\'"`<>|(),;]+)*[/\\]([^\s/\\'"`<>|(),;]+)"""
-)
-
-
-def scrub_paths(text: str) -> str:
-    """``text`` with every absolute path shortened to its last part (``/tmp/gradio/ab12/cat.png``
-    -> ``cat.png``): what the server says never shows where its files are."""
-
-    def last(m: re.Match[str]) -> str:
-        return m.group(1)
-
-    return _PATH.sub(last, text)
-
-
-def one_line(e: BaseException) -> str:
-    """An error as the page shows it: one line, at most 300 characters, no server path."""
-    text = scrub_paths(" ".join(str(e)[:4000].split())) or type(e).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:

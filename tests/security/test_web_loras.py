@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from blendedit.cli import build_parser, main
-from blendedit.errors import InputError
+from blendedit.errors import InputError, one_line, scrub_paths
 from blendedit.web.app import EditorApp
-from blendedit.web.handlers import ServeOptions, one_line, scrub_paths
+from blendedit.web.handlers import ServeOptions
 from blendedit.web.settings import LoraChoices
 
 REQUEST = SimpleNamespace(session_hash="tab-lora")

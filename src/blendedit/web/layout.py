@@ -14,9 +14,10 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from blendedit.errors import scrub_paths
 from blendedit.web._gradio import gr
 from blendedit.web.canvas import MASK_OPACITY, MASK_RGB
-from blendedit.web.handlers import Handlers, ServeOptions, WebState, friendly, scrub_paths
+from blendedit.web.handlers import Handlers, ServeOptions, WebState, friendly
 from blendedit.web.paint import CANVAS_SIDE, PaintEditor
 from blendedit.web.settings import Control, control_specs
 

@@ -73,10 +73,11 @@ def import_ray() -> Any:
     return ray
 
 
-def connect(address: str | None) -> tuple[Any, bool, float]:
+def connect(address: str | None, ray: Any = None) -> tuple[Any, bool, float]:
     """(ray, started_here, seconds). No address and no ``RAY_ADDRESS``: a new private local
-    cluster (``address="auto"`` finds a running one)."""
-    ray = import_ray()
+    cluster (``address="auto"`` finds a running one). ``ray``: the module, already imported
+    by a caller that needs other parts of Ray than Ray Data (``api``'s Ray Serve)."""
+    ray = ray or import_ray()
     if ray.is_initialized():
         return ray, False, 0.0
     t0 = time.perf_counter()

@@ -383,8 +383,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def add_engine_arguments(p: argparse.ArgumentParser) -> None:
-    """--engine and the Ray options (shared by ``batch`` and ``eval``)."""
+def engine_group(p: argparse.ArgumentParser) -> Any:
+    """The ``engine`` group with --engine and --ray-address (``batch``, ``eval`` and ``api``
+    add their own Ray options to it)."""
     e = p.add_argument_group("engine")
     e.add_argument("--engine", choices=["local", "ray"], default="local", help="default local")
     e.add_argument(
@@ -392,6 +393,12 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         help="Ray cluster (host:6379, ray://host:10001, auto); default: RAY_ADDRESS, else a new "
         "local cluster",
     )
+    return e
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """--engine and the Ray options (shared by ``batch`` and ``eval``)."""
+    e = engine_group(p)
     e.add_argument(
         "--workers", type=int, help="ray: editors in parallel (default: cluster GPUs / per worker)"
     )

@@ -58,18 +58,14 @@ class Backend(Protocol):
         """Stop taking jobs and free the device."""
 
 
-class LocalBackend:
-    """One editor on this machine: one job at a time on the device, at most
-    ``options.max_queue`` waiting besides it, at most ``options.per_key`` in flight per key.
-    A job whose client left (``stop()`` True) is dropped before it starts, or stopped at the
-    next checkpoint of whatever stage it is in."""
+class Admission:
+    """The admission both backends share: at most ``options.max_queue`` jobs waiting besides
+    the ``slots`` running, at most ``options.per_key`` in flight per key; a fair
+    ``Retry-After`` from the jobs' smoothed time; the served/failed/refused counts."""
 
-    def __init__(self, editor: Any, options: ApiOptions, model: str) -> None:
-        self.editor = editor
+    def __init__(self, options: ApiOptions, slots: int = 1) -> None:
         self.options = options
-        self.model = model
-        self.method = getattr(editor, "method", "latent")
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="blendedit-device")
+        self.slots = slots  # jobs that run at once (LocalBackend: 1; Ray: the replicas)
         self._lock = threading.Lock()
         self._in_flight = 0
         self._per_key: Counter[str] = Counter()
@@ -78,16 +74,14 @@ class LocalBackend:
         self.failed = 0
         self.refused = 0
 
-    def check(self, job: EditJob) -> None:
-        job_config(self.editor, job)
-
     def retry_after(self) -> int:
         """A fair wait in seconds before trying again: the jobs ahead times their mean time."""
-        return max(1, min(3600, math.ceil(self._mean_s * max(1, self._in_flight))))
+        rounds = max(1, math.ceil(self._in_flight / max(1, self.slots)))
+        return max(1, min(3600, math.ceil(self._mean_s * rounds)))
 
     def _admit(self, key: str) -> None:
         with self._lock:
-            if self._in_flight >= self.options.max_queue + 1:
+            if self._in_flight >= self.options.max_queue + self.slots:
                 self.refused += 1
                 raise Busy(
                     f"the queue is full ({self.options.max_queue} waiting); try again later",
@@ -112,6 +106,28 @@ class LocalBackend:
             if self._per_key[key] <= 0:
                 del self._per_key[key]
 
+    def _timed(self, seconds: float) -> None:
+        with self._lock:
+            self._mean_s = 0.8 * self._mean_s + 0.2 * seconds
+            self.served += 1
+
+
+class LocalBackend(Admission):
+    """One editor on this machine: one job at a time on the device, at most
+    ``options.max_queue`` waiting besides it, at most ``options.per_key`` in flight per key.
+    A job whose client left (``stop()`` True) is dropped before it starts, or stopped at the
+    next checkpoint of whatever stage it is in."""
+
+    def __init__(self, editor: Any, options: ApiOptions, model: str) -> None:
+        super().__init__(options, slots=1)
+        self.editor = editor
+        self.model = model
+        self.method = getattr(editor, "method", "latent")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="blendedit-device")
+
+    def check(self, job: EditJob) -> None:
+        job_config(self.editor, job)
+
     def _run(self, job: EditJob, progress: ProgressFn | None, stop: StopFn) -> JobResult:
         torch.set_flush_denormal(True)  # as the CLI does: the same pixels as a command line
         if stop():
@@ -122,8 +138,7 @@ class LocalBackend:
         except Exception:
             self.failed += 1
             raise
-        self._mean_s = 0.8 * self._mean_s + 0.2 * (time.perf_counter() - t0)
-        self.served += 1
+        self._timed(time.perf_counter() - t0)
         return result
 
     def submit(
@@ -172,4 +187,4 @@ async def _awaited(future: Future[JobResult], left: threading.Event) -> JobResul
         raise
 
 
-__all__ = ["Backend", "Busy", "LocalBackend"]
+__all__ = ["Admission", "Backend", "Busy", "LocalBackend"]

@@ -7,6 +7,7 @@ it runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ from blendedit.options import (
     add_model_arguments,
     add_setting_arguments,
     command,
+    engine_group,
     is_loopback,
 )
 
@@ -35,13 +37,17 @@ API_DESCRIPTION = (
     "Loads one model and serves POST /v1/images/edits (OpenAI's images/edits: image, mask whose "
     "transparent pixels are the region, prompt, n, size, response_format), POST "
     "/v1/blendedit/edits (seeds, scores, timings, settings; progress as server-sent events), "
-    "GET /v1/models and GET /healthz. One edit runs at a time; more wait in a bounded queue."
+    "GET /v1/models and GET /healthz. One edit runs at a time; more wait in a bounded queue. "
+    "With --engine ray, the edits run on Ray Serve replicas (one model load each)."
 )
 API_EXAMPLES = """\
 examples:
   blendedit api                                     # http://127.0.0.1:8000/v1, no key needed
   blendedit api --model ./my-sd15-folder --port 9000 --api-key "$KEY"
   blendedit api --host 0.0.0.0 --api-keys-file keys.txt   # off this machine: keys required
+
+  blendedit api --engine ray --replicas 4           # 4 replicas on Ray Serve, 1 GPU each
+  blendedit api --engine ray --min-replicas 1 --max-replicas 8 --gpus-per-replica 0.5
 
   curl http://127.0.0.1:8000/v1/images/edits -F image=@photo.png -F mask=@mask.png \\
        -F prompt="a red hat" -F n=2
@@ -68,7 +74,65 @@ def add_parser(sub: Any) -> None:
         "local model's folder or file name)",
     )  # fmt: skip
     n.add_argument("--quiet", action="store_true", help="print only the URL")
+    _add_serve_arguments(p)
     p.set_defaults(run=run)
+
+
+def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    """--engine ray's options: the replicas on Ray Serve."""
+    e = engine_group(p)
+    e.add_argument(
+        "--replicas", type=int,
+        help="ray: replicas, each with its own model (default: cluster GPUs / per replica; "
+        "CPU: 1)",
+    )  # fmt: skip
+    e.add_argument(
+        "--min-replicas", type=int, help="ray: autoscale on queue length, from this many"
+    )
+    e.add_argument("--max-replicas", type=int, help="ray: autoscale up to this many replicas")
+    e.add_argument(
+        "--gpus-per-replica", type=float,
+        help="ray: GPUs per replica, fractions share a GPU (default 1 with GPUs, else 0)",
+    )  # fmt: skip
+    e.add_argument(
+        "--cpus-per-replica", type=float, default=1.0,
+        help="ray: CPUs per replica (default 1)",
+    )  # fmt: skip
+
+
+RAY_ONLY = ("ray_address", "replicas", "min_replicas", "max_replicas", "gpus_per_replica")
+
+
+def serve_options(args: argparse.Namespace) -> Any:
+    """The Ray Serve options of ``--engine ray``; refused without it, in one line."""
+    if args.engine == "local":
+        for flag in RAY_ONLY:
+            if getattr(args, flag) is not None:
+                raise InputError(f"{flag}: --{flag.replace('_', '-')} needs --engine ray")
+        return None
+    from blendedit.api.ray import ServeOptions
+
+    return ServeOptions(
+        address=args.ray_address, replicas=args.replicas, min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas, gpus_per_replica=args.gpus_per_replica,
+        cpus_per_replica=args.cpus_per_replica,
+    ).check()  # fmt: skip
+
+
+def make_backend(args: argparse.Namespace, options: ApiOptions, say: Any) -> Any:
+    """The backend ``--engine`` names: one editor here, or replicas on Ray Serve."""
+    ray = serve_options(args)  # before the (slow) model loading
+    model = args.served_model_name or served_name(args.method, args.model)
+    models = dataclasses.replace(
+        ModelOptions.from_args(args), clip_model=args.clip_model or DEFAULT_CLIP_MODEL
+    )
+    if ray is not None:
+        from blendedit.api.ray import RayBackend
+
+        return RayBackend(models, options, model, ray, say=say)
+    from blendedit.api.backend import LocalBackend
+
+    return LocalBackend(models.load(say), options, model)
 
 
 def read_keys(keys: list[str] | None, keys_file: str | None) -> tuple[str, ...]:
@@ -117,15 +181,12 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
-    clip = args.clip_model or DEFAULT_CLIP_MODEL
-    editor = ModelOptions.from_args(args).load(say, clip_model=clip)
+    backend = make_backend(args, options, say)
+    model = backend.model
     import uvicorn
 
     from blendedit.api.app import create_app
-    from blendedit.api.backend import LocalBackend
 
-    model = args.served_model_name or served_name(args.method, args.model)
-    backend = LocalBackend(editor, options, model)
     app = create_app(backend, options)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
     server = uvicorn.Server(config)
@@ -146,4 +207,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser", "api_options", "is_loopback", "read_keys", "run", "served_name"]
+__all__ = [
+    "add_parser", "api_options", "is_loopback", "make_backend", "read_keys", "run",
+    "serve_options", "served_name",
+]  # fmt: skip

@@ -10,6 +10,7 @@ import re
 import tempfile
 import time
 import warnings
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,41 @@ def check_size(size: tuple[int, int], name: str, smallest: int = MIN_SIDE) -> No
             f"{name}: size {w}x{h} is outside the supported range "
             f"({smallest} to {MAX_SIDE} px a side, {MAX_PIXELS:,} px in all)"
         )
+
+
+def check_upload_size(
+    source: bytes | str | os.PathLike[str],
+    name: str,
+    max_side: int,
+    max_pixels: int,
+    smallest: int = MIN_SIDE,
+    label: str = "the upload",
+) -> tuple[int, int]:
+    """An upload's (W, H) from its header alone (bytes or a file; nothing decoded), against a
+    server's caps (its ``--max-side`` and ``--max-megapixels``); one line naming the argument
+    ``name``, the upload (``label``) and the cap otherwise. A header past Pillow's own bomb guard
+    counts as too large."""
+    try:
+        with warnings.catch_warnings():  # the size is checked here, not by Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            f = BytesIO(source) if isinstance(source, bytes | bytearray) else source
+            with Image.open(f) as im:
+                w, h = im.size
+    except Image.DecompressionBombError:
+        w = h = max_side + 1
+    except Exception:
+        raise InputError(f"{name}: cannot read {label} as an image") from None
+    if max(w, h) > max_side or min(w, h) < smallest:
+        raise InputError(
+            f"{name}: {label} is {w}x{h} px; this server accepts {smallest} to {max_side} px a side "
+            "(server option --max-side)"
+        )
+    if w * h > max_pixels:
+        raise InputError(
+            f"{name}: {label} is {w}x{h} px ({w * h / 1e6:.1f} MP); this server accepts up to "
+            f"{max_pixels / 1e6:g} MP (server option --max-megapixels)"
+        )
+    return w, h
 
 
 def open_image(

@@ -15,24 +15,21 @@ are the region to edit; without a mask, the transparent pixels of the photo itse
 from __future__ import annotations
 
 import dataclasses
-import io
 import secrets
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from blendedit.api.settings import ApiOptions
 from blendedit.errors import InputError
 from blendedit.frame.photo import Photo, orient_like, read_photo
 from blendedit.frame.stop import StopFn, stopping
-from blendedit.io import MIN_SIDE, json_safe, open_image
+from blendedit.io import MIN_SIDE, check_upload_size, json_safe, open_image
 from blendedit.methods import get_method
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
@@ -89,26 +86,7 @@ def check_image_header(
 ) -> tuple[int, int]:
     """An uploaded file's (W, H) from its header, before any pixel is decoded; one line naming
     ``name`` and the server's cap when it is not an image or too small or too large."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-    except Image.DecompressionBombError:
-        w = h = options.max_side + 1
-    except Exception:
-        raise InputError(f"{name}: cannot read the upload as an image (PNG, JPEG, WebP)") from None
-    if max(w, h) > options.max_side or min(w, h) < smallest:
-        raise InputError(
-            f"{name}: {w}x{h} px; this server accepts {smallest} to {options.max_side} px a side "
-            "(server option --max-side)"
-        )
-    if w * h > options.max_pixels:
-        raise InputError(
-            f"{name}: {w}x{h} px ({w * h / 1e6:.1f} MP); this server accepts up to "
-            f"{options.max_megapixels:g} MP (server option --max-megapixels)"
-        )
-    return w, h
+    return check_upload_size(data, name, options.max_side, options.max_pixels, smallest)
 
 
 def job_config(editor: Any, job: EditJob) -> Any:

@@ -35,7 +35,7 @@ from blendedit.errors import (
     one_line,
 )
 from blendedit.frame.photo import Photo, output_format, read_photo, save_photo
-from blendedit.io import MIN_SIDE, write_text
+from blendedit.io import check_upload_size, write_text
 from blendedit.web._gradio import gr
 from blendedit.web.canvas import (
     Scribble,
@@ -95,24 +95,7 @@ def check_photo_file(path: str | os.PathLike[str], options: ServeOptions) -> tup
             f"{options.max_upload_mb:g} MiB (server option --max-upload-mb)"
         )
     _register_heif()
-    try:
-        with Image.open(p) as im:
-            w, h = im.size
-    except Image.DecompressionBombError:
-        w, h = options.max_side + 1, options.max_side + 1
-    except Exception:
-        raise InputError(f"image: cannot read {name} as an image") from None
-    if max(w, h) > options.max_side or min(w, h) < MIN_SIDE:
-        raise InputError(
-            f"image: {name} is {w}x{h} px; this editor accepts {MIN_SIDE} to {options.max_side} "
-            "px a side (server option --max-side); resize it first"
-        )
-    if w * h > options.max_pixels:
-        raise InputError(
-            f"image: {name} is {w}x{h} px ({w * h / 1e6:.1f} MP); this editor accepts up to "
-            f"{options.max_pixels / 1e6:g} MP (server option --max-megapixels); resize it first"
-        )
-    return w, h
+    return check_upload_size(p, "image", options.max_side, options.max_pixels, label=name)
 
 
 def read_upload(path: str | os.PathLike[str], options: ServeOptions) -> Session:

@@ -148,12 +148,12 @@ class FrameMethod:
         if seed is None and seeds is None and generator is None:
             seed = cfg.seed
         seed_list = resolve_seeds(cfg.num_images, seed, seeds, generator)
-        return run_edit(
-            self,  # type: ignore[arg-type]
-            image, mask, prompt, cfg, seed_list,
-            progress=progress, return_process=return_process, method=self.method, stop=stop,
-            time_limit=time_limit,
-        )  # fmt: skip
+        with stopping(stop, time_limit):  # every checkpoint of the edit asks it (.stop)
+            return run_edit(
+                self,  # type: ignore[arg-type]
+                image, mask, prompt, cfg, seed_list,
+                progress=progress, return_process=return_process, method=self.method,
+            )  # fmt: skip
 
     def check(self, cfg: Any) -> None:
         """Refuse settings this method's loaded models cannot serve (one line)."""
@@ -219,27 +219,9 @@ def run_edit(
     progress: bool | ProgressFn = False,
     return_process: bool = False,
     method: str = "latent",
-    stop: StopFn | None = None,
-    time_limit: float | None = None,
 ) -> EditResult:
-    """Edit the masked region of ``image`` with ``core``; see the module docstring. ``stop`` and
-    ``time_limit`` stop it at the next checkpoint of any stage (:mod:`blendedit.frame.stop`)."""
-    with stopping(stop, time_limit):
-        return _run_edit(core, image, mask, prompt, cfg, seeds, progress, return_process, method)
-
-
-def _run_edit(
-    core: EditCore,
-    image: Any,
-    mask: M.MaskInput,
-    prompt: str,
-    cfg: FrameConfig,
-    seeds: Sequence[int],
-    progress: bool | ProgressFn,
-    return_process: bool,
-    method: str,
-) -> EditResult:
-    """The stages of :func:`run_edit`, inside its stop scope."""
+    """Edit the masked region of ``image`` with ``core``; see the module docstring. A caller's
+    stop scope (:func:`blendedit.frame.stop.stopping`) ends it at the next checkpoint."""
     t_start = time.perf_counter()
     timings = Timings()
     if not isinstance(prompt, str):

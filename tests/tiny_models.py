@@ -321,3 +321,9 @@ def tiny_sd3_single_file_parts(folder: Path, seed: int = 0) -> dict:
     with torch.no_grad():
         parts["text_encoder"].text_projection.weight.copy_(torch.eye(widths["text_encoder"][0]))
     return parts
+
+
+def tiny_kontext_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny FLUX.1 Kontext [dev]: FLUX.1-dev's shapes (guidance embedding, dynamic
+    shift); what makes it Kontext is how it is called (the source image's tokens appended)."""
+    return tiny_flux_parts(folder, seed, dev=True)

@@ -230,6 +230,8 @@ class BlendedLatentDiffusion(FrameMethod):
         )
         # z_init = E(x) * scaling factor, (1, C, h, w).
         z_init = self.encode_image(x)
+        # Models made for editing: the source image as conditioning (plain families: unchanged).
+        text = self.backbone.condition_on_image(text, x, work.mask, z_init)
         # Latent mask (max-pool keeps thin strokes) and the progressive shrinking stages.
         m_latent = M.latent_mask(work.mask, tuple(z_init.shape[-2:]), work.soft)  # (1, 1, h, w)
         if (p := self.backbone.patch_size) > 1:  # whole tokens: a patch any cell of which is edited

@@ -23,6 +23,7 @@ from blendedit.errors import InputError
 from blendedit.latent.backbones.base import Backbone, Conditioning, LoadOptions
 from blendedit.latent.backbones.files import read_json, single_file_keys
 from blendedit.latent.backbones.flux import Flux
+from blendedit.latent.backbones.kontext import FluxKontext
 from blendedit.latent.backbones.ldm import LatentDiffusion
 from blendedit.latent.backbones.sd import StableDiffusion
 from blendedit.latent.backbones.sd3 import StableDiffusion3
@@ -34,6 +35,7 @@ __all__ = [
     "Backbone",
     "Conditioning",
     "Flux",
+    "FluxKontext",
     "LatentDiffusion",
     "LoadOptions",
     "StableDiffusion",
@@ -76,6 +78,7 @@ def unregister_family(family: str) -> None:
 
 for _cls in (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux, LatentDiffusion):
     register_family(_cls)
+register_family(FluxKontext)  # image-conditioned editing (issue 19)
 
 
 def family_names(

@@ -59,6 +59,9 @@ class Conditioning:
     uncond: torch.Tensor  # (1, L, D)
     added: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (1, ...)
     added_uncond: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Models made for editing: the source image's conditioning (the same for prompt and negative),
+    # name -> (1, ...), filled by Backbone.condition_on_image.
+    image: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def same(self) -> bool:
         """Prompt and negative give the same inputs (e.g. both empty): every guidance scale
@@ -239,6 +242,14 @@ class Backbone:
         """``denoise(z (len(parts) * B, C, h, w), t)`` on the ``parts`` ("uncond", "cond") of
         ``c``, each repeated ``batch`` times, in that order."""
         raise NotImplementedError
+
+    def condition_on_image(
+        self, c: Conditioning, x: torch.Tensor, mask: torch.Tensor, z_init: torch.Tensor
+    ) -> Conditioning:
+        """Models made for editing take the source image as conditioning: ``x`` the crop at the
+        working size as the frame gives it (1, 3, H, W), ``mask`` its soft mask (1, 1, H, W),
+        1 = edit, ``z_init`` = E(x) (1, C, h, w). Plain text-to-image families return ``c``."""
+        return c
 
     def model_fn(self, c: Conditioning, batch: int, guidance_scale: float) -> ModelFn:
         """The guided model function of the loop: classifier-free guidance (Ho & Salimans 2022),

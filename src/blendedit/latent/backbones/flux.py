@@ -131,10 +131,6 @@ class Flux(Backbone):
         "FluxInpaintPipeline",
     )
     refused: ClassVar[dict[str, str]] = {
-        "FluxKontextPipeline": (
-            "a FLUX Kontext model (editing by image conditioning); Blended Latent Diffusion needs "
-            "the plain text-to-image model"
-        ),
         "FluxFillPipeline": (
             "a FLUX Fill model (inpainting by channel concatenation); Blended Latent Diffusion "
             "needs the plain text-to-image model"
@@ -169,6 +165,8 @@ class Flux(Backbone):
         """BFL's layout: ``double_blocks``; a Fill model (``img_in`` wider than 64 packed
         channels) is refused."""
         if not any("double_blocks." in k for k in keys):
+            return False
+        if "kontext" in Path(name).name.lower():  # FLUX.1 Kontext's own keys (kontext.py)
             return False
         img_in = next((v for k, v in keys.items() if k.endswith("img_in.weight")), None)
         if img_in is not None and len(img_in) == 2 and img_in[1] != 64:  # (D, 64) or (D, 384)

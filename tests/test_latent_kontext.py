@@ -174,3 +174,53 @@ def test_cli_edits_with_a_tiny_kontext_folder(tmp_path, shared_images, tiny_clip
         a, b = (np.asarray(Image.open(o / f)) for o in outs)
         assert a.shape == (60, 90, 3) and np.array_equal(a, b)
         assert np.array_equal(a[far], src[far])
+
+
+def test_kontext_file_loads_through_the_kontext_pipeline(tmp_path, monkeypatch) -> None:
+    """A Kontext single file goes to diffusers' ``FluxKontextPipeline`` single-file loader, with
+    the parts a BFL file lacks (VAE, CLIP-L, T5) from ``--model-config``. (A tiny FLUX.1 cannot
+    round-trip through diffusers 0.42's BFL converter, which hard-codes FLUX.1's width: see
+    tests/test_original_checkpoint.py; the load itself is diffusers'.)"""
+    from safetensors.torch import save_file
+
+    import blendedit.latent.backbones.kontext as K
+
+    folder = _save_folder(tmp_path)
+    path = tmp_path / "flux1-kontext-dev.safetensors"
+    save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(2)}, str(path))
+    seen = {}
+
+    def fake(cls_name, file_parts, name, opts):
+        from diffusers import FluxKontextPipeline
+
+        seen.update(cls=cls_name, parts=set(file_parts), name=name, config=opts.config)
+        return FluxKontextPipeline.from_pretrained(folder)
+
+    monkeypatch.setattr(K, "load_pipeline", fake)
+    editor = BlendedLatentDiffusion.from_pretrained(path, clip_model=None, model_config=str(folder))
+    assert editor.family == "flux-kontext"
+    assert seen == {
+        "cls": "FluxKontextPipeline",
+        "parts": {"vae", "text_encoder", "text_encoder_2"},
+        "name": path,
+        "config": str(folder),
+    }
+
+
+def test_kontext_bench_presets(tmp_path) -> None:
+    """``flux-kontext-dev``: FLUX.1 Kontext [dev]'s published "12B" transformer (11.9B, the same
+    networks as FLUX.1-dev), CLIP-L and T5-XXL's encoder; the tiny preset runs against
+    FluxKontextInpaintPipeline on a CPU."""
+    from blendedit.bench import ARCHITECTURES, build_backbone, run_bench
+
+    arch = ARCHITECTURES["flux-kontext-dev"]
+    assert arch.family == "flux-kontext" and arch.source == "black-forest-labs/FLUX.1-Kontext-dev"
+    bb = build_backbone(arch, "meta", tmp_path)
+    counts = {k: sum(p.numel() for p in m.parameters()) for k, m in bb.modules().items()}
+    assert counts == {
+        "vae": 83_819_683, "unet": 11_901_408_320, "text_encoder": 123_060_480,
+        "text_encoder_2": 4_762_310_656,
+    }  # fmt: skip
+    assert bb.is_dev and bb.scheduler.config.use_dynamic_shifting and bb.native_size == 1024
+    res = run_bench("tiny-flux-kontext", "cpu", torch.float32, batch=2, steps=4, repeats=1)
+    assert res.total_s > 0 and res.diffusers_total_s > 0 and res.unet_tflop_per_step > 0

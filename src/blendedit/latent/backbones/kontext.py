@@ -81,7 +81,7 @@ _CATALOGUE = {
         source="black-forest-labs/FLUX.1-Kontext-dev",
         batch=4,
     ),
-    "tiny-kontext": P.Architecture(
+    "tiny-flux-kontext": P.Architecture(
         {
             "transformer": _TINY_DIT,
             "vae": {**P.TINY_FLOW_VAE, **_LATENTS},
@@ -197,6 +197,7 @@ class FluxKontext(Flux):
         """``FluxKontextInpaintPipeline`` at the image's own size (``_auto_resize=False``: it
         otherwise snaps to Kontext's preferred resolutions; it takes the size from ``image``)."""
         call.pop("eta", None)
+        call.setdefault("max_area", size[0] * size[1])  # its size check: the working area
         return Flux.reference_inpaint(
             pipe, prompt, image, mask_image, size, _auto_resize=False, **call
         )

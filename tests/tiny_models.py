@@ -327,3 +327,112 @@ def tiny_kontext_parts(folder: Path, seed: int = 0) -> dict:
     """Components of a tiny FLUX.1 Kontext [dev]: FLUX.1-dev's shapes (guidance embedding, dynamic
     shift); what makes it Kontext is how it is called (the source image's tokens appended)."""
     return tiny_flux_parts(folder, seed, dev=True)
+
+
+# -- Qwen-Image-Edit: its processor (Qwen2VLProcessor) needs torchvision in transformers 5 -----------
+
+QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
+QWEN_SPECIALS += ["<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def tiny_qwen_tokenizer(folder: Path) -> Any:
+    """A byte-level Qwen2 tokenizer (256 bytes, no merges) with Qwen2.5-VL's special tokens (ids
+    257-263; <|image_pad|> = 262), saved to and read back from ``folder``."""
+    from transformers import Qwen2Tokenizer
+
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    vocab = {"<|endoftext|>": 0, **{chr(c): i + 1 for i, c in enumerate(cs)}}
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[])
+    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS})
+    tok.save_pretrained(folder)
+    return Qwen2Tokenizer.from_pretrained(folder)
+
+
+class TinyQwenVLProcessor:
+    """A stand-in for ``Qwen2VLProcessor`` that runs without torchvision, preparing what it
+    prepares: transformers' own PIL Qwen2-VL image processor (resize to multiples of 28 within
+    ``max_pixels``, normalise, 14 px patches x 2 frames, merge order) gives ``pixel_values`` and
+    ``image_grid_thw``; each <|image_pad|> of the text becomes grid_t*grid_h*grid_w / 4 of them
+    before the tokenizer runs, as in ``Qwen2VLProcessor.__call__``."""
+
+    def __init__(self, tokenizer: Any, max_pixels: int = 56 * 56) -> None:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+            Qwen2VLImageProcessorPil,
+        )
+
+        self.tokenizer = tokenizer
+        self.image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=max_pixels)
+        self.calls = 0
+
+    def __call__(self, text, images=None, padding=True, return_tensors="pt"):
+        from transformers import BatchFeature
+
+        self.calls += 1
+        pixels = self.image_processor(images=images, return_tensors="pt")
+        merge = self.image_processor.merge_size**2
+        n = int(pixels["image_grid_thw"][0].prod()) // merge
+        text = [t.replace("<|image_pad|>", "<|image_pad|>" * n) for t in text]
+        tokens = self.tokenizer(text, padding=padding, return_tensors="pt")
+        return BatchFeature({**tokens, **pixels})
+
+
+def tiny_qwen_edit_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny Qwen-Image-Edit: the MMDiT of diffusers' own test (16 packed channels,
+    2 blocks), a Qwen-Image VAE of factor 4 with non-trivial latent mean/std, Qwen2.5-VL 16 wide
+    (vision tower 2 blocks), the byte-level tokenizer and the stand-in processor."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16,
+        num_attention_heads=3, joint_attention_dim=16, guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4),
+    ).eval()  # fmt: skip
+    vae = AutoencoderKLQwenImage(
+        base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+        temperal_downsample=[False, True], latents_mean=[0.1, -0.2, 0.05, 0.3],
+        latents_std=[0.8, 1.5, 1.1, 2.0],
+    ).eval()  # fmt: skip
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 264,
+            "bos_token_id": None, "eos_token_id": 258, "pad_token_id": 0,
+            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+            "rope_theta": 1000000.0,
+        },
+        vision_config={
+            "depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+            "out_hidden_size": 16,
+        },
+        hidden_size=16, vocab_size=264, vision_start_token_id=259, vision_end_token_id=260,
+        image_token_id=262, video_token_id=263,
+    )  # fmt: skip
+    tok = tiny_qwen_tokenizer(folder / "qwen-tokenizer")
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "text_encoder": Qwen2_5_VLForConditionalGeneration(config).eval(),
+        "tokenizer": tok,
+        "processor": TinyQwenVLProcessor(tok),
+        "scheduler": FlowMatchEulerDiscreteScheduler(
+            shift=1.0,
+            use_dynamic_shifting=True,
+            shift_terminal=0.02,
+            max_shift=0.9,
+            time_shift_type="exponential",
+            max_image_seq_len=8192,
+        ),
+    }

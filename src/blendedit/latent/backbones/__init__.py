@@ -25,6 +25,7 @@ from blendedit.latent.backbones.files import read_json, single_file_keys
 from blendedit.latent.backbones.flux import Flux
 from blendedit.latent.backbones.kontext import FluxKontext
 from blendedit.latent.backbones.ldm import LatentDiffusion
+from blendedit.latent.backbones.qwen_edit import QwenImageEdit
 from blendedit.latent.backbones.sd import StableDiffusion
 from blendedit.latent.backbones.sd3 import StableDiffusion3
 from blendedit.latent.backbones.sdxl import StableDiffusionXL
@@ -38,6 +39,7 @@ __all__ = [
     "FluxKontext",
     "LatentDiffusion",
     "LoadOptions",
+    "QwenImageEdit",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",
@@ -79,6 +81,7 @@ def unregister_family(family: str) -> None:
 for _cls in (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux, LatentDiffusion):
     register_family(_cls)
 register_family(FluxKontext)  # image-conditioned editing (issue 19)
+register_family(QwenImageEdit)
 
 
 def family_names(

@@ -224,3 +224,18 @@ def test_kontext_bench_presets(tmp_path) -> None:
     assert bb.is_dev and bb.scheduler.config.use_dynamic_shifting and bb.native_size == 1024
     res = run_bench("tiny-flux-kontext", "cpu", torch.float32, batch=2, steps=4, repeats=1)
     assert res.total_s > 0 and res.diffusers_total_s > 0 and res.unet_tflop_per_step > 0
+
+
+def test_web_editor_says_what_an_editing_model_is_for(tmp_path) -> None:
+    """The web editor's page names what an editing model is for; a plain model's page does not
+    change."""
+    from blendedit.web.app import EditorApp
+    from blendedit.web.layout import intro
+
+    editor = BlendedLatentDiffusion(_kontext(tmp_path, point_mass=False), name="kontext")
+    app = EditorApp(editor, workdir=tmp_path / "web")
+    assert app.model_info["purpose"] == FluxKontext.purpose
+    page = intro(app.model_info, app.options)
+    assert "This model is an editing model" in page and "instruction" in page
+    plain = {k: v for k, v in app.model_info.items() if k != "purpose"}
+    assert "This model is" not in intro(plain, app.options)

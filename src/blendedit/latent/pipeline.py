@@ -160,6 +160,11 @@ class BlendedLatentDiffusion(FrameMethod):
         return self.backbone.family
 
     @property
+    def purpose(self) -> str:
+        """What the model is for where it was made for one (an editing model), else ""."""
+        return self.backbone.purpose
+
+    @property
     def unet(self) -> Any:
         return self.backbone.unet
 

@@ -82,6 +82,8 @@ class Backbone:
     family: ClassVar[str] = ""  # the registry's key
     name: ClassVar[str] = ""  # short, in messages ("SDXL")
     title: ClassVar[str] = ""  # long, in the list of what the latent method supports
+    # What a model made for a purpose is for, one line (the web editor says it); "" plain models.
+    purpose: ClassVar[str] = ""
     # Detection: model_index.json ``_class_name``s this family loads, and those it knows but
     # refuses (class name -> what the model is, one line).
     pipelines: ClassVar[tuple[str, ...]] = ()

@@ -4,11 +4,12 @@ checked to matter (the source tokens, the image read by Qwen2.5-VL, the blend), 
 encoder's states against the pipeline's own encoding, defaults, detection, the bench preset's
 published sizes and an edit through the frame.
 
-What cannot run here: the model's real ``Qwen2VLProcessor`` (its image processor needs
-torchvision in transformers 5). Both blendedit and the diffusers pipeline are handed the same
-stand-in (``tiny_models.TinyQwenVLProcessor``: transformers' PIL Qwen2-VL image processor and
-the prompt's image placeholder expanded as the processor does), so everything after the
-processor is compared: the VL encoder, the MMDiT with the source tokens, the blend, the frame."""
+What cannot run here: the model's ``Qwen2VLProcessor`` itself (its image processor needs
+torchvision in transformers 5). Without torchvision blendedit prepares the same inputs with
+``QwenVLInputs`` (transformers' PIL backend of the Qwen2-VL image processor, the prompt's image
+placeholder expanded as the processor does); the diffusers pipeline is handed that same object, so
+everything after the processor is compared: the VL encoder, the MMDiT with the source tokens, the
+true CFG, the blend, the frame. Not compared: the torchvision backend's resized pixels."""
 
 from __future__ import annotations
 
@@ -247,3 +248,56 @@ def test_qwen_edit_edits_through_the_frame(tmp_path, shared_images, tiny_clip_di
         ia, ib = np.asarray(ca.image), np.asarray(cb.image)
         assert ia.shape == (60, 90, 3) and np.array_equal(ia, ib)
         assert np.array_equal(ia[far], src[far])
+
+
+def _save_folder(tmp_path):
+    """A Qwen-Image-Edit folder as the hub has it (``processor/`` with the image processor's
+    settings and the tokenizer, ``model_index.json`` naming Qwen2VLProcessor)."""
+    from diffusers import QwenImageEditPipeline
+
+    p = tiny_qwen_edit_parts(tmp_path)
+    proc = p.pop("processor")
+    folder = tmp_path / "qwen-edit"
+    QwenImageEditPipeline(**p, processor=None).save_pretrained(folder)
+    proc.image_processor.save_pretrained(folder / "processor")
+    proc.tokenizer.save_pretrained(folder / "processor")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["processor"] = ["transformers", "Qwen2VLProcessor"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_cli_edits_with_a_tiny_qwen_edit_folder(tmp_path, shared_images, tiny_clip_dir) -> None:
+    """``blendedit edit`` on a Qwen-Image-Edit folder without torchvision (the processor's inputs
+    from ``QwenVLInputs`` on the folder's own settings): ranked results at the photo's size, the
+    same pixels on a second run, the background exact outside the mask's band."""
+    from blendedit.cli import main
+    from blendedit.latent.backbones.qwen_edit import has_torchvision
+
+    assert not has_torchvision()  # this machine: the PIL path is the one that runs
+    folder = _save_folder(tmp_path)
+    photo, mask = tmp_path / "p.png", tmp_path / "m.png"
+    _photo(shared_images).resize((90, 60)).save(photo)
+    m = np.zeros((60, 90), np.uint8)
+    m[20:40, 30:60] = 255
+    Image.fromarray(m).save(mask)
+    outs = []
+    for run in ("a", "b"):
+        argv = [
+            "edit", str(photo), "--mask", str(mask), "--prompt", PROMPT, "--model", str(folder),
+            "--steps", "3", "--num-images", "2", "--size", "64", "--out", str(tmp_path / run),
+            "--device", "cpu", "--clip-model", str(tiny_clip_dir),
+        ]  # fmt: skip
+        assert main(argv) == 0
+        outs.append(tmp_path / run)
+    result = json.loads((outs[0] / "result.json").read_text())
+    assert result["settings"]["family"] == "qwen-image-edit"
+    assert result["settings"]["guidance_scale"] == 4.0
+    assert [r["rank"] for r in result["results"]] == [1, 2]
+    src = np.asarray(Image.open(photo).convert("RGB"))
+    far = np.ones((60, 90), bool)
+    far[10:50, 20:70] = False
+    for r in result["results"]:
+        a, b = (np.asarray(Image.open(o / r["file"])) for o in outs)
+        assert a.shape == (60, 90, 3) and np.array_equal(a, b)
+        assert np.array_equal(a[far], src[far])

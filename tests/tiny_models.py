@@ -355,32 +355,25 @@ def tiny_qwen_tokenizer(folder: Path) -> Any:
     return Qwen2Tokenizer.from_pretrained(folder)
 
 
-class TinyQwenVLProcessor:
-    """A stand-in for ``Qwen2VLProcessor`` that runs without torchvision, preparing what it
-    prepares: transformers' own PIL Qwen2-VL image processor (resize to multiples of 28 within
-    ``max_pixels``, normalise, 14 px patches x 2 frames, merge order) gives ``pixel_values`` and
-    ``image_grid_thw``; each <|image_pad|> of the text becomes grid_t*grid_h*grid_w / 4 of them
-    before the tokenizer runs, as in ``Qwen2VLProcessor.__call__``."""
+def tiny_qwen_processor(tokenizer: Any, max_pixels: int = 56 * 56) -> Any:
+    """What stands in for ``Qwen2VLProcessor`` here (it needs torchvision in transformers 5):
+    blendedit's ``QwenVLInputs`` on transformers' PIL Qwen2-VL image processor (at most
+    ``max_pixels`` pixels: a few image tokens), counting its calls."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
 
-    def __init__(self, tokenizer: Any, max_pixels: int = 56 * 56) -> None:
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-            Qwen2VLImageProcessorPil,
-        )
+    from blendedit.latent.backbones.qwen_edit import QwenVLInputs
 
-        self.tokenizer = tokenizer
-        self.image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=max_pixels)
-        self.calls = 0
+    class Counted(QwenVLInputs):
+        calls = 0
 
-    def __call__(self, text, images=None, padding=True, return_tensors="pt"):
-        from transformers import BatchFeature
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return super().__call__(*args, **kwargs)
 
-        self.calls += 1
-        pixels = self.image_processor(images=images, return_tensors="pt")
-        merge = self.image_processor.merge_size**2
-        n = int(pixels["image_grid_thw"][0].prod()) // merge
-        text = [t.replace("<|image_pad|>", "<|image_pad|>" * n) for t in text]
-        tokens = self.tokenizer(text, padding=padding, return_tensors="pt")
-        return BatchFeature({**tokens, **pixels})
+    images = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=max_pixels)
+    return Counted(images, tokenizer)
 
 
 def tiny_qwen_edit_parts(folder: Path, seed: int = 0) -> dict:
@@ -426,7 +419,7 @@ def tiny_qwen_edit_parts(folder: Path, seed: int = 0) -> dict:
         "vae": vae,
         "text_encoder": Qwen2_5_VLForConditionalGeneration(config).eval(),
         "tokenizer": tok,
-        "processor": TinyQwenVLProcessor(tok),
+        "processor": tiny_qwen_processor(tok),
         "scheduler": FlowMatchEulerDiscreteScheduler(
             shift=1.0,
             use_dynamic_shifting=True,

@@ -13,8 +13,11 @@ conditional prediction's norm (the pipeline's ``true_cfg_scale``, 4 by default; 
 (``blend_start`` 0.4), the negative prompt " " of its example; the shifted flow schedule of the
 token count.
 
-The text encoder needs the model's ``Qwen2VLProcessor`` (it resizes and patchifies the image and
-expands the prompt's image placeholder); in transformers 5 its image processor needs torchvision.
+The text encoder takes what the model's ``Qwen2VLProcessor`` prepares (the image resized and
+patchified, the prompt's image placeholder expanded). In transformers 5 that processor's image
+processor needs torchvision; without torchvision the model loads with :class:`QwenVLInputs`, the
+same preparation on transformers' PIL backend of the Qwen2-VL image processor (the model's own
+``processor/`` settings and tokenizer).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, Loa
 from blendedit.latent.backbones.flux import pack, unpack
 from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.sampling import ModelFn
+from blendedit.models import load_cached_first
 
 # The pipeline's prompt template: a system prompt (its first 64 tokens are dropped from the
 # encoder's states), the image's placeholder, the instruction.
@@ -112,6 +116,53 @@ def to_pil(x: torch.Tensor) -> Any:
     return Image.fromarray(arr.numpy())
 
 
+class QwenVLInputs:
+    """``Qwen2VLProcessor``'s preparation without torchvision: transformers'
+    ``Qwen2VLImageProcessorPil`` (resize to multiples of 28 within the pixel limits, normalise,
+    14 px patches x 2 frames in merge order) gives ``pixel_values`` and ``image_grid_thw``, and
+    each <|image_pad|> of the text becomes grid_t x grid_h x grid_w / merge**2 of them before the
+    tokenizer runs, as the processor does."""
+
+    def __init__(self, image_processor: Any, tokenizer: Any) -> None:
+        self.image_processor, self.tokenizer = image_processor, tokenizer
+
+    @classmethod
+    def from_pretrained(cls, model: Name, local_files_only: bool | None = None) -> QwenVLInputs:
+        """The model's ``processor/`` settings and ``tokenizer/`` (cache first)."""
+        from transformers import Qwen2Tokenizer
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+            Qwen2VLImageProcessorPil,
+        )
+
+        def load(local: bool) -> QwenVLInputs:
+            kw = {"local_files_only": local}
+            images = Qwen2VLImageProcessorPil.from_pretrained(
+                str(model), subfolder="processor", **kw
+            )
+            return cls(
+                images, Qwen2Tokenizer.from_pretrained(str(model), subfolder="tokenizer", **kw)
+            )
+
+        return load_cached_first("model", str(model), load, local_files_only)
+
+    def __call__(
+        self, text: list[str], images: Any = None, padding: bool = True, return_tensors: str = "pt"
+    ) -> Any:
+        from transformers import BatchFeature
+
+        pixels = self.image_processor(images=images, return_tensors=return_tensors)
+        n = int(pixels["image_grid_thw"][0].prod()) // self.image_processor.merge_size**2
+        text = [t.replace("<|image_pad|>", "<|image_pad|>" * n) for t in text]
+        tokens = self.tokenizer(text, padding=padding, return_tensors=return_tensors)
+        return BatchFeature({**tokens, **pixels})
+
+
+def has_torchvision() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is not None
+
+
 class QwenImageEdit(Backbone):
     """Qwen-Image-Edit: ``transformer`` (QwenImageTransformer2DModel), ``vae``
     (AutoencoderKLQwenImage), ``text_encoder`` (Qwen2.5-VL), ``tokenizer``, ``processor``."""
@@ -149,9 +200,15 @@ class QwenImageEdit(Backbone):
 
     @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
-        """Through ``QwenImageEditPipeline`` (hub id or folder; its processor needs torchvision)."""
-        p = load_pipeline("QwenImageEditPipeline", {}, model, opts)
-        return cls(p.vae, p.transformer, p.text_encoder, p.tokenizer, p.processor, p.scheduler)
+        """Through ``QwenImageEditPipeline`` (hub id or folder); without torchvision its
+        processor is :class:`QwenVLInputs` on the model's own settings."""
+        if has_torchvision():
+            p = load_pipeline("QwenImageEditPipeline", {}, model, opts)
+            processor = p.processor
+        else:  # the pipeline's loader type-checks a given processor: load it apart
+            p = load_pipeline("QwenImageEditPipeline", {}, model, opts, processor=None)
+            processor = QwenVLInputs.from_pretrained(model, opts.local_files_only)
+        return cls(p.vae, p.transformer, p.text_encoder, p.tokenizer, processor, p.scheduler)
 
     @classmethod
     def build(cls, parts: Configs, scheduler: Any, device: torch.device, workdir: Path) -> Backbone:

@@ -331,28 +331,13 @@ def tiny_kontext_parts(folder: Path, seed: int = 0) -> dict:
 
 # -- Qwen-Image-Edit: its processor (Qwen2VLProcessor) needs torchvision in transformers 5 -----------
 
-QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
-QWEN_SPECIALS += ["<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
-
 
 def tiny_qwen_tokenizer(folder: Path) -> Any:
-    """A byte-level Qwen2 tokenizer (256 bytes, no merges) with Qwen2.5-VL's special tokens (ids
-    257-263; <|image_pad|> = 262), saved to and read back from ``folder``."""
-    from transformers import Qwen2Tokenizer
+    """blendedit's byte-level Qwen2 tokenizer with Qwen2.5-VL's special tokens at small ids
+    (<|endoftext|> 256, then 257-263; <|image_pad|> = 262): a vocabulary of 264."""
+    from blendedit.latent.backbones.qwen_edit import SPECIAL_IDS, byte_tokenizer
 
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    vocab = {"<|endoftext|>": 0, **{chr(c): i + 1 for i, c in enumerate(cs)}}
-    tok = Qwen2Tokenizer(vocab=vocab, merges=[])
-    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS})
-    tok.save_pretrained(folder)
-    return Qwen2Tokenizer.from_pretrained(folder)
+    return byte_tokenizer(folder, {k: 256 + i for i, k in enumerate(SPECIAL_IDS)})
 
 
 def tiny_qwen_processor(tokenizer: Any, max_pixels: int = 56 * 56) -> Any:
@@ -402,7 +387,7 @@ def tiny_qwen_edit_parts(folder: Path, seed: int = 0) -> dict:
         text_config={
             "hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2,
             "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 264,
-            "bos_token_id": None, "eos_token_id": 258, "pad_token_id": 0,
+            "bos_token_id": None, "eos_token_id": 258, "pad_token_id": 256,
             "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
             "rope_theta": 1000000.0,
         },

@@ -102,7 +102,7 @@ def unet_flops(
     f = backbone.latent_factor
     dev, dt = backbone.device, backbone.dtype
     c = backbone.encode_text(PROMPT, "", (w * f, h * f), (w * f, h * f))
-    z = torch.zeros(batch, backbone.vae.config.latent_channels, h, w, device=dev, dtype=dt)
+    z = torch.zeros(batch, backbone.latent_channels, h, w, device=dev, dtype=dt)
     # models made for editing: a blank source image as their conditioning (plain ones: unchanged)
     x, m = torch.zeros(1, 3, h * f, w * f, device=dev), torch.ones(1, 1, h * f, w * f, device=dev)
     c = backbone.condition_on_image(c, x, m, z[:1])

@@ -108,6 +108,34 @@ _CATALOGUE = {
 }
 
 
+# Qwen2.5-VL's special tokens and their ids (Qwen/Qwen2.5-VL-7B-Instruct's tokenizer).
+SPECIAL_IDS = {
+    "<|endoftext|>": 151643,
+    "<|im_start|>": 151644,
+    "<|im_end|>": 151645,
+    "<|vision_start|>": 151652,
+    "<|vision_end|>": 151653,
+    "<|vision_pad|>": 151654,
+    "<|image_pad|>": 151655,
+    "<|video_pad|>": 151656,
+}
+
+
+def byte_tokenizer(folder: Path, special_ids: dict[str, int] = SPECIAL_IDS) -> Any:
+    """A byte-level Qwen2 tokenizer for random-weight models (``build``): the 256 bytes as ids
+    0-255, no merges, and Qwen2.5-VL's special tokens at ``special_ids``; saved to ``folder``."""
+    from transformers import Qwen2Tokenizer
+
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:] + [256 + i for i in range(256 - len(bs))]
+    vocab = {**{chr(c): i for i, c in enumerate(cs)}, **special_ids}
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[])
+    tok.add_special_tokens({"additional_special_tokens": list(special_ids)[1:]})
+    tok.save_pretrained(folder)
+    return Qwen2Tokenizer.from_pretrained(folder)
+
+
 def to_pil(x: torch.Tensor) -> Any:
     """(1, 3, H, W) in [-1, 1] -> the PIL image the pipeline hands its processor."""
     from PIL import Image
@@ -212,16 +240,22 @@ class QwenImageEdit(Backbone):
 
     @classmethod
     def build(cls, parts: Configs, scheduler: Any, device: torch.device, workdir: Path) -> Backbone:
-        """The MMDiT, the VAE and Qwen2.5-VL with random weights; no processor (it needs
-        torchvision): enough to count and time the denoiser."""
+        """The MMDiT, the VAE and Qwen2.5-VL with random weights, a byte-level tokenizer with
+        Qwen2.5-VL's special tokens and :class:`QwenVLInputs` on the Qwen2-VL image processor's
+        defaults."""
         from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+            Qwen2VLImageProcessorPil,
+        )
 
         with torch.device(device):
             transformer = QwenImageTransformer2DModel(**parts["transformer"])
             vae = AutoencoderKLQwenImage(**parts["vae"])
             text = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**parts["text"]))
-        return cls(vae, transformer, text, None, None, scheduler)
+        tok = byte_tokenizer(workdir / "qwen-tokenizer")
+        processor = QwenVLInputs(Qwen2VLImageProcessorPil(), tok)
+        return cls(vae, transformer, text, tok, processor, scheduler)
 
     def modules(self) -> dict[str, Any]:
         return {"vae": self.vae, "unet": self.unet, "text_encoder": self.text_encoder}
@@ -244,8 +278,12 @@ class QwenImageEdit(Backbone):
         return 2
 
     @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.z_dim)
+
+    @property
     def model_in_channels(self) -> int:
-        return int(self.vae.config.z_dim) * 4  # packed 2x2 patches
+        return self.latent_channels * 4  # packed 2x2 patches
 
     @property
     def guidance_embedded(self) -> bool:

@@ -2,8 +2,8 @@
 Generation and Editing in Latent Space", section 3): FLUX.1's transformer, text encoders and VAE,
 trained to edit an image given as context. The source image's latents are packed into tokens like
 the noisy latents and appended to them along the sequence (their position ids carry a first
-coordinate of 1, the noisy tokens' 0, paper eq. 2); the model's output for the context tokens is
-dropped. The prompt is an instruction ("make the car red") or a description.
+coordinate of 1, the noisy tokens' 0: the paper's 3D RoPE offset); the model's output for the
+context tokens is dropped. The prompt is an instruction ("make the car red") or a description.
 
 Restricted by the mask: the BLD blend keeps the noised source outside it after every step, as
 diffusers' ``FluxKontextInpaintPipeline`` does (its parity reference). The context tokens are the
@@ -160,7 +160,7 @@ class FluxKontext(Flux):
         self, c: Conditioning, batch: int, parts: Sequence[str], guidance_scale: float
     ) -> ModelFn:
         """FLUX.1's model function on ``[noisy tokens, context tokens]``; the context tokens' ids
-        are (1, row, column), their output is dropped (paper eq. 2)."""
+        are (1, row, column), their output is dropped (paper section 3)."""
         context, added = self.stack(c, batch, parts)  # (n, T, D), pooled (n, P)
         n = len(context)
         guidance = (

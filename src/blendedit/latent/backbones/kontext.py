@@ -31,7 +31,7 @@ from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.sampling import ModelFn
 
 # -- bench presets: FLUX.1 Kontext [dev] has FLUX.1-dev's networks ("12B" transformer, CLIP-L,
-# T5-XXL, the 16-channel VAE) and scheduler ---------------------------------------------------------
+# T5-XXL, the 16-channel VAE) and scheduler -------------------------------------------------
 
 _FLOW = {  # black-forest-labs/FLUX.1-Kontext-dev/scheduler (= FLUX.1-dev's)
     **P.FLOW,

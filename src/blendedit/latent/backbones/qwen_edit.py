@@ -1,9 +1,9 @@
 """Qwen-Image-Edit (Qwen team 2025, "Qwen-Image Technical Report", arXiv 2508.02324, its image
 editing task and MSRoPE): the 20B MMDiT of Qwen-Image on 16-channel latents of its own VAE
-(Wan-style, causal 3D, one frame here), packed in 2x2 patches; Qwen2.5-VL-7B reads the source image and the instruction together
-(its last hidden states, the system prompt's tokens dropped), and the source's latents enter the
-MMDiT as extra image tokens (a second frame of the 3D rotary positions). The prompt is an
-instruction ("replace the cat by a dog") or a description.
+(Wan-style, causal 3D, one frame here), packed in 2x2 patches; Qwen2.5-VL-7B reads the source
+image and the instruction together (its last hidden states, the system prompt's tokens dropped),
+and the source's latents enter the MMDiT as extra image tokens (a second frame of the 3D rotary
+positions). The prompt is an instruction ("replace the cat by a dog") or a description.
 
 Restricted by the mask: the BLD blend keeps the noised source outside it after every step, as
 diffusers' ``QwenImageEditInpaintPipeline`` does (its parity reference). Guidance is true

@@ -86,7 +86,7 @@ def test_kontext_parity_needs_the_context_and_the_blend(tmp_path, shared_images,
     with monkeypatch.context() as m:
         m.setattr(FluxKontext, "condition_on_image", blank)
         _, no_context = _ours(_kontext(tmp_path), shared_images, seeds, **settings)
-    assert (no_context - ref).abs().max() > 1e-2
+    assert (no_context - ref).abs().max() > 5e-3  # measured 0.025 (tolerance 2e-4)
 
     real = pipeline_module.blended_latent_diffusion
 

@@ -301,3 +301,15 @@ def test_cli_edits_with_a_tiny_qwen_edit_folder(tmp_path, shared_images, tiny_cl
         a, b = (np.asarray(Image.open(o / r["file"])) for o in outs)
         assert a.shape == (60, 90, 3) and np.array_equal(a, b)
         assert np.array_equal(a[far], src[far])
+
+
+@pytest.mark.parametrize("background", ["latent", "decoder"])
+def test_qwen_edit_background_reconstruction(tmp_path, shared_images, background) -> None:
+    """Paper 4.2's background reconstructions go through the family's own decoder (the Qwen-Image
+    VAE's one-frame, normalised latents)."""
+    bb = _qwen(tmp_path, point_mass=False)
+    result = BlendedLatentDiffusion(bb)(
+        _photo(shared_images), _mask(), PROMPT, seeds=[0], num_inference_steps=2, size=SIZE[0],
+        rank=False, background=background, recon_steps=2,
+    )  # fmt: skip
+    assert np.asarray(result.candidates[0].image).shape == (SIZE[1], SIZE[0], 3)

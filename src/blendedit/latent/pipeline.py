@@ -310,10 +310,12 @@ class BlendedLatentDiffusion(FrameMethod):
         opts["lr"] = cfg.recon_lr or R.RECON_DEFAULTS[mode]["lr"]
         z0 = sample.to(self.device)
         if mode == "latent":
-            z_star = R.optimise_latent(partial(self.decode_with, self.vae), z0, *args, **opts)
+            z_star = R.optimise_latent(
+                partial(self.backbone.decode_with, self.vae), z0, *args, **opts
+            )
             return self.decode_latents(z_star)
         if mode == "decoder":
-            out = R.finetune_decoder(self.vae, self.decode_with, z0, *args, **opts)
+            out = R.finetune_decoder(self.vae, self.backbone.decode_with, z0, *args, **opts)
             return (out / 2 + 0.5).clamp(0, 1)
         raise InputError(f"background: {mode!r} is not a reconstruction of the latent method")
 

@@ -134,6 +134,11 @@ class BlendedLatentDiffusion(FrameMethod):
 
     def check(self, cfg: Any) -> None:
         """A flow model takes a flow-matching scheduler, any other model a diffusion one."""
+        if cfg.blend == "off" and not self.backbone.inpainting:
+            raise InputError(
+                f"blend: 'off' applies to models trained for inpainting; a plain {self.family} "
+                "model edits only through the blend"
+            )
         if (cfg.scheduler in FLOW_SCHEDULERS) != self.backbone.flow:
             fits = ", ".join(FLOW_SCHEDULERS) if self.backbone.flow else "ddim, euler, dpm++, ..."
             raise InputError(
@@ -230,6 +235,8 @@ class BlendedLatentDiffusion(FrameMethod):
         )
         # z_init = E(x) * scaling factor, (1, C, h, w).
         z_init = self.encode_image(x)
+        # Models made for editing: the source image as conditioning (plain families: unchanged).
+        text = self.backbone.condition_on_image(text, x, work.mask, z_init)
         # Latent mask (max-pool keeps thin strokes) and the progressive shrinking stages.
         m_latent = M.latent_mask(work.mask, tuple(z_init.shape[-2:]), work.soft)  # (1, 1, h, w)
         if (p := self.backbone.patch_size) > 1:  # whole tokens: a patch any cell of which is edited
@@ -242,6 +249,8 @@ class BlendedLatentDiffusion(FrameMethod):
         timesteps = self._timesteps(self._scheduler(cfg), cfg, z_init)
         stage_per_step = M.stage_of_step(len(timesteps), stages.shape[0])
         step_masks = M.step_masks(stages.to(self.device, self.dtype), stage_per_step, work.soft)
+        if not self.blends(cfg):  # an inpainting model alone: every step keeps its whole output
+            step_masks = [torch.ones_like(m) for m in step_masks]
         return _LatentState(
             text, z_init, x, work.mask, stages, stage_per_step, step_masks, timesteps,
             shrink, len(timesteps), cfg.decode_batch_size,
@@ -281,7 +290,7 @@ class BlendedLatentDiffusion(FrameMethod):
         # Background levels from the schedule itself (schedule.py): t' or, "official", t.
         background = blend_rule(cfg.blend_rule, scheduler, z0, noise, begin, len(timesteps), gens)
         z = blended_latent_diffusion(
-            model_fn, scheduler, start_latent(scheduler, z0, noise, begin), timesteps, masks,
+            model_fn, scheduler, self._start(scheduler, z0, noise, begin), timesteps, masks,
             background, step_kwargs(scheduler, gens, cfg.eta), on_step,
         )  # fmt: skip
         per_image = [torch.stack([f[j] for f in frames]) for j in range(b)] if frames else []
@@ -344,6 +353,21 @@ class BlendedLatentDiffusion(FrameMethod):
         if compile:
             self.unet = torch.compile(self.unet, fullgraph=False, dynamic=False)
         return self
+
+    def blends(self, cfg: EditConfig) -> bool:
+        """Whether the paper's blend runs: always for a plain model, per ``--blend`` for a model
+        trained for inpainting (``Backbone.inpainting``)."""
+        return cfg.blend == "on" or not self.backbone.inpainting
+
+    def _start(
+        self, scheduler: Any, z0: torch.Tensor, noise: torch.Tensor, begin: int
+    ) -> torch.Tensor:
+        """The first latent: the source noised to the first kept level; a model trained for
+        inpainting at full strength (blend_start 0) starts from pure noise, as its diffusers
+        pipeline does (SD-inpainting's ``is_strength_max``), so nothing of the masked object leaks."""
+        if begin == 0 and self.backbone.inpainting:
+            return noise * getattr(scheduler, "init_noise_sigma", 1.0)
+        return start_latent(scheduler, z0, noise, begin)
 
     def _timesteps(self, scheduler: Any, cfg: EditConfig, z: torch.Tensor) -> torch.Tensor:
         """SPEC 1 step 3 on this family's schedule (flow models: sigmas and shift for the size)."""

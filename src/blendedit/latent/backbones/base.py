@@ -59,6 +59,9 @@ class Conditioning:
     uncond: torch.Tensor  # (1, L, D)
     added: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (1, ...)
     added_uncond: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Models made for editing: the source image's conditioning (the same for prompt and negative),
+    # name -> (1, ...), filled by Backbone.condition_on_image.
+    image: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def same(self) -> bool:
         """Prompt and negative give the same inputs (e.g. both empty): every guidance scale
@@ -203,6 +206,13 @@ class Backbone:
         return int(self.vae.config.latent_channels)
 
     @property
+    def inpainting(self) -> bool:
+        """A model trained for inpainting: the mask and the masked image's latents enter the
+        denoiser beside the noisy latent (SD/SDXL 9-channel UNets, FLUX.1 Fill; filled by
+        :meth:`condition_on_image`). It inpaints alone, so the blend is a choice (``--blend``)."""
+        return False
+
+    @property
     def size_multiple(self) -> int:
         """Working sizes are multiples of this many pixels (latent factor x patch size)."""
         return self.latent_factor * self.patch_size
@@ -239,6 +249,14 @@ class Backbone:
         """``denoise(z (len(parts) * B, C, h, w), t)`` on the ``parts`` ("uncond", "cond") of
         ``c``, each repeated ``batch`` times, in that order."""
         raise NotImplementedError
+
+    def condition_on_image(
+        self, c: Conditioning, x: torch.Tensor, mask: torch.Tensor, z_init: torch.Tensor
+    ) -> Conditioning:
+        """Models made for editing take the source image as conditioning: ``x`` the crop at the
+        working size as the frame gives it (1, 3, H, W), ``mask`` its soft mask (1, 1, H, W),
+        1 = edit, ``z_init`` = E(x) (1, C, h, w). Plain text-to-image families return ``c``."""
+        return c
 
     def model_fn(self, c: Conditioning, batch: int, guidance_scale: float) -> ModelFn:
         """The guided model function of the loop: classifier-free guidance (Ho & Salimans 2022),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -164,7 +164,6 @@ class StableDiffusionXL(Backbone):
     catalogue = _CATALOGUE
     reference_pipeline = "StableDiffusionXLInpaintPipeline"
     # The official BLD SDXL script (text_editing_SDXL.py): guidance 5 at 1024x1024, 50 steps.
-    defaults: ClassVar[dict[str, Any]] = {"guidance_scale": 5.0}
     fp16_vae_upcast = True
 
     def __init__(
@@ -197,6 +196,37 @@ class StableDiffusionXL(Backbone):
         """An A1111/ComfyUI file: the text encoders under ``conditioner.embedders.``."""
         C.refuse_inpainting_unet(keys, name)
         return C.has_prefix(keys, "conditioner.embedders.")
+
+    @classmethod
+    def model_defaults(cls, model: Name, local_files_only: bool | None = None) -> dict[str, Any]:
+        """An inpainting UNet (9 channels, from its config or a file's keys) takes its pipeline's
+        defaults; a text-to-image one the BLD script's."""
+        return cls.defaults_for(C.unet_is_inpainting(model, local_files_only))
+
+    @staticmethod
+    def defaults_for(inpainting: bool) -> dict[str, Any]:
+        """StableDiffusionXLInpaintPipeline's guidance 7.5 from (nearly: strength 0.9999) pure
+        noise for an inpainting UNet, with ``C.INPAINT_BLEND``; otherwise the BLD script's 5."""
+        if inpainting:
+            return {"guidance_scale": 7.5, "blend_start": 0.0, "blend": C.INPAINT_BLEND}
+        return {"guidance_scale": 5.0}
+
+    @property
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.defaults_for(self.inpainting)
+
+    @property
+    def inpainting(self) -> bool:
+        """A 9-channel UNet: [noisy latent (4), mask (1), masked image's latent (4)]."""
+        return bool(self.unet.config.in_channels == 2 * self.vae.config.latent_channels + 1)
+
+    def condition_on_image(
+        self, c: Conditioning, x: torch.Tensor, mask: torch.Tensor, z_init: torch.Tensor
+    ) -> Conditioning:
+        """An inpainting UNet: the mask and the masked image's latents (``C.masked_image_condition``)."""
+        if self.inpainting:
+            c.image = C.masked_image_condition(self, x, mask, z_init)
+        return c
 
     @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
@@ -293,6 +323,7 @@ class StableDiffusionXL(Backbone):
         cond_w = C.lcm_guidance_embedding(self.unet, guidance_scale, len(context), self.device)
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, 4, h, w)
+            z = C.with_image(z, c.image)  # inpainting UNet: (P * B, 9, h, w)
             return self.unet(
                 z, t, encoder_hidden_states=context, added_cond_kwargs=added,
                 timestep_cond=cond_w, return_dict=False,

@@ -1,0 +1,200 @@
+"""Models trained for inpainting (issue 19): the 9-channel SD UNet under the BLD loop, with the blend
+(``--blend on``) or alone (``--blend off``), against diffusers' own StableDiffusionInpaintPipeline;
+its single-file form; the end-to-end edit through the frame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from blendedit import BlendedLatentDiffusion, InputError
+from blendedit.latent.backbones import StableDiffusion, detect_family, family_defaults
+from blendedit.latent.backbones import common as C
+from blendedit.models import make_scheduler
+from test_latent_pipeline import PointMassVAE, _block_mask, _photo
+from tiny_models import tiny_scheduler, tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
+
+FAST = {"num_inference_steps": 4, "num_images": 2, "size": 128}
+
+
+def tiny_inpaint_unet(seed: int = 1) -> UNet2DConditionModel:
+    """:func:`tiny_unet` with 9 input channels (noisy latent, mask, masked image's latent); the 5
+    new channels get random weights too, so a wrong mask or masked image changes the output."""
+    return tiny_unet(seed, in_channels=9)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_inpaint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 9-channel SD inpainting model saved as a StableDiffusionInpaintPipeline folder."""
+    root = tmp_path_factory.mktemp("models-inpaint")
+    pipe = StableDiffusionInpaintPipeline(
+        vae=tiny_vae(), text_encoder=tiny_text_encoder(), tokenizer=tiny_tokenizer(root / "vocab"),
+        unet=tiny_inpaint_unet(), scheduler=tiny_scheduler(), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.save_pretrained(root / "tiny-sd-inpaint")
+    return root / "tiny-sd-inpaint"
+
+
+def _components(folder: Path):
+    vae = PointMassVAE.from_pretrained(folder, subfolder="vae")
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    return vae, unet, text_encoder, tokenizer
+
+
+def _ours(editor, image, mask, seeds, blend_start, **kw):
+    settings = {"num_inference_steps": 4, "guidance_scale": 7.5, "negative_prompt": "blurry"}
+    return editor(
+        image, mask, "a red flower", seeds=seeds, scheduler="ddim", blend_start=blend_start,
+        mask_shrink="off", rank=False, background="decoded", size=96, batch_size=2,
+        region="full", **{**settings, **kw},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.75])
+def test_parity_with_diffusers_9_channel_inpaint_pipeline(
+    tiny_sd_inpaint_dir, shared_images, strength, monkeypatch
+):
+    """A 9-channel UNet with ``--blend off`` reproduces diffusers' StableDiffusionInpaintPipeline
+    (which never blends a 9-channel UNet) at float tolerance, on a partial mask, at full strength
+    (pure noise start) and at 0.75. Checked to fail: the same run with the masked image left
+    unmasked (the conditioning wrong) is far outside the tolerance, and so is ``--blend on``."""
+    vae, unet, text_encoder, tokenizer = _components(tiny_sd_inpaint_dir)
+    base = make_scheduler("ddim", dict(tiny_scheduler().config))
+    image, mask, seeds = _photo(shared_images), _block_mask(), [3, 11]
+    editor = BlendedLatentDiffusion(StableDiffusion(vae, unet, text_encoder, tokenizer, base))
+    assert editor.backbone.inpainting
+    blend_start = 1 - strength
+    ours = _ours(editor, image, mask, seeds, blend_start, blend="off")
+
+    pipe = StableDiffusionInpaintPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=make_scheduler("ddim", base.config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    ref = pipe(
+        prompt="a red flower", negative_prompt="blurry", image=image, mask_image=mask,
+        height=64, width=96, strength=strength, num_inference_steps=4, guidance_scale=7.5,
+        num_images_per_prompt=2, generator=gens, output_type="latent",
+    ).images  # fmt: skip
+
+    latents = torch.stack([c.latent for c in ours.candidates])
+    torch.testing.assert_close(latents, ref, atol=2e-4, rtol=1e-4)
+
+    blended = torch.stack(
+        [c.latent for c in _ours(editor, image, mask, seeds, blend_start).candidates]
+    )
+    assert (blended - ref).abs().max() > 1e-2  # the blend changes the result
+
+    original = C.masked_image_condition
+
+    def unmasked(backbone, x, m, z_init):  # the conditioning wrong: the object left visible
+        return original(backbone, x, torch.zeros_like(m), z_init)
+
+    monkeypatch.setattr(C, "masked_image_condition", unmasked)
+    wrong = _ours(editor, image, mask, seeds, blend_start, blend="off")
+    wrong_latents = torch.stack([c.latent for c in wrong.candidates])
+    assert (wrong_latents - ref).abs().max() > 1e-2
+
+
+def test_blend_on_keeps_the_source_latent_outside_the_mask(tiny_sd_inpaint_dir, shared_images):
+    """``--blend on``: the paper's blend runs on top of the 9-channel model, so the final latent
+    outside the mask is the source's E(x) exactly (diffusers' rule: clean after the last step);
+    ``--blend off`` leaves it to the model."""
+    vae, unet, text_encoder, tokenizer = _components(tiny_sd_inpaint_dir)
+    editor = BlendedLatentDiffusion(
+        StableDiffusion(vae, unet, text_encoder, tokenizer, tiny_scheduler())
+    )
+    image, mask = _photo(shared_images), _block_mask()
+    on = _ours(editor, image, mask, [5], 0.0, num_images=1, blend="on")
+    off = _ours(editor, image, mask, [5], 0.0, num_images=1, blend="off")
+    m = torch.zeros(1, 1, 8, 12)
+    m[..., 2:5, 3:8] = 1  # the block mask at latent resolution (16:40, 24:64 over 8 px cells)
+    z_init = editor.encode_image(
+        torch.from_numpy(np.asarray(image) / 127.5 - 1).permute(2, 0, 1)[None].float()
+    )
+    outside_on = (on.candidates[0].latent[None] - z_init) * (1 - m)
+    outside_off = (off.candidates[0].latent[None] - z_init) * (1 - m)
+    assert outside_on.abs().max() < 1e-5
+    assert outside_off.abs().max() > 1e-2
+
+
+def test_detected_loaded_and_edited_end_to_end(tiny_sd_inpaint_dir, tiny_clip_dir, shared_images):
+    """A 9-channel model is no longer refused: detected as SD, loaded through the real path with
+    its pipeline's defaults (full strength), and ``edit`` gives ranked results, with the empty
+    prompt too (removal)."""
+    assert detect_family(tiny_sd_inpaint_dir) == "sd"
+    assert family_defaults(tiny_sd_inpaint_dir) == {"blend_start": 0.0, "blend": C.INPAINT_BLEND}
+    editor = BlendedLatentDiffusion.from_pretrained(
+        tiny_sd_inpaint_dir, clip_model=str(tiny_clip_dir)
+    )
+    assert editor.default_config().blend_start == 0.0
+    image, mask = _photo(shared_images, (128, 128)), _block_mask((128, 128))
+    for prompt in ("a red flower", ""):
+        result = editor(image, mask, prompt, seed=0, **FAST)
+        assert len(result.candidates) == 2 and result.input_size == (128, 128)
+        scores = [c.score for c in result.candidates]
+        if prompt:  # ranked by CLIP; the empty prompt has nothing to rank against
+            assert None not in scores and scores == sorted(scores, reverse=True)
+
+
+def test_blend_off_on_a_plain_model_is_one_line(editor, shared_images):
+    with pytest.raises(InputError, match=r"^blend: 'off' applies to models trained for inpainting"):
+        editor(_photo(shared_images), _block_mask(), "x", blend="off", **FAST)
+
+
+def test_soft_mask_grey_levels_reach_the_model(tiny_sd_inpaint_dir):
+    """The model's mask input keeps a soft mask's grey levels (each cell's highest strength); the
+    masked image hides what the pipelines hide (strength >= 0.5)."""
+    vae, unet, text_encoder, tokenizer = _components(tiny_sd_inpaint_dir)
+    bb = StableDiffusion(vae, unet, text_encoder, tokenizer, tiny_scheduler())
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., :, 32:] = 0.3
+    mask[..., 16:32, 40:48] = 1.0
+    got = C.masked_image_condition(bb, x, mask, torch.zeros(1, 4, 8, 8))
+    assert got["mask"].shape == (1, 1, 8, 8) and got["masked"].shape == (1, 4, 8, 8)
+    assert torch.allclose(got["mask"][0, 0, 0, 4:], torch.full((4,), 0.3))
+    assert got["mask"][0, 0, 2, 5] == 1.0 and got["mask"][0, 0, 0, 0] == 0.0
+    hidden = x * (mask < 0.5)
+    assert torch.allclose(got["masked"], bb.encode_image(hidden))
+
+
+def test_other_channel_counts_are_one_line(tmp_path):
+    """A UNet of another width (e.g. an 8-channel InstructPix2Pix one) is still one line."""
+    keys = {"model.diffusion_model.input_blocks.0.0.weight": (32, 8, 3, 3)}
+    with pytest.raises(InputError, match="8-channel UNet"):
+        C.refuse_inpainting_unet(keys, "x.safetensors")
+    keys9 = {"model.diffusion_model.input_blocks.0.0.weight": (32, 9, 3, 3)}
+    C.refuse_inpainting_unet(keys9, "x.safetensors")
+    assert C.unet_inpaint_channels(keys9)
+
+
+def test_single_file_edits_exactly_like_its_folder(tiny_sd_inpaint_dir, shared_images, tmp_path):
+    """An SD 1.5 inpainting checkpoint in the original (A1111) key layout: detected by its
+    9-channel ``input_blocks.0.0``, given the inpainting defaults, loaded through
+    ``--model-config``, and editing pixel for pixel like the folder it was written from."""
+    from original_checkpoint import write_original_checkpoint
+    from test_original_checkpoint import _config_only
+
+    out = write_original_checkpoint(tiny_sd_inpaint_dir, tmp_path / "inpaint.safetensors", "sd1")
+    assert detect_family(out) == "sd"
+    assert family_defaults(out)["blend_start"] == 0.0
+    config = str(_config_only(tiny_sd_inpaint_dir, tmp_path / "config"))
+    from_file = BlendedLatentDiffusion.from_pretrained(out, clip_model=None, model_config=config)
+    from_folder = BlendedLatentDiffusion.from_pretrained(tiny_sd_inpaint_dir, clip_model=None)
+    assert from_file.backbone.inpainting
+    image, mask = _photo(shared_images, (128, 128)), _block_mask((128, 128))
+    a = from_file(image, mask, "a red flower", seed=1, blend="off", **FAST)
+    b = from_folder(image, mask, "a red flower", seed=1, blend="off", **FAST)
+    for ca, cb in zip(a.candidates, b.candidates, strict=True):
+        assert np.array_equal(np.asarray(ca.image), np.asarray(cb.image))

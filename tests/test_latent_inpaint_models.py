@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from blendedit import BlendedLatentDiffusion, InputError
@@ -198,3 +199,154 @@ def test_single_file_edits_exactly_like_its_folder(tiny_sd_inpaint_dir, shared_i
     b = from_folder(image, mask, "a red flower", seed=1, blend="off", **FAST)
     for ca, cb in zip(a.candidates, b.candidates, strict=True):
         assert np.array_equal(np.asarray(ca.image), np.asarray(cb.image))
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.75])
+def test_parity_with_diffusers_sdxl_9_channel_inpaint_pipeline(
+    tiny_sdxl_dir, shared_images, strength
+):
+    """A 9-channel SDXL UNet with ``--blend off`` reproduces StableDiffusionXLInpaintPipeline
+    (Euler, partial mask, from pure noise and at 0.75) at float tolerance. Checked to fail: with
+    the mask input inverted the latents differ far beyond the tolerance."""
+    from test_latent_sdxl import _backbone, _mask
+    from test_latent_sdxl import _photo as _sdxl_photo
+
+    bb = _backbone(tiny_sdxl_dir)
+    torch.manual_seed(2)
+    bb.unet = UNet2DConditionModel.from_config({**bb.unet.config, "in_channels": 9}).eval()
+    assert bb.inpainting and bb.defaults["blend_start"] == 0.0
+    editor = BlendedLatentDiffusion(bb)
+    image, mask, seeds = _sdxl_photo(shared_images), _mask(), [3, 11]
+    settings = {"num_inference_steps": 4, "guidance_scale": 6.0}
+    kw = {"seeds": seeds, "scheduler": "euler", "mask_shrink": "off", "rank": False}
+    kw |= {"background": "decoded", "region": "full", "batch_size": 2, "blend": "off"}
+    ours = editor(image, mask, "a red flower", blend_start=1 - strength, **kw, **settings)
+    pipe = bb.inpaint_reference(make_scheduler("euler", bb.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(
+        prompt="a red flower", image=image, mask_image=mask, height=96, width=128,
+        strength=strength, num_images_per_prompt=2, output_type="latent",
+        generator=[torch.Generator().manual_seed(s) for s in seeds], **settings,
+    ).images  # fmt: skip
+    latents = torch.stack([c.latent for c in ours.candidates])
+    torch.testing.assert_close(latents, ref, atol=2e-4, rtol=1e-4)
+    inverted = Image.fromarray(255 - np.asarray(mask))
+    pipe.scheduler = make_scheduler("euler", bb.scheduler.config)
+    wrong = pipe(
+        prompt="a red flower", image=image, mask_image=inverted, height=96, width=128,
+        strength=strength, num_images_per_prompt=2, output_type="latent",
+        generator=[torch.Generator().manual_seed(s) for s in seeds], **settings,
+    ).images  # fmt: skip
+    assert (latents - wrong).abs().max() > 1e-2
+
+
+def _tiny_fill(tmp_path):
+    """A tiny FLUX.1 Fill: ``tiny_flux_parts``' dev with a transformer taking 144 channels per
+    token (16 x 4 latent + 16 x 4 masked image's latent + 2 x 2 mask cells x 4) and giving 64."""
+    from diffusers import FluxTransformer2DModel
+
+    from blendedit.latent.backbones import Flux
+    from test_latent_flow import _point_mass
+    from tiny_models import tiny_flux_parts
+
+    p = tiny_flux_parts(tmp_path / "vocab", dev=True)
+    torch.manual_seed(3)
+    config = {k: v for k, v in p["transformer"].config.items() if not k.startswith("_")}
+    config |= {"in_channels": 144, "out_channels": 64}
+    p["transformer"] = FluxTransformer2DModel(**config).eval()
+    bb = Flux(
+        _point_mass(p["vae"]), p["transformer"], p["text_encoder"], p["text_encoder_2"],
+        p["tokenizer"], p["tokenizer_2"], p["scheduler"],
+    )  # fmt: skip
+    return bb, p
+
+
+@pytest.mark.parametrize("blend_start", [0.0, 0.25])
+def test_flux_fill_parity_with_diffusers_fill_pipeline(tmp_path, shared_images, blend_start):
+    """FLUX.1 Fill with ``--blend off`` reproduces FluxFillPipeline (guidance embedding, partial
+    mask, shifted schedule; full strength and 0.75) at float tolerance. Checked to fail: the same
+    run with the mask tokens zeroed (the conditioning wrong) is far outside the tolerance."""
+    from blendedit.latent.backbones.flux import unpack
+    from test_latent_flow import SIZE, _mask
+    from test_latent_flow import _photo as _flow_photo
+
+    bb, _ = _tiny_fill(tmp_path)
+    assert bb.inpainting and bb.defaults["guidance_scale"] == 30.0
+    assert bb.reference_pipeline == "FluxFillPipeline"
+    editor, seeds = BlendedLatentDiffusion(bb), [1, 2]
+    settings = {"num_inference_steps": 4, "guidance_scale": 30.0}
+    kw = {"seeds": seeds, "mask_shrink": "off", "rank": False, "background": "decoded"}
+    kw |= {"region": "full", "size": SIZE[0], "batch_size": 2, "blend": "off"}
+    ours = editor(
+        _flow_photo(shared_images),
+        _mask(),
+        "a red flower",
+        blend_start=blend_start,
+        **kw,
+        **settings,
+    )
+    latents = torch.stack([c.latent for c in ours.candidates])
+    cfg = editor.default_config().replace(blend_start=blend_start, **settings)
+    pipe, strength = editor.diffusers_inpaint(cfg)
+    assert type(pipe).__name__ == "FluxFillPipeline"
+    call = {"prompt": "a red flower", "image": _flow_photo(shared_images), "height": SIZE[1]}
+    call |= {"width": SIZE[0], "strength": strength, "num_images_per_prompt": 2}
+    call |= {"output_type": "latent", "max_sequence_length": bb.max_sequence_length, **settings}
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    ref = unpack(pipe(**call, mask_image=_mask(), generator=gens).images, 24, 32)
+    assert latents.shape == ref.shape == (2, 16, 24, 32)
+    torch.testing.assert_close(latents, ref, atol=2e-4, rtol=1e-4)
+    blended = editor(
+        _flow_photo(shared_images),
+        _mask(),
+        "a red flower",
+        blend_start=blend_start,
+        **{**kw, "blend": "on"},
+        **settings,
+    )
+    assert (torch.stack([c.latent for c in blended.candidates]) - ref).abs().max() > 1e-2
+    original = bb.condition_on_image
+
+    def no_mask(c, x, m, z_init):  # the conditioning wrong: the mask tokens say "keep" everywhere
+        c = original(c, x, m, z_init)
+        c.image["tokens"][..., 64:] = 0
+        return c
+
+    bb.condition_on_image = no_mask
+    wrong = editor(
+        _flow_photo(shared_images),
+        _mask(),
+        "a red flower",
+        blend_start=blend_start,
+        **kw,
+        **settings,
+    )
+    assert (torch.stack([c.latent for c in wrong.candidates]) - ref).abs().max() > 1e-2
+
+
+def test_flux_fill_folder_is_detected_and_edits(tmp_path, shared_images):
+    """A FluxFillPipeline folder is no longer refused: FLUX's family, Fill's defaults (guidance 30,
+    50 steps, full strength), and ``edit`` gives results."""
+    from diffusers import FluxFillPipeline
+
+    from test_latent_flow import _mask
+    from test_latent_flow import _photo as _flow_photo
+
+    _, p = _tiny_fill(tmp_path)
+    folder = tmp_path / "fill"
+    FluxFillPipeline(**p).save_pretrained(folder)
+    assert detect_family(folder) == "flux"
+    defaults = family_defaults(folder)
+    assert defaults["guidance_scale"] == 30.0 and defaults["blend_start"] == 0.0
+    editor = BlendedLatentDiffusion.from_pretrained(folder, clip_model=None)
+    assert editor.backbone.inpainting and editor.default_config().num_inference_steps == 50
+    result = editor(
+        _flow_photo(shared_images),
+        _mask(),
+        "",
+        seed=0,
+        num_inference_steps=3,
+        num_images=2,
+        size=64,
+    )
+    assert len(result.candidates) == 2

@@ -350,3 +350,35 @@ def test_flux_fill_folder_is_detected_and_edits(tmp_path, shared_images):
         size=64,
     )
     assert len(result.candidates) == 2
+
+
+def test_eval_inpaint_model_method(
+    tiny_sd_dir, tiny_sd_inpaint_dir, tiny_clip_dir, tmp_path, shared_images
+):
+    """``blendedit eval --methods latent,inpaint-model --inpaint-model FOLDER``: the inpainting
+    model in the same frame beside BLD, at its family's blend start; skipped without the flag."""
+    import json
+
+    from tiny_eval_models import tiny_resnet_classifier
+
+    from blendedit.cli import main
+
+    out = tmp_path / "eval"
+    common = [
+        "--n-images", "1", "--batch", "2", "--steps", "3", "--size", "64", "--max-side", "128",
+        "--no-single-timing", "--quiet", "--clip-model", str(tiny_clip_dir), "--score-clip-model",
+        str(tiny_clip_dir), "--classifier", str(tiny_resnet_classifier(tmp_path / "classifier")),
+        "--device", "cpu", "--model", str(tiny_sd_dir), "--images", str(shared_images),
+    ]  # fmt: skip
+    argv = ["eval", "--out", str(out), "--methods", "latent,inpaint-model", *common]
+    assert main([*argv, "--inpaint-model", str(tiny_sd_inpaint_dir)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    ran = report["methods"]["inpaint-model"]
+    assert ran["status"] == "ok" and ran["settings"]["model"] == str(tiny_sd_inpaint_dir)
+    assert ran["settings"]["config"]["blend_start"] == 0.0
+    assert report["methods"]["latent"]["settings"]["config"]["blend_start"] == 0.25
+    assert len(list((out / "predictions" / "inpaint-model").rglob("*.png"))) == 2
+    skipped = tmp_path / "eval2"
+    assert main(["eval", "--out", str(skipped), "--methods", "inpaint-model", *common]) == 0
+    report = json.loads((skipped / "report.json").read_text())
+    assert "--inpaint-model" in json.dumps(report["methods"]["inpaint-model"])

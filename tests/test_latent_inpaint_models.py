@@ -359,9 +359,8 @@ def test_eval_inpaint_model_method(
     model in the same frame beside BLD, at its family's blend start; skipped without the flag."""
     import json
 
-    from tiny_eval_models import tiny_resnet_classifier
-
     from blendedit.cli import main
+    from tiny_eval_models import tiny_resnet_classifier
 
     out = tmp_path / "eval"
     common = [

@@ -381,3 +381,27 @@ def test_eval_inpaint_model_method(
     assert main(["eval", "--out", str(skipped), "--methods", "inpaint-model", *common]) == 0
     report = json.loads((skipped / "report.json").read_text())
     assert "--inpaint-model" in json.dumps(report["methods"]["inpaint-model"])
+
+
+# Published inpainting models = their text-to-image networks with a wider first layer: the UNet's
+# conv_in takes 5 more channels (5 x 320 x 3 x 3 = 14,400 weights), FLUX Fill's x_embedder 320
+# more (320 x 3072 = 983,040); tests/test_bench.py has the text-to-image counts.
+INPAINT_PUBLISHED = {
+    "sd15-inpaint": ("sd15", 859_535_364),
+    "sdxl-inpaint": ("sdxl", 2_567_478_084),
+    "flux-fill": ("flux-dev", 11_902_391_360),
+}
+
+
+@pytest.mark.parametrize("name", list(INPAINT_PUBLISHED))
+def test_bench_presets_of_inpainting_models(name, tmp_path):
+    """``blendedit bench --preset sd15-inpaint|sdxl-inpaint|flux-fill``: built on the meta device,
+    the denoiser has the published parameter count and the backbone is an inpainting one."""
+    from blendedit.bench import ARCHITECTURES, build_backbone
+    from test_bench import FLOW_PUBLISHED, PUBLISHED, _count
+
+    base, denoiser = INPAINT_PUBLISHED[name]
+    bb = build_backbone(ARCHITECTURES[name], "meta", tmp_path)
+    counts = {k: _count(m) for k, m in bb.modules().items()}
+    assert counts == {**{**PUBLISHED, **FLOW_PUBLISHED}[base], "unet": denoiser}
+    assert bb.inpainting and ARCHITECTURES[name].source

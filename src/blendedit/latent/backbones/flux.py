@@ -69,6 +69,22 @@ def _published(dev: bool, **kw: Any) -> P.Architecture:
 _CATALOGUE = {
     "flux-dev": _published(dev=True, batch=4),
     "flux-schnell": _published(dev=False, batch=8, realtime="realtime-schnell"),
+    # FLUX.1 Fill dev: dev's networks, the transformer taking 384 channels per token (issue 19)
+    "flux-fill": P.Architecture(
+        {
+            "transformer": {
+                **_DIT,
+                "guidance_embeds": True,
+                "in_channels": 384,
+                "out_channels": 64,
+            },
+            **_TEXT_VAE,
+        },
+        1024,
+        scheduler=_DEV_FLOW,
+        source="black-forest-labs/FLUX.1-Fill-dev",
+        batch=4,
+    ),
     "tiny-flux": P.Architecture(  # tests/tiny_models.py tiny_flux_parts(dev=False): schnell's shape
         {
             "transformer": {

@@ -72,6 +72,19 @@ _CATALOGUE = {
         "stabilityai/stable-diffusion-2-1",
         scheduler={**P.SD_DDIM, "prediction_type": "v_prediction"},
     ),
+    # SD 1.5 inpainting (Rombach et al. 2022, RunwayML): SD 1.5 with a 9-channel UNet (issue 19)
+    "sd15-inpaint": _sd(
+        {
+            **P.SD_UNET,
+            "sample_size": 64,
+            "cross_attention_dim": 768,
+            "attention_head_dim": 8,
+            "in_channels": 9,
+        },
+        P.CLIP_L_TEXT,
+        512,
+        "stable-diffusion-v1-5/stable-diffusion-inpainting",
+    ),
     # the test suite's tiny models: seconds on a CPU
     "tiny": P.Architecture(
         {"unet": P.TINY_UNET, "vae": P.TINY_VAE, "text": P.TINY_TEXT}, 128, clip=P.TINY_CLIP

@@ -95,6 +95,14 @@ _CATALOGUE = {
         source="stabilityai/sdxl-turbo",
         realtime="realtime-sdxl-turbo",
     ),
+    # SDXL inpainting 0.1 (diffusers): SDXL base's networks with a 9-channel UNet (issue 19).
+    "sdxl-inpaint": P.Architecture(
+        {**_SDXL_PARTS, "unet": {**_SDXL_PARTS["unet"], "in_channels": 9}},
+        1024,
+        scheduler=_SDXL_EULER,
+        batch=4,
+        source="diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+    ),
     "tiny-sdxl": P.Architecture(
         {
             "unet": _TINY_SDXL_UNET,

@@ -405,3 +405,18 @@ def test_bench_presets_of_inpainting_models(name, tmp_path):
     counts = {k: _count(m) for k, m in bb.modules().items()}
     assert counts == {**{**PUBLISHED, **FLOW_PUBLISHED}[base], "unet": denoiser}
     assert bb.inpainting and ARCHITECTURES[name].source
+
+
+def test_web_editor_says_what_the_model_is_for(tiny_sd_inpaint_dir, editor, tmp_path):
+    """The web editor's model line says a model trained for inpainting is one, and what for; its
+    settings offer the Blend control."""
+    from blendedit.web.app import EditorApp
+    from blendedit.web.layout import intro
+
+    inpaint = BlendedLatentDiffusion.from_pretrained(tiny_sd_inpaint_dir, clip_model=None)
+    for ed, words in ((inpaint, "trained for inpainting"), (editor, "text-to-image model")):
+        app = EditorApp(ed, model_info={"name": "m"}, workdir=tmp_path / words[:4])
+        assert words in intro(app.model_info, app.options)
+    from blendedit.config import EditConfig, settings_of
+
+    assert settings_of(EditConfig)["blend"][0].web

@@ -159,6 +159,17 @@ class BlendedLatentDiffusion(FrameMethod):
         """EditConfig's defaults with the model family's own (SDXL and LDM: guidance 5)."""
         return EditConfig(**self.backbone.defaults)
 
+    @property
+    def purpose(self) -> str:
+        """What the loaded model is for, in one line (the web editor's model line)."""
+        if self.backbone.inpainting:
+            return (
+                "a model trained for inpainting: it sees the mask and the photo around it (best "
+                "for removal and fills that match their surroundings; Blend on adds the paper's "
+                "blend)"
+            )
+        return "a text-to-image model edited by Blended Latent Diffusion (the blend at every step)"
+
     # The backbone's modules, as attributes (``editor.unet`` etc.), for tools that swap them.
     @property
     def family(self) -> str:

@@ -59,7 +59,8 @@ def intro(info: Mapping[str, Any], o: ServeOptions) -> str:
     return (
         "## blendedit: interactive editor\n"
         f"Model `{name}` ({info['method']}, {info['dtype']} on "
-        f"{info['device']}). Upload a photo (up to {o.max_pixels / 1e6:g} MP), paint the "
+        f"{info['device']}){': ' + str(info['purpose']) if info.get('purpose') else ''}. "
+        f"Upload a photo (up to {o.max_pixels / 1e6:g} MP), paint the "
         "region to change with the translucent brush, scribble a rough drawing in colour "
         "inside it if you like, describe what it should become, Generate, Keep the "
         "result you like, and go on editing it. The edit runs on the full-resolution "

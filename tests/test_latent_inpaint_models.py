@@ -420,3 +420,36 @@ def test_web_editor_says_what_the_model_is_for(tiny_sd_inpaint_dir, editor, tmp_
     from blendedit.config import EditConfig, settings_of
 
     assert settings_of(EditConfig)["blend"][0].web
+
+
+def test_batch_manifest_rows_choose_the_inpainting_model_and_blend(
+    tiny_sd_dir, tiny_sd_inpaint_dir, tiny_clip_dir, tmp_path, shared_images
+):
+    """A batch manifest's rows: ``model`` picks the inpainting model, ``blend`` is a key like any
+    setting; a plain model's row with ``blend: off`` fails alone, in one line."""
+    import json
+    import shutil
+
+    from blendedit.batch import Shared, run_batch
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("rocket.png", "rocket.mask-sky.png"):
+        shutil.copy(shared_images / name, folder / name)
+    row = {"image": "rocket.png", "mask": "rocket.mask-sky.png", "prompt": ""}
+    rows = [
+        {**row, "id": "inpaint-off", "model": str(tiny_sd_inpaint_dir), "blend": "off"},
+        {**row, "id": "inpaint-on", "model": str(tiny_sd_inpaint_dir), "blend": "on"},
+        {**row, "id": "plain-off", "blend": "off"},
+    ]
+    (folder / "edits.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shared = Shared(model=str(tiny_sd_dir), clip_model=str(tiny_clip_dir), settings=dict(FAST))
+    summary = run_batch(
+        folder / "edits.jsonl", tmp_path / "out", shared=shared, device="cpu", progress=False
+    )
+    done = {e["key"] for e in summary["entries"] if e["status"] == "done"}
+    assert done == {"inpaint-off", "inpaint-on"}
+    errors = {e["row"]: e["error"] for e in summary["entries"] if e["status"] == "failed"}
+    assert (
+        list(errors) == [3] and "blend: 'off' applies to models trained for inpainting" in errors[3]
+    )

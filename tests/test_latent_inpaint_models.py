@@ -356,7 +356,8 @@ def test_eval_inpaint_model_method(
     tiny_sd_dir, tiny_sd_inpaint_dir, tiny_clip_dir, tmp_path, shared_images
 ):
     """``blendedit eval --methods latent,inpaint-model --inpaint-model FOLDER``: the inpainting
-    model in the same frame beside BLD, at its family's blend start; skipped without the flag."""
+    model in the same frame beside BLD, at its family's blend start; skipped without the flag,
+    and not among the default methods."""
     import json
 
     from blendedit.cli import main
@@ -381,6 +382,9 @@ def test_eval_inpaint_model_method(
     assert main(["eval", "--out", str(skipped), "--methods", "inpaint-model", *common]) == 0
     report = json.loads((skipped / "report.json").read_text())
     assert "--inpaint-model" in json.dumps(report["methods"]["inpaint-model"])
+    from blendedit.eval.methods import DEFAULT_METHODS, METHODS
+
+    assert "inpaint-model" in METHODS and "inpaint-model" not in DEFAULT_METHODS
 
 
 # Published inpainting models = their text-to-image networks with a wider first layer: the UNet's

@@ -138,7 +138,7 @@ def add_parser(sub: Any) -> None:
         "--methods",
         type=_methods,
         default=DEFAULT_METHODS,
-        help=f"comma-separated, from: {', '.join(METHODS)} (default: all)",
+        help=f"comma-separated, from: {', '.join(METHODS)} (default: all but inpaint-model)",
     )
     p.add_argument(
         "--out",

@@ -84,7 +84,8 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("inpaint-model", "latent", 24, "Inpainting model (stitched background)"),
     )
 }
-DEFAULT_METHODS = tuple(METHODS)
+# Every method but inpaint-model, which needs a second model (--inpaint-model) and is named.
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "inpaint-model")
 
 
 def recommended_batch(name: str) -> int:

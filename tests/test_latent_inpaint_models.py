@@ -201,6 +201,7 @@ def test_single_file_edits_exactly_like_its_folder(tiny_sd_inpaint_dir, shared_i
         assert np.array_equal(np.asarray(ca.image), np.asarray(cb.image))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strength", [1.0, 0.75])
 def test_parity_with_diffusers_sdxl_9_channel_inpaint_pipeline(
     tiny_sdxl_dir, shared_images, strength
@@ -352,6 +353,7 @@ def test_flux_fill_folder_is_detected_and_edits(tmp_path, shared_images):
     assert len(result.candidates) == 2
 
 
+@pytest.mark.slow
 def test_eval_inpaint_model_method(
     tiny_sd_dir, tiny_sd_inpaint_dir, tiny_clip_dir, tmp_path, shared_images
 ):
@@ -411,6 +413,7 @@ def test_bench_presets_of_inpainting_models(name, tmp_path):
     assert bb.inpainting and ARCHITECTURES[name].source
 
 
+@pytest.mark.slow
 def test_web_editor_says_what_the_model_is_for(tiny_sd_inpaint_dir, editor, tmp_path):
     """The web editor's model line says a model trained for inpainting is one, and what for; its
     settings offer the Blend control."""
@@ -426,6 +429,7 @@ def test_web_editor_says_what_the_model_is_for(tiny_sd_inpaint_dir, editor, tmp_
     assert settings_of(EditConfig)["blend"][0].web
 
 
+@pytest.mark.slow
 def test_batch_manifest_rows_choose_the_inpainting_model_and_blend(
     tiny_sd_dir, tiny_sd_inpaint_dir, tiny_clip_dir, tmp_path, shared_images
 ):

@@ -215,7 +215,7 @@ def test_parity_with_diffusers_sdxl_9_channel_inpaint_pipeline(
     bb = _backbone(tiny_sdxl_dir)
     torch.manual_seed(2)
     bb.unet = UNet2DConditionModel.from_config({**bb.unet.config, "in_channels": 9}).eval()
-    assert bb.inpainting and bb.defaults["blend_start"] == 0.0
+    assert bb.inpainting and BlendedLatentDiffusion(bb).default_config().guidance_scale == 7.5
     editor = BlendedLatentDiffusion(bb)
     image, mask, seeds = _sdxl_photo(shared_images), _mask(), [3, 11]
     settings = {"num_inference_steps": 4, "guidance_scale": 6.0}

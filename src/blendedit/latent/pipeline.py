@@ -157,7 +157,8 @@ class BlendedLatentDiffusion(FrameMethod):
 
     def default_config(self) -> EditConfig:
         """EditConfig's defaults with the model family's own (SDXL and LDM: guidance 5)."""
-        return EditConfig(**self.backbone.defaults)
+        bb = self.backbone
+        return EditConfig(**{**bb.defaults, **(bb.inpaint_defaults if bb.inpainting else {})})
 
     @property
     def purpose(self) -> str:

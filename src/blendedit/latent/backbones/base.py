@@ -96,6 +96,8 @@ class Backbone:
     denoiser_name: ClassVar[str] = "unet"
 
     defaults: ClassVar[dict[str, Any]] = {}  # EditConfig fields this family changes (its presets)
+    # ... and those a model of the family trained for inpainting changes on top (its pipeline's)
+    inpaint_defaults: ClassVar[dict[str, Any]] = {}
     flow: ClassVar[bool] = False  # rectified flow (SD3, FLUX): flow-matching schedulers only
 
     vae: Any

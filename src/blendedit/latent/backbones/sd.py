@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -208,21 +208,16 @@ class StableDiffusion(Backbone):
             keys, "conditioner.embedders."
         )
 
+    # StableDiffusionInpaintPipeline's full strength (blend_start 0: from pure noise) for a
+    # 9-channel UNet, with --blend's default chosen by docs/eval-toyworld/inpaint.md.
+    inpaint_defaults: ClassVar[dict[str, Any]] = {"blend_start": 0.0, "blend": C.INPAINT_BLEND}
+
     @classmethod
     def model_defaults(cls, model: Name, local_files_only: bool | None = None) -> dict[str, Any]:
-        """An inpainting UNet (9 channels, from its config or a file's keys) takes its pipeline's
-        defaults; a text-to-image one EditConfig's."""
-        return cls.defaults_for(C.unet_is_inpainting(model, local_files_only))
-
-    @staticmethod
-    def defaults_for(inpainting: bool) -> dict[str, Any]:
-        """StableDiffusionInpaintPipeline's full strength (blend_start 0: from pure noise) for an
-        inpainting UNet, with :data:`INPAINT_BLEND` (chosen by docs/eval-toyworld/inpaint.md)."""
-        return {"blend_start": 0.0, "blend": C.INPAINT_BLEND} if inpainting else {}
-
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.defaults_for(self.inpainting)
+        """An inpainting UNet (9 channels, from its config or a file's keys) adds its pipeline's
+        defaults to the family's."""
+        inpainting = C.unet_is_inpainting(model, local_files_only)
+        return {**cls.defaults, **(cls.inpaint_defaults if inpainting else {})}
 
     @property
     def inpainting(self) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -172,6 +172,8 @@ class StableDiffusionXL(Backbone):
     catalogue = _CATALOGUE
     reference_pipeline = "StableDiffusionXLInpaintPipeline"
     # The official BLD SDXL script (text_editing_SDXL.py): guidance 5 at 1024x1024, 50 steps.
+    defaults: ClassVar[dict[str, Any]] = {"guidance_scale": 5.0}
+    # The official BLD SDXL script (text_editing_SDXL.py): guidance 5 at 1024x1024, 50 steps.
     fp16_vae_upcast = True
 
     def __init__(
@@ -205,23 +207,18 @@ class StableDiffusionXL(Backbone):
         C.refuse_inpainting_unet(keys, name)
         return C.has_prefix(keys, "conditioner.embedders.")
 
+    # StableDiffusionXLInpaintPipeline's guidance 7.5 from (nearly: strength 0.9999) pure noise
+    # for a 9-channel UNet, with --blend's default chosen by docs/eval-toyworld/inpaint.md.
+    inpaint_defaults: ClassVar[dict[str, Any]] = {
+        "guidance_scale": 7.5, "blend_start": 0.0, "blend": C.INPAINT_BLEND,
+    }  # fmt: skip
+
     @classmethod
     def model_defaults(cls, model: Name, local_files_only: bool | None = None) -> dict[str, Any]:
-        """An inpainting UNet (9 channels, from its config or a file's keys) takes its pipeline's
-        defaults; a text-to-image one the BLD script's."""
-        return cls.defaults_for(C.unet_is_inpainting(model, local_files_only))
-
-    @staticmethod
-    def defaults_for(inpainting: bool) -> dict[str, Any]:
-        """StableDiffusionXLInpaintPipeline's guidance 7.5 from (nearly: strength 0.9999) pure
-        noise for an inpainting UNet, with ``C.INPAINT_BLEND``; otherwise the BLD script's 5."""
-        if inpainting:
-            return {"guidance_scale": 7.5, "blend_start": 0.0, "blend": C.INPAINT_BLEND}
-        return {"guidance_scale": 5.0}
-
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.defaults_for(self.inpainting)
+        """An inpainting UNet (9 channels, from its config or a file's keys) adds its pipeline's
+        defaults to the family's (the BLD script's guidance 5)."""
+        inpainting = C.unet_is_inpainting(model, local_files_only)
+        return {**cls.defaults, **(cls.inpaint_defaults if inpainting else {})}
 
     @property
     def inpainting(self) -> bool:

@@ -2,9 +2,9 @@
 against the model trained for inpainting (``toy-sd-inpaint``, 9 channels) alone (``--blend off``)
 and with the paper's blend on top (``--blend on``), for replacing an object and removing it.
 
-Usage (from the repository root; about 25 min on this sandbox's 2 shared CPU cores)::
+Usage (from the repository root; 21 min on this sandbox's 2 CPU cores, shared with other work)::
 
-    PYTHONPATH=src python tools/inpaint_toyworld.py [--cases 24] [--candidates 8] [--steps 25]
+    PYTHONPATH=src python tools/inpaint_toyworld.py [--cases 24] [--candidates 6] [--steps 20]
         [--world ../shared/toyworld] [--out docs/eval-toyworld/inpaint]
 
 Writes ``OUT.json`` (every number) and ``OUT.md`` (the tables). Cases: the first held-out scenes
@@ -19,9 +19,10 @@ caption (``tests/quality/toy_cases.py``'s rule, seed 0). Per case and method:
 - removal: the empty prompt; the share of candidates in which the classifier still finds the
   original object (lower is better); its control: the object's own caption.
 
-Each method runs at its own defaults: BLD at blend start 0.25 (38 of 50 steps' share), the
-inpainting model from pure noise (blend start 0, its pipeline's full strength); all at guidance 5,
-DDIM, ``--size 64``, the mask binary.
+Each method runs at its own defaults: BLD at blend start 0.25 (15 of 20 steps), the inpainting
+model from pure noise (blend start 0, its pipeline's full strength); all at guidance 5, DDIM,
+``--size 64``, the mask binary, the background stitched. One thread (``--threads``): on a shared
+machine two OpenMP threads spin and run slower.
 """
 
 from __future__ import annotations
@@ -118,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=24)
-    ap.add_argument("--candidates", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--candidates", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--world", default=str(REPO.parent / "shared" / "toyworld"))
     ap.add_argument("--out", default=str(REPO / "docs" / "eval-toyworld" / "inpaint"))

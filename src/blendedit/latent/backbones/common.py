@@ -19,7 +19,9 @@ from blendedit.models import load_cached_first
 logger = logging.getLogger(__name__)
 
 # --blend's default for models trained for inpainting, chosen from the toy world's three-way
-# measurement (docs/eval-toyworld/inpaint.md, tools/inpaint_toyworld.py).
+# measurement (docs/eval-toyworld/inpaint.md, tools/inpaint_toyworld.py): on top of the model the
+# blend gave the highest prompt following (86.8% against 81.9% alone) and kept the raw decode's
+# background at 24.2 dB against 15.5 dB.
 INPAINT_BLEND = "on"
 
 

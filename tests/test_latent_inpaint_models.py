@@ -461,3 +461,41 @@ def test_batch_manifest_rows_choose_the_inpainting_model_and_blend(
     assert (
         list(errors) == [3] and "blend: 'off' applies to models trained for inpainting" in errors[3]
     )
+
+
+@pytest.mark.slow
+def test_sdxl_and_flux_fill_single_files(tiny_sdxl_dir, tmp_path):
+    """An SDXL inpainting checkpoint (9-channel ``input_blocks.0.0``, sgm layout): detected, given
+    its inpainting defaults, loaded through ``--model-config`` with the folder's exact weights.
+    A FLUX.1 Fill transformer file (BFL layout, ``img_in`` wider than 128): detected as FLUX with
+    Fill's defaults from its header (diffusers' FLUX single-file converter assumes the published
+    3072 width, so a tiny transformer file cannot be loaded here)."""
+    from diffusers import FluxFillPipeline, StableDiffusionXLInpaintPipeline
+
+    from original_checkpoint import write_original_checkpoint
+    from test_original_checkpoint import _assert_same_weights, _config_only
+
+    pipe = StableDiffusionXLInpaintPipeline.from_pretrained(tiny_sdxl_dir)
+    torch.manual_seed(4)
+    config = {k: v for k, v in pipe.unet.config.items() if not k.startswith("_")}
+    pipe.unet = UNet2DConditionModel(**{**config, "in_channels": 9}).eval()
+    folder = tmp_path / "sdxl-inpaint"
+    pipe.save_pretrained(folder)
+    out = write_original_checkpoint(folder, tmp_path / "sdxl.safetensors", "sdxl")
+    assert detect_family(out) == "sdxl"
+    assert family_defaults(out) == {
+        "guidance_scale": 7.5,
+        "blend_start": 0.0,
+        "blend": C.INPAINT_BLEND,
+    }
+    cfg = str(_config_only(folder, tmp_path / "sdxl-cfg"))
+    from_file = BlendedLatentDiffusion.from_pretrained(out, clip_model=None, model_config=cfg)
+    from_folder = BlendedLatentDiffusion.from_pretrained(folder, clip_model=None)
+    assert from_file.backbone.inpainting and from_folder.backbone.inpainting
+    _assert_same_weights("unet", from_file.unet, from_folder.unet)
+
+    _, p = _tiny_fill(tmp_path)
+    FluxFillPipeline(**p).save_pretrained(tmp_path / "fill")
+    fill = write_original_checkpoint(tmp_path / "fill", tmp_path / "fill.safetensors", "flux")
+    assert detect_family(fill) == "flux"
+    assert family_defaults(fill)["guidance_scale"] == 30.0

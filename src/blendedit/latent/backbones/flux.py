@@ -179,11 +179,12 @@ class Flux(Backbone):
     @classmethod
     def claims_keys(cls, keys: dict[str, tuple[int, ...]], name: str) -> bool:
         """BFL's layout: ``double_blocks``; ``img_in`` takes 64 packed channels (dev, schnell)
-        or 384 (Fill: latent, masked image's latent, 8x8 mask, each packed 2x2)."""
+        or more than twice that (Fill: latent, masked image's latent and the mask's cells, each
+        packed 2x2: 384 for FLUX.1-Fill-dev; the exact width is checked once loaded)."""
         if not any("double_blocks." in k for k in keys):
             return False
         img_in = next((v for k, v in keys.items() if k.endswith("img_in.weight")), None)
-        if img_in is not None and len(img_in) == 2 and img_in[1] not in (64, 384):
+        if img_in is not None and len(img_in) == 2 and img_in[1] != 64 and img_in[1] <= 128:
             raise InputError(
                 f"model: {name!r} is a FLUX transformer taking {img_in[1]} channels; blendedit "
                 "takes FLUX.1 dev/schnell (64) and FLUX.1 Fill (384)"
@@ -198,7 +199,7 @@ class Flux(Backbone):
             keys = single_file_keys(path)
             dev = any("guidance_in" in k for k in keys)
             img_in = next((v for k, v in keys.items() if k.endswith("img_in.weight")), (0, 64))
-            fill = img_in[-1] == 384  # FLUX.1 Fill's img_in: (D, 384)
+            fill = img_in[-1] > 128  # FLUX.1 Fill's img_in: (D, 384)
         else:
             config = load_cached_first(
                 "model", name, lambda local: read_json(name, "transformer/config.json", local),

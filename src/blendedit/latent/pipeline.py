@@ -133,7 +133,8 @@ class BlendedLatentDiffusion(FrameMethod):
         return self
 
     def check(self, cfg: Any) -> None:
-        """A flow model takes a flow-matching scheduler, any other model a diffusion one."""
+        """A flow model takes a flow-matching scheduler, any other model a diffusion one;
+        ``--blend off`` needs a model trained for inpainting."""
         if cfg.blend == "off" and not self.backbone.inpainting:
             raise InputError(
                 f"blend: 'off' applies to models trained for inpainting; a plain {self.family} "

@@ -33,6 +33,7 @@ MASK_SHRINK_MODES = ("auto", "on", "off")
 BLEND_RULES = ("diffusers", "official")  # see blendedit.latent.schedule
 SAMPLERS = ("ddpm", "ddim")
 FIT_MODES = ("stretch", "pad")
+BLEND_MODES = ("on", "off")  # models trained for inpainting: the paper's blend on top, or alone
 MAX_WORKING_SIDE = 4096  # px; the long side the model works at
 _C = TypeVar("_C", bound="FrameConfig")
 _T = TypeVar("_T")
@@ -348,6 +349,12 @@ class EditConfig(FrameConfig):
     decode_batch_size: int = setting(
         1, "latents per VAE decode; 1 keeps each result independent", low=1
     )
+    blend: str = setting(
+        "on", "models trained for inpainting (9-channel SD/SDXL UNets, FLUX.1 Fill): on = the "
+        "paper's blend at every step on top of the model's own inpainting, off = the model alone "
+        "(its family's default comes from docs/eval-toyworld/inpaint.md); plain models always "
+        "blend", flag="--blend", choices=BLEND_MODES, eval=True, web=True, label="Blend",
+    )  # fmt: skip
 
     def validate(self) -> EditConfig:
         super().validate()

@@ -79,6 +79,11 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
         "--pixel-model", help="ADM checkpoint for pixel and local-clip (without it: skipped)"
     )
     g.add_argument("--pixel-model-config", help="guided-diffusion JSON (default: the 256 uncond)")
+    g.add_argument(
+        "--inpaint-model",
+        help="a model trained for inpainting (9-channel SD/SDXL UNet, FLUX.1 Fill) for the "
+        "inpaint-model method (without it: skipped)",
+    )
     add_model_arguments(
         p, ("clip_model",), title=None,
         helps={"clip_model": f"CLIP for ranking and pixel guidance (default {DEFAULT_CLIP_MODEL}); "
@@ -133,7 +138,7 @@ def add_parser(sub: Any) -> None:
         "--methods",
         type=_methods,
         default=DEFAULT_METHODS,
-        help=f"comma-separated, from: {', '.join(METHODS)} (default: all)",
+        help=f"comma-separated, from: {', '.join(METHODS)} (default: all but inpaint-model)",
     )
     p.add_argument(
         "--out",
@@ -229,6 +234,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, EvalModels]:
         local_lpips_weights=tuple(args.local_lpips_weights) if args.local_lpips_weights else None,
         device=args.device,
         dtype=args.dtype,
+        inpaint_model=args.inpaint_model,
     )
     return settings.check(), models
 

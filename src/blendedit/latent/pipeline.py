@@ -133,7 +133,13 @@ class BlendedLatentDiffusion(FrameMethod):
         return self
 
     def check(self, cfg: Any) -> None:
-        """A flow model takes a flow-matching scheduler, any other model a diffusion one."""
+        """A flow model takes a flow-matching scheduler, any other model a diffusion one;
+        ``--blend off`` needs a model trained for inpainting."""
+        if cfg.blend == "off" and not self.backbone.inpainting:
+            raise InputError(
+                f"blend: 'off' applies to models trained for inpainting; a plain {self.family} "
+                "model edits only through the blend"
+            )
         if (cfg.scheduler in FLOW_SCHEDULERS) != self.backbone.flow:
             fits = ", ".join(FLOW_SCHEDULERS) if self.backbone.flow else "ddim, euler, dpm++, ..."
             raise InputError(
@@ -152,17 +158,27 @@ class BlendedLatentDiffusion(FrameMethod):
 
     def default_config(self) -> EditConfig:
         """EditConfig's defaults with the model family's own (SDXL and LDM: guidance 5)."""
-        return EditConfig(**self.backbone.defaults)
+        bb = self.backbone
+        return EditConfig(**{**bb.defaults, **(bb.inpaint_defaults if bb.inpainting else {})})
+
+    @property
+    def purpose(self) -> str:
+        """What the loaded model is for, in one line (the web editor's model line): an editing
+        model's own line, a model trained for inpainting, or a plain text-to-image model."""
+        if self.backbone.purpose:
+            return self.backbone.purpose
+        if self.backbone.inpainting:
+            return (
+                "a model trained for inpainting: it sees the mask and the photo around it (best "
+                "for removal and fills that match their surroundings; Blend on adds the paper's "
+                "blend)"
+            )
+        return "a text-to-image model edited by Blended Latent Diffusion (the blend at every step)"
 
     # The backbone's modules, as attributes (``editor.unet`` etc.), for tools that swap them.
     @property
     def family(self) -> str:
         return self.backbone.family
-
-    @property
-    def purpose(self) -> str:
-        """What the model is for where it was made for one (an editing model), else ""."""
-        return self.backbone.purpose
 
     @property
     def unet(self) -> Any:
@@ -249,6 +265,8 @@ class BlendedLatentDiffusion(FrameMethod):
         timesteps = self._timesteps(self._scheduler(cfg), cfg, z_init)
         stage_per_step = M.stage_of_step(len(timesteps), stages.shape[0])
         step_masks = M.step_masks(stages.to(self.device, self.dtype), stage_per_step, work.soft)
+        if not self.blends(cfg):  # an inpainting model alone: every step keeps its whole output
+            step_masks = [torch.ones_like(m) for m in step_masks]
         return _LatentState(
             text, z_init, x, work.mask, stages, stage_per_step, step_masks, timesteps,
             shrink, len(timesteps), cfg.decode_batch_size,
@@ -288,7 +306,7 @@ class BlendedLatentDiffusion(FrameMethod):
         # Background levels from the schedule itself (schedule.py): t' or, "official", t.
         background = blend_rule(cfg.blend_rule, scheduler, z0, noise, begin, len(timesteps), gens)
         z = blended_latent_diffusion(
-            model_fn, scheduler, start_latent(scheduler, z0, noise, begin), timesteps, masks,
+            model_fn, scheduler, self._start(scheduler, z0, noise, begin), timesteps, masks,
             background, step_kwargs(scheduler, gens, cfg.eta), on_step,
         )  # fmt: skip
         per_image = [torch.stack([f[j] for f in frames]) for j in range(b)] if frames else []
@@ -353,6 +371,21 @@ class BlendedLatentDiffusion(FrameMethod):
         if compile:
             self.unet = torch.compile(self.unet, fullgraph=False, dynamic=False)
         return self
+
+    def blends(self, cfg: EditConfig) -> bool:
+        """Whether the paper's blend runs: always for a plain model, per ``--blend`` for a model
+        trained for inpainting (``Backbone.inpainting``)."""
+        return cfg.blend == "on" or not self.backbone.inpainting
+
+    def _start(
+        self, scheduler: Any, z0: torch.Tensor, noise: torch.Tensor, begin: int
+    ) -> torch.Tensor:
+        """The first latent: the source noised to the first kept level; a model trained for
+        inpainting at full strength (blend_start 0) starts from pure noise, as its diffusers
+        pipeline does (SD-inpainting's ``is_strength_max``), so nothing of the masked object leaks."""
+        if begin == 0 and self.backbone.inpainting:
+            return noise * getattr(scheduler, "init_noise_sigma", 1.0)
+        return start_latent(scheduler, z0, noise, begin)
 
     def _timesteps(self, scheduler: Any, cfg: EditConfig, z: torch.Tensor) -> torch.Tensor:
         """SPEC 1 step 3 on this family's schedule (flow models: sigmas and shift for the size)."""

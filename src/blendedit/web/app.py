@@ -125,8 +125,7 @@ class EditorApp(Handlers):
             "name": getattr(editor, "name", ""),
             "dtype": str(editor.dtype).removeprefix("torch."),
             "device": str(editor.device),
-            # an editing model: what it is for (the page says it)
-            **({"purpose": p} if (p := getattr(editor, "purpose", "")) else {}),
+            "purpose": getattr(editor, "purpose", ""),  # what the model is for (latent models)
             **(model_info or {}),
         }
         self._own_workdir = workdir is None

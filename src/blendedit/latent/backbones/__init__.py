@@ -6,8 +6,9 @@ lists its bench presets. :func:`register_family` adds one (a plugin or a test ca
 run time); nothing outside this package names a family.
 
 Detection: a diffusers folder or hub id by its ``model_index.json`` (``_class_name``), a single
-checkpoint file by its key names (read from the header, nothing loaded). An unsupported model (a
-9-channel inpainting UNet, a FLUX Fill model, a family without a module here) is one clear line.
+checkpoint file by its key names (read from the header, nothing loaded). Models trained for
+inpainting (9-channel SD/SDXL UNets, FLUX.1 Fill) load in their family; an unsupported model (a
+family without a module here, a denoiser of another width) is one clear line.
 """
 
 from __future__ import annotations
@@ -176,9 +177,9 @@ def load_backbone(
     if vae is not None:
         replace_vae(backbone, vae, torch_dtype, local_files_only)
     want = backbone.model_in_channels
-    if backbone.unet.config.in_channels != want:
+    if backbone.unet.config.in_channels != want and not backbone.inpainting:
         raise InputError(
-            f"model: {str(model)!r} has a {backbone.unet.config.in_channels}-channel denoiser (an "
-            "inpainting model); Blended Latent Diffusion needs the plain text-to-image model"
+            f"model: {str(model)!r} has a {backbone.unet.config.in_channels}-channel denoiser, "
+            f"neither a text-to-image ({want}) nor an inpainting model blendedit knows"
         )
     return backbone

@@ -98,6 +98,8 @@ class Backbone:
     denoiser_name: ClassVar[str] = "unet"
 
     defaults: ClassVar[dict[str, Any]] = {}  # EditConfig fields this family changes (its presets)
+    # ... and those a model of the family trained for inpainting changes on top (its pipeline's)
+    inpaint_defaults: ClassVar[dict[str, Any]] = {}
     flow: ClassVar[bool] = False  # rectified flow (SD3, FLUX): flow-matching schedulers only
 
     vae: Any
@@ -211,6 +213,13 @@ class Backbone:
     def model_in_channels(self) -> int:
         """What a plain text-to-image denoiser takes (an inpainting one takes more)."""
         return int(self.vae.config.latent_channels)
+
+    @property
+    def inpainting(self) -> bool:
+        """A model trained for inpainting: the mask and the masked image's latents enter the
+        denoiser beside the noisy latent (SD/SDXL 9-channel UNets, FLUX.1 Fill; filled by
+        :meth:`condition_on_image`). It inpaints alone, so the blend is a choice (``--blend``)."""
+        return False
 
     @property
     def size_multiple(self) -> int:

@@ -95,6 +95,14 @@ _CATALOGUE = {
         source="stabilityai/sdxl-turbo",
         realtime="realtime-sdxl-turbo",
     ),
+    # SDXL inpainting 0.1 (diffusers): SDXL base's networks with a 9-channel UNet (issue 19).
+    "sdxl-inpaint": P.Architecture(
+        {**_SDXL_PARTS, "unet": {**_SDXL_PARTS["unet"], "in_channels": 9}},
+        1024,
+        scheduler=_SDXL_EULER,
+        batch=4,
+        source="diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+    ),
     "tiny-sdxl": P.Architecture(
         {
             "unet": _TINY_SDXL_UNET,
@@ -165,6 +173,7 @@ class StableDiffusionXL(Backbone):
     reference_pipeline = "StableDiffusionXLInpaintPipeline"
     # The official BLD SDXL script (text_editing_SDXL.py): guidance 5 at 1024x1024, 50 steps.
     defaults: ClassVar[dict[str, Any]] = {"guidance_scale": 5.0}
+    # The official BLD SDXL script (text_editing_SDXL.py): guidance 5 at 1024x1024, 50 steps.
     fp16_vae_upcast = True
 
     def __init__(
@@ -197,6 +206,32 @@ class StableDiffusionXL(Backbone):
         """An A1111/ComfyUI file: the text encoders under ``conditioner.embedders.``."""
         C.refuse_inpainting_unet(keys, name)
         return C.has_prefix(keys, "conditioner.embedders.")
+
+    # StableDiffusionXLInpaintPipeline's guidance 7.5 from (nearly: strength 0.9999) pure noise
+    # for a 9-channel UNet, with --blend's default chosen by docs/eval-toyworld/inpaint.md.
+    inpaint_defaults: ClassVar[dict[str, Any]] = {
+        "guidance_scale": 7.5, "blend_start": 0.0, "blend": C.INPAINT_BLEND,
+    }  # fmt: skip
+
+    @classmethod
+    def model_defaults(cls, model: Name, local_files_only: bool | None = None) -> dict[str, Any]:
+        """An inpainting UNet (9 channels, from its config or a file's keys) adds its pipeline's
+        defaults to the family's (the BLD script's guidance 5)."""
+        inpainting = C.unet_is_inpainting(model, local_files_only)
+        return {**cls.defaults, **(cls.inpaint_defaults if inpainting else {})}
+
+    @property
+    def inpainting(self) -> bool:
+        """A 9-channel UNet: [noisy latent (4), mask (1), masked image's latent (4)]."""
+        return bool(self.unet.config.in_channels == 2 * self.vae.config.latent_channels + 1)
+
+    def condition_on_image(
+        self, c: Conditioning, x: torch.Tensor, mask: torch.Tensor, z_init: torch.Tensor
+    ) -> Conditioning:
+        """An inpainting UNet: the mask and the masked image's latents (``C.masked_image_condition``)."""
+        if self.inpainting:
+            c.image = C.masked_image_condition(self, x, mask, z_init)
+        return c
 
     @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
@@ -293,6 +328,7 @@ class StableDiffusionXL(Backbone):
         cond_w = C.lcm_guidance_embedding(self.unet, guidance_scale, len(context), self.device)
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, 4, h, w)
+            z = C.with_image(z, c.image)  # inpainting UNet: (P * B, 9, h, w)
             return self.unet(
                 z, t, encoder_hidden_states=context, added_cond_kwargs=added,
                 timestep_cond=cond_w, return_dict=False,

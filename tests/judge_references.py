@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from tiny_models import tiny_clip, tiny_tokenizer
 
 # ------------------------------------------------------------------ PickScore: a CLIPModel folder

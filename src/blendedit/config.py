@@ -270,12 +270,11 @@ class FrameConfig:
         "(PickScore, HPS v2.1) on the whole working region and the prompt; aesthetic = the LAION "
         "aesthetic predictor on the whole working region; ensemble = per-batch normalised, "
         "weighted sum (--rank-weights)", flag="--rank", group="output", choices=RANKERS,
-        label="Ranker",
+        web=True, label="Ranker",
     )  # fmt: skip
     rank_weights: str = setting(
         DEFAULT_RANK_WEIGHTS, "ensemble: the judges it weighs, JUDGE=WEIGHT,... (judges: "
         "clip, pickscore, hps, aesthetic)", flag="--rank-weights", group="output",
-        parse=lambda text: format_weights(parse_weights(text)),
     )  # fmt: skip
     background: str = setting(
         "stitch", "how the photo returns outside the mask (paper 4.2): stitch = its own pixels, "

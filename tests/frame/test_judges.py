@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from blendedit.config import FrameConfig, parse_weights
+from blendedit.errors import BlendEditError, InputError, ModelNotFoundError
+from blendedit.frame import judges as J
+from blendedit.frame.openclip import clip_model_from_open_clip, convert_state
 from judge_references import (
     TINY_OPEN_CLIP,
     aesthetic_reference,
@@ -19,11 +24,6 @@ from judge_references import (
     write_pickscore,
 )
 from tiny_models import tiny_clip, tiny_tokenizer
-
-from blendedit.config import FrameConfig, parse_weights
-from blendedit.errors import BlendEditError, InputError, ModelNotFoundError
-from blendedit.frame import judges as J
-from blendedit.frame.openclip import clip_model_from_open_clip, convert_state
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_hps_open_clip_keys_convert_key_for_key(tmp_path: Path) -> None:
     q = sd["visual.transformer.resblocks.1.attn.in_proj_weight"][:24]
     assert torch.equal(out["vision_model.encoder.layers.1.self_attn.q_proj.weight"], q)
     assert torch.equal(out["visual_projection.weight"], sd["visual.proj"].t())
-    with pytest.raises(ModelNotFoundError, match="open_clip key 'visual.extra.weight'"):
+    with pytest.raises(ModelNotFoundError, match=r"open_clip key 'visual\.extra\.weight'"):
         convert_state({**sd, "visual.extra.weight": torch.zeros(1)})
 
 
@@ -90,7 +90,10 @@ def test_hps_matches_open_clip_forward(judge_dir: Path, images: torch.Tensor) ->
     noise = torch.randn(sd["text_projection"].shape, generator=torch.Generator().manual_seed(5))
     bad = {**sd, "text_projection": sd["text_projection"] + 0.2 * noise}
     assert not torch.allclose(hps_reference(bad, pixels, text), want, atol=1e-4)
-    wrong_heads = {**TINY_OPEN_CLIP, "vision_cfg": {**TINY_OPEN_CLIP["vision_cfg"], "head_width": 24}}
+    wrong_heads = {
+        **TINY_OPEN_CLIP,
+        "vision_cfg": {**TINY_OPEN_CLIP["vision_cfg"], "head_width": 24},
+    }
     assert not torch.allclose(hps_reference(sd, pixels, text, wrong_heads), want, atol=1e-4)
 
 
@@ -143,7 +146,7 @@ def test_unknown_ranker_and_missing_models_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="aesthetic needs its weight file") as e:
         J.Judges().get("aesthetic", torch.device("cpu"))
     assert "improved-aesthetic-predictor" in str(e.value)
-    with pytest.raises(ModelNotFoundError, match="hps='/no/such.pt' is not a file"):
+    with pytest.raises(ModelNotFoundError, match=r"hps='/no/such\.pt' is not a file"):
         J.Judges({"hps": "/no/such.pt"}).get("hps", torch.device("cpu"))
     with pytest.raises(ModelNotFoundError, match="judge-model") as e:
         J.load_pickscore(str(tmp_path / "nothing-here"))
@@ -181,7 +184,9 @@ def test_rank_pickscore_and_ensemble_through_an_edit(
         {k: torch.tensor([c.judges[k] for c in ens.candidates]) for k in ("clip", "pickscore")},
         {"clip": 1.0, "pickscore": 1.0},
     )
-    torch.testing.assert_close(z, torch.tensor([c.score for c in ens.candidates]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        z, torch.tensor([c.score for c in ens.candidates]), atol=1e-4, rtol=0
+    )
     plain = editor(img, mask, "a hat", **run).candidates[0].to_dict()
     assert set(plain) >= {"clip_score"} and "judges" not in plain
     off = editor(img, mask, "a hat", rank=False, ranker="pickscore", **run)

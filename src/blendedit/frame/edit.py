@@ -33,9 +33,9 @@ from blendedit.config import FrameConfig, resolve_seeds
 from blendedit.errors import BlendEditError, InputError
 from blendedit.frame import masks as M
 from blendedit.frame import reconstruct as R
+from blendedit.frame.judges import Judges, Ranking, rank_inputs
 from blendedit.frame.metrics import region_background_report
 from blendedit.frame.photo import Photo, orient_like, read_photo
-from blendedit.frame.judges import Judges, Ranking, rank_inputs
 from blendedit.frame.ranking import ClipScorer, rank_order
 from blendedit.frame.region import Region, Size, choose_region
 from blendedit.frame.results import Candidate, EditResult, ProgressFn, Timings
@@ -112,6 +112,7 @@ class FrameMethod:
 
     config_class: type[FrameConfig] = FrameConfig
     method: str = ""
+    judges: Judges | None = None  # the ranking judges (--rank); None: the defaults, when asked
 
     def __call__(
         self,
@@ -441,7 +442,7 @@ def _scores(
     judges = getattr(core, "judges", None)
     if judges is None:  # the default judges' models, loaded when first asked for
         judges = Judges()
-        core.judges = judges  # type: ignore[attr-defined]
+        core.judges = judges  # type: ignore[attr-defined]  # kept: loaded once per editor
     shown = rank_inputs(decoded, work.x, work.mask, work.prompt, core.device)
     return judges.rank(cfg.ranker, cfg.rank_weights, shown, core.clip)
 
@@ -498,9 +499,9 @@ class _Kept:
             seed=self.seeds[idx],
             rank=rank,
             score=None if self.ranking is None else float(self.ranking.score[idx]),
-            judges={} if self.ranking is None else {
-                k: float(v[idx]) for k, v in self.ranking.judges.items()
-            },
+            judges={}
+            if self.ranking is None
+            else {k: float(v[idx]) for k, v in self.ranking.judges.items()},
             decoded=Image.fromarray(dec),
             latent=samples[idx].cpu() if state.latent_space else None,
             process=process,

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -48,9 +47,7 @@ DEFAULT_JUDGE_MODELS = {
     "aesthetic": "",  # the predictor's .pth has no hub home: --judge-model aesthetic=FILE
     "aesthetic-clip": "openai/clip-vit-large-patch14",
 }
-AESTHETIC_SOURCE = (
-    "sac+logos+ava1-l14-linearMSE.pth from github.com/christophschuhmann/improved-aesthetic-predictor"
-)
+AESTHETIC_SOURCE = "sac+logos+ava1-l14-linearMSE.pth from github.com/christophschuhmann/improved-aesthetic-predictor"
 NEEDS_PROMPT = {"clip": True, "pickscore": True, "hps": True, "aesthetic": False}
 SEES = {"clip": "masked", "pickscore": "whole", "hps": "whole", "aesthetic": "whole"}
 
@@ -313,7 +310,9 @@ def load_hps(spec: str, tokenizer_id: str) -> ClipModelJudge:
     from blendedit.models import load_cached_first
 
     path = resolve_file(spec, "hps")
-    model = clip_model_from_open_clip(read_state(path, "hps"), path.parent / "open_clip_config.json")
+    model = clip_model_from_open_clip(
+        read_state(path, "hps"), path.parent / "open_clip_config.json"
+    )
     size = int(model.config.vision_config.image_size)
     beside = path.parent if (path.parent / "vocab.json").is_file() else None
 

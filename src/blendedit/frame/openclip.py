@@ -103,7 +103,7 @@ def clip_config(state: dict[str, torch.Tensor], open_clip_config: dict[str, Any]
     try:
         conv = state["visual.conv1.weight"]  # (W, 3, P, P)
         v_width, patch = int(conv.shape[0]), int(conv.shape[-1])
-        grid = int(round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5))
+        grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
         t_len, t_width = state["positional_embedding"].shape
         vocab = int(state["token_embedding.weight"].shape[0])
         embed = int(state["visual.proj"].shape[1])

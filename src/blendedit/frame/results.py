@@ -94,7 +94,6 @@ class Candidate:
             **({"metrics": self.metrics} if self.metrics else {}),
         }
 
-
     def _judged(self) -> dict[str, Any]:
         """With a judge other than CLIP alone: ``score`` (the ranking's: an ensemble's weighted
         sum of per-batch z-scores) and ``judges`` (each judge's own score); ``clip_score`` is then

@@ -182,3 +182,127 @@ def aesthetic_reference(pth: Path, clip_folder: Path, images: list) -> torch.Ten
     for i in (0, 2, 4, 6, 7):  # Dropout between them is the identity at inference
         x = F.linear(x, sd[f"layers.{i}.weight"], sd[f"layers.{i}.bias"])
     return x.squeeze(-1)
+
+
+# ------------------------------------------------------------------ ImageReward: BLIP + BERT + MLP
+
+TINY_MED = {"hidden_size": 32, "num_attention_heads": 4, "layer_norm_eps": 1e-12,
+            "num_hidden_layers": 2, "intermediate_size": 48, "vocab_size": 141,
+            "max_position_embeddings": 40, "pad_token_id": 0}  # fmt: skip
+TINY_VIT = {"width": 128, "layers": 2, "patch": 8, "image": 32}  # heads = width / 64 = 2
+
+
+def imagereward_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors under ``ImageReward.pt``'s keys: blip.visual_encoder (BLIP's ViT),
+    blip.text_encoder (med.py's BERT, cross-attention in every layer), blip.*_proj, mlp.layers."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int, s: float = 0.1) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * s
+
+    vw, p, grid = TINY_VIT["width"], TINY_VIT["patch"], TINY_VIT["image"] // TINY_VIT["patch"]
+    h, inter = TINY_MED["hidden_size"], TINY_MED["intermediate_size"]
+    v = "blip.visual_encoder."
+    sd = {v + "cls_token": r(1, 1, vw), v + "pos_embed": r(1, grid * grid + 1, vw),
+          v + "patch_embed.proj.weight": r(vw, 3, p, p, s=0.05), v + "patch_embed.proj.bias": r(vw),
+          v + "norm.weight": 1 + r(vw), v + "norm.bias": r(vw)}  # fmt: skip
+    for i in range(TINY_VIT["layers"]):
+        b = f"{v}blocks.{i}."
+        for name, shape in (("norm1", (vw,)), ("norm2", (vw,))):
+            sd[b + name + ".weight"], sd[b + name + ".bias"] = 1 + r(*shape), r(*shape)
+        for name, o, n in (("attn.qkv", 3 * vw, vw), ("attn.proj", vw, vw),
+                           ("mlp.fc1", 4 * vw, vw), ("mlp.fc2", vw, 4 * vw)):  # fmt: skip
+            sd[b + name + ".weight"], sd[b + name + ".bias"] = r(o, n, s=n**-0.5), r(o)
+    t = "blip.text_encoder."
+    sd[t + "embeddings.word_embeddings.weight"] = r(TINY_MED["vocab_size"], h, s=0.5)
+    sd[t + "embeddings.position_embeddings.weight"] = r(TINY_MED["max_position_embeddings"], h)
+    sd[t + "embeddings.LayerNorm.weight"], sd[t + "embeddings.LayerNorm.bias"] = 1 + r(h), r(h)
+    sd[t + "embeddings.position_ids"] = torch.arange(TINY_MED["max_position_embeddings"])[None]
+    for i in range(TINY_MED["num_hidden_layers"]):
+        b = f"{t}encoder.layer.{i}."
+        linears = [("attention.self.query", h, h), ("attention.self.key", h, h),
+                   ("attention.self.value", h, h), ("attention.output.dense", h, h),
+                   ("crossattention.self.query", h, h), ("crossattention.self.key", h, vw),
+                   ("crossattention.self.value", h, vw), ("crossattention.output.dense", h, h),
+                   ("intermediate.dense", inter, h), ("output.dense", h, inter)]  # fmt: skip
+        for name, o, n in linears:
+            sd[b + name + ".weight"], sd[b + name + ".bias"] = r(o, n, s=n**-0.5), r(o)
+        for name in ("attention.output.LayerNorm", "crossattention.output.LayerNorm",
+                     "output.LayerNorm"):  # fmt: skip
+            sd[b + name + ".weight"], sd[b + name + ".bias"] = 1 + r(h), r(h)
+    sd["blip.vision_proj.weight"], sd["blip.vision_proj.bias"] = r(256, vw), r(256)
+    sd["blip.text_proj.weight"], sd["blip.text_proj.bias"] = r(256, h), r(256)
+    for i, (o, n) in {0: (1024, h), 2: (128, 1024), 4: (64, 128), 6: (16, 64), 7: (1, 16)}.items():
+        sd[f"mlp.layers.{i}.weight"], sd[f"mlp.layers.{i}.bias"] = r(o, n, s=n**-0.5), r(o)
+    return sd
+
+
+def write_imagereward(folder: Path, seed: int = 0) -> Path:
+    """``ImageReward.pt`` (one state dict), BLIP's ``med_config.json`` and a BERT vocab beside it."""
+    from blendedit.latent.backbones.common import write_bert_vocab
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(imagereward_state(seed), folder / "ImageReward.pt")
+    (folder / "med_config.json").write_text(json.dumps(TINY_MED))
+    write_bert_vocab(folder)
+    return folder / "ImageReward.pt"
+
+
+def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
+    return x.reshape(x.shape[0], x.shape[1], n, -1).transpose(1, 2)  # (B, n, L, d)
+
+
+def _attend(q, k, v, heads, mask=None):
+    """softmax(q k^T / sqrt(d) + mask) v over ``heads`` heads; (B, L, W) -> (B, L, W)."""
+    q, k, v = _heads(q, heads), _heads(k, heads), _heads(v, heads)
+    a = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    if mask is not None:
+        a = a + mask
+    out = a.softmax(-1) @ v  # (B, n, L, d)
+    return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)
+
+
+@torch.no_grad()
+def imagereward_reference(sd, pixels, ids, attention_mask):
+    """ImageReward.score: BLIP's ViT tokens (pre-norm timm blocks, final norm), med.py's BERT
+    (post-norm; self-attention under the padding mask, cross-attention to every image token),
+    the first token through the MLP, standardised. pixels (B, 3, S, S); ids, mask (1, L)."""
+    v, heads = "blip.visual_encoder.", TINY_VIT["width"] // 64
+
+    def lin(x, key):
+        return F.linear(x, sd[key + ".weight"], sd[key + ".bias"])
+
+    def ln(x, key, eps):
+        return F.layer_norm(x, (x.shape[-1],), sd[key + ".weight"], sd[key + ".bias"], eps)
+
+    x = F.conv2d(pixels, sd[v + "patch_embed.proj.weight"], sd[v + "patch_embed.proj.bias"],
+                 stride=TINY_VIT["patch"]).flatten(2).transpose(1, 2)  # fmt: skip
+    x = torch.cat([sd[v + "cls_token"].expand(x.shape[0], -1, -1), x], 1) + sd[v + "pos_embed"]
+    for i in range(TINY_VIT["layers"]):
+        b = f"{v}blocks.{i}."
+        q, k, val = lin(ln(x, b + "norm1", 1e-6), b + "attn.qkv").chunk(3, dim=-1)
+        x = x + lin(_attend(q, k, val, heads), b + "attn.proj")
+        x = x + lin(F.gelu(lin(ln(x, b + "norm2", 1e-6), b + "mlp.fc1")), b + "mlp.fc2")
+    image = ln(x, v + "norm", 1e-6)  # (B, 1 + g*g, W)
+    t, n, eps = "blip.text_encoder.", TINY_MED["num_attention_heads"], 1e-12
+    bsz, length = image.shape[0], ids.shape[1]
+    y = sd[t + "embeddings.word_embeddings.weight"][ids.expand(bsz, -1)]
+    y = ln(y + sd[t + "embeddings.position_embeddings.weight"][:length], t + "embeddings.LayerNorm",
+           eps)  # fmt: skip
+    pad = (1.0 - attention_mask.float())[:, None, None, :] * -10000.0  # BERT's extended mask
+    for i in range(TINY_MED["num_hidden_layers"]):
+        b = f"{t}encoder.layer.{i}."
+        s = _attend(lin(y, b + "attention.self.query"), lin(y, b + "attention.self.key"),
+                    lin(y, b + "attention.self.value"), n, pad)  # fmt: skip
+        y = ln(lin(s, b + "attention.output.dense") + y, b + "attention.output.LayerNorm", eps)
+        c = _attend(lin(y, b + "crossattention.self.query"),
+                    lin(image, b + "crossattention.self.key"),
+                    lin(image, b + "crossattention.self.value"), n)  # fmt: skip
+        y = ln(lin(c, b + "crossattention.output.dense") + y,
+               b + "crossattention.output.LayerNorm", eps)  # fmt: skip
+        h = F.gelu(lin(y, b + "intermediate.dense"))
+        y = ln(lin(h, b + "output.dense") + y, b + "output.LayerNorm", eps)
+    z = y[:, 0]
+    for i in (0, 2, 4, 6, 7):
+        z = lin(z, f"mlp.layers.{i}")
+    return (z.squeeze(-1) - 0.16717362830052426) / 1.0333394966054072

@@ -33,7 +33,14 @@ MASK_SHRINK_MODES = ("auto", "on", "off")
 BLEND_RULES = ("diffusers", "official")  # see blendedit.latent.schedule
 SAMPLERS = ("ddpm", "ddim")
 FIT_MODES = ("stretch", "pad")
-RANKERS = ("clip", "pickscore", "hps", "aesthetic", "ensemble")  # see blendedit.frame.judges
+RANKERS = (
+    "clip",
+    "pickscore",
+    "hps",
+    "imagereward",
+    "aesthetic",
+    "ensemble",
+)  # see blendedit.frame.judges
 JUDGES = RANKERS[:-1]  # the judges an ensemble may weigh
 DEFAULT_RANK_WEIGHTS = "clip=1,pickscore=1,hps=1"
 MAX_WORKING_SIDE = 4096  # px; the long side the model works at
@@ -266,15 +273,15 @@ class FrameConfig:
     )  # fmt: skip
     ranker: str = setting(
         "clip", "the judge that ranks the candidates: clip = CLIP similarity of the masked "
-        "result to the prompt (the papers'); pickscore, hps = human-preference reward models "
-        "(PickScore, HPS v2.1) on the whole working region and the prompt; aesthetic = the LAION "
-        "aesthetic predictor on the whole working region; ensemble = per-batch normalised, "
+        "result to the prompt (the papers'); pickscore, hps, imagereward = human-preference "
+        "reward models (PickScore, HPS v2.1, ImageReward) on the whole working region and the "
+        "prompt; aesthetic = the LAION aesthetic predictor on the whole working region; ensemble = per-batch normalised, "
         "weighted sum (--rank-weights)", flag="--rank", group="output", choices=RANKERS,
         web=True, label="Ranker",
     )  # fmt: skip
     rank_weights: str = setting(
         DEFAULT_RANK_WEIGHTS, "ensemble: the judges it weighs, JUDGE=WEIGHT,... (judges: "
-        "clip, pickscore, hps, aesthetic)", flag="--rank-weights", group="output",
+        "clip, pickscore, hps, imagereward, aesthetic)", flag="--rank-weights", group="output",
     )  # fmt: skip
     background: str = setting(
         "stitch", "how the photo returns outside the mask (paper 4.2): stitch = its own pixels, "

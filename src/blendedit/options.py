@@ -282,9 +282,11 @@ def aliases() -> dict[str, str]:
     """``blendedit edit`` flag names (dashes as underscores) of settings whose field is named
     otherwise (``steps`` -> ``num_inference_steps``), from the settings' descriptions."""
     out = {}
-    for name, (s, _, _) in setting_fields().items():
+    fields = setting_fields()
+    for name, (s, _, _) in fields.items():
         flag = (s.flag or "").removeprefix("--").replace("-", "_")
-        if s.takes_value and flag and flag != name:
+        # a flag named like another field (--rank of ranker, rank the --no-rank field) is no alias
+        if s.takes_value and flag and flag != name and flag not in fields:
             out[flag] = name
     return out
 

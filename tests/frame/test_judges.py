@@ -222,3 +222,32 @@ def test_tiny_clip_folder_is_a_clip_judge(tiny_clip_dir: Path, images: torch.Ten
     mask[..., 10:30, 10:40] = 1
     want = ClipScorer(tiny_clip(), tiny_tokenizer(tiny_clip_dir)).score(images, mask, "a hat")
     torch.testing.assert_close(judge.score(images, mask, "a hat"), want, atol=1e-5, rtol=1e-5)
+
+
+def test_imagereward_keys_and_forward_match_the_reference(
+    judge_dir: Path, images: torch.Tensor
+) -> None:
+    """ImageReward from ``ImageReward.pt``'s keys = ImageReward.score written in plain torch
+    (BLIP ViT, cross-attending BERT as an encoder, first token, MLP, standardisation). Guards:
+    dropping the cross-attention's image (zero image tokens) or the padding mask changes the
+    scores, so the port must route both as the reference does."""
+    from blendedit.frame.imagereward import split_state
+    from judge_references import imagereward_reference, imagereward_state, write_imagereward
+
+    vision, text, head = split_state(imagereward_state())
+    assert len(vision) + len(text) + len(head) == len(imagereward_state()) - 5  # projs, ids
+    with pytest.raises(ModelNotFoundError, match=r"ImageReward key 'blip\.extra'"):
+        split_state({**imagereward_state(), "blip.extra": torch.zeros(1)})
+    path = write_imagereward(judge_dir / "imagereward")
+    judge = J.load_imagereward(str(path), "unused/tokenizer")
+    got = judge.score(images, torch.ones(1, 1, 40, 48), "a red hat")
+    sd = torch.load(path, weights_only=True)
+    pixels = judge.processor(images=J.to_pil(images), return_tensors="pt")["pixel_values"]
+    tok = judge.tokenizer("a red hat", padding="max_length", max_length=35, return_tensors="pt")
+    want = imagereward_reference(sd, pixels, tok["input_ids"], tok["attention_mask"])
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    no_pad_mask = imagereward_reference(sd, pixels, tok["input_ids"], torch.ones(1, 35))
+    assert not torch.allclose(no_pad_mask, want, atol=1e-3)
+    assert not torch.allclose(
+        imagereward_reference(sd, torch.zeros_like(pixels), tok["input_ids"],
+                              tok["attention_mask"]), want, atol=1e-3)  # fmt: skip

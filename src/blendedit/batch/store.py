@@ -206,7 +206,9 @@ class BatchStore:
                     folder=row.key,
                     best=results[0].get("file") if results else None,
                     clip_score=results[0].get("clip_score") if results else None,
-                    **{k: results[0][k] for k in ("score", "judges") if results and k in results[0]},
+                    **{
+                        k: results[0][k] for k in ("score", "judges") if results and k in results[0]
+                    },
                     seconds=res.get("timings", {}).get("total"),
                 )
             else:

@@ -34,6 +34,7 @@ from PIL import Image
 
 from blendedit.config import JUDGES, parse_weights
 from blendedit.errors import InputError, ModelNotFoundError
+from blendedit.frame.imagereward import aesthetic_head
 from blendedit.frame.ranking import DEFAULT_CLIP_MODEL, ClipScorer
 
 logger = logging.getLogger(__name__)
@@ -44,12 +45,21 @@ DEFAULT_JUDGE_MODELS = {
     "pickscore": "yuvalkirstain/PickScore_v1",
     "hps": "xswu/HPSv2/HPS_v2.1_compressed.pt",  # hub repo xswu/HPSv2, file HPS_v2.1_compressed.pt
     "hps-tokenizer": VIT_H_14,
+    "imagereward": "THUDM/ImageReward/ImageReward.pt",  # with med_config.json beside it
+    "imagereward-tokenizer": "google-bert/bert-base-uncased",
     "aesthetic": "",  # the predictor's .pth has no hub home: --judge-model aesthetic=FILE
     "aesthetic-clip": "openai/clip-vit-large-patch14",
 }
 AESTHETIC_SOURCE = "sac+logos+ava1-l14-linearMSE.pth from github.com/christophschuhmann/improved-aesthetic-predictor"
-NEEDS_PROMPT = {"clip": True, "pickscore": True, "hps": True, "aesthetic": False}
-SEES = {"clip": "masked", "pickscore": "whole", "hps": "whole", "aesthetic": "whole"}
+NEEDS_PROMPT = {
+    "clip": True,
+    "pickscore": True,
+    "hps": True,
+    "imagereward": True,
+    "aesthetic": False,
+}
+SEES = {"clip": "masked", "pickscore": "whole", "hps": "whole", "imagereward": "whole",
+        "aesthetic": "whole"}  # fmt: skip
 
 
 class Judge:
@@ -152,22 +162,6 @@ class ClipModelJudge(Judge):
 def _features(out: Any) -> torch.Tensor:
     """transformers 4 returns the projected features; 5 an output whose pooler is them."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-def aesthetic_head(width: int) -> torch.nn.Sequential:
-    """The LAION improved aesthetic predictor's MLP: Linear(width, 1024), Dropout(0.2),
-    Linear(1024, 128), Dropout(0.2), Linear(128, 64), Dropout(0.1), Linear(64, 16),
-    Linear(16, 1), without activations; its state dict keys ``layers.{0,2,4,6,7}.*``."""
-    return torch.nn.Sequential(
-        torch.nn.Linear(width, 1024),
-        torch.nn.Dropout(0.2),
-        torch.nn.Linear(1024, 128),
-        torch.nn.Dropout(0.2),
-        torch.nn.Linear(128, 64),
-        torch.nn.Dropout(0.1),
-        torch.nn.Linear(64, 16),
-        torch.nn.Linear(16, 1),
-    ).eval()
 
 
 def load_aesthetic_head(path: str | Path) -> torch.nn.Sequential:
@@ -346,6 +340,57 @@ def load_aesthetic(spec: str, clip_id: str) -> ClipModelJudge:
     return judge
 
 
+class ImageRewardJudge(Judge):
+    """ImageReward (:mod:`.imagereward`): the prompt padded to 35 BERT tokens cross-attending to
+    the BLIP ViT's tokens of the whole image, prepared as CLIP prepares it (ImageReward's own
+    transform: resize, centre crop 224, OpenAI's mean and deviation)."""
+
+    name = "imagereward"
+
+    def __init__(self, model: Any, processor: Any, tokenizer: Any) -> None:
+        self.model, self.processor, self.tokenizer = model, processor, tokenizer
+
+    def to(self, device: torch.device | str) -> ImageRewardJudge:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, masks: torch.Tensor, prompt: str) -> torch.Tensor:
+        from blendedit.frame.imagereward import TEXT_LENGTH
+
+        device = next(self.model.parameters()).device
+        tok = self.tokenizer(prompt, padding="max_length", truncation=True,
+                             max_length=TEXT_LENGTH, return_tensors="pt")  # fmt: skip
+        ids, mask = tok["input_ids"].to(device), tok["attention_mask"].to(device)  # (1, 35)
+        scores = []
+        for i in range(0, images.shape[0], 8):
+            pil = to_pil(images[i : i + 8])
+            pixels = self.processor(images=pil, return_tensors="pt")["pixel_values"]
+            scores.append(self.model(pixels.to(device), ids, mask).float().cpu())
+        return torch.cat(scores)
+
+
+def load_imagereward(spec: str, tokenizer_id: str) -> ImageRewardJudge:
+    """``ImageReward.pt`` (a file, or ``owner/repo/file`` on the hub) with BLIP's
+    ``med_config.json`` beside it where present; the BERT tokenizer from a folder beside the
+    checkpoint with a ``vocab.txt``, else ``tokenizer_id``."""
+    from transformers import BertTokenizer
+
+    from blendedit.frame.imagereward import load_imagereward_model
+    from blendedit.models import load_cached_first
+
+    path = resolve_file(spec, "imagereward")
+    model = load_imagereward_model(read_state(path, "imagereward"), path.parent / "med_config.json")
+    size = int(model.vision.config.image_size)
+    name = str(path.parent) if (path.parent / "vocab.txt").is_file() else tokenizer_id
+
+    def load(local: bool) -> ImageRewardJudge:
+        tok = BertTokenizer.from_pretrained(name, local_files_only=local)
+        return ImageRewardJudge(model, _processor(None, size, local), tok)
+
+    return load_cached_first("judge-model", name, load, None)
+
+
 def parse_judge_models(items: Any) -> dict[str, str]:
     """``--judge-model NAME=MODEL`` values -> {name: model}; one line for an unknown name."""
     out: dict[str, str] = {}
@@ -379,6 +424,9 @@ class Judges:
                 "clip": lambda: ClipJudge(ClipScorer.from_pretrained(m["clip"])),
                 "pickscore": lambda: load_pickscore(m["pickscore"]),
                 "hps": lambda: load_hps(m["hps"], m["hps-tokenizer"]),
+                "imagereward": lambda: load_imagereward(
+                    m["imagereward"], m["imagereward-tokenizer"]
+                ),
                 "aesthetic": lambda: load_aesthetic(m["aesthetic"], m["aesthetic-clip"]),
             }
             judge = loaders[name]()

@@ -114,6 +114,13 @@ def test_aesthetic_matches_simple_inference(
         pixels = judge.processor(images=J.to_pil(images), return_tensors="pt")["pixel_values"]
         raw = judge.model.get_image_features(pixel_values=pixels).pooler_output
         assert not torch.allclose(judge.head(raw).squeeze(-1), want, atol=1e-4)
+        # The first LAION predictor (one Linear; BrushBench's aesthetic score) loads too.
+        linear = torch.nn.Linear(32, 1)
+        torch.save(linear.state_dict(), judge_dir / "sa_0_4_vit_l_14_linear.pth")
+        first = J.load_aesthetic(str(judge_dir / "sa_0_4_vit_l_14_linear.pth"), str(clip_dir))
+        unit = raw / raw.norm(dim=-1, keepdim=True)
+        torch.testing.assert_close(first.score(images, torch.ones(1, 1, 40, 48), ""),
+                                   linear(unit).squeeze(-1), atol=1e-5, rtol=1e-5)  # fmt: skip
 
 
 def test_ensemble_is_weighted_z_scores() -> None:

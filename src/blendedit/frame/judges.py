@@ -164,9 +164,15 @@ def _features(out: Any) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def load_aesthetic_head(path: str | Path) -> torch.nn.Sequential:
-    """The predictor's ``.pth`` (a state dict ``layers.0.weight`` ...), or ``.safetensors``."""
+def load_aesthetic_head(path: str | Path) -> torch.nn.Module:
+    """The LAION predictor's head: the improved predictor's MLP ``.pth`` (``layers.0.weight``
+    ...), or the first predictor's single linear layer (``weight`` (1, D), ``bias``;
+    ``sa_0_4_vit_l_14_linear.pth``, the one BrushBench's aesthetic score uses); or safetensors."""
     state = read_state(path, "aesthetic")
+    if set(state) == {"weight", "bias"}:  # the first LAION predictor: Linear(D, 1)
+        head: torch.nn.Module = torch.nn.Linear(int(state["weight"].shape[1]), 1).eval()
+        head.load_state_dict(state)
+        return head
     state = {k.removeprefix("layers."): v for k, v in state.items()}
     if "0.weight" not in state:
         raise ModelNotFoundError(
@@ -331,7 +337,8 @@ def load_aesthetic(spec: str, clip_id: str) -> ClipModelJudge:
         return ClipModelJudge("aesthetic", model, _processor(clip_id, size, local), head=head)
 
     judge = load_cached_first("judge-model", clip_id, load, None)
-    width, dim = int(head[0].weight.shape[1]), int(judge.model.config.projection_dim)
+    first = head if isinstance(head, torch.nn.Linear) else head[0]
+    width, dim = int(first.weight.shape[1]), int(judge.model.config.projection_dim)
     if width != dim:
         raise ModelNotFoundError(
             f"judge-model: aesthetic={spec!r} takes {width}-wide embeddings but aesthetic-clip="

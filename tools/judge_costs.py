@@ -20,15 +20,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' tiny models and reference layouts
 
+from blendedit.frame import judges as J  # noqa: E402
+from blendedit.frame.ranking import ClipScorer  # noqa: E402
 from judge_references import (  # noqa: E402
     write_aesthetic,
     write_hps,
     write_imagereward,
     write_pickscore,
 )
-
-from blendedit.frame import judges as J  # noqa: E402
-from blendedit.frame.ranking import ClipScorer  # noqa: E402
 
 
 def _clip(vision: tuple[int, int, int, int], text: tuple[int, int, int], embed: int) -> int:

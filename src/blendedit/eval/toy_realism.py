@@ -77,9 +77,7 @@ def _box(rng: np.random.Generator, size: int = 64) -> tuple[int, int, int, int]:
     return x0, y0, x0 + side, y0 + side
 
 
-def composite(
-    real: np.ndarray, other: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
+def composite(real: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A flawed copy of scene ``real`` (64, 64, 3) uint8: inside a random box, one of a pasted
     patch of scene ``other`` (a seam), a colour shift, a blur, or noise; the flaws an edit's
     paste-back, decoder or sampler can leave."""

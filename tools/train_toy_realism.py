@@ -3,7 +3,7 @@ generator (seed 0) against composites of them (seams of pasted patches, colour s
 noise inside a box), binary cross-entropy, Adam. Held-out accuracy on seed-1 scenes is printed
 and written beside the weights. A few minutes on 2 CPU cores.
 
-    PYTHONPATH=src python tools/train_toy_realism.py [--steps 800] [--out tools/toy_realism.safetensors]
+    PYTHONPATH=src python tools/train_toy_realism.py [--steps 300] [--out tools/toy_realism.safetensors]
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ def accuracy(net: ToyRealismNet, pool: np.ndarray, n: int = 512) -> float:
 def main() -> None:
     torch.set_flush_denormal(True)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=800)
-    p.add_argument("--batch", type=int, default=48)
-    p.add_argument("--scenes", type=int, default=2000, help="training scenes (seed 0)")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--scenes", type=int, default=1500, help="training scenes (seed 0)")
     p.add_argument("--out", type=Path, default=ROOT / "tools" / "toy_realism.safetensors")
     args = p.parse_args()
     torch.manual_seed(0)

@@ -166,38 +166,40 @@ def test_unknown_ranker_and_missing_models_are_one_line(tmp_path: Path) -> None:
     assert issubclass(ModelNotFoundError, BlendEditError)
 
 
-@pytest.mark.slow
 def test_rank_pickscore_and_ensemble_through_an_edit(
-    editor, judge_dir: Path, shared_images: Path, tmp_path: Path
+    editor, judge_dir: Path, tmp_path: Path
 ) -> None:
     """--rank through the frame: each judge's score per candidate, the order by the ranking
     score, result.json's ``score``/``judges``; the default CLIP ranking writes what it did."""
     folder = write_pickscore(judge_dir / "pickscore-edit")
     editor.judges = J.Judges({"pickscore": str(folder)})
-    run = {"num_images": 3, "num_inference_steps": 2, "region": "full", "background": "decoded"}
-    photo = shared_images / "photo.png" if (shared_images / "photo.png").exists() else None
-    img = photo or _photo(tmp_path)
-    mask = _mask(tmp_path)
-    res = editor(img, mask, "a hat", ranker="pickscore", **run)
-    scores = [c.score for c in res.candidates]
-    assert scores == sorted(scores, reverse=True)
-    assert all(set(c.judges) == {"pickscore"} for c in res.candidates)
-    d = res.candidates[0].to_dict()
-    assert d["score"] == pytest.approx(scores[0], abs=1e-5) and d["clip_score"] is None
-    ens = editor(img, mask, "a hat", ranker="ensemble", rank_weights="clip=1,pickscore=1", **run)
-    for c in ens.candidates:
-        assert set(c.judges) == {"clip", "pickscore"}
-    z = J.ensemble(
-        {k: torch.tensor([c.judges[k] for c in ens.candidates]) for k in ("clip", "pickscore")},
-        {"clip": 1.0, "pickscore": 1.0},
-    )
-    torch.testing.assert_close(
-        z, torch.tensor([c.score for c in ens.candidates]), atol=1e-4, rtol=0
-    )
-    plain = editor(img, mask, "a hat", **run).candidates[0].to_dict()
-    assert set(plain) >= {"clip_score"} and "judges" not in plain
-    off = editor(img, mask, "a hat", rank=False, ranker="pickscore", **run)
-    assert all(c.score is None and not c.judges for c in off.candidates)
+    try:
+        run = {"num_images": 3, "num_inference_steps": 2, "region": "full", "background": "decoded"}
+        img, mask = _photo(tmp_path), _mask(tmp_path)
+        res = editor(img, mask, "a hat", ranker="pickscore", **run)
+        scores = [c.score for c in res.candidates]
+        assert scores == sorted(scores, reverse=True)
+        assert all(set(c.judges) == {"pickscore"} for c in res.candidates)
+        d = res.candidates[0].to_dict()
+        assert d["score"] == pytest.approx(scores[0], abs=1e-5) and d["clip_score"] is None
+        ens = editor(
+            img, mask, "a hat", ranker="ensemble", rank_weights="clip=1,pickscore=1", **run
+        )
+        for c in ens.candidates:
+            assert set(c.judges) == {"clip", "pickscore"}
+        z = J.ensemble(
+            {k: torch.tensor([c.judges[k] for c in ens.candidates]) for k in ("clip", "pickscore")},
+            {"clip": 1.0, "pickscore": 1.0},
+        )
+        torch.testing.assert_close(
+            z, torch.tensor([c.score for c in ens.candidates]), atol=1e-4, rtol=0
+        )
+        plain = editor(img, mask, "a hat", **run).candidates[0].to_dict()
+        assert set(plain) >= {"clip_score"} and "judges" not in plain
+        off = editor(img, mask, "a hat", rank=False, ranker="pickscore", **run)
+        assert all(c.score is None and not c.judges for c in off.candidates)
+    finally:
+        editor.judges = None  # the session's editor: back to the default judges
 
 
 def _photo(tmp_path: Path) -> Path:

@@ -3,7 +3,7 @@ generator (seed 0) against composites of them (seams of pasted patches, colour s
 noise inside a box), binary cross-entropy, Adam. Held-out accuracy on seed-1 scenes is printed
 and written beside the weights. A few minutes on 2 CPU cores.
 
-    PYTHONPATH=src python tools/train_toy_realism.py [--steps 300] [--out tools/toy_realism.safetensors]
+    PYTHONPATH=src python tools/train_toy_realism.py [--steps 400] [--out tools/toy_realism.safetensors]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def accuracy(net: ToyRealismNet, pool: np.ndarray, n: int = 512) -> float:
 def main() -> None:
     torch.set_flush_denormal(True)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--scenes", type=int, default=1500, help="training scenes (seed 0)")
     p.add_argument("--out", type=Path, default=ROOT / "tools" / "toy_realism.safetensors")
@@ -64,7 +64,7 @@ def main() -> None:
     train, held_out = scenes(world, 0, args.scenes), scenes(world, 1, 300)
     print(f"{len(train)} + {len(held_out)} scenes in {time.perf_counter() - t0:.0f} s")
     net = ToyRealismNet()
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     for step in range(args.steps):
         x, y = batch(train, rng, args.batch)

@@ -157,11 +157,14 @@ class ImageRewardModel(torch.nn.Module):
 
 def load_imagereward_model(state: dict[str, torch.Tensor], med_config: Path | None) -> Any:
     """The model holding ``ImageReward.pt``'s weights, every tensor of both layouts accounted for."""
+    from accelerate import init_empty_weights
+
     vision, text, head = split_state(state)
     cfg = json.loads(med_config.read_text()) if med_config and med_config.is_file() else {}
-    model = ImageRewardModel(*blip_configs(vision, text, cfg))
+    with init_empty_weights():  # no random init of weights about to be replaced
+        model = ImageRewardModel(*blip_configs(vision, text, cfg))
     for part, sd in ((model.vision, vision), (model.text, text), (model.head, head)):
-        missing, unexpected = part.load_state_dict(sd, strict=False)
+        missing, unexpected = part.load_state_dict(sd, strict=False, assign=True)
         missing = [k for k in missing if not k.endswith("position_ids")]
         if missing or unexpected:
             raise ModelNotFoundError(

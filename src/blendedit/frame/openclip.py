@@ -133,14 +133,16 @@ def clip_config(state: dict[str, torch.Tensor], open_clip_config: dict[str, Any]
 def clip_model_from_open_clip(state: dict[str, torch.Tensor], config_path: Path | None) -> Any:
     """A ``CLIPModel`` holding an open_clip checkpoint's weights (strict: every tensor of both
     layouts accounted for). ``config_path``: open_clip's model config JSON (heads), if it exists."""
+    from accelerate import init_empty_weights
     from transformers import CLIPModel
 
     cfg = VIT_H_14_CONFIG
     if config_path is not None and Path(config_path).is_file():
         cfg = json.loads(Path(config_path).read_text())
-    model = CLIPModel(clip_config(state, cfg))
+    with init_empty_weights():  # no random init of a billion weights about to be replaced
+        model = CLIPModel(clip_config(state, cfg))
     converted = convert_state(state)
-    missing, unexpected = model.load_state_dict(converted, strict=False)
+    missing, unexpected = model.load_state_dict(converted, strict=False, assign=True)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
         raise ModelNotFoundError(

@@ -33,14 +33,7 @@ MASK_SHRINK_MODES = ("auto", "on", "off")
 BLEND_RULES = ("diffusers", "official")  # see blendedit.latent.schedule
 SAMPLERS = ("ddpm", "ddim")
 FIT_MODES = ("stretch", "pad")
-RANKERS = (
-    "clip",
-    "pickscore",
-    "hps",
-    "imagereward",
-    "aesthetic",
-    "ensemble",
-)  # see blendedit.frame.judges
+RANKERS = ("clip", "pickscore", "hps", "imagereward", "aesthetic", "ensemble")  # frame.judges
 JUDGES = RANKERS[:-1]  # the judges an ensemble may weigh
 DEFAULT_RANK_WEIGHTS = "clip=1,pickscore=1,hps=1"
 MAX_WORKING_SIDE = 4096  # px; the long side the model works at
@@ -275,8 +268,8 @@ class FrameConfig:
         "clip", "the judge that ranks the candidates: clip = CLIP similarity of the masked "
         "result to the prompt (the papers'); pickscore, hps, imagereward = human-preference "
         "reward models (PickScore, HPS v2.1, ImageReward) on the whole working region and the "
-        "prompt; aesthetic = the LAION aesthetic predictor on the whole working region; ensemble = per-batch normalised, "
-        "weighted sum (--rank-weights)", flag="--rank", group="output", choices=RANKERS,
+        "prompt; aesthetic = the LAION aesthetic predictor on the whole working region; "
+        "ensemble = per-batch normalised, weighted sum (--rank-weights)", flag="--rank", group="output", choices=RANKERS,
         web=True, label="Ranker",
     )  # fmt: skip
     rank_weights: str = setting(

@@ -125,8 +125,12 @@ def main() -> None:
     realism, judge = ToyRealismJudge.from_file(args.realism), world.classifier()
     run = {**RUN, "num_inference_steps": args.steps}
     t0 = time.perf_counter()
-    rows = [case_rows(editor, realism, judge, world.caption(c.target), c, args.candidates, run)
-            for c in replace_cases(world, args.cases)]  # fmt: skip
+    rows = []
+    for i, c in enumerate(replace_cases(world, args.cases)):
+        rows.append(
+            case_rows(editor, realism, judge, world.caption(c.target), c, args.candidates, run)
+        )
+        print(f"case {i + 1}/{args.cases} ({time.perf_counter() - t0:.0f} s)", flush=True)
     summary = compare(rows)
     info = json.loads(args.realism.with_suffix(".json").read_text())
     seconds = time.perf_counter() - t0

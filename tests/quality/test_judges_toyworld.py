@@ -43,8 +43,10 @@ def test_realism_judge_tells_real_scenes_from_composites(toyworld) -> None:
 
 @pytest.mark.slow
 def test_ensemble_top1_against_clip_top1(toyworld, toy_editor, toy_judge) -> None:
-    """A few cases of tools/toy_rank_compare.py: the ensemble (clip=1, realism=1) keeps CLIP's
-    precision and picks a top-1 whose seam score is not above CLIP's top-1 (the control)."""
+    """A few cases of tools/toy_rank_compare.py: the ensemble (clip=1, realism=1) picks a top-1
+    with a lower seam score and a higher PSNR outside the mask than CLIP's top-1 (the control).
+    Precision is printed, not held: the full run (docs/eval-toyworld/judges.md) has it within
+    one case of CLIP's (60% against 65%), a few cases here swing it by whole cases."""
     sys.path.insert(0, str(REPO / "tools"))
     from toy_cases import replace_cases
     from toy_rank_compare import RUN, case_rows, compare
@@ -53,11 +55,11 @@ def test_ensemble_top1_against_clip_top1(toyworld, toy_editor, toy_judge) -> Non
     run = {**RUN, "num_inference_steps": 10}
     rows = [
         case_rows(toy_editor, realism, toy_judge, toyworld.caption(c.target), c, 4, run)
-        for c in replace_cases(toyworld, 4)
+        for c in replace_cases(toyworld, 6)
     ]
     s = compare(rows)
     c, e = s["clip"], s["ensemble"]
-    msg = say("top-1 seam and precision", clip_seam=c["seam"], ensemble_seam=e["seam"],
+    msg = say("top-1 seam, background PSNR, precision", clip_seam=c["seam"],
+              ensemble_seam=e["seam"], clip_psnr=c["bg_psnr"], ensemble_psnr=e["bg_psnr"],
               clip_precision=c["correct"], ensemble_precision=e["correct"])  # fmt: skip
-    assert e["seam"] <= c["seam"] + 1e-9, msg
-    assert e["correct"] >= c["correct"] - 0.25, msg  # at most one case of four
+    assert e["seam"] < c["seam"] and e["bg_psnr"] > c["bg_psnr"], msg

@@ -260,3 +260,33 @@ def test_imagereward_keys_and_forward_match_the_reference(
     assert not torch.allclose(
         imagereward_reference(sd, torch.zeros_like(pixels), tok["input_ids"],
                               tok["attention_mask"]), want, atol=1e-3)  # fmt: skip
+
+
+def test_edit_command_ranks_with_an_ensemble(
+    tiny_sd_dir: Path, tiny_clip_dir: Path, judge_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """``blendedit edit --rank ensemble --rank-weights ... --judge-model pickscore=...``: each
+    judge's score and the judges' models in result.json; a bad weight is one line, exit 2."""
+    import json
+
+    from blendedit.cli import main
+
+    folder = write_pickscore(judge_dir / "pickscore-cli")
+    out = tmp_path / "run"
+    argv = [
+        "edit", str(_photo(tmp_path)), "--mask", str(_mask(tmp_path)), "--prompt", "a hat",
+        "--model", str(tiny_sd_dir), "--clip-model", str(tiny_clip_dir), "--steps", "2",
+        "--num-images", "2", "--region", "full", "--device", "cpu", "--quiet",
+        "--rank", "ensemble", "--rank-weights", "clip=1,pickscore=2",
+        "--judge-model", f"pickscore={folder}",
+    ]  # fmt: skip
+    assert main([*argv, "--out", str(out)]) == 0
+    report = json.loads((out / "result.json").read_text())
+    assert report["settings"]["ranker"] == "ensemble"
+    assert report["judge_models"]["pickscore"] == str(folder)
+    best = report["results"][0]
+    assert set(best["judges"]) == {"clip", "pickscore"} and best["clip_score"] is not None
+    capsys.readouterr()
+    assert main([*argv[:-4], "--rank-weights", "clip=x", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "rank_weights" in err and "\n" not in err

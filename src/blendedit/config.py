@@ -34,6 +34,9 @@ BLEND_RULES = ("diffusers", "official")  # see blendedit.latent.schedule
 SAMPLERS = ("ddpm", "ddim")
 FIT_MODES = ("stretch", "pad")
 BLEND_MODES = ("on", "off")  # models trained for inpainting: the paper's blend on top, or alone
+RANKERS = ("clip", "pickscore", "hps", "imagereward", "aesthetic", "ensemble")  # frame.judges
+JUDGES = RANKERS[:-1]  # the judges an ensemble may weigh
+DEFAULT_RANK_WEIGHTS = "clip=1,pickscore=1,hps=1"
 MAX_WORKING_SIDE = 4096  # px; the long side the model works at
 _C = TypeVar("_C", bound="FrameConfig")
 _T = TypeVar("_T")
@@ -126,6 +129,30 @@ def settings_of(cls: type) -> dict[str, tuple[Setting, Any, Any]]:
         for f in dataclasses.fields(cls)
         if "setting" in f.metadata
     }
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """An ensemble's ``JUDGE=WEIGHT,...`` (``rank_weights``) -> {judge: weight}; one line naming
+    the setting and the value when a judge is unknown, a weight is not a finite number >= 0, or
+    every weight is 0. A judge named alone weighs 1."""
+    out: dict[str, float] = {}
+    for item in str(text).replace(" ", "").split(","):
+        if not item:
+            continue
+        name, _, weight = item.partition("=")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            w = math.nan
+        if name not in JUDGES:
+            raise InputError(f"rank_weights: {text!r}: unknown judge {name!r}; choose from "
+                             f"{', '.join(JUDGES)}")  # fmt: skip
+        if not math.isfinite(w) or w < 0:
+            raise InputError(f"rank_weights: {text!r}: {name}'s weight must be a number >= 0")
+        out[name] = w
+    if not any(out.values()):
+        raise InputError(f"rank_weights: {text!r}: give at least one judge a weight above 0")
+    return out
 
 
 def check_settings(obj: _T) -> _T:
@@ -238,6 +265,18 @@ class FrameConfig:
         "similarity of the masked result to the prompt)", flag="--no-rank", const=False,
         group="output",
     )  # fmt: skip
+    ranker: str = setting(
+        "clip", "the judge that ranks the candidates: clip = CLIP similarity of the masked "
+        "result to the prompt (the papers'); pickscore, hps, imagereward = human-preference "
+        "reward models (PickScore, HPS v2.1, ImageReward) on the whole working region and the "
+        "prompt; aesthetic = the LAION aesthetic predictor on the whole working region; "
+        "ensemble = per-batch normalised, weighted sum (--rank-weights)", flag="--rank", group="output", choices=RANKERS,
+        web=True, label="Ranker",
+    )  # fmt: skip
+    rank_weights: str = setting(
+        DEFAULT_RANK_WEIGHTS, "ensemble: the judges it weighs, JUDGE=WEIGHT,... (judges: "
+        "clip, pickscore, hps, imagereward, aesthetic)", flag="--rank-weights", group="output",
+    )  # fmt: skip
     background: str = setting(
         "stitch", "how the photo returns outside the mask (paper 4.2): stitch = its own pixels, "
         "feathered; decoded = raw decoder output; poisson = seamless cloning (colours may "
@@ -281,6 +320,7 @@ class FrameConfig:
         """Reject values that cannot work, with the field name and value in one line: every
         range and choice from the fields' descriptions, then what relates fields."""
         check_settings(self)
+        parse_weights(self.rank_weights)
         if self.keep is not None and not 1 <= self.keep <= self.num_images:
             raise self._bad("keep", f"must be between 1 and num_images ({self.num_images})")
         return self

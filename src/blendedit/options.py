@@ -25,6 +25,7 @@ from typing import Any
 
 from blendedit.config import GROUPS, Setting, settings_of, value_type
 from blendedit.errors import InputError
+from blendedit.frame.judges import Judges, parse_judge_models
 from blendedit.frame.ranking import DEFAULT_CLIP_MODEL
 from blendedit.methods import METHODS, config_classes, load_editor, loading_line, place
 from blendedit.models import DEFAULT_MODEL, DTYPES, parse_device, parse_dtype, quiet_libraries
@@ -106,6 +107,15 @@ OPTIONS: dict[str, Option] = {
         help=f"CLIP for ranking (and pixel guidance) (default: {DEFAULT_CLIP_MODEL})",
         default=DEFAULT_CLIP_MODEL,
     ),
+    "judge_models": _opt(
+        "--judge-model",
+        help="a ranking judge's model (--rank): pickscore=ID_OR_FOLDER, hps=FILE (HPS v2.1's "
+        ".pt, or owner/repo/file on the hub), aesthetic=FILE (the LAION predictor's .pth), "
+        "aesthetic-clip=ID (its CLIP ViT-L/14), clip=ID; repeat for several (default: the "
+        "published models)",
+        action="append",
+        metavar="JUDGE=MODEL",
+    ),
     "lpips_weights": _opt(
         "--lpips-weights",
         help="local-clip: LPIPS VGG trunk and lin weight files (without them only the L2 term is "
@@ -182,6 +192,7 @@ class ModelOptions:
     offload: str | None = None
     no_t5: bool = False
     clip_model: str | None = None
+    judge_models: tuple[str, ...] = ()
     lpips_weights: tuple[str, str] | None = None
     device: str = "auto"
     dtype: str = "auto"
@@ -190,7 +201,7 @@ class ModelOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ModelOptions:
         got = {k: getattr(args, k) for k in OPTIONS if getattr(args, k, None) is not None}
-        for key in ("loras", "lpips_weights"):
+        for key in ("loras", "lpips_weights", "judge_models"):
             if key in got:
                 got[key] = tuple(got[key])
         return cls(**got)
@@ -206,6 +217,7 @@ class ModelOptions:
         :func:`blendedit.methods.load_editor` and :func:`~blendedit.methods.place`; ``say``
         hears the line that tells what is being loaded, before the (slow) loading."""
         opts = dataclasses.replace(self, **changes)
+        judges = parse_judge_models(opts.judge_models)  # refused before any loading
         opts.apply_offline()
         quiet_libraries()
         device = parse_device(opts.device)
@@ -214,7 +226,10 @@ class ModelOptions:
             opts.method, opts.model, **opts.loading(), dtype=dtype,
             say=None if say is None else lambda name: say(loading_line(name, dtype, device)),
         )  # fmt: skip
-        return place(editor, device, dtype, opts.offload)
+        placed = place(editor, device, dtype, opts.offload)
+        if judges:
+            placed.judges = Judges(judges)  # loaded when an edit first asks for them (--rank)
+        return placed
 
     def loading(self) -> dict[str, Any]:
         """The keywords of :func:`blendedit.methods.load_editor` these options give."""
@@ -267,9 +282,11 @@ def aliases() -> dict[str, str]:
     """``blendedit edit`` flag names (dashes as underscores) of settings whose field is named
     otherwise (``steps`` -> ``num_inference_steps``), from the settings' descriptions."""
     out = {}
-    for name, (s, _, _) in setting_fields().items():
+    fields = setting_fields()
+    for name, (s, _, _) in fields.items():
         flag = (s.flag or "").removeprefix("--").replace("-", "_")
-        if s.takes_value and flag and flag != name:
+        # a flag named like another field (--rank of ranker, rank the --no-rank field) is no alias
+        if s.takes_value and flag and flag != name and flag not in fields:
             out[flag] = name
     return out
 

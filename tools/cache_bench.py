@@ -1,0 +1,143 @@
+"""Step caches on full-size denoisers with random weights, on the CPU, side by side in one run.
+
+For each model (one in memory at a time): its published architecture from the bench catalogue
+(``blendedit.bench.catalogue``), the denoiser alone built with diffusers' own random init (the
+text encoders only as shapes, on "meta"; the conditioning is random of their shapes), then one
+candidate (classifier-free guidance: a batch of 2 per call) through the BLD loop
+(``latent.sampling.blended_latent_diffusion``, a centred mask of a quarter of the latent) without
+and with each cache the model takes (``latent.cache``), in turns. Reported per run: the loop's
+time per candidate, calls, full calls, calls skipped, and the mean time of a full and of a
+skipped call (random weights: how many calls a threshold cache skips says nothing about a trained
+model; the per-call times say what each skip saves).
+
+    nice -n 10 python tools/cache_bench.py --out docs/cache-bench.json
+
+The table goes into docs/benchmarks.md ("Step caches on the CPU").
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from blendedit.bench.build import build_backbone
+from blendedit.bench.catalogue import ARCHITECTURES
+from blendedit.latent.backbones import Conditioning
+from blendedit.latent.cache import kinds_for, step_cache
+from blendedit.latent.sampling import blend_timesteps, blended_latent_diffusion
+
+# preset -> (px, caches); reduced resolutions where one call takes too long on 2 cores.
+MODELS = {
+    "sd2-base": (384, ["none", "deepcache", "deepcache:2", "deepcache:5"]),
+    "sdxl": (512, ["none", "deepcache", "deepcache:5"]),
+    "sd35-medium": (256, ["none", "first-block", "first-block:0.2", "taylorseer", "taylorseer:3"]),
+}
+SMOKE = {  # --smoke: the test suite's tiny shapes, to check the script in seconds
+    "tiny": (128, ["none", "deepcache"]),
+    "tiny-sd3": (64, ["none", "first-block", "taylorseer"]),
+    "tiny-flux": (64, ["none", "first-block"]),
+}
+
+
+def _random(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    return torch.randn(t.shape, generator=g)
+
+
+def _setup(preset: str, px: int, workdir: Path):
+    """The real denoiser of ``preset`` and a meta backbone around it, with random conditioning."""
+    meta = build_backbone(ARCHITECTURES[preset], "meta", workdir)
+    c = meta.encode_text("a photo", "", (px, px), (px, px))  # meta tensors: the shapes only
+    g = torch.Generator().manual_seed(0)
+    cond = Conditioning(
+        _random(c.cond, g), _random(c.uncond, g),
+        {k: _random(v, g) for k, v in c.added.items()},
+        {k: _random(v, g) for k, v in c.added_uncond.items()},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    meta.unet = type(meta.unet).from_config(meta.unet.config).eval()  # diffusers' random init
+    return meta, cond
+
+
+def _one_run(bb, cond, spec: str, px: int, steps: int) -> dict:
+    f = bb.latent_factor
+    h = w = px // f
+    channels = bb.vae.config.latent_channels
+    g = torch.Generator().manual_seed(1)
+    z0 = torch.randn(1, channels, h, w, generator=g)
+    mask = torch.zeros(1, 1, h, w)
+    mask[..., h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1
+    scheduler = type(bb.scheduler).from_config(bb.scheduler.config)
+    extra = bb.timestep_kwargs(steps, (h, w))
+    timesteps = blend_timesteps(scheduler, steps, 0.25, **extra)
+    calls: list[tuple[float, bool]] = []
+    with torch.no_grad(), step_cache(bb.unet, spec, mask, bb.patch_size) as cache:
+        inner = cache.wrap(bb.model_fn(cond, 1, 7.5))
+
+        def timed(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            full_before = cache.stats.full
+            t0 = time.perf_counter()
+            out = inner(z, t)
+            full = spec == "none" or cache.stats.full > full_before
+            calls.append((time.perf_counter() - t0, full))
+            return out
+
+        t0 = time.perf_counter()
+        z = torch.randn(1, channels, h, w, generator=g)
+        blended_latent_diffusion(
+            timed, scheduler, z, timesteps, [mask] * len(timesteps), lambda i: z0
+        )
+        total = time.perf_counter() - t0
+    full_s = [s for s, full in calls if full]
+    skip_s = [s for s, full in calls if not full]
+    return {
+        "cache": spec,
+        "per_candidate_s": round(total, 2),
+        "calls": len(calls),
+        "full_calls": len(full_s),
+        "skipped": len(skip_s),
+        "full_call_s": round(sum(full_s) / len(full_s), 2) if full_s else None,
+        "skipped_call_s": round(sum(skip_s) / len(skip_s), 3) if skip_s else None,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="*", default=None, help="default: every model of MODELS")
+    p.add_argument("--smoke", action="store_true", help="the tiny shapes instead (SMOKE)")
+    p.add_argument("--steps", type=int, default=8, help="schedule length (blend_start 0.25)")
+    p.add_argument("--out", type=Path, default=Path("docs/cache-bench.json"))
+    args = p.parse_args()
+    torch.set_flush_denormal(True)
+    torch.set_num_threads(2)
+    table = SMOKE if args.smoke else MODELS
+    rows = []
+    for preset in args.models or list(table):
+        px, specs = table[preset]
+        with tempfile.TemporaryDirectory() as tmp:
+            bb, cond = _setup(preset, px, Path(tmp))
+        print(f"{preset}: {px} px, caches {kinds_for(bb.unet)}", flush=True)
+        _one_run(bb, cond, "none", px, 4)  # warm-up (allocator, threads)
+        specs = [s for s in specs if s.partition(":")[0] in ("none", *kinds_for(bb.unet))]
+        for spec in [*specs, "none"]:  # "none" again last: the run's drift
+            row = {"model": preset, "px": px, "steps": args.steps}
+            row.update(_one_run(bb, cond, spec, px, args.steps))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        del bb, cond
+        gc.collect()
+    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads, this sandbox"
+    out = {"machine": machine, "torch": torch.__version__, "rows": rows}
+    from blendedit.io import write_atomic
+
+    write_atomic(args.out, lambda f: f.write(json.dumps(out, indent=1).encode()), replace=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -150,3 +150,21 @@ def test_compile_regional_with_buckets(tiny_sd_dir, shared_images):
     bucketed = ed(*args, seed=2, compile=True, **fast)
     assert all(s % 64 == 0 for s in bucketed.working_size)
     assert bucketed.settings["compiled"] == "repeated blocks"
+
+
+def test_bench_reports_skipped_calls(tmp_path, capsys):
+    """`blendedit bench --cache` runs the cache in the timed edits and reports its skipped calls
+    (tiny SD at 4 steps: 3 calls, DeepCache interval 3 skips 2)."""
+    import json
+
+    from blendedit.cli import main
+
+    report = tmp_path / "b.md"
+    args = ["bench", "--preset", "tiny", "--device", "cpu", "--steps", "4", "--cache", "deepcache"]
+    args += ["--repeats", "1", "--no-diffusers", "--batch", "1", "--report", str(report)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| tiny +deepcache | CPU" in out
+    assert "Step cache deepcache (tiny): 2 of 3 denoiser calls skipped" in out
+    row = json.loads(report.with_suffix(".json").read_text())[0]
+    assert (row["cache"], row["cache_calls"], row["cache_skipped"]) == ("deepcache", 3, 2)

@@ -195,6 +195,7 @@ class StepCache:
             if _context_pre_only(last):
                 last = _end_early(blocks, hook.state_manager)
 
+            @torch.compiler.disable  # a host decision, as diffusers' own criterion
             def should_compute(residual: torch.Tensor) -> bool:
                 prev = hook.state_manager.get_state().head_block_residual
                 return prev is None or masked_change(residual, prev, tokens) > self.value

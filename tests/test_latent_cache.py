@@ -168,3 +168,19 @@ def test_bench_reports_skipped_calls(tmp_path, capsys):
     assert "Step cache deepcache (tiny): 2 of 3 denoiser calls skipped" in out
     row = json.loads(report.with_suffix(".json").read_text())[0]
     assert (row["cache"], row["cache_calls"], row["cache_skipped"]) == ("deepcache", 3, 2)
+
+
+def test_deepcache_puts_back_an_offload_hook():
+    """A block whose ``forward`` an offload hook replaced (accelerate sets an instance attribute)
+    gets that hook back after the chunk, not the class's plain forward."""
+    from blendedit.latent.cache import DeepCache
+    from tiny_models import tiny_unet
+
+    unet = tiny_unet()
+    hooked = unet.mid_block.forward  # stands for accelerate's wrapper
+    unet.mid_block.forward = hooked
+    cache = DeepCache(unet)
+    assert unet.mid_block.forward is not hooked
+    cache.close()
+    assert unet.mid_block.__dict__["forward"] is hooked
+    assert "forward" not in unet.up_blocks[0].__dict__

@@ -126,8 +126,10 @@ class DeepCache:
         self.cached: dict[int, Any] = {}
         deep = [*unet.down_blocks[1:], unet.mid_block, *unet.up_blocks[:-1]]
         self.modules = [m for m in deep if m is not None]
+        # An instance ``forward`` already there (accelerate's offload hooks) is put back by close().
+        self.saved = [m.__dict__.get("forward") for m in self.modules]
         for i, m in enumerate(self.modules):
-            m.forward = self._wrap(i, m.forward)  # an instance attribute: removed by close()
+            m.forward = self._wrap(i, m.forward)
 
     def _wrap(self, i: int, forward: Callable[..., Any]) -> Callable[..., Any]:
         def cached_forward(*args: Any, **kwargs: Any) -> Any:
@@ -138,8 +140,11 @@ class DeepCache:
         return cached_forward
 
     def close(self) -> None:
-        for m in self.modules:
-            del m.forward
+        for m, saved in zip(self.modules, self.saved, strict=True):
+            if saved is None:
+                del m.forward
+            else:
+                m.forward = saved
         self.cached.clear()
 
 

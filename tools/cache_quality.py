@@ -56,9 +56,11 @@ def measure(world, editor, judge, cache: str, cases, steps: int, guidance: float
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scenes", type=int, default=8)
+    p.add_argument("--scenes", type=int, default=5)
     p.add_argument("--steps", type=int, nargs="*", default=[20, 4])
     p.add_argument("--out", type=Path, default=Path("docs/cache-quality.json"))
+    p.add_argument("--settings", nargs="*", help="instead of SETTINGS (no control run)")
+    p.add_argument("--append", action="store_true", help="add to the rows already in --out")
     args = p.parse_args()
     torch.set_flush_denormal(True)
     from toy_cases import replace_cases
@@ -71,14 +73,15 @@ def main() -> None:
     editor = BlendedLatentDiffusion.from_pretrained(world.sd, clip_model=str(world.clip))
     judge = world.classifier()
     cases = replace_cases(world, args.scenes, seed=0)
-    rows = []
+    rows = json.loads(args.out.read_text())["rows"] if args.append and args.out.is_file() else []
     for steps in args.steps:
-        settings = SETTINGS if steps > 4 else ["none", "deepcache:2", "deepcache:3"]
-        for cache in settings:
+        settings = SETTINGS if steps > 4 else ["none", "deepcache:2"]
+        for cache in args.settings or settings:
             rows.append(measure(world, editor, judge, cache, cases, steps, 5.0))
             print(json.dumps(rows[-1]), flush=True)
-        rows.append(measure(world, editor, judge, "none", cases, steps, 0.0))  # the control
-        print(json.dumps(rows[-1]), flush=True)
+        if not args.settings:
+            rows.append(measure(world, editor, judge, "none", cases, steps, 0.0))  # the control
+            print(json.dumps(rows[-1]), flush=True)
     out = {"machine": "2-core CPU, this sandbox", "rows": rows}
     write_atomic(args.out, lambda f: f.write(json.dumps(out, indent=1).encode()), replace=True)
 

@@ -227,6 +227,27 @@ def _kernels(text: str) -> tuple[int, ...]:
         raise ValueError(f"expected comma-separated odd sizes like 7,5,3, got {text!r}") from None
 
 
+# Step caches (blendedit.latent.cache): name -> default value (a threshold or an interval).
+CACHE_DEFAULTS = {"first-block": 0.05, "taylorseer": 5.0, "deepcache": 3.0}
+CACHES = ("none", *CACHE_DEFAULTS)
+
+
+def parse_cache(text: str) -> tuple[str, float | None]:
+    """``NAME[:VALUE]`` -> (name, value or None for the cache's default); one line if bad."""
+    name, _, value = str(text).strip().partition(":")
+    if name not in CACHES:
+        raise InputError(f"cache: {text!r} is unknown; choose one of {', '.join(CACHES)}")
+    if not value:
+        return name, None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if name == "none" or not math.isfinite(number) or number < 0:
+        raise InputError(f"cache: {text!r} needs a number >= 0 after the colon")
+    return name, number
+
+
 @dataclass(frozen=True)
 class FrameConfig:
     """Settings of the edit frame, shared by every method (``blendedit.frame``)."""
@@ -395,6 +416,15 @@ class EditConfig(FrameConfig):
         "(its family's default comes from docs/eval-toyworld/inpaint.md); plain models always "
         "blend", flag="--blend", choices=BLEND_MODES, eval=True, web=True, label="Blend",
     )  # fmt: skip
+    cache: str = setting(
+        "none", "step cache, NAME[:VALUE]: first-block[:THRESHOLD] (transformers, default 0.05), "
+        "taylorseer[:INTERVAL] (transformers, 5), deepcache[:INTERVAL] (UNets, 3); skipped "
+        "calls in result.json", flag="--cache", eval=True,
+    )  # fmt: skip
+    compile: bool = setting(
+        False, "torch.compile the denoiser's repeated blocks (once per editor; the first call "
+        "compiles; full-photo working sizes bucketed to 64 px)", flag="--compile", const=True,
+    )  # fmt: skip
 
     def validate(self) -> EditConfig:
         super().validate()
@@ -402,6 +432,7 @@ class EditConfig(FrameConfig):
             raise self._bad("blend_start", "leaves no denoising step")
         if any(k < 1 or k % 2 == 0 for k in self.shrink_kernels):
             raise self._bad("shrink_kernels", "must be odd sizes >= 1")
+        parse_cache(self.cache)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -45,6 +45,9 @@ sd2-base-bf16|sd2-base|tiny|75|--batch 24 --dtype bf16 --repeats 1
 sd2-base-bf16-compile|sd2-base|-|130|--batch 24 --dtype bf16 --compile --no-diffusers --repeats 1
 sdxl-bf16|sdxl|tiny-sdxl|100|--dtype bf16 --repeats 1
 flux-schnell-realtime|flux-schnell|tiny-flux|120|--dtype bf16 ?--realtime --batch 8 --steps 4 --scheduler flow-euler --repeats 1 --no-diffusers
+sd2-base-bf16-deepcache|sd2-base|tiny|75|--batch 24 --dtype bf16 --cache deepcache --no-diffusers --repeats 1
+sd35-medium-bf16-first-block|sd35-medium|-|120|--batch 4 --dtype bf16 --cache first-block --no-diffusers --repeats 1
+sd35-medium-bf16-first-block-compile|sd35-medium|-|180|--batch 4 --dtype bf16 --cache first-block --compile --no-diffusers --repeats 1
 EOF
 )
 

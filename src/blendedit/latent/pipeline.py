@@ -25,6 +25,8 @@ from blendedit.frame.ranking import DEFAULT_CLIP_MODEL, ClipScorer
 from blendedit.frame.region import shapes_at
 from blendedit.io import working_size
 from blendedit.latent.backbones import Backbone, Conditioning, family_names, load_backbone
+from blendedit.latent.cache import check_cache, step_cache
+from blendedit.latent.compiling import COMPILE_MULTIPLE, compile_denoiser
 from blendedit.latent.lora import LoraHandle, LoraSpec, apply_loras
 from blendedit.latent.sampling import (
     blend_timesteps,
@@ -54,6 +56,8 @@ class _LatentState:
     num_steps: int
     decode_chunk: int  # latents per VAE decode
     latent_space: bool = True  # samples are latents (kept per candidate)
+    cache_calls: int = 0  # denoiser calls with --cache, over the chunks
+    cache_skipped: int = 0  # of which did not run the whole network
 
 
 class BlendedLatentDiffusion(FrameMethod):
@@ -69,6 +73,7 @@ class BlendedLatentDiffusion(FrameMethod):
         self.clip = clip
         self.name = name
         self._lora: LoraHandle | None = None
+        self.compiled: str | None = None  # what --compile compiled (compiling.py)
 
     @classmethod
     def from_pretrained(
@@ -145,6 +150,7 @@ class BlendedLatentDiffusion(FrameMethod):
             raise InputError(
                 f"scheduler: {cfg.scheduler!r} does not fit a {self.family} model; use {fits}"
             )
+        check_cache(cfg.cache, self.unet, self.backbone.name or self.family)
 
     def enable_offload(
         self, mode: str, device: torch.device | str = "cuda"
@@ -234,7 +240,10 @@ class BlendedLatentDiffusion(FrameMethod):
 
     def full_work_size(self, size: tuple[int, int], cfg: EditConfig) -> tuple[int, int]:
         """The whole photo: long side = ``size`` (default the model's), multiples of 8."""
-        return working_size(size, cfg.size or self.native_size, self.backbone.size_multiple)
+        multiple = self.backbone.size_multiple
+        if cfg.compile:  # shape buckets: a compiled denoiser meets few shapes (compiling.py)
+            multiple = max(multiple, COMPILE_MULTIPLE)
+        return working_size(size, cfg.size or self.native_size, multiple)
 
     def work_shapes(self, cfg: EditConfig) -> list[tuple[int, int]]:
         """A crop: shapes of about native**2 pixels, multiples of 64 (512x512, 576x448, ...)."""
@@ -291,6 +300,8 @@ class BlendedLatentDiffusion(FrameMethod):
         scheduler = self._scheduler(cfg)
         timesteps = self._timesteps(scheduler, cfg, state.z_init)
         begin = first_step(scheduler, cfg.num_inference_steps, cfg.blend_start)
+        if cfg.compile and self.compiled is None:
+            self.compiled = compile_denoiser(self.unet)
         model_fn = self.backbone.model_fn(state.text, b, cfg.guidance_scale)
         z0 = state.z_init.expand(b, -1, -1, -1)
         masks = state.step_masks
@@ -305,10 +316,14 @@ class BlendedLatentDiffusion(FrameMethod):
 
         # Background levels from the schedule itself (schedule.py): t' or, "official", t.
         background = blend_rule(cfg.blend_rule, scheduler, z0, noise, begin, len(timesteps), gens)
-        z = blended_latent_diffusion(
-            model_fn, scheduler, self._start(scheduler, z0, noise, begin), timesteps, masks,
-            background, step_kwargs(scheduler, gens, cfg.eta), on_step,
-        )  # fmt: skip
+        # --cache: fresh hooks for this chunk, removed after it (latent/cache.py).
+        with step_cache(self.unet, cfg.cache, masks[0], self.backbone.patch_size) as cache:
+            z = blended_latent_diffusion(
+                cache.wrap(model_fn), scheduler, self._start(scheduler, z0, noise, begin),
+                timesteps, masks, background, step_kwargs(scheduler, gens, cfg.eta), on_step,
+            )  # fmt: skip
+        state.cache_calls += cache.stats.calls
+        state.cache_skipped += cache.stats.skipped
         per_image = [torch.stack([f[j] for f in frames]) for j in range(b)] if frames else []
         return Generated(z, per_image)
 
@@ -345,6 +360,9 @@ class BlendedLatentDiffusion(FrameMethod):
                 "loras": list(self.loras),
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "shrink_applied": state.shrink,
+                "cache_calls": state.cache_calls,
+                "cache_skipped": state.cache_skipped,
+                "compiled": self.compiled,
             },
             "timesteps": [int(t) for t in state.timesteps.tolist()],
             "latent_masks": state.stages[:, 0].cpu(),
@@ -364,12 +382,13 @@ class BlendedLatentDiffusion(FrameMethod):
     def optimize(self, channels_last: bool = True, compile: bool = False) -> BlendedLatentDiffusion:
         """The fast path for GPUs: channels-last UNet/VAE memory layout and, optionally,
         ``torch.compile`` of the UNet (its first call compiles; ``blendedit bench`` reports that
-        warm-up apart). Attention already runs through PyTorch SDPA in diffusers."""
+        warm-up apart); regional, as ``--compile`` (``latent/compiling.py``). Attention already
+        runs through PyTorch SDPA in diffusers."""
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
-        if compile:
-            self.unet = torch.compile(self.unet, fullgraph=False, dynamic=False)
+        if compile and self.compiled is None:
+            self.compiled = compile_denoiser(self.unet)
         return self
 
     def blends(self, cfg: EditConfig) -> bool:

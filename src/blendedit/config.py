@@ -58,7 +58,9 @@ class Setting:
     constant, as ``(flag, const, help)``. ``low``/``high``: inclusive range (``low_open``,
     ``high_open``: that end excluded), checked by :func:`check_settings`; ``choices`` likewise. ``why``: the error's wording where
     the range's does not say it. ``parse``: text -> value, for flags and CSV manifests.
-    ``label``/``step``/``web_high``: the web editor's control, shown when ``web`` is True."""
+    ``label``/``step``/``web_high``: the web editor's control, shown when ``web`` is True.
+    ``request``: False where a request to a running server (the HTTP API) may not set it, because
+    it changes the server's model for good (``--compile``)."""
 
     help: str
     flag: str | None = None
@@ -78,6 +80,7 @@ class Setting:
     label: str | None = None
     step: float | None = None
     web_high: float | None = None
+    request: bool = True
 
     @property
     def takes_value(self) -> bool:
@@ -424,6 +427,7 @@ class EditConfig(FrameConfig):
     compile: bool = setting(
         False, "torch.compile the denoiser's repeated blocks (once per editor; the first call "
         "compiles; full-photo working sizes bucketed to 64 px)", flag="--compile", const=True,
+        request=False,
     )  # fmt: skip
 
     def validate(self) -> EditConfig:

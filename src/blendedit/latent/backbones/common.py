@@ -8,7 +8,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -122,6 +122,37 @@ def unet_is_inpainting(model: Any, local_files_only: bool | None = None) -> bool
         "model", name, lambda local: read_json(name, "unet/config.json", local), local_files_only
     )
     return int(config.get("in_channels", 4)) == 9
+
+
+class InpaintingUNet:
+    """What a UNet family (SD 1.x/2.x, SDXL) adds for its 9-channel inpainting models: detection
+    from the config or a file's keys, the pipeline's defaults (``inpaint_defaults``), and the mask
+    and masked image's latents as conditioning (:func:`masked_image_condition`)."""
+
+    defaults: ClassVar[dict[str, Any]]
+    inpaint_defaults: ClassVar[dict[str, Any]]
+    unet: Any
+    vae: Any
+
+    @classmethod
+    def model_defaults(cls, model: Any, local_files_only: bool | None = None) -> dict[str, Any]:
+        """An inpainting UNet (9 channels, from its config or a file's keys) adds its pipeline's
+        defaults to the family's."""
+        inpainting = unet_is_inpainting(model, local_files_only)
+        return {**cls.defaults, **(cls.inpaint_defaults if inpainting else {})}
+
+    @property
+    def inpainting(self) -> bool:
+        """A 9-channel UNet: [noisy latent (4), mask (1), masked image's latent (4)]."""
+        return bool(self.unet.config.in_channels == 2 * self.vae.config.latent_channels + 1)
+
+    def condition_on_image(
+        self, c: Any, x: torch.Tensor, mask: torch.Tensor, z_init: torch.Tensor
+    ) -> Any:
+        """An inpainting UNet: the mask and the masked image's latents in ``c.image``."""
+        if self.inpainting:
+            c.image = masked_image_condition(self, x, mask, z_init)
+        return c
 
 
 def has_prefix(keys: dict[str, tuple[int, ...]], prefix: str) -> bool:

@@ -174,7 +174,7 @@ def _load_single_file(
 # -- the family --------------------------------------------------------------------------------------
 
 
-class StableDiffusion(Backbone):
+class StableDiffusion(C.InpaintingUNet, Backbone):
     """SD 1.x/2.x (epsilon or v-prediction): CLIP ViT-L/14 or OpenCLIP ViT-H text encoder."""
 
     family = "sd"
@@ -211,26 +211,6 @@ class StableDiffusion(Backbone):
     # StableDiffusionInpaintPipeline's full strength (blend_start 0: from pure noise) for a
     # 9-channel UNet, with --blend's default chosen by docs/eval-toyworld/inpaint.md.
     inpaint_defaults: ClassVar[dict[str, Any]] = {"blend_start": 0.0, "blend": C.INPAINT_BLEND}
-
-    @classmethod
-    def model_defaults(cls, model: Name, local_files_only: bool | None = None) -> dict[str, Any]:
-        """An inpainting UNet (9 channels, from its config or a file's keys) adds its pipeline's
-        defaults to the family's."""
-        inpainting = C.unet_is_inpainting(model, local_files_only)
-        return {**cls.defaults, **(cls.inpaint_defaults if inpainting else {})}
-
-    @property
-    def inpainting(self) -> bool:
-        """A 9-channel UNet: [noisy latent (4), mask (1), masked image's latent (4)]."""
-        return bool(self.unet.config.in_channels == 2 * self.vae.config.latent_channels + 1)
-
-    def condition_on_image(
-        self, c: Conditioning, x: torch.Tensor, mask: torch.Tensor, z_init: torch.Tensor
-    ) -> Conditioning:
-        """An inpainting UNet: the mask and the masked image's latents (``C.masked_image_condition``)."""
-        if self.inpainting:
-            c.image = C.masked_image_condition(self, x, mask, z_init)
-        return c
 
     @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:

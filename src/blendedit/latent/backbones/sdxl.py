@@ -154,7 +154,7 @@ def _load_folder(name: str, dtype: torch.dtype | None, local_only: bool) -> dict
     }
 
 
-class StableDiffusionXL(Backbone):
+class StableDiffusionXL(C.InpaintingUNet, Backbone):
     """SDXL: ``text_encoder`` (CLIP ViT-L, None in the refiner) and ``text_encoder_2`` (OpenCLIP
     bigG with projection); penultimate hidden states concatenated (B, 77, 2048), the pooled
     projection of encoder 2 (B, 1280) and the time ids ``original + crop + target`` (B, 6)."""
@@ -212,26 +212,6 @@ class StableDiffusionXL(Backbone):
     inpaint_defaults: ClassVar[dict[str, Any]] = {
         "guidance_scale": 7.5, "blend_start": 0.0, "blend": C.INPAINT_BLEND,
     }  # fmt: skip
-
-    @classmethod
-    def model_defaults(cls, model: Name, local_files_only: bool | None = None) -> dict[str, Any]:
-        """An inpainting UNet (9 channels, from its config or a file's keys) adds its pipeline's
-        defaults to the family's (the BLD script's guidance 5)."""
-        inpainting = C.unet_is_inpainting(model, local_files_only)
-        return {**cls.defaults, **(cls.inpaint_defaults if inpainting else {})}
-
-    @property
-    def inpainting(self) -> bool:
-        """A 9-channel UNet: [noisy latent (4), mask (1), masked image's latent (4)]."""
-        return bool(self.unet.config.in_channels == 2 * self.vae.config.latent_channels + 1)
-
-    def condition_on_image(
-        self, c: Conditioning, x: torch.Tensor, mask: torch.Tensor, z_init: torch.Tensor
-    ) -> Conditioning:
-        """An inpainting UNet: the mask and the masked image's latents (``C.masked_image_condition``)."""
-        if self.inpainting:
-            c.image = C.masked_image_condition(self, x, mask, z_init)
-        return c
 
     @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:

@@ -21,17 +21,20 @@ import torch
 
 from blendedit.errors import InputError
 from blendedit.latent.backbones.base import Backbone, Conditioning, LoadOptions
+from blendedit.latent.backbones.chroma import Chroma
 from blendedit.latent.backbones.files import read_json, single_file_keys
 from blendedit.latent.backbones.flux import Flux
 from blendedit.latent.backbones.ldm import LatentDiffusion
 from blendedit.latent.backbones.sd import StableDiffusion
 from blendedit.latent.backbones.sd3 import StableDiffusion3
 from blendedit.latent.backbones.sdxl import StableDiffusionXL
+from blendedit.latent.backbones.zimage import ZImage
 from blendedit.models import check_hub_id, check_single_file, load_cached_first
 
 __all__ = [
     "FAMILIES",
     "Backbone",
+    "Chroma",
     "Conditioning",
     "Flux",
     "LatentDiffusion",
@@ -39,6 +42,7 @@ __all__ = [
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",
+    "ZImage",
     "detect_family",
     "family_defaults",
     "family_names",
@@ -75,6 +79,8 @@ def unregister_family(family: str) -> None:
 
 
 for _cls in (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux, LatentDiffusion):
+    register_family(_cls)
+for _cls in (Chroma, ZImage):  # the models of 2025-2026 (issue 20)
     register_family(_cls)
 
 

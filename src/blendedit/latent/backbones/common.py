@@ -145,3 +145,49 @@ def write_bert_vocab(folder: Path) -> Path:
     path = folder / "vocab.txt"
     path.write_text("\n".join(tokens) + "\n")
     return path
+
+
+# A chat template in the shape of Qwen's (ChatML), for the byte-level stand-in below: the
+# language-model encoders (Z-Image's Qwen3, Qwen-Image's Qwen2.5-VL, FLUX.2 klein's Qwen3) read the
+# prompt as a user turn.
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% endif %}{% endif %}"
+)
+QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+
+
+def byte_chars() -> list[str]:
+    """The 256 printable stand-ins of the bytes in byte-level BPE (GPT-2's mapping), by byte."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for _, c in sorted(zip(bs, cs, strict=True))]
+
+
+def qwen_tokenizer(workdir: Path) -> Any:
+    """A byte-level Qwen2 tokenizer (no merges: one token per byte, ids 0-255; then the specials,
+    ids 256-260) with a ChatML template, saved under ``workdir`` and read back: a stand-in for
+    the Qwen tokenizers of the language-model text encoders (random weights need ids in range)."""
+    from transformers import AutoTokenizer, Qwen2Tokenizer
+
+    vocab = {c: i for i, c in enumerate(byte_chars())}
+    vocab.update({s: 256 + i for i, s in enumerate(QWEN_SPECIALS)})
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], additional_special_tokens=list(QWEN_SPECIALS[1:]))
+    tok.chat_template = CHATML
+    folder = workdir / "qwen"
+    tok.save_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def qwen3_encoder(cfg: dict[str, Any]) -> Any:
+    """A random Qwen3 language model without its head (Z-Image's text encoder)."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    return Qwen3Model(Qwen3Config(**cfg))

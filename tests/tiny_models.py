@@ -321,3 +321,34 @@ def tiny_sd3_single_file_parts(folder: Path, seed: int = 0) -> dict:
     with torch.no_grad():
         parts["text_encoder"].text_projection.weight.copy_(torch.eye(widths["text_encoder"][0]))
     return parts
+
+
+# Tiny models of 2025-2026 (issue 20): the random builders of their families' "tiny-*" presets,
+# with the 16-channel factor-2 VAE above (PointMassVAE-able) and seeded weights.
+def tiny_chroma_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny Chroma (FLUX.1-schnell shape, modulation approximator, T5 only)."""
+    from blendedit.latent.backbones.chroma import Chroma
+
+    return _tiny_parts(Chroma, "tiny-chroma", folder, seed)
+
+
+def tiny_zimage_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny Z-Image (S3-DiT, Qwen3 32 wide, the byte-level Qwen tokenizer)."""
+    from blendedit.latent.backbones.zimage import ZImage
+
+    return _tiny_parts(ZImage, "tiny-zimage", folder, seed)
+
+
+def _tiny_parts(cls, preset: str, folder: Path, seed: int) -> dict:
+    from blendedit.latent.backbones.loading import own_scheduler
+
+    arch = cls.catalogue[preset]
+    torch.manual_seed(seed)
+    bb = cls.build(arch.parts, own_scheduler(arch.scheduler), torch.device("cpu"), folder)
+    return {
+        "transformer": bb.unet,
+        "vae": tiny_flow_vae(seed, shift=0.1159, scale=0.3611),
+        "text_encoder": bb.text_encoder,
+        "tokenizer": bb.tokenizer,
+        "scheduler": bb.scheduler,
+    }

@@ -27,7 +27,10 @@ from blendedit.latent.sampling import ModelFn
 # -- bench presets: Chroma1-HD (lodestones/Chroma1-HD, "8.9B"): FLUX.1-schnell's 19 double- and 38
 # single-stream blocks, the modulation approximator (5 layers, 5120 wide), T5-XXL ---------------
 
-_FLOW = {  # lodestones/Chroma1-HD/scheduler: FLUX.1-dev's resolution-dependent shift
+# lodestones/Chroma1-HD/scheduler: FLUX.1-schnell's, no shift (diffusers issue #12112 lists its
+# timesteps); the tiny model shifts by the token count (FLUX.1-dev's) so that the tests see mu.
+_FLOW = {**P.FLOW, "shift": 1.0, "use_dynamic_shifting": False}
+_TINY_FLOW = {
     **P.FLOW,
     "shift": 3.0,
     "use_dynamic_shifting": True,
@@ -81,7 +84,7 @@ _CATALOGUE = {
         },
         64,
         clip=P.TINY_CLIP,
-        scheduler=_FLOW,
+        scheduler=_TINY_FLOW,
         batch=4,
     ),
 }
@@ -111,6 +114,8 @@ class Chroma(Backbone):
     ):
         self.vae, self.unet, self.scheduler = vae, transformer, scheduler
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        if "guidance_embeds" not in transformer.config:  # what ChromaInpaintPipeline reads; the
+            transformer.register_to_config(guidance_embeds=False)  # published config.json has it
         for m in self.modules().values():
             m.eval().requires_grad_(False)
 
@@ -151,7 +156,7 @@ class Chroma(Backbone):
 
     def timestep_kwargs(self, num_steps: int, latent_hw: tuple[int, int]) -> dict[str, Any]:
         """ChromaPipeline's schedule: sigmas linspace(1, 1/N, N), shifted by mu of the token
-        count (SD3 paper section 5.3.2)."""
+        count where the scheduler shifts dynamically (SD3 paper section 5.3.2)."""
         seq = (latent_hw[0] // 2) * (latent_hw[1] // 2)
         mu = C.calculate_shift(self.scheduler.config, seq, max_shift=1.15)
         return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps).tolist(), "mu": mu}

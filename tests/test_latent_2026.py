@@ -1,0 +1,185 @@
+"""The model families of 2025-2026 under the BLD loop (issue 20: latent/backbones/chroma.py,
+zimage.py): parity with diffusers' own inpaint pipelines of each family on tiny random components
+with a PARTIAL mask, each shown to fail when the blend's noise level is off by one step; a thin
+stroke on packed tokens; detection; the bench presets' published sizes; the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from PIL import Image
+
+from blendedit import BlendedLatentDiffusion
+from blendedit.bench import ARCHITECTURES
+from blendedit.bench.build import build_backbone
+from blendedit.cli import main
+from blendedit.frame import Work
+from blendedit.latent.backbones import FAMILIES, Chroma, ZImage, detect_family, family_defaults
+from blendedit.latent.backbones.flux import unpack
+from test_latent_pipeline import PointMassVAE
+from tiny_models import tiny_chroma_parts, tiny_zimage_parts
+
+SIZE = (64, 48)  # (W, H) px: 32x24 latents at factor 2, 16x12 tokens of 2x2
+PARTS = {"chroma": tiny_chroma_parts, "zimage": tiny_zimage_parts}
+CLASSES = {"chroma": Chroma, "zimage": ZImage}
+
+
+class NoiseLevelOff(FlowMatchEulerDiscreteScheduler):
+    """A wrong blend: after a step, the background re-noised to the level of the step just taken
+    (sigma_i) instead of the next one (sigma_{i+1}); what the parity tests must catch."""
+
+    def scale_noise(self, sample, timestep, noise=None):  # type: ignore[override]
+        if self.step_index is None:  # the initial latents: unchanged
+            return super().scale_noise(sample, timestep, noise)
+        sigma = self.sigmas[self.step_index - 1].to(sample.dtype)
+        return sigma * noise + (1.0 - sigma) * sample
+
+
+def _point_mass(vae):
+    pm = PointMassVAE.from_config(vae.config)
+    pm.load_state_dict(vae.state_dict())
+    return pm.eval()
+
+
+def _backbone(family, tmp_path, point_mass=True):
+    p = PARTS[family](tmp_path / "vocab")
+    vae = _point_mass(p["vae"]) if point_mass else p["vae"]
+    return CLASSES[family](vae, p["transformer"], p["text_encoder"], p["tokenizer"], p["scheduler"])
+
+
+def _photo(shared_images) -> Image.Image:
+    return Image.open(shared_images / "chelsea.png").convert("RGB").resize(SIZE, Image.LANCZOS)
+
+
+def _mask() -> Image.Image:
+    m = np.zeros(SIZE[::-1], np.uint8)
+    m[12:36, 16:44] = 255  # partial, aligned to the 4 px token grid: every rule agrees on it
+    return Image.fromarray(m)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["chroma", "zimage"])
+def test_parity_with_diffusers_inpaint(tmp_path, shared_images, family):
+    """ChromaInpaintPipeline / ZImageInpaintPipeline blend ``scale_noise(z0, t_{i+1})`` after
+    every step: with a partial mask, CFG with a negative prompt and each family's schedule, BLD
+    reproduces their latents (Chroma's output is packed tokens: unpacked to compare). The
+    reference is the pipeline called by the text (its own encoding) at the strength that runs the
+    same steps. Control: the same pipeline with the blend's noise level one step off
+    (:class:`NoiseLevelOff`) differs by far more than the tolerance."""
+    bb, seeds = _backbone(family, tmp_path), [4, 5]
+    settings = {"num_inference_steps": 4, "guidance_scale": 3.0, "negative_prompt": "blurry"}
+    editor = BlendedLatentDiffusion(bb)
+    result = editor(
+        _photo(shared_images), _mask(), "a red flower", seeds=seeds, blend_start=0.25,
+        mask_shrink="off", rank=False, background="decoded", region="full", size=SIZE[0],
+        batch_size=2, **settings,
+    )  # fmt: skip
+    ours = torch.stack([c.latent for c in result.candidates])
+    cfg = editor.default_config().replace(**settings)
+    pipe, strength = editor.diffusers_inpaint(cfg)
+
+    def reference():
+        ref = bb.reference_inpaint(
+            pipe, bb.reference_prompt("a red flower", "blurry", 2), _photo(shared_images),
+            _mask(), SIZE, strength=strength, num_inference_steps=4, guidance_scale=3.0,
+            generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="latent",
+        ).images  # fmt: skip
+        return unpack(ref, 24, 32) if ref.dim() == 3 else ref
+
+    ref = reference()
+    assert ours.shape == ref.shape == (2, 16, 24, 32)
+    torch.testing.assert_close(ours, ref, atol=2e-4, rtol=1e-4)
+    pipe.scheduler = NoiseLevelOff.from_config(pipe.scheduler.config)
+    assert (reference() - ours).abs().max() > 1e-2  # the test sees a wrong noise level
+
+
+@pytest.mark.parametrize("family", ["chroma", "zimage"])
+def test_thin_stroke_survives_on_tokens(tmp_path, family):
+    """A 1 px line: max-pooled to latent cells, then any cell masks its whole 2x2 token."""
+    mask = torch.zeros(1, 1, 48, 64)
+    mask[..., 20, 5:60] = 1.0
+    editor = BlendedLatentDiffusion(_backbone(family, tmp_path, point_mass=False))
+    work = Work(x=torch.zeros(1, 3, 48, 64), mask=mask, soft=False, prompt="a cat")
+    state = editor.prepare(work, editor.default_config().replace(num_inference_steps=4))
+    stage = state.stages[-1, 0, 0]  # (24, 32) latent cells
+    tokens = stage.view(12, 2, 16, 2)
+    assert stage.sum() > 0 and torch.equal(tokens.amin((1, 3)), tokens.amax((1, 3)))
+
+
+def test_guidance_scales_and_text(tmp_path):
+    """Z-Image's scale s is blendedit's s + 1 (1: one conditional pass); its captions keep their
+    own lengths (padding dropped). Chroma attends the tokens and one padding token."""
+    zi = _backbone("zimage", tmp_path, point_mass=False)
+    c = zi.encode_text("a red flower", "", SIZE, SIZE)
+    assert c.cond.shape[1] > c.uncond.shape[1] and c.cond.shape[-1] == 32
+    z, t = torch.randn(1, 16, 24, 32), torch.tensor(700.0)
+    cond = zi.model_fn(c, 1, 1.0)(z, t)
+    both = zi.denoiser(c, 1, ("uncond", "cond"), 3.0)(torch.cat([z, z]), t)
+    torch.testing.assert_close(both[1:], cond)
+    torch.testing.assert_close(zi.model_fn(c, 1, 3.0)(z, t), both[0:1] + 3.0 * (cond - both[0:1]))
+    assert ZImage.model_defaults("Tongyi-MAI/Z-Image-Turbo")["guidance_scale"] == 1.0
+    assert ZImage.model_defaults("Tongyi-MAI/Z-Image")["guidance_scale"] == 6.0  # its 5.0
+    ch = _backbone("chroma", tmp_path, point_mass=False)
+    states, keep = ch.encode_prompt("a cat")
+    n = len(ch.tokenizer("a cat").input_ids)
+    assert states.shape == (1, 512, 64) and keep.sum() == n + 1
+
+
+# Published sizes (model cards): Chroma1-HD "8.9B"; Z-Image "6B" (6.15B in its report); the
+# text encoders T5-XXL's encoder (4.76B) and Qwen3-4B (4.02B without its tied head).
+PUBLISHED = {"chroma": (8.9, 4.76), "zimage-turbo": (6.15, 4.02)}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_bench_presets_are_the_published_sizes(name, tmp_path):
+    bb = build_backbone(ARCHITECTURES[name], "meta", tmp_path)
+    count = {k: sum(p.numel() for p in m.parameters()) for k, m in bb.modules().items()}
+    digits = 1 if name == "chroma" else 2
+    assert round(count["unet"] / 1e9, digits) == PUBLISHED[name][0]
+    assert round(count["text_encoder"] / 1e9, 2) == PUBLISHED[name][1]
+    assert count["vae"] == 83_819_683  # FLUX.1's 16-channel VAE
+    assert bb.native_size == ARCHITECTURES[name].resolution == 1024
+    assert ARCHITECTURES[name].family == bb.family and bb.size_multiple == 16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["chroma", "zimage"])
+def test_cli_edit_ranked_size_kept_deterministic(tmp_path, shared_images, tiny_clip_dir, family):
+    """``blendedit edit`` on a saved tiny folder: detected from its model_index.json, ranked,
+    the photo's size kept, the same bytes twice, the background exact outside the band."""
+    import diffusers
+
+    cls = getattr(diffusers, CLASSES[family].pipelines[0])
+    folder = tmp_path / f"{family}-Turbo"
+    cls(**PARTS[family](tmp_path / "vocab")).save_pretrained(folder)
+    assert detect_family(folder) == family and family in FAMILIES
+    assert family_defaults(folder)["scheduler"] == "flow-euler"
+    photo, mask = tmp_path / "p.png", tmp_path / "m.png"
+    _photo(shared_images).resize((90, 60)).save(photo)
+    m = np.zeros((60, 90), np.uint8)
+    m[20:22, 10:80] = 255  # a thin stroke
+    Image.fromarray(m).save(mask)
+    outs = []
+    for run in ("a", "b"):
+        argv = [
+            "edit", str(photo), "--mask", str(mask), "--prompt", "a red flower", "--model",
+            str(folder), "--clip-model", str(tiny_clip_dir), "--steps", "4", "--num-images", "2",
+            "--size", "64", "--out", str(tmp_path / run), "--device", "cpu", "--quiet",
+        ]  # fmt: skip
+        assert main(argv) == 0
+        outs.append(tmp_path / run)
+    result = json.loads((outs[0] / "result.json").read_text())
+    assert result["settings"]["family"] == family and len(result["results"]) == 2
+    src = np.asarray(Image.open(photo).convert("RGB"))
+    far = np.ones((60, 90), bool)
+    far[10:32, 0:90] = False  # the stroke and a band around it
+    files = sorted(p.name for p in outs[0].glob("0*.png"))
+    assert len(files) == 2
+    for f in files:
+        a, b = (np.asarray(Image.open(o / f)) for o in outs)
+        assert a.shape == (60, 90, 3) and np.array_equal(a, b)
+        assert np.array_equal(a[far], src[far])

@@ -10,7 +10,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
 from PIL import Image
 
 from blendedit import BlendedLatentDiffusion
@@ -18,14 +19,22 @@ from blendedit.bench import ARCHITECTURES
 from blendedit.bench.build import build_backbone
 from blendedit.cli import main
 from blendedit.frame import Work
-from blendedit.latent.backbones import FAMILIES, Chroma, ZImage, detect_family, family_defaults
+from blendedit.latent.backbones import (
+    FAMILIES,
+    Chroma,
+    QwenImage,
+    ZImage,
+    detect_family,
+    family_defaults,
+)
 from blendedit.latent.backbones.flux import unpack
-from test_latent_pipeline import PointMassVAE
-from tiny_models import tiny_chroma_parts, tiny_zimage_parts
+from test_latent_pipeline import PointMassVAE, _PointMass
+from tiny_models import tiny_chroma_parts, tiny_qwenimage_parts, tiny_zimage_parts
 
 SIZE = (64, 48)  # (W, H) px: 32x24 latents at factor 2, 16x12 tokens of 2x2
-PARTS = {"chroma": tiny_chroma_parts, "zimage": tiny_zimage_parts}
-CLASSES = {"chroma": Chroma, "zimage": ZImage}
+PARTS = {"chroma": tiny_chroma_parts, "zimage": tiny_zimage_parts, "qwen": tiny_qwenimage_parts}
+CLASSES = {"chroma": Chroma, "zimage": ZImage, "qwen": QwenImage}
+FAMILY_NAMES = {"chroma": "chroma", "zimage": "zimage", "qwen": "qwen-image"}
 
 
 class NoiseLevelOff(FlowMatchEulerDiscreteScheduler):
@@ -39,8 +48,16 @@ class NoiseLevelOff(FlowMatchEulerDiscreteScheduler):
         return sigma * noise + (1.0 - sigma) * sample
 
 
+class PointMassQwenVAE(AutoencoderKLQwenImage):
+    """Qwen-Image's VAE with a deterministic encoder (as ``PointMassVAE``)."""
+
+    def encode(self, x, return_dict=True):  # type: ignore[override]
+        return AutoencoderKLOutput(latent_dist=_PointMass(super().encode(x).latent_dist.mode()))
+
+
 def _point_mass(vae):
-    pm = PointMassVAE.from_config(vae.config)
+    cls = PointMassQwenVAE if isinstance(vae, AutoencoderKLQwenImage) else PointMassVAE
+    pm = cls.from_config(vae.config)
     pm.load_state_dict(vae.state_dict())
     return pm.eval()
 
@@ -62,7 +79,7 @@ def _mask() -> Image.Image:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["chroma", "zimage"])
+@pytest.mark.parametrize("family", ["chroma", "zimage", "qwen"])
 def test_parity_with_diffusers_inpaint(tmp_path, shared_images, family):
     """ChromaInpaintPipeline / ZImageInpaintPipeline blend ``scale_noise(z0, t_{i+1})`` after
     every step: with a partial mask, CFG with a negative prompt and each family's schedule, BLD
@@ -97,7 +114,7 @@ def test_parity_with_diffusers_inpaint(tmp_path, shared_images, family):
     assert (reference() - ours).abs().max() > 1e-2  # the test sees a wrong noise level
 
 
-@pytest.mark.parametrize("family", ["chroma", "zimage"])
+@pytest.mark.parametrize("family", ["chroma", "zimage", "qwen"])
 def test_thin_stroke_survives_on_tokens(tmp_path, family):
     """A 1 px line: max-pooled to latent cells, then any cell masks its whole 2x2 token."""
     mask = torch.zeros(1, 1, 48, 64)
@@ -129,25 +146,35 @@ def test_guidance_scales_and_text(tmp_path):
     assert states.shape == (1, 512, 64) and keep.sum() == n + 1
 
 
-# Published sizes (model cards): Chroma1-HD "8.9B"; Z-Image "6B" (6.15B in its report); the
-# text encoders T5-XXL's encoder (4.76B) and Qwen3-4B (4.02B without its tied head).
-PUBLISHED = {"chroma": (8.9, 4.76), "zimage-turbo": (6.15, 4.02)}
+# Published sizes (model cards, in billions, to the digits they give): Chroma1-HD "8.9B"; Z-Image
+# "6B" (6.15B in its report); Qwen-Image "20B"; the text encoders T5-XXL's encoder (4.76B),
+# Qwen3-4B (4.02B without its tied head), Qwen2.5-VL-7B (8.29B with its vision tower); the VAEs
+# FLUX.1's (83.8M) and Qwen-Image's (Wan 2.1's, 127M).
+FLUX_VAE = 83_819_683
+PUBLISHED = {
+    "chroma": {"unet": "8.9", "text_encoder": "4.76", "vae": FLUX_VAE},
+    "zimage-turbo": {"unet": "6.15", "text_encoder": "4.02", "vae": FLUX_VAE},
+    "qwen-image": {"unet": "20", "text_encoder": "8.29", "vae": 126_892_531},
+}
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
 def test_bench_presets_are_the_published_sizes(name, tmp_path):
+    """Built on the meta device (shapes only): each part's parameter count."""
     bb = build_backbone(ARCHITECTURES[name], "meta", tmp_path)
     count = {k: sum(p.numel() for p in m.parameters()) for k, m in bb.modules().items()}
-    digits = 1 if name == "chroma" else 2
-    assert round(count["unet"] / 1e9, digits) == PUBLISHED[name][0]
-    assert round(count["text_encoder"] / 1e9, 2) == PUBLISHED[name][1]
-    assert count["vae"] == 83_819_683  # FLUX.1's 16-channel VAE
+    for part, published in PUBLISHED[name].items():
+        if isinstance(published, str):  # billions, to the published digits
+            digits = len(published.partition(".")[2])
+            assert f"{count[part] / 1e9:.{digits}f}" == published, (part, count[part])
+        else:
+            assert count[part] == published
     assert bb.native_size == ARCHITECTURES[name].resolution == 1024
     assert ARCHITECTURES[name].family == bb.family and bb.size_multiple == 16
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["chroma", "zimage"])
+@pytest.mark.parametrize("family", ["chroma", "zimage", "qwen"])
 def test_cli_edit_ranked_size_kept_deterministic(tmp_path, shared_images, tiny_clip_dir, family):
     """``blendedit edit`` on a saved tiny folder: detected from its model_index.json, ranked,
     the photo's size kept, the same bytes twice, the background exact outside the band."""
@@ -156,6 +183,7 @@ def test_cli_edit_ranked_size_kept_deterministic(tmp_path, shared_images, tiny_c
     cls = getattr(diffusers, CLASSES[family].pipelines[0])
     folder = tmp_path / f"{family}-Turbo"
     cls(**PARTS[family](tmp_path / "vocab")).save_pretrained(folder)
+    family = FAMILY_NAMES[family]
     assert detect_family(folder) == family and family in FAMILIES
     assert family_defaults(folder)["scheduler"] == "flow-euler"
     photo, mask = tmp_path / "p.png", tmp_path / "m.png"

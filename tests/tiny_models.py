@@ -339,7 +339,14 @@ def tiny_zimage_parts(folder: Path, seed: int = 0) -> dict:
     return _tiny_parts(ZImage, "tiny-zimage", folder, seed)
 
 
-def _tiny_parts(cls, preset: str, folder: Path, seed: int) -> dict:
+def tiny_qwenimage_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny Qwen-Image (MMDiT, its video VAE at factor 2, Qwen2.5-VL 32 wide)."""
+    from blendedit.latent.backbones.qwenimage import QwenImage
+
+    return _tiny_parts(QwenImage, "tiny-qwen-image", folder, seed, own_vae=True)
+
+
+def _tiny_parts(cls, preset: str, folder: Path, seed: int, own_vae: bool = False) -> dict:
     from blendedit.latent.backbones.loading import own_scheduler
 
     arch = cls.catalogue[preset]
@@ -347,7 +354,7 @@ def _tiny_parts(cls, preset: str, folder: Path, seed: int) -> dict:
     bb = cls.build(arch.parts, own_scheduler(arch.scheduler), torch.device("cpu"), folder)
     return {
         "transformer": bb.unet,
-        "vae": tiny_flow_vae(seed, shift=0.1159, scale=0.3611),
+        "vae": bb.vae.eval() if own_vae else tiny_flow_vae(seed, shift=0.1159, scale=0.3611),
         "text_encoder": bb.text_encoder,
         "tokenizer": bb.tokenizer,
         "scheduler": bb.scheduler,

@@ -102,7 +102,7 @@ def unet_flops(
     f = backbone.latent_factor
     dev, dt = backbone.device, backbone.dtype
     c = backbone.encode_text(PROMPT, "", (w * f, h * f), (w * f, h * f))
-    z = torch.zeros(batch, backbone.vae.config.latent_channels, h, w, device=dev, dtype=dt)
+    z = torch.zeros(batch, backbone.latent_channels, h, w, device=dev, dtype=dt)
     compiled = backbone.unet  # count the eager module: a compiled one would recompile here
     backbone.unet = getattr(compiled, "_orig_mod", compiled)
     try:

@@ -203,7 +203,9 @@ class BlendedLatentDiffusion(FrameMethod):
         own ``scaling_factor`` (and ``shift_factor`` where the VAE has one)."""
         return self.backbone.encode_image(image)
 
-    decode_with = staticmethod(Backbone.decode_with)
+    def decode_with(self, vae: Any, z: torch.Tensor) -> torch.Tensor:
+        """x = D(z) by the family's own rule (differentiable: background reconstruction)."""
+        return self.backbone.decode_with(vae, z)
 
     def decode_latents(self, z: torch.Tensor, chunk: int = 4) -> torch.Tensor:
         """(B, C, h, w) latents -> (B, 3, H, W) images in [0, 1], decoded ``chunk`` at a time."""

@@ -25,6 +25,7 @@ from blendedit.latent.backbones.chroma import Chroma
 from blendedit.latent.backbones.files import read_json, single_file_keys
 from blendedit.latent.backbones.flux import Flux
 from blendedit.latent.backbones.ldm import LatentDiffusion
+from blendedit.latent.backbones.qwenimage import QwenImage
 from blendedit.latent.backbones.sd import StableDiffusion
 from blendedit.latent.backbones.sd3 import StableDiffusion3
 from blendedit.latent.backbones.sdxl import StableDiffusionXL
@@ -39,6 +40,7 @@ __all__ = [
     "Flux",
     "LatentDiffusion",
     "LoadOptions",
+    "QwenImage",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",
@@ -80,7 +82,7 @@ def unregister_family(family: str) -> None:
 
 for _cls in (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux, LatentDiffusion):
     register_family(_cls)
-for _cls in (Chroma, ZImage):  # the models of 2025-2026 (issue 20)
+for _cls in (Chroma, ZImage, QwenImage):  # the models of 2025-2026 (issue 20)
     register_family(_cls)
 
 

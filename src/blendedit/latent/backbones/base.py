@@ -198,6 +198,11 @@ class Backbone:
         return 1
 
     @property
+    def latent_channels(self) -> int:
+        """Channels of the loop's latents (the VAE's)."""
+        return int(self.vae.config.latent_channels)
+
+    @property
     def model_in_channels(self) -> int:
         """What a plain text-to-image denoiser takes (an inpainting one takes more)."""
         return int(self.vae.config.latent_channels)

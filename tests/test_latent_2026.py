@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler
+from diffusers import AutoencoderKLFlux2, AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
 from PIL import Image
 
@@ -22,6 +22,7 @@ from blendedit.frame import Work
 from blendedit.latent.backbones import (
     FAMILIES,
     Chroma,
+    Flux2Klein,
     QwenImage,
     ZImage,
     detect_family,
@@ -29,12 +30,24 @@ from blendedit.latent.backbones import (
 )
 from blendedit.latent.backbones.flux import unpack
 from test_latent_pipeline import PointMassVAE, _PointMass
-from tiny_models import tiny_chroma_parts, tiny_qwenimage_parts, tiny_zimage_parts
+from tiny_models import (
+    tiny_chroma_parts,
+    tiny_flux2_klein_parts,
+    tiny_qwenimage_parts,
+    tiny_zimage_parts,
+)
 
 SIZE = (64, 48)  # (W, H) px: 32x24 latents at factor 2, 16x12 tokens of 2x2
 PARTS = {"chroma": tiny_chroma_parts, "zimage": tiny_zimage_parts, "qwen": tiny_qwenimage_parts}
-CLASSES = {"chroma": Chroma, "zimage": ZImage, "qwen": QwenImage}
-FAMILY_NAMES = {"chroma": "chroma", "zimage": "zimage", "qwen": "qwen-image"}
+PARTS["klein"] = tiny_flux2_klein_parts
+CLASSES = {"chroma": Chroma, "zimage": ZImage, "qwen": QwenImage, "klein": Flux2Klein}
+FAMILY_NAMES = {
+    "chroma": "chroma",
+    "zimage": "zimage",
+    "qwen": "qwen-image",
+    "klein": "flux2-klein",
+}
+ALL = list(CLASSES)
 
 
 class NoiseLevelOff(FlowMatchEulerDiscreteScheduler):
@@ -56,6 +69,8 @@ class PointMassQwenVAE(AutoencoderKLQwenImage):
 
 
 def _point_mass(vae):
+    if isinstance(vae, AutoencoderKLFlux2):  # its pipelines take the posterior's mode already
+        return vae
     cls = PointMassQwenVAE if isinstance(vae, AutoencoderKLQwenImage) else PointMassVAE
     pm = cls.from_config(vae.config)
     pm.load_state_dict(vae.state_dict())
@@ -111,10 +126,11 @@ def test_parity_with_diffusers_inpaint(tmp_path, shared_images, family):
     assert ours.shape == ref.shape == (2, 16, 24, 32)
     torch.testing.assert_close(ours, ref, atol=2e-4, rtol=1e-4)
     pipe.scheduler = NoiseLevelOff.from_config(pipe.scheduler.config)
-    assert (reference() - ours).abs().max() > 1e-2  # the test sees a wrong noise level
+    with pytest.raises(AssertionError):  # the same check fails with a wrong noise level
+        torch.testing.assert_close(ours, reference(), atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["chroma", "zimage", "qwen"])
+@pytest.mark.parametrize("family", ALL)
 def test_thin_stroke_survives_on_tokens(tmp_path, family):
     """A 1 px line: max-pooled to latent cells, then any cell masks its whole 2x2 token."""
     mask = torch.zeros(1, 1, 48, 64)
@@ -122,9 +138,11 @@ def test_thin_stroke_survives_on_tokens(tmp_path, family):
     editor = BlendedLatentDiffusion(_backbone(family, tmp_path, point_mass=False))
     work = Work(x=torch.zeros(1, 3, 48, 64), mask=mask, soft=False, prompt="a cat")
     state = editor.prepare(work, editor.default_config().replace(num_inference_steps=4))
-    stage = state.stages[-1, 0, 0]  # (24, 32) latent cells
-    tokens = stage.view(12, 2, 16, 2)
+    stage = state.stages[-1, 0, 0]  # latent cells: (24, 32), klein (12, 16)
+    p = editor.backbone.patch_size  # cells per token side: 2, klein 1 (its cells are tokens)
+    tokens = stage.view(stage.shape[0] // p, p, stage.shape[1] // p, p)
     assert stage.sum() > 0 and torch.equal(tokens.amin((1, 3)), tokens.amax((1, 3)))
+    assert editor.backbone.size_multiple == 4  # 4 px per token in every tiny model
 
 
 def test_guidance_scales_and_text(tmp_path):
@@ -155,6 +173,10 @@ PUBLISHED = {
     "chroma": {"unet": "8.9", "text_encoder": "4.76", "vae": FLUX_VAE},
     "zimage-turbo": {"unet": "6.15", "text_encoder": "4.02", "vae": FLUX_VAE},
     "qwen-image": {"unet": "20", "text_encoder": "8.29", "vae": 126_892_531},
+    # FLUX.2 [klein] "4B" (3.88B) and "9B" (9.08B); Qwen3-4B with its tied head, Qwen3-8B "8.2B";
+    # the FLUX.2 VAE (84.0M)
+    "flux2-klein-4b": {"unet": "3.9", "text_encoder": "4.02", "vae": 84_046_115},
+    "flux2-klein-9b": {"unet": "9.1", "text_encoder": "8.2", "vae": 84_046_115},
 }
 
 
@@ -174,7 +196,71 @@ def test_bench_presets_are_the_published_sizes(name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["chroma", "zimage", "qwen"])
+def test_flux2_klein_parity_with_its_own_loop_and_diffusers_blend(tmp_path, shared_images):
+    """FLUX.2 [klein]'s inpaint pipeline also feeds the source as reference tokens, which BLD does
+    not; the reference is therefore ``Flux2KleinPipeline``'s own denoising loop run as an
+    img2img: the schedule's tail after the skipped steps (``sigmas``, with the pipeline's mu of
+    the full step count), started at ``scale_noise(z0, t_k, noise)`` (z0 by diffusers' own
+    ``Flux2KleinInpaintPipeline._encode_vae_image``: fold and batch-norm), and diffusers' blend
+    added by ``callback_on_step_end``: ``(1 - m) scale_noise(z0, t_{i+1}, noise) + m z`` (the
+    clean z0 after the last step). With a partial mask and CFG, BLD reproduces its latents.
+    Control: the same with the blend's noise level one step off."""
+    from diffusers import Flux2KleinInpaintPipeline, Flux2KleinPipeline
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from blendedit.latent.backbones.flux2 import empirical_mu, unfold
+
+    bb, seeds, n, k = _backbone("klein", tmp_path), [4, 5], 4, 1
+    editor = BlendedLatentDiffusion(bb)
+    result = editor(
+        _photo(shared_images), _mask(), "a red flower", seeds=seeds, blend_start=0.25,
+        mask_shrink="off", rank=False, background="decoded", region="full", size=SIZE[0],
+        batch_size=2, num_inference_steps=n, guidance_scale=3.0,
+    )  # fmt: skip
+    ours = torch.stack([c.latent for c in result.candidates])  # (2, 128, 12, 16)
+    parts = {k_: getattr(bb, k_) for k_ in ("vae", "text_encoder", "tokenizer", "scheduler")}
+    inpaint = Flux2KleinInpaintPipeline(transformer=bb.unet, **parts)
+    image = inpaint.image_processor.preprocess(_photo(shared_images), SIZE[1], SIZE[0])
+    z0 = inpaint._encode_vae_image(image, None).expand(2, -1, -1, -1)  # (2, 128, 12, 16)
+    noise = torch.cat([randn_tensor((1, *z0.shape[1:]), generator=torch.Generator().manual_seed(s))
+                       for s in seeds])  # fmt: skip
+    m = torch.nn.functional.max_pool2d(
+        torch.from_numpy(np.asarray(_mask()) / 255.0)[None].float(), 4
+    )
+    m = m.flatten(1)[..., None]  # (1, 192, 1) tokens
+
+    def reference(scheduler_cls):
+        sched = scheduler_cls.from_config(bb.scheduler.config)
+        pipe = Flux2KleinPipeline(transformer=bb.unet, **{**parts, "scheduler": sched})
+        pipe.set_progress_bar_config(disable=True)
+        full = np.linspace(1.0, 1 / n, n)
+        sched.set_timesteps(sigmas=full, mu=empirical_mu(12 * 16, n))
+        tail = sched.timesteps[k:]
+        start = sched.scale_noise(z0, tail[:1], noise)
+        z0p, noisep = (x.flatten(2).transpose(1, 2) for x in (z0, noise))  # packed tokens
+
+        def blend(pipe, i, t, kw):
+            last = i == len(tail) - 1
+            bg = z0p if last else pipe.scheduler.scale_noise(z0p, tail[i + 1 : i + 2], noisep)
+            return {"latents": (1 - m) * bg + m * kw["latents"]}
+
+        return pipe(
+            prompt="a red flower", height=SIZE[1], width=SIZE[0], num_inference_steps=n,
+            sigmas=full[k:], guidance_scale=3.0, latents=start, output_type="latent",
+            callback_on_step_end=blend,
+        ).images  # fmt: skip  # (2, 32, 24, 32): unfolded, batch-norm undone
+
+    mean, std = Flux2Klein._stats(bb.vae, ours)
+    ours = unfold(ours * std + mean)
+    ref = reference(FlowMatchEulerDiscreteScheduler)
+    assert ours.shape == ref.shape == (2, 32, 24, 32)
+    torch.testing.assert_close(ours, ref, atol=2e-4, rtol=1e-4)
+    with pytest.raises(AssertionError):  # the same check fails with a wrong noise level
+        torch.testing.assert_close(ours, reference(NoiseLevelOff), atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ALL)
 def test_cli_edit_ranked_size_kept_deterministic(tmp_path, shared_images, tiny_clip_dir, family):
     """``blendedit edit`` on a saved tiny folder: detected from its model_index.json, ranked,
     the photo's size kept, the same bytes twice, the background exact outside the band."""

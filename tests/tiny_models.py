@@ -346,6 +346,18 @@ def tiny_qwenimage_parts(folder: Path, seed: int = 0) -> dict:
     return _tiny_parts(QwenImage, "tiny-qwen-image", folder, seed, own_vae=True)
 
 
+def tiny_flux2_klein_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny FLUX.2 [klein] (base: true CFG): its VAE at factor 2 with random
+    batch-norm statistics (so that the normalisation is seen), Qwen3 16 wide and 27 layers."""
+    from blendedit.latent.backbones.flux2 import Flux2Klein
+
+    parts = _tiny_parts(Flux2Klein, "tiny-flux2-klein", folder, seed, own_vae=True)
+    bn = parts["vae"].bn
+    bn.running_mean.copy_(torch.randn_like(bn.running_mean) * 0.3)
+    bn.running_var.copy_(torch.rand_like(bn.running_var) + 0.5)
+    return parts
+
+
 def _tiny_parts(cls, preset: str, folder: Path, seed: int, own_vae: bool = False) -> dict:
     from blendedit.latent.backbones.loading import own_scheduler
 

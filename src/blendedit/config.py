@@ -516,6 +516,9 @@ PRESETS: dict[str, EditConfig] = {
     "realtime-zimage-turbo": EditConfig(
         scheduler="flow-euler", num_inference_steps=9, guidance_scale=1.0
     ),
+    # FLUX.2 [klein] 4B / 9B, the step-distilled models: rectified-flow Euler, 4 steps, no
+    # guidance (the family's own defaults for a distilled klein; here to be named).
+    "realtime-klein": EditConfig(scheduler="flow-euler", num_inference_steps=4, guidance_scale=1.0),
 }
 
 # What a preset is for, where its name alone does not say it (``blendedit edit --help``).
@@ -527,6 +530,7 @@ PRESET_HELP: dict[str, str] = {
     "realtime-lightning": "SDXL-Lightning 4-step: euler-trailing, 4 steps, guidance 1",
     "realtime-schnell": "FLUX.1-schnell: flow-euler, 4 steps, no guidance",
     "realtime-zimage-turbo": "Z-Image-Turbo: flow-euler, 9 steps, no guidance",
+    "realtime-klein": "FLUX.2 [klein] (distilled): flow-euler, 4 steps, no guidance",
 }
 
 

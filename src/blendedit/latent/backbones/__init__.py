@@ -24,6 +24,7 @@ from blendedit.latent.backbones.base import Backbone, Conditioning, LoadOptions
 from blendedit.latent.backbones.chroma import Chroma
 from blendedit.latent.backbones.files import read_json, single_file_keys
 from blendedit.latent.backbones.flux import Flux
+from blendedit.latent.backbones.flux2 import Flux2Klein
 from blendedit.latent.backbones.ldm import LatentDiffusion
 from blendedit.latent.backbones.qwenimage import QwenImage
 from blendedit.latent.backbones.sd import StableDiffusion
@@ -38,6 +39,7 @@ __all__ = [
     "Chroma",
     "Conditioning",
     "Flux",
+    "Flux2Klein",
     "LatentDiffusion",
     "LoadOptions",
     "QwenImage",
@@ -82,7 +84,7 @@ def unregister_family(family: str) -> None:
 
 for _cls in (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux, LatentDiffusion):
     register_family(_cls)
-for _cls in (Chroma, ZImage, QwenImage):  # the models of 2025-2026 (issue 20)
+for _cls in (Chroma, ZImage, QwenImage, Flux2Klein):  # the models of 2025-2026 (issue 20)
     register_family(_cls)
 
 

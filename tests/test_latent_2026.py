@@ -297,3 +297,21 @@ def test_cli_edit_ranked_size_kept_deterministic(tmp_path, shared_images, tiny_c
         a, b = (np.asarray(Image.open(o / f)) for o in outs)
         assert a.shape == (60, 90, 3) and np.array_equal(a, b)
         assert np.array_equal(a[far], src[far])
+
+
+def test_prompt_encoded_once_across_batches_and_generations(tmp_path, shared_images):
+    """The language-model encoder runs once per prompt: two edits of two candidates each with the
+    same prompt (a ranked batch, then a second generation as the web editor makes) encode the
+    prompt and the negative once; a new prompt once more; a moved encoder starts afresh."""
+    bb = _backbone("zimage", tmp_path, point_mass=False)
+    editor = BlendedLatentDiffusion(bb)
+    calls = []
+    bb.text_encoder.register_forward_hook(lambda *a: calls.append(1))
+    run = {"num_inference_steps": 2, "rank": False, "size": SIZE[0], "num_images": 2}
+    for prompt in ("a red flower", "a red flower", "a blue flower"):
+        editor(_photo(shared_images), _mask(), prompt, **run)
+    assert len(calls) == bb.prompts.runs == 3  # "a red flower", "", "a blue flower"
+    bb.to(dtype=torch.float64)
+    bb.encode_prompt("a blue flower")
+    assert len(calls) == 4
+    bb.to(dtype=torch.float32)

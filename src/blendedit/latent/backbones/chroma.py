@@ -114,6 +114,7 @@ class Chroma(Backbone):
     ):
         self.vae, self.unet, self.scheduler = vae, transformer, scheduler
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.prompts = C.PromptCache()
         if "guidance_embeds" not in transformer.config:  # what ChromaInpaintPipeline reads; the
             transformer.register_to_config(guidance_embeds=False)  # published config.json has it
         for m in self.modules().values():
@@ -161,8 +162,12 @@ class Chroma(Backbone):
         mu = C.calculate_shift(self.scheduler.config, seq, max_shift=1.15)
         return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps).tolist(), "mu": mu}
 
+    def encode_prompt(self, prompt: str) -> Any:
+        """The prompt's encoding, computed once (``common.PromptCache``)."""
+        return self.prompts.get(self.text_encoder, self.device, prompt, self._encode_prompt)
+
     @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Text -> ((1, T, D) T5 states, (1, T) attention mask): the tokens and one padding token
         after them are attended (ChromaPipeline's rule), the rest is masked out."""
         tok = C.tokenize(self.tokenizer, prompt, self.max_sequence_length)

@@ -191,3 +191,31 @@ def qwen3_encoder(cfg: dict[str, Any]) -> Any:
     from transformers import Qwen3Config, Qwen3Model
 
     return Qwen3Model(Qwen3Config(**cfg))
+
+
+class PromptCache:
+    """A family's prompt encodings, kept: a language-model text encoder (billions of parameters)
+    then runs once per prompt, however many candidates a ranked batch has and however many
+    generations the web editor makes with it. Keyed by the prompt and the encoder's identity,
+    dtype and device (moving or replacing the encoder starts afresh); the ``size`` most recent."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self.entries: dict[tuple[Any, ...], Any] = {}  # insertion order = recency
+        self.runs = 0  # encoder runs (tests)
+
+    def get(self, encoder: Any, device: torch.device, prompt: str, encode: Any) -> Any:
+        """``encode(prompt)``, computed once per key."""
+        key = (prompt, id(encoder), getattr(encoder, "dtype", None), str(device))
+        if key in self.entries:
+            self.entries[key] = self.entries.pop(key)  # most recent last
+            return self.entries[key]
+        value = encode(prompt)
+        self.runs += 1
+        self.entries[key] = value
+        while len(self.entries) > self.size:
+            self.entries.pop(next(iter(self.entries)))
+        return value
+
+    def clear(self) -> None:
+        self.entries.clear()

@@ -171,6 +171,7 @@ class Flux2Klein(Backbone):
     ):  # fmt: skip
         self.vae, self.unet, self.scheduler = vae, transformer, scheduler
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.prompts = C.PromptCache()
         self.is_distilled = is_distilled
         for m in self.modules().values():
             m.eval().requires_grad_(False)
@@ -270,8 +271,12 @@ class Flux2Klein(Backbone):
 
     # -- text and the model ------------------------------------------------------------------------
 
+    def encode_prompt(self, prompt: str) -> Any:
+        """The prompt's encoding, computed once (``common.PromptCache``)."""
+        return self.prompts.get(self.text_encoder, self.device, prompt, self._encode_prompt)
+
     @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
+    def _encode_prompt(self, prompt: str) -> torch.Tensor:
         """Text -> (1, 512, 3D): the prompt as a chat turn (no thinking), Qwen3's hidden layers
         9, 18 and 27 side by side, padding included (the pipeline's rule)."""
         chat = [{"role": "user", "content": prompt}]

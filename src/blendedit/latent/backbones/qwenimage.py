@@ -185,6 +185,7 @@ class QwenImage(Backbone):
     ):
         self.vae, self.unet, self.scheduler = vae, transformer, scheduler
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.prompts = C.PromptCache()
         for m in self.modules().values():
             m.eval().requires_grad_(False)
 
@@ -265,8 +266,12 @@ class QwenImage(Backbone):
 
     # -- text and guidance ---------------------------------------------------------------------------
 
+    def encode_prompt(self, prompt: str) -> Any:
+        """The prompt's encoding, computed once (``common.PromptCache``)."""
+        return self.prompts.get(self.text_encoder, self.device, prompt, self._encode_prompt)
+
     @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
+    def _encode_prompt(self, prompt: str) -> torch.Tensor:
         """Text -> (1, L, D): Qwen2.5-VL's last hidden states of the templated prompt, the
         template's first 34 tokens dropped."""
         tok = self.tokenizer(

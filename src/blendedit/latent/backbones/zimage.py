@@ -135,6 +135,7 @@ class ZImage(Backbone):
     ):  # fmt: skip
         self.vae, self.unet, self.scheduler = vae, transformer, scheduler
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.prompts = C.PromptCache()
         self.turbo = turbo
         for m in self.modules().values():
             m.eval().requires_grad_(False)
@@ -198,8 +199,12 @@ class ZImage(Backbone):
         mu = C.calculate_shift(self.scheduler.config, seq, max_shift=1.15)
         return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps).tolist(), "mu": mu}
 
+    def encode_prompt(self, prompt: str) -> Any:
+        """The prompt's encoding, computed once (``common.PromptCache``)."""
+        return self.prompts.get(self.text_encoder, self.device, prompt, self._encode_prompt)
+
     @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
+    def _encode_prompt(self, prompt: str) -> torch.Tensor:
         """Text -> (1, L, D): the prompt as a user turn of the chat template, Qwen3's
         second-to-last hidden states of its L real tokens (padding dropped)."""
         chat = [{"role": "user", "content": prompt}]

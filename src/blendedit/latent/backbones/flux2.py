@@ -321,5 +321,18 @@ class Flux2Klein(Backbone):
 
         return denoise
 
+    def reference_prompt(
+        self, prompt: str, negative: str, n: int, embeddings: bool = False
+    ) -> dict[str, Any]:
+        """The text (the pipeline takes no negative: its own is ""), or blendedit's embeddings."""
+        if embeddings:
+            cond, uncond = self.encode_prompt(prompt), self.encode_prompt(negative)
+            return {
+                "prompt_embeds": cond.expand(n, -1, -1),  # (n, 512, 3D)
+                "negative_prompt_embeds": uncond.expand(n, -1, -1),
+                "num_images_per_prompt": 1,
+            }
+        return {"prompt": prompt, "num_images_per_prompt": n}
+
     def reference_options(self) -> dict[str, Any]:
         return {"is_distilled": self.is_distilled}

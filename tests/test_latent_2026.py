@@ -23,6 +23,7 @@ from blendedit.latent.backbones import (
     FAMILIES,
     Chroma,
     Flux2Klein,
+    Krea2,
     QwenImage,
     ZImage,
     detect_family,
@@ -33,20 +34,18 @@ from test_latent_pipeline import PointMassVAE, _PointMass
 from tiny_models import (
     tiny_chroma_parts,
     tiny_flux2_klein_parts,
+    tiny_krea2_parts,
     tiny_qwenimage_parts,
     tiny_zimage_parts,
 )
 
 SIZE = (64, 48)  # (W, H) px: 32x24 latents at factor 2, 16x12 tokens of 2x2
 PARTS = {"chroma": tiny_chroma_parts, "zimage": tiny_zimage_parts, "qwen": tiny_qwenimage_parts}
-PARTS["klein"] = tiny_flux2_klein_parts
+PARTS |= {"klein": tiny_flux2_klein_parts, "krea": tiny_krea2_parts}
 CLASSES = {"chroma": Chroma, "zimage": ZImage, "qwen": QwenImage, "klein": Flux2Klein}
-FAMILY_NAMES = {
-    "chroma": "chroma",
-    "zimage": "zimage",
-    "qwen": "qwen-image",
-    "klein": "flux2-klein",
-}
+CLASSES["krea"] = Krea2
+FAMILY_NAMES = {"chroma": "chroma", "zimage": "zimage", "qwen": "qwen-image"}
+FAMILY_NAMES |= {"klein": "flux2-klein", "krea": "krea2"}
 ALL = list(CLASSES)
 
 
@@ -80,7 +79,9 @@ def _point_mass(vae):
 def _backbone(family, tmp_path, point_mass=True):
     p = PARTS[family](tmp_path / "vocab")
     vae = _point_mass(p["vae"]) if point_mass else p["vae"]
-    return CLASSES[family](vae, p["transformer"], p["text_encoder"], p["tokenizer"], p["scheduler"])
+    extra = {"layers": p["text_encoder_select_layers"]} if family == "krea" else {}
+    parts = (p["transformer"], p["text_encoder"], p["tokenizer"], p["scheduler"])
+    return CLASSES[family](vae, *parts, **extra)
 
 
 def _photo(shared_images) -> Image.Image:
@@ -177,6 +178,9 @@ PUBLISHED = {
     # the FLUX.2 VAE (84.0M)
     "flux2-klein-4b": {"unet": "3.9", "text_encoder": "4.02", "vae": 84_046_115},
     "flux2-klein-9b": {"unet": "9.1", "text_encoder": "8.2", "vae": 84_046_115},
+    # Krea 2: Krea2Transformer2DModel's default config (12.8B; no published figure checked here),
+    # Qwen3-VL-4B "4.44B", Qwen-Image's VAE
+    "krea2": {"unet": "12.8", "text_encoder": "4.44", "vae": 126_892_531},
 }
 
 
@@ -315,3 +319,74 @@ def test_prompt_encoded_once_across_batches_and_generations(tmp_path, shared_ima
     bb.encode_prompt("a blue flower")
     assert len(calls) == 4
     bb.to(dtype=torch.float32)
+
+
+@pytest.mark.slow
+def test_krea2_parity_with_its_own_loop_and_diffusers_blend(tmp_path, shared_images):
+    """diffusers has no Krea 2 inpaint pipeline: the reference is ``Krea2Pipeline``'s own loop run
+    as an img2img, as for FLUX.2 [klein]: the schedule's tail (``sigmas``, mu of the token count),
+    started at ``scale_noise(z0, t_k, noise)`` (z0 by diffusers' own Qwen-Image
+    ``_encode_vae_image``: one frame, mean/std), diffusers' blend added by
+    ``callback_on_step_end`` on packed tokens (the clean z0 after the last step). With a partial
+    mask and CFG (Krea's scale 2.0 is blendedit's 3.0), BLD reproduces its latents. Control: the
+    same with the blend's noise level one step off."""
+    from types import SimpleNamespace
+
+    from diffusers import Krea2Pipeline, QwenImageInpaintPipeline
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from blendedit.latent.backbones.flux import pack
+
+    bb, seeds, n, k = _backbone("krea", tmp_path), [4, 5], 4, 1
+    editor = BlendedLatentDiffusion(bb)
+    result = editor(
+        _photo(shared_images), _mask(), "a red flower", seeds=seeds, blend_start=0.25,
+        mask_shrink="off", rank=False, background="decoded", region="full", size=SIZE[0],
+        batch_size=2, num_inference_steps=n, guidance_scale=3.0,
+    )  # fmt: skip
+    ours = torch.stack([c.latent for c in result.candidates])  # (2, 16, 24, 32)
+    from diffusers.image_processor import VaeImageProcessor
+
+    x = VaeImageProcessor(vae_scale_factor=4).preprocess(_photo(shared_images), SIZE[1], SIZE[0])
+    enc = QwenImageInpaintPipeline._encode_vae_image(
+        SimpleNamespace(vae=bb.vae), x[:, :, None], None
+    )
+    z0 = enc[:, :, 0].expand(2, -1, -1, -1)  # (2, 16, 24, 32)
+    noise = torch.cat([randn_tensor((1, *z0.shape[1:]), generator=torch.Generator().manual_seed(s))
+                       for s in seeds])  # fmt: skip
+    m = torch.nn.functional.max_pool2d(
+        torch.from_numpy(np.asarray(_mask()) / 255.0)[None].float(), 4
+    )
+    m = m.flatten(1)[..., None]  # (1, 192, 1) tokens
+    parts = {k_: getattr(bb, k_) for k_ in ("vae", "text_encoder", "tokenizer")}
+
+    def reference(scheduler_cls):
+        sched = scheduler_cls.from_config(bb.scheduler.config)
+        pipe = Krea2Pipeline(
+            transformer=bb.unet, scheduler=sched, text_encoder_select_layers=bb.layers, **parts
+        )
+        pipe.set_progress_bar_config(disable=True)
+        full = np.linspace(1.0, 1 / n, n)
+        sched.set_timesteps(sigmas=full, **{"mu": bb.timestep_kwargs(n, (24, 32))["mu"]})
+        tail = sched.timesteps[k:]
+        z0p, noisep = pack(z0), pack(noise)
+        start = sched.scale_noise(z0p, tail[:1], noisep)
+
+        def blend(pipe, i, t, kw):
+            last = i == len(tail) - 1
+            bg = z0p if last else pipe.scheduler.scale_noise(z0p, tail[i + 1 : i + 2], noisep)
+            return {"latents": (1 - m) * bg + m * kw["latents"]}
+
+        out = pipe(
+            prompt="a red flower", height=SIZE[1], width=SIZE[0], num_inference_steps=n,
+            sigmas=full[k:], guidance_scale=2.0, latents=start, output_type="latent",
+            num_images_per_prompt=2,
+            callback_on_step_end=blend,
+        ).images  # fmt: skip  # packed tokens (2, 192, 64)
+        return unpack(out, 24, 32)
+
+    ref = reference(FlowMatchEulerDiscreteScheduler)
+    assert ours.shape == ref.shape == (2, 16, 24, 32)
+    torch.testing.assert_close(ours, ref, atol=2e-4, rtol=1e-4)
+    with pytest.raises(AssertionError):  # the same check fails with a wrong noise level
+        torch.testing.assert_close(ours, reference(NoiseLevelOff), atol=2e-4, rtol=1e-4)

@@ -358,6 +358,15 @@ def tiny_flux2_klein_parts(folder: Path, seed: int = 0) -> dict:
     return parts
 
 
+def tiny_krea2_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny Krea 2 (MMDiT, Qwen-Image's VAE at factor 2, Qwen3-VL 16 wide with
+    its 3 layers tapped)."""
+    from blendedit.latent.backbones.krea2 import Krea2
+
+    parts = _tiny_parts(Krea2, "tiny-krea2", folder, seed, own_vae=True)
+    return {**parts, "text_encoder_select_layers": (1, 2, 3)}
+
+
 def _tiny_parts(cls, preset: str, folder: Path, seed: int, own_vae: bool = False) -> dict:
     from blendedit.latent.backbones.loading import own_scheduler
 

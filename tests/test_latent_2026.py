@@ -292,6 +292,8 @@ def test_cli_edit_ranked_size_kept_deterministic(tmp_path, shared_images, tiny_c
         outs.append(tmp_path / run)
     result = json.loads((outs[0] / "result.json").read_text())
     assert result["settings"]["family"] == family and len(result["results"]) == 2
+    scores = [r["clip_score"] for r in result["results"]]
+    assert scores == sorted(scores, reverse=True)  # ranked by CLIP, best first
     src = np.asarray(Image.open(photo).convert("RGB"))
     far = np.ones((60, 90), bool)
     far[10:32, 0:90] = False  # the stroke and a band around it

@@ -392,3 +392,18 @@ def test_krea2_parity_with_its_own_loop_and_diffusers_blend(tmp_path, shared_ima
     torch.testing.assert_close(ours, ref, atol=2e-4, rtol=1e-4)
     with pytest.raises(AssertionError):  # the same check fails with a wrong noise level
         torch.testing.assert_close(ours, reference(NoiseLevelOff), atol=2e-4, rtol=1e-4)
+
+
+def test_offload_model_hooks_the_language_model_encoder(tmp_path, shared_images):
+    """``--offload model`` (accelerate hooks; the CPU stands in as the execution device, as in
+    tests/test_latent_offload.py): the language-model encoder carries its own hook, so it goes to
+    the GPU only while it runs, and the edit is the plain one."""
+    call = {"seeds": [3], "num_inference_steps": 3, "rank": False, "region": "full"}
+    call |= {"size": SIZE[0]}
+    plain = BlendedLatentDiffusion(_backbone("zimage", tmp_path / "a", point_mass=False))
+    ref = plain(_photo(shared_images), _mask(), "a red flower", **call).candidates[0]
+    off = BlendedLatentDiffusion(_backbone("zimage", tmp_path / "b", point_mass=False))
+    off.enable_offload("model", "cpu")
+    assert hasattr(off.backbone.text_encoder, "_hf_hook") and hasattr(off.unet, "_hf_hook")
+    got = off(_photo(shared_images), _mask(), "a red flower", **call).candidates[0]
+    assert torch.equal(got.latent, ref.latent)

@@ -22,6 +22,7 @@ from blendedit.frame import Work
 from blendedit.latent.backbones import (
     FAMILIES,
     Chroma,
+    Flux2Dev,
     Flux2Klein,
     Krea2,
     QwenImage,
@@ -33,6 +34,7 @@ from blendedit.latent.backbones.flux import unpack
 from test_latent_pipeline import PointMassVAE, _PointMass
 from tiny_models import (
     tiny_chroma_parts,
+    tiny_flux2_dev_parts,
     tiny_flux2_klein_parts,
     tiny_krea2_parts,
     tiny_qwenimage_parts,
@@ -43,9 +45,10 @@ SIZE = (64, 48)  # (W, H) px: 32x24 latents at factor 2, 16x12 tokens of 2x2
 PARTS = {"chroma": tiny_chroma_parts, "zimage": tiny_zimage_parts, "qwen": tiny_qwenimage_parts}
 PARTS |= {"klein": tiny_flux2_klein_parts, "krea": tiny_krea2_parts}
 CLASSES = {"chroma": Chroma, "zimage": ZImage, "qwen": QwenImage, "klein": Flux2Klein}
-CLASSES["krea"] = Krea2
+CLASSES |= {"krea": Krea2, "dev": Flux2Dev}
+PARTS["dev"] = tiny_flux2_dev_parts
 FAMILY_NAMES = {"chroma": "chroma", "zimage": "zimage", "qwen": "qwen-image"}
-FAMILY_NAMES |= {"klein": "flux2-klein", "krea": "krea2"}
+FAMILY_NAMES |= {"klein": "flux2-klein", "krea": "krea2", "dev": "flux2-dev"}
 ALL = list(CLASSES)
 
 
@@ -181,6 +184,8 @@ PUBLISHED = {
     # Krea 2: Krea2Transformer2DModel's default config (12.8B; no published figure checked here),
     # Qwen3-VL-4B "4.44B", Qwen-Image's VAE
     "krea2": {"unet": "12.8", "text_encoder": "4.44", "vae": 126_892_531},
+    # FLUX.2 [dev] "32B" (32.2B), Mistral Small 3.1 "24B" (24.0B)
+    "flux2-dev": {"unet": "32", "text_encoder": "24", "vae": 84_046_115},
 }
 
 
@@ -200,21 +205,28 @@ def test_bench_presets_are_the_published_sizes(name, tmp_path):
 
 
 @pytest.mark.slow
-def test_flux2_klein_parity_with_its_own_loop_and_diffusers_blend(tmp_path, shared_images):
+@pytest.mark.parametrize(
+    ("family", "pipeline"), [("klein", "Flux2KleinPipeline"), ("dev", "Flux2Pipeline")]
+)
+def test_flux2_parity_with_its_own_loop_and_diffusers_blend(
+    tmp_path, shared_images, family, pipeline
+):
     """FLUX.2 [klein]'s inpaint pipeline also feeds the source as reference tokens, which BLD does
     not; the reference is therefore ``Flux2KleinPipeline``'s own denoising loop run as an
     img2img: the schedule's tail after the skipped steps (``sigmas``, with the pipeline's mu of
     the full step count), started at ``scale_noise(z0, t_k, noise)`` (z0 by diffusers' own
     ``Flux2KleinInpaintPipeline._encode_vae_image``: fold and batch-norm), and diffusers' blend
     added by ``callback_on_step_end``: ``(1 - m) scale_noise(z0, t_{i+1}, noise) + m z`` (the
-    clean z0 after the last step). With a partial mask and CFG, BLD reproduces its latents.
-    Control: the same with the blend's noise level one step off."""
-    from diffusers import Flux2KleinInpaintPipeline, Flux2KleinPipeline
+    clean z0 after the last step). With a partial mask and CFG (klein; FLUX.2 [dev]: its guidance
+    embedding, ``Flux2Pipeline``, which has no inpaint pipeline at all), BLD reproduces its
+    latents. Control: the same with the blend's noise level one step off."""
+    import diffusers
+    from diffusers import Flux2KleinInpaintPipeline
     from diffusers.utils.torch_utils import randn_tensor
 
     from blendedit.latent.backbones.flux2 import empirical_mu, unfold
 
-    bb, seeds, n, k = _backbone("klein", tmp_path), [4, 5], 4, 1
+    bb, seeds, n, k = _backbone(family, tmp_path), [4, 5], 4, 1
     editor = BlendedLatentDiffusion(bb)
     result = editor(
         _photo(shared_images), _mask(), "a red flower", seeds=seeds, blend_start=0.25,
@@ -235,7 +247,7 @@ def test_flux2_klein_parity_with_its_own_loop_and_diffusers_blend(tmp_path, shar
 
     def reference(scheduler_cls):
         sched = scheduler_cls.from_config(bb.scheduler.config)
-        pipe = Flux2KleinPipeline(transformer=bb.unet, **{**parts, "scheduler": sched})
+        pipe = getattr(diffusers, pipeline)(transformer=bb.unet, **{**parts, "scheduler": sched})
         pipe.set_progress_bar_config(disable=True)
         full = np.linspace(1.0, 1 / n, n)
         sched.set_timesteps(sigmas=full, mu=empirical_mu(12 * 16, n))
@@ -252,12 +264,15 @@ def test_flux2_klein_parity_with_its_own_loop_and_diffusers_blend(tmp_path, shar
             prompt="a red flower", height=SIZE[1], width=SIZE[0], num_inference_steps=n,
             sigmas=full[k:], guidance_scale=3.0, latents=start, output_type="latent",
             callback_on_step_end=blend,
-        ).images  # fmt: skip  # (2, 32, 24, 32): unfolded, batch-norm undone
+        ).images  # fmt: skip
 
     mean, std = Flux2Klein._stats(bb.vae, ours)
-    ours = unfold(ours * std + mean)
     ref = reference(FlowMatchEulerDiscreteScheduler)
-    assert ours.shape == ref.shape == (2, 32, 24, 32)
+    # Flux2Pipeline returns its normalised tokens (2, 192, 128); Flux2KleinPipeline unfolded
+    # latents with the batch norm undone (2, 32, 24, 32)
+    tokens = ref.dim() == 3
+    ours = ours.flatten(2).transpose(1, 2) if tokens else unfold(ours * std + mean)
+    assert ours.shape == ref.shape
     torch.testing.assert_close(ours, ref, atol=2e-4, rtol=1e-4)
     with pytest.raises(AssertionError):  # the same check fails with a wrong noise level
         torch.testing.assert_close(ours, reference(NoiseLevelOff), atol=2e-4, rtol=1e-4)

@@ -358,6 +358,18 @@ def tiny_flux2_klein_parts(folder: Path, seed: int = 0) -> dict:
     return parts
 
 
+def tiny_flux2_dev_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny FLUX.2 [dev] (klein's tiny transformer with a guidance embedding,
+    Mistral 3 16 wide and 30 layers, random batch-norm statistics)."""
+    from blendedit.latent.backbones.flux2dev import Flux2Dev
+
+    parts = _tiny_parts(Flux2Dev, "tiny-flux2-dev", folder, seed, own_vae=True)
+    bn = parts["vae"].bn
+    bn.running_mean.copy_(torch.randn_like(bn.running_mean) * 0.3)
+    bn.running_var.copy_(torch.rand_like(bn.running_var) + 0.5)
+    return parts
+
+
 def tiny_krea2_parts(folder: Path, seed: int = 0) -> dict:
     """Components of a tiny Krea 2 (MMDiT, Qwen-Image's VAE at factor 2, Qwen3-VL 16 wide with
     its 3 layers tapped)."""

@@ -25,6 +25,7 @@ from blendedit.latent.backbones.chroma import Chroma
 from blendedit.latent.backbones.files import read_json, single_file_keys
 from blendedit.latent.backbones.flux import Flux
 from blendedit.latent.backbones.flux2 import Flux2Klein
+from blendedit.latent.backbones.flux2dev import Flux2Dev
 from blendedit.latent.backbones.krea2 import Krea2
 from blendedit.latent.backbones.ldm import LatentDiffusion
 from blendedit.latent.backbones.qwenimage import QwenImage
@@ -40,6 +41,7 @@ __all__ = [
     "Chroma",
     "Conditioning",
     "Flux",
+    "Flux2Dev",
     "Flux2Klein",
     "Krea2",
     "LatentDiffusion",
@@ -86,7 +88,14 @@ def unregister_family(family: str) -> None:
 
 for _cls in (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux, LatentDiffusion):
     register_family(_cls)
-for _cls in (Chroma, ZImage, QwenImage, Flux2Klein, Krea2):  # the models of 2025-2026 (issue 20)
+for _cls in (
+    Chroma,
+    ZImage,
+    QwenImage,
+    Flux2Klein,
+    Flux2Dev,
+    Krea2,
+):  # the models of 2025-2026 (issue 20)
     register_family(_cls)
 
 

@@ -149,9 +149,11 @@ def write_bert_vocab(folder: Path) -> Path:
 
 # A chat template in the shape of Qwen's (ChatML), for the byte-level stand-in below: the
 # language-model encoders (Z-Image's Qwen3, Qwen-Image's Qwen2.5-VL, FLUX.2 klein's Qwen3) read the
-# prompt as a user turn.
+# prompt as a user turn; a message's content is a string or a list of text parts (FLUX.2 dev).
 CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}"
+    "{{ m['content'] }}{% else %}{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{% endif %}"
+    "<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
     "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
     "{% endif %}{% endif %}"

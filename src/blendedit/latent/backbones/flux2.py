@@ -302,6 +302,10 @@ class Flux2Klein(Backbone):
     def guidance_embedded(self) -> bool:
         return self.is_distilled  # step-distilled: one pass, no guidance
 
+    def guidance_input(self, n: int, guidance_scale: float) -> torch.Tensor | None:
+        """The transformer's guidance input: none for klein (FLUX.2 dev embeds the scale)."""
+        return None
+
     def denoiser(
         self, c: Conditioning, batch: int, parts: Sequence[str], guidance_scale: float
     ) -> ModelFn:
@@ -309,12 +313,14 @@ class Flux2Klein(Backbone):
         n = len(context)
         txt_ids = positions(1, 1, 1, context.shape[1]).expand(n, -1, -1).to(self.device)
 
+        guidance = self.guidance_input(n, guidance_scale)
+
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, 128, h, w)
             h, w = z.shape[-2:]
             img_ids = positions(1, h, w, 1).expand(n, -1, -1).to(self.device)
             out = self.unet(
                 hidden_states=z.flatten(2).transpose(1, 2), timestep=t.expand(n).to(z.dtype) / 1000,
-                guidance=None, encoder_hidden_states=context, txt_ids=txt_ids, img_ids=img_ids,
+                guidance=guidance, encoder_hidden_states=context, txt_ids=txt_ids, img_ids=img_ids,
                 return_dict=False,
             )[0]  # fmt: skip
             return out.transpose(1, 2).reshape(z.shape)  # tokens (B, h * w, 128) -> grid

@@ -100,6 +100,10 @@ class Chroma(Backbone):
     catalogue = _CATALOGUE
     reference_pipeline = "ChromaInpaintPipeline"
     denoiser_name = "transformer"
+    quantized_parts: ClassVar[dict[str, str]] = {
+        "transformer": "diffusers",
+        "text_encoder": "transformers",
+    }
     # ChromaPipeline's defaults: 35 steps, true CFG at 5.0.
     defaults: ClassVar[dict[str, Any]] = {
         "num_inference_steps": 35,

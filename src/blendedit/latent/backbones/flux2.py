@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -162,6 +162,10 @@ class Flux2Klein(Backbone):
     # bench and eval time the inpaint pipeline (what a diffusers user runs); parity: see above
     reference_pipeline = "Flux2KleinInpaintPipeline"
     denoiser_name = "transformer"
+    quantized_parts: ClassVar[dict[str, str]] = {
+        "transformer": "diffusers",
+        "text_encoder": "transformers",
+    }
     flow = True
     max_sequence_length: int = 512
 

@@ -172,6 +172,10 @@ class QwenImage(Backbone):
     catalogue = _CATALOGUE
     reference_pipeline = "QwenImageInpaintPipeline"
     denoiser_name = "transformer"
+    quantized_parts: ClassVar[dict[str, str]] = {
+        "transformer": "diffusers",
+        "text_encoder": "transformers",
+    }
     # QwenImagePipeline's defaults: 50 steps, true CFG at 4.0.
     defaults: ClassVar[dict[str, Any]] = {
         "num_inference_steps": 50,

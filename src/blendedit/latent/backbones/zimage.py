@@ -126,6 +126,10 @@ class ZImage(Backbone):
     catalogue = _CATALOGUE
     reference_pipeline = "ZImageInpaintPipeline"
     denoiser_name = "transformer"
+    quantized_parts: ClassVar[dict[str, str]] = {
+        "transformer": "diffusers",
+        "text_encoder": "transformers",
+    }
     flow = True
     max_sequence_length: int = 512  # ZImagePipeline's default
 

@@ -152,6 +152,9 @@ class Backbone:
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> None:
         for name, m in self.modules().items():
+            if getattr(m, "is_quantized", False):  # ``--quantize``: its dtypes were chosen at load
+                m.to(device=device)
+                continue
             m.to(device=device, dtype=self.vae_dtype_for(dtype) if name == "vae" else dtype)
 
     @property

@@ -30,6 +30,7 @@ from blendedit.latent.backbones.flux2dev import Flux2Dev
 from blendedit.latent.backbones.krea2 import Krea2
 from blendedit.latent.backbones.ldm import LatentDiffusion
 from blendedit.latent.backbones.qwenimage import QwenImage
+from blendedit.latent.backbones.qwenimage21 import QwenImage21
 from blendedit.latent.backbones.sd import StableDiffusion
 from blendedit.latent.backbones.sd3 import StableDiffusion3
 from blendedit.latent.backbones.sdxl import StableDiffusionXL
@@ -48,6 +49,7 @@ __all__ = [
     "LatentDiffusion",
     "LoadOptions",
     "QwenImage",
+    "QwenImage21",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",
@@ -96,6 +98,7 @@ for _cls in (
     Flux2Klein,
     Flux2Dev,
     Krea2,
+    QwenImage21,
 ):  # the models of 2025-2026 (issue 20)
     register_family(_cls)
 

@@ -173,7 +173,7 @@ class QwenImage21(QwenImage):
         contexts = [(c.cond if p == "cond" else c.uncond).expand(batch, -1, -1) for p in parts]
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, C, h, w)
-            n, ch, h, w = z.shape
+            _, ch, h, w = z.shape
             time = (t / self.scheduler.config.num_train_timesteps).expand(batch).to(z.dtype)
             outs = []
             for zp, ctx in zip(z.split(batch), contexts, strict=True):

@@ -7,6 +7,8 @@ conditioning (blendedit does not use it), a real checkpoint."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -123,7 +125,8 @@ def test_parity_with_its_own_loop_and_diffusers_blend(tmp_path, shared_images):
 def test_folder_detected_and_loaded_without_the_processor(tmp_path, shared_images):
     """A saved folder (the processor folder holding only the tokenizer, as no processor can be
     built here) is detected by its ``QwenImage21Pipeline`` and loads part by part; a thin stroke
-    keeps whole tokens and the background outside the band is exact."""
+    keeps whole tokens and the background outside the band is exact; ``--quantize int8`` loads
+    its transformer quantized."""
     import json
 
     bb = _backbone(tmp_path / "w")
@@ -151,3 +154,7 @@ def test_folder_detected_and_loaded_without_the_processor(tmp_path, shared_image
     assert out.shape == (SIZE[1], SIZE[0], 3)
     assert np.array_equal(out[far], np.asarray(_photo(shared_images))[far])
     assert not np.array_equal(out[20:22, 8:56], np.asarray(_photo(shared_images))[20:22, 8:56])
+    if importlib.util.find_spec("torchao") is None:
+        return
+    quantized = load_backbone(folder, torch.float32, True, quantize="int8")  # torchao, the CPU
+    assert type(quantized.unet.img_in.weight).__name__ == "Int8Tensor"

@@ -16,11 +16,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from blendedit.errors import InputError
 from blendedit.latent.backbones import common as C
 from blendedit.latent.backbones import parts as P
 from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
 from blendedit.latent.backbones.krea2 import _TINY_QWEN3_VL
 from blendedit.latent.backbones.qwenimage import QwenImage
+from blendedit.latent.quantize import check_mode, component_config
 from blendedit.latent.sampling import ModelFn
 from blendedit.models import load_cached_first
 
@@ -79,6 +81,7 @@ class QwenImage21(QwenImage):
         from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
 
         name, dt = str(model), {"torch_dtype": opts.dtype}
+        qd, qt = cls._quantization(opts)
 
         def load(local: bool) -> Backbone:
             kw = {"local_files_only": local}
@@ -87,10 +90,10 @@ class QwenImage21(QwenImage):
                     name, subfolder="vae", **dt, **kw
                 ),
                 diffusers.QwenImage21Transformer2DModel.from_pretrained(
-                    name, subfolder="transformer", **dt, **kw
+                    name, subfolder="transformer", **dt, **kw, **qd
                 ),
                 Qwen3VLForConditionalGeneration.from_pretrained(
-                    name, subfolder="text_encoder", **dt, **kw
+                    name, subfolder="text_encoder", **dt, **kw, **qt
                 ),
                 AutoTokenizer.from_pretrained(name, subfolder="processor", **kw),
                 diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(
@@ -99,6 +102,20 @@ class QwenImage21(QwenImage):
             )
 
         return load_cached_first("model", name, load, opts.local_files_only)
+
+    @staticmethod
+    def _quantization(opts: LoadOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``--quantize``: the transformer's and the encoder's ``quantization_config`` (each
+        library's own); gguf single files are not taken for this family."""
+        if opts.quantize is None:
+            return {}, {}
+        if opts.quantize == "gguf":
+            raise InputError("quantize: gguf is not supported for Qwen-Image 2.1; try int8 or nf4")
+        check_mode(opts.quantize)
+        return (
+            {"quantization_config": component_config(opts.quantize, "diffusers", opts.dtype)},
+            {"quantization_config": component_config(opts.quantize, "transformers", opts.dtype)},
+        )
 
     @classmethod
     def build(cls, parts: Configs, scheduler: Any, device: torch.device, workdir: Path) -> Backbone:

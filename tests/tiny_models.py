@@ -413,4 +413,74 @@ def tiny_qwen_edit_parts(folder: Path, seed: int = 0) -> dict:
             time_shift_type="exponential",
             max_image_seq_len=8192,
         ),
+
+
+# Tiny models of 2025-2026 (issue 20): the random builders of their families' "tiny-*" presets,
+# with the 16-channel factor-2 VAE above (PointMassVAE-able) and seeded weights.
+def tiny_chroma_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny Chroma (FLUX.1-schnell shape, modulation approximator, T5 only)."""
+    from blendedit.latent.backbones.chroma import Chroma
+
+    return _tiny_parts(Chroma, "tiny-chroma", folder, seed)
+
+
+def tiny_zimage_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny Z-Image (S3-DiT, Qwen3 32 wide, the byte-level Qwen tokenizer)."""
+    from blendedit.latent.backbones.zimage import ZImage
+
+    return _tiny_parts(ZImage, "tiny-zimage", folder, seed)
+
+
+def tiny_qwenimage_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny Qwen-Image (MMDiT, its video VAE at factor 2, Qwen2.5-VL 32 wide)."""
+    from blendedit.latent.backbones.qwenimage import QwenImage
+
+    return _tiny_parts(QwenImage, "tiny-qwen-image", folder, seed, own_vae=True)
+
+
+def tiny_flux2_klein_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny FLUX.2 [klein] (base: true CFG): its VAE at factor 2 with random
+    batch-norm statistics (so that the normalisation is seen), Qwen3 16 wide and 27 layers."""
+    from blendedit.latent.backbones.flux2 import Flux2Klein
+
+    parts = _tiny_parts(Flux2Klein, "tiny-flux2-klein", folder, seed, own_vae=True)
+    bn = parts["vae"].bn
+    bn.running_mean.copy_(torch.randn_like(bn.running_mean) * 0.3)
+    bn.running_var.copy_(torch.rand_like(bn.running_var) + 0.5)
+    return parts
+
+
+def tiny_flux2_dev_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny FLUX.2 [dev] (klein's tiny transformer with a guidance embedding,
+    Mistral 3 16 wide and 30 layers, random batch-norm statistics)."""
+    from blendedit.latent.backbones.flux2dev import Flux2Dev
+
+    parts = _tiny_parts(Flux2Dev, "tiny-flux2-dev", folder, seed, own_vae=True)
+    bn = parts["vae"].bn
+    bn.running_mean.copy_(torch.randn_like(bn.running_mean) * 0.3)
+    bn.running_var.copy_(torch.rand_like(bn.running_var) + 0.5)
+    return parts
+
+
+def tiny_krea2_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny Krea 2 (MMDiT, Qwen-Image's VAE at factor 2, Qwen3-VL 16 wide with
+    its 3 layers tapped)."""
+    from blendedit.latent.backbones.krea2 import Krea2
+
+    parts = _tiny_parts(Krea2, "tiny-krea2", folder, seed, own_vae=True)
+    return {**parts, "text_encoder_select_layers": (1, 2, 3)}
+
+
+def _tiny_parts(cls, preset: str, folder: Path, seed: int, own_vae: bool = False) -> dict:
+    from blendedit.latent.backbones.loading import own_scheduler
+
+    arch = cls.catalogue[preset]
+    torch.manual_seed(seed)
+    bb = cls.build(arch.parts, own_scheduler(arch.scheduler), torch.device("cpu"), folder)
+    return {
+        "transformer": bb.unet,
+        "vae": bb.vae.eval() if own_vae else tiny_flow_vae(seed, shift=0.1159, scale=0.3611),
+        "text_encoder": bb.text_encoder,
+        "tokenizer": bb.tokenizer,
+        "scheduler": bb.scheduler,
     }

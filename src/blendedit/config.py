@@ -593,6 +593,14 @@ PRESETS: dict[str, EditConfig] = {
     "realtime-schnell": EditConfig(
         scheduler="flow-euler", num_inference_steps=4, guidance_scale=1.0
     ),
+    # Z-Image-Turbo (Tongyi-MAI/Z-Image-Turbo): rectified-flow Euler, its model card's 9 steps, no
+    # guidance (its scale 0; the Z-Image family's own defaults for Turbo; here to be named).
+    "realtime-zimage-turbo": EditConfig(
+        scheduler="flow-euler", num_inference_steps=9, guidance_scale=1.0
+    ),
+    # FLUX.2 [klein] 4B / 9B, the step-distilled models: rectified-flow Euler, 4 steps, no
+    # guidance (the family's own defaults for a distilled klein; here to be named).
+    "realtime-klein": EditConfig(scheduler="flow-euler", num_inference_steps=4, guidance_scale=1.0),
 }
 
 # What a preset is for, where its name alone does not say it (``blendedit edit --help``).
@@ -603,6 +611,8 @@ PRESET_HELP: dict[str, str] = {
     "realtime-lcm-distilled": "an LCM-distilled UNet: lcm, 4 steps, guidance 8 as its w input",
     "realtime-lightning": "SDXL-Lightning 4-step: euler-trailing, 4 steps, guidance 1",
     "realtime-schnell": "FLUX.1-schnell: flow-euler, 4 steps, no guidance",
+    "realtime-zimage-turbo": "Z-Image-Turbo: flow-euler, 9 steps, no guidance",
+    "realtime-klein": "FLUX.2 [klein] (distilled): flow-euler, 4 steps, no guidance",
 }
 
 

@@ -27,7 +27,15 @@ from blendedit.config import GROUPS, Setting, settings_of, value_type
 from blendedit.errors import InputError
 from blendedit.frame.judges import Judges, parse_judge_models
 from blendedit.frame.ranking import DEFAULT_CLIP_MODEL
-from blendedit.methods import METHODS, config_classes, load_editor, loading_line, place
+from blendedit.latent.quantize import QUANTIZE_MODES
+from blendedit.methods import (
+    METHODS,
+    check_memory,
+    config_classes,
+    load_editor,
+    loading_line,
+    place,
+)
 from blendedit.models import DEFAULT_MODEL, DTYPES, parse_device, parse_dtype, quiet_libraries
 
 OFFLOAD_MODES = ("model", "sequential")
@@ -94,6 +102,15 @@ OPTIONS: dict[str, Option] = {
         help="latent, smaller GPUs: keep the weights in CPU memory and move each component "
         "(model) or each layer (sequential, least memory, slowest) to the GPU only while it runs",
         choices=OFFLOAD_MODES,
+        default=None,
+    ),
+    "quantize": _opt(
+        "--quantize",
+        help="latent, 2024-2026 flow families: load the denoiser and the language-model text "
+        "encoder quantized through diffusers' backends: nf4 (bitsandbytes), int8 or fp8 "
+        "(torchao, weight-only), gguf (--model a .gguf file of the denoiser, --model-config "
+        "the model's folder)",
+        choices=QUANTIZE_MODES,
         default=None,
     ),
     "no_t5": _opt(
@@ -190,6 +207,7 @@ class ModelOptions:
     loras: tuple[str, ...] = ()
     lora_dir: str | None = None  # serve: the LoRAs the page offers, besides ``loras``
     offload: str | None = None
+    quantize: str | None = None
     no_t5: bool = False
     clip_model: str | None = None
     judge_models: tuple[str, ...] = ()
@@ -222,6 +240,10 @@ class ModelOptions:
         quiet_libraries()
         device = parse_device(opts.device)
         dtype = parse_dtype(opts.dtype, device)
+        check_memory(
+            opts.method, opts.model, dtype, device, quantize=opts.quantize,
+            model_config=opts.model_config, offload=opts.offload,
+        )  # fmt: skip
         editor = load_editor(
             opts.method, opts.model, **opts.loading(), dtype=dtype,
             say=None if say is None else lambda name: say(loading_line(name, dtype, device)),
@@ -236,7 +258,7 @@ class ModelOptions:
         return {
             "model_config": self.model_config, "clip_model": self.clip_model,
             "lpips_weights": self.lpips_weights, "vae": self.vae, "loras": self.loras,
-            "drop_t5": self.no_t5, "offload": self.offload,
+            "drop_t5": self.no_t5, "offload": self.offload, "quantize": self.quantize,
         }  # fmt: skip
 
 

@@ -86,6 +86,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-channels-last", action="store_true", help="keep the default memory layout")
     p.add_argument("--no-diffusers", action="store_true", help="skip the diffusers comparison")
     p.add_argument(
+        "--memory",
+        action="store_true",
+        help="instead: the memory the preset's weights need in bf16 and in each --quantize mode "
+        "(nf4, int8, fp8, gguf), from parameter counts on the meta device; nothing is timed",
+    )
+    p.add_argument(
         "--repeats", type=int, default=2, help="timed runs; the best is reported (default 2)"
     )
     p.add_argument(
@@ -122,6 +128,11 @@ def run(args: Any) -> int:
     from blendedit.models import parse_device, parse_dtype, quiet_libraries
 
     quiet_libraries()
+    if args.memory:
+        from blendedit.bench.memory import memory_table
+
+        print(memory_table(args.preset))
+        return 0
     if args.photo_sizes:
         return run_photo_sizes(args)
     dev = parse_device(args.device)

@@ -171,7 +171,7 @@ def run_bench(
     res.cache = cache
     _time_edits(edit, dev, res, repeats)
     _time_steps(edit, editor.backbone, dev, res, repeats, latent_hw, peak_tflops)
-    if compare_diffusers:
+    if compare_diffusers and editor.backbone.reference_pipeline:  # Krea 2: diffusers has none
         total, per_step = reference.time_diffusers(editor, photo, photo_mask, cfg, dev, repeats)
         res.diffusers_total_s, res.diffusers_per_step_ms = total, per_step
         res.speedup_vs_diffusers = total / res.total_s

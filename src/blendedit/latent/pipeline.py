@@ -87,14 +87,18 @@ class BlendedLatentDiffusion(FrameMethod):
         vae: str | os.PathLike[str] | None = None,
         loras: Sequence[str | LoraSpec] = (),
         drop_t5: bool = False,
+        quantize: str | None = None,
     ) -> BlendedLatentDiffusion:
         """Load from a hub id, a local diffusers folder or a single .safetensors/.ckpt file; the
         family (SD 1.x/2.x, SDXL, SD3, FLUX, LDM) is detected from the model. ``vae`` replaces
         its VAE (e.g. an fp16-safe SDXL VAE); ``loras``: "FILE_OR_ID[:SCALE]" each (see
-        :meth:`load_loras`); ``drop_t5``: SD3 without its 4.7B-parameter T5 encoder.
+        :meth:`load_loras`); ``drop_t5``: SD3 without its 4.7B-parameter T5 encoder;
+        ``quantize``: nf4, int8, fp8 or gguf (``blendedit.latent.quantize``).
         ``clip_model=None`` skips the ranking model (results then come in generation order)."""
         dtype = parse_dtype(torch_dtype)
-        backbone = load_backbone(model, dtype, local_files_only, model_config, vae, drop_t5)
+        backbone = load_backbone(
+            model, dtype, local_files_only, model_config, vae, drop_t5, quantize
+        )
         clip = ClipScorer.from_pretrained(clip_model, dtype) if clip_model else None
         editor = cls(backbone, clip, str(model))
         if loras:
@@ -230,7 +234,9 @@ class BlendedLatentDiffusion(FrameMethod):
         own ``scaling_factor`` (and ``shift_factor`` where the VAE has one)."""
         return self.backbone.encode_image(image)
 
-    decode_with = staticmethod(Backbone.decode_with)
+    def decode_with(self, vae: Any, z: torch.Tensor) -> torch.Tensor:
+        """x = D(z) by the family's own rule (differentiable: background reconstruction)."""
+        return self.backbone.decode_with(vae, z)
 
     def decode_latents(self, z: torch.Tensor, chunk: int = 4) -> torch.Tensor:
         """(B, C, h, w) latents -> (B, 3, H, W) images in [0, 1], decoded ``chunk`` at a time."""

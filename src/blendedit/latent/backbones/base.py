@@ -48,6 +48,8 @@ class LoadOptions:
     local_files_only: bool | None = None
     config: str | None = None
     drop_t5: bool = False
+    quantize: str | None = None  # ``--quantize`` mode (blendedit.latent.quantize.MODES)
+    quantized: dict[str, str] = field(default_factory=dict)  # part -> library, the mode's parts
 
 
 @dataclass
@@ -92,6 +94,9 @@ class Backbone:
     bare_folder: ClassVar[bool] = False  # loads a folder of parts without model_index.json
     supports_lora: ClassVar[bool] = False
     can_drop_t5: ClassVar[bool] = False  # ``--no-t5``
+    # ``--quantize``: the parts diffusers' quantization backends load quantized (part -> its
+    # library: the denoiser, the language-model text encoder); empty: the family takes none.
+    quantized_parts: ClassVar[dict[str, str]] = {}
     catalogue: ClassVar[dict[str, Architecture]] = {}  # bench presets (published models)
     # The reference: diffusers' inpaint pipeline of the family, and the name it gives the denoiser.
     reference_pipeline: ClassVar[str] = ""
@@ -154,6 +159,9 @@ class Backbone:
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> None:
         for name, m in self.modules().items():
+            if getattr(m, "is_quantized", False):  # ``--quantize``: its dtypes were chosen at load
+                m.to(device=device)
+                continue
             m.to(device=device, dtype=self.vae_dtype_for(dtype) if name == "vae" else dtype)
 
     @property

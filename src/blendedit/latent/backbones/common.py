@@ -234,3 +234,79 @@ def write_bert_vocab(folder: Path) -> Path:
     path = folder / "vocab.txt"
     path.write_text("\n".join(tokens) + "\n")
     return path
+
+
+# A chat template in the shape of Qwen's (ChatML), for the byte-level stand-in below: the
+# language-model encoders (Z-Image's Qwen3, Qwen-Image's Qwen2.5-VL, FLUX.2 klein's Qwen3) read the
+# prompt as a user turn; a message's content is a string or a list of text parts (FLUX.2 dev).
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}"
+    "{{ m['content'] }}{% else %}{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% endif %}{% endif %}"
+)
+QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+
+
+def byte_chars() -> list[str]:
+    """The 256 printable stand-ins of the bytes in byte-level BPE (GPT-2's mapping), by byte."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for _, c in sorted(zip(bs, cs, strict=True))]
+
+
+def qwen_tokenizer(workdir: Path) -> Any:
+    """A byte-level Qwen2 tokenizer (no merges: one token per byte, ids 0-255; then the specials,
+    ids 256-260) with a ChatML template, saved under ``workdir`` and read back: a stand-in for
+    the Qwen tokenizers of the language-model text encoders (random weights need ids in range)."""
+    from transformers import AutoTokenizer, Qwen2Tokenizer
+
+    vocab = {c: i for i, c in enumerate(byte_chars())}
+    vocab.update({s: 256 + i for i, s in enumerate(QWEN_SPECIALS)})
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], additional_special_tokens=list(QWEN_SPECIALS[1:]))
+    tok.chat_template = CHATML
+    folder = workdir / "qwen"
+    tok.save_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def qwen3_encoder(cfg: dict[str, Any]) -> Any:
+    """A random Qwen3 language model without its head (Z-Image's text encoder)."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    return Qwen3Model(Qwen3Config(**cfg))
+
+
+class PromptCache:
+    """A family's prompt encodings, kept: a language-model text encoder (billions of parameters)
+    then runs once per prompt, however many candidates a ranked batch has and however many
+    generations the web editor makes with it. Keyed by the prompt and the encoder's identity,
+    dtype and device (moving or replacing the encoder starts afresh); the ``size`` most recent."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self.entries: dict[tuple[Any, ...], Any] = {}  # insertion order = recency
+        self.runs = 0  # encoder runs (tests)
+
+    def get(self, encoder: Any, device: torch.device, prompt: str, encode: Any) -> Any:
+        """``encode(prompt)``, computed once per key."""
+        key = (prompt, id(encoder), getattr(encoder, "dtype", None), str(device))
+        if key in self.entries:
+            self.entries[key] = self.entries.pop(key)  # most recent last
+            return self.entries[key]
+        value = encode(prompt)
+        self.runs += 1
+        self.entries[key] = value
+        while len(self.entries) > self.size:
+            self.entries.pop(next(iter(self.entries)))
+        return value
+
+    def clear(self) -> None:
+        self.entries.clear()

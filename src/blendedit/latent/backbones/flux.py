@@ -151,6 +151,10 @@ class Flux(Backbone):
     single_file = True
     catalogue = _CATALOGUE
     denoiser_name = "transformer"
+    quantized_parts: ClassVar[dict[str, str]] = {
+        "transformer": "diffusers",
+        "text_encoder_2": "transformers",
+    }
     # What a file may hold besides the transformer (BFL layout: always the transformer alone).
     file_parts: ClassVar[dict[str, tuple[str, ...]]] = {
         "vae": ("vae.", "first_stage_model."),

@@ -413,6 +413,7 @@ def tiny_qwen_edit_parts(folder: Path, seed: int = 0) -> dict:
             time_shift_type="exponential",
             max_image_seq_len=8192,
         ),
+    }
 
 
 # Tiny models of 2025-2026 (issue 20): the random builders of their families' "tiny-*" presets,

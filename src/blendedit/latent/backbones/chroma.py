@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from blendedit.latent.backbones import common as C
@@ -90,7 +89,7 @@ _CATALOGUE = {
 }
 
 
-class Chroma(Backbone):
+class Chroma(C.OneTextEncoder, Backbone):
     """Chroma: ``transformer`` (ChromaTransformer2DModel), ``text_encoder`` (T5-XXL encoder)."""
 
     family = "chroma"
@@ -116,13 +115,9 @@ class Chroma(Backbone):
     def __init__(
         self, vae: Any, transformer: Any, text_encoder: Any, tokenizer: Any, scheduler: Any
     ):
-        self.vae, self.unet, self.scheduler = vae, transformer, scheduler
-        self.text_encoder, self.tokenizer = text_encoder, tokenizer
-        self.prompts = C.PromptCache()
         if "guidance_embeds" not in transformer.config:  # what ChromaInpaintPipeline reads; the
             transformer.register_to_config(guidance_embeds=False)  # published config.json has it
-        for m in self.modules().values():
-            m.eval().requires_grad_(False)
+        super().__init__(vae, transformer, text_encoder, tokenizer, scheduler)
 
     @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
@@ -141,12 +136,6 @@ class Chroma(Backbone):
             text = C.t5_encoder(parts["text"])
         return cls(vae, transformer, text, C.clip_tokenizer(workdir), scheduler)
 
-    def modules(self) -> dict[str, Any]:
-        return {"vae": self.vae, "unet": self.unet, "text_encoder": self.text_encoder}
-
-    def text_encoders(self) -> list[Any]:
-        return [self.text_encoder]
-
     @property
     def patch_size(self) -> int:
         return 2  # 2x2 latent cells per token
@@ -162,13 +151,7 @@ class Chroma(Backbone):
     def timestep_kwargs(self, num_steps: int, latent_hw: tuple[int, int]) -> dict[str, Any]:
         """ChromaPipeline's schedule: sigmas linspace(1, 1/N, N), shifted by mu of the token
         count where the scheduler shifts dynamically (SD3 paper section 5.3.2)."""
-        seq = (latent_hw[0] // 2) * (latent_hw[1] // 2)
-        mu = C.calculate_shift(self.scheduler.config, seq, max_shift=1.15)
-        return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps).tolist(), "mu": mu}
-
-    def encode_prompt(self, prompt: str) -> Any:
-        """The prompt's encoding, computed once (``common.PromptCache``)."""
-        return self.prompts.get(self.text_encoder, self.device, prompt, self._encode_prompt)
+        return C.token_shift(self.scheduler, num_steps, (latent_hw[0] // 2) * (latent_hw[1] // 2))
 
     @torch.no_grad()
     def _encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,8 @@
 """Helpers several families share, beside the base class (a family never imports a sibling's):
-tokenizing, the LCM guidance input, the flow models' timestep shift, and the random-weight text
-encoders and character-level tokenizers the families' builders use (``Backbone.build``)."""
+tokenizing, the LCM guidance input, the flow models' timestep shift and schedule, the one-encoder
+families' parts and prompt cache (:class:`OneTextEncoder`) and flag-chosen defaults
+(:class:`FlagDefaults`), and the random-weight text encoders and character-level tokenizers the
+families' builders use (``Backbone.build``)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from blendedit.errors import InputError
@@ -310,3 +313,78 @@ class PromptCache:
 
     def clear(self) -> None:
         self.entries.clear()
+
+
+class OneTextEncoder:
+    """What a family with one language-model text encoder shares (Chroma, Z-Image, Qwen-Image,
+    FLUX.2, Krea 2 and their variants; listed before ``Backbone`` among its bases): its parts,
+    frozen in eval mode, ``modules``/``text_encoders``, and the prompt encodings kept in
+    ``self.prompts`` (:class:`PromptCache`) around the family's own ``_encode_prompt``."""
+
+    vae: Any
+    unet: Any
+    device: torch.device
+
+    def __init__(
+        self, vae: Any, transformer: Any, text_encoder: Any, tokenizer: Any, scheduler: Any
+    ):
+        self.vae, self.unet, self.scheduler = vae, transformer, scheduler
+        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.prompts = PromptCache()
+        for m in self.modules().values():
+            m.eval().requires_grad_(False)
+
+    def modules(self) -> dict[str, Any]:
+        return {"vae": self.vae, "unet": self.unet, "text_encoder": self.text_encoder}
+
+    def text_encoders(self) -> list[Any]:
+        return [self.text_encoder]
+
+    def encode_prompt(self, prompt: str) -> Any:
+        """The prompt's encoding, computed once (:class:`PromptCache`)."""
+        return self.prompts.get(self.text_encoder, self.device, prompt, self._encode_prompt)
+
+    def _encode_prompt(self, prompt: str) -> Any:
+        raise NotImplementedError
+
+
+class FlagDefaults:
+    """A family whose defaults follow one flag of the model (step-distilled, turbo): the family's
+    ``defaults_for(flag)``, the flag the attribute named ``flag`` of a loaded model, and before
+    loading :meth:`flag_of` (``model_index.json``'s ``is_distilled`` unless the family reads it
+    otherwise)."""
+
+    flag: ClassVar[str] = "is_distilled"
+
+    @staticmethod
+    def defaults_for(flag: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return self.defaults_for(bool(getattr(self, self.flag)))
+
+    @classmethod
+    def flag_of(cls, model: Any, local_files_only: bool | None = None) -> bool:
+        """``model_index.json``'s ``is_distilled``, read without loading the model."""
+        name = str(model)
+        index = load_cached_first(
+            "model", name, lambda local: read_json(name, "model_index.json", local),
+            local_files_only,
+        )  # fmt: skip
+        return bool(index.get("is_distilled"))
+
+    @classmethod
+    def model_defaults(cls, model: Any, local_files_only: bool | None = None) -> dict[str, Any]:
+        return cls.defaults_for(cls.flag_of(model, local_files_only))
+
+
+def flow_sigmas(num_steps: int, mu: float) -> dict[str, Any]:
+    """The flow pipelines' schedule arguments: sigmas linspace(1, 1/N, N) and the shift ``mu``."""
+    return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps).tolist(), "mu": mu}
+
+
+def token_shift(scheduler: Any, num_steps: int, tokens: int) -> dict[str, Any]:
+    """:func:`flow_sigmas` shifted by mu of the token count where the scheduler shifts
+    dynamically (:func:`calculate_shift`, FLUX's fallback 1.15)."""
+    return flow_sigmas(num_steps, calculate_shift(scheduler.config, tokens, max_shift=1.15))

@@ -15,16 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from blendedit.latent.backbones import common as C
 from blendedit.latent.backbones import parts as P
 from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
-from blendedit.latent.backbones.files import read_json
 from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.sampling import ModelFn
-from blendedit.models import load_cached_first
 
 # -- bench presets: FLUX.2 [klein] 4B (Qwen3-4B) and 9B (Qwen3-8B), the FLUX.2 VAE --------------
 
@@ -150,7 +147,7 @@ def positions(t: int, h: int, w: int, length: int) -> torch.Tensor:
     return torch.cartesian_prod(*axes)
 
 
-class Flux2Klein(Backbone):
+class Flux2Klein(C.OneTextEncoder, C.FlagDefaults, Backbone):
     """FLUX.2 [klein]: ``transformer`` (Flux2Transformer2DModel), ``vae`` (AutoencoderKLFlux2),
     ``text_encoder`` (Qwen3ForCausalLM), ``tokenizer`` (Qwen2's, with its chat template)."""
 
@@ -173,12 +170,8 @@ class Flux2Klein(Backbone):
         self, vae: Any, transformer: Any, text_encoder: Any, tokenizer: Any, scheduler: Any,
         is_distilled: bool = False,
     ):  # fmt: skip
-        self.vae, self.unet, self.scheduler = vae, transformer, scheduler
-        self.text_encoder, self.tokenizer = text_encoder, tokenizer
-        self.prompts = C.PromptCache()
+        super().__init__(vae, transformer, text_encoder, tokenizer, scheduler)
         self.is_distilled = is_distilled
-        for m in self.modules().values():
-            m.eval().requires_grad_(False)
 
     @staticmethod
     def defaults_for(distilled: bool) -> dict[str, Any]:
@@ -187,20 +180,6 @@ class Flux2Klein(Backbone):
         if distilled:
             return {"num_inference_steps": 4, "guidance_scale": 1.0, "scheduler": "flow-euler"}
         return {"num_inference_steps": 50, "guidance_scale": 4.0, "scheduler": "flow-euler"}
-
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.defaults_for(self.is_distilled)
-
-    @classmethod
-    def model_defaults(cls, model: Name, local_files_only: bool | None = None) -> dict[str, Any]:
-        """Distilled or base, from ``model_index.json``'s ``is_distilled``."""
-        name = str(model)
-        index = load_cached_first(
-            "model", name, lambda local: read_json(name, "model_index.json", local),
-            local_files_only,
-        )  # fmt: skip
-        return cls.defaults_for(bool(index.get("is_distilled")))
 
     @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
@@ -219,12 +198,6 @@ class Flux2Klein(Backbone):
             vae = AutoencoderKLFlux2(**parts["vae"])
             text = Qwen3ForCausalLM(Qwen3Config(**parts["text"]))
         return cls(vae, transformer, text, C.qwen_tokenizer(workdir), scheduler)
-
-    def modules(self) -> dict[str, Any]:
-        return {"vae": self.vae, "unet": self.unet, "text_encoder": self.text_encoder}
-
-    def text_encoders(self) -> list[Any]:
-        return [self.text_encoder]
 
     # -- geometry and the VAE: 2x2 patches folded into channels, batch-norm normalised ----------------
 
@@ -270,14 +243,9 @@ class Flux2Klein(Backbone):
     def timestep_kwargs(self, num_steps: int, latent_hw: tuple[int, int]) -> dict[str, Any]:
         """Flux2KleinPipeline's schedule: sigmas linspace(1, 1/N, N), shifted by the empirical
         mu of the token count and the step count."""
-        mu = empirical_mu(latent_hw[0] * latent_hw[1], num_steps)
-        return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps).tolist(), "mu": mu}
+        return C.flow_sigmas(num_steps, empirical_mu(latent_hw[0] * latent_hw[1], num_steps))
 
     # -- text and the model ------------------------------------------------------------------------
-
-    def encode_prompt(self, prompt: str) -> Any:
-        """The prompt's encoding, computed once (``common.PromptCache``)."""
-        return self.prompts.get(self.text_encoder, self.device, prompt, self._encode_prompt)
 
     @torch.no_grad()
     def _encode_prompt(self, prompt: str) -> torch.Tensor:

@@ -17,18 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from blendedit.latent.backbones import common as C
 from blendedit.latent.backbones import parts as P
 from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
-from blendedit.latent.backbones.files import read_json
 from blendedit.latent.backbones.flux import pack, unpack
 from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.backbones.qwenimage import QwenImage
 from blendedit.latent.sampling import ModelFn
-from blendedit.models import load_cached_first
 
 # -- bench preset: Krea 2 (the transformer's default config), Qwen3-VL-4B, Qwen-Image's VAE ---------
 
@@ -143,7 +140,7 @@ DROP, SUFFIX_TOKENS, TEXT_TOKENS = 34, 5, 512
 KREA_LAYERS = (2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32, 35)  # Qwen3-VL-4B's tapped layers
 
 
-class Krea2(QwenImage):
+class Krea2(C.FlagDefaults, QwenImage):
     """Krea 2: ``transformer`` (Krea2Transformer2DModel), ``vae`` (Qwen-Image's),
     ``text_encoder`` (Qwen3VLModel), ``tokenizer`` (Qwen2's)."""
 
@@ -170,19 +167,6 @@ class Krea2(QwenImage):
         if distilled:
             return {"num_inference_steps": 4, "guidance_scale": 1.0, "scheduler": "flow-euler"}
         return {"num_inference_steps": 28, "guidance_scale": 5.5, "scheduler": "flow-euler"}
-
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.defaults_for(self.is_distilled)
-
-    @classmethod
-    def model_defaults(cls, model: Name, local_files_only: bool | None = None) -> dict[str, Any]:
-        name = str(model)
-        index = load_cached_first(
-            "model", name, lambda local: read_json(name, "model_index.json", local),
-            local_files_only,
-        )  # fmt: skip
-        return cls.defaults_for(bool(index.get("is_distilled")))
 
     @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
@@ -213,7 +197,7 @@ class Krea2(QwenImage):
         seq = (latent_hw[0] // 2) * (latent_hw[1] // 2)
         cfg = self.scheduler.config
         mu = 1.15 if self.is_distilled else C.calculate_shift(cfg, seq, max_shift=1.15)
-        return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps).tolist(), "mu": mu}
+        return C.flow_sigmas(num_steps, mu)
 
     @torch.no_grad()
     def _encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]

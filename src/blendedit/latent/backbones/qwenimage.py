@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from blendedit.latent.backbones import common as C
@@ -150,7 +149,7 @@ DROP = 34
 MAX_TOKENS = 1024  # after the template
 
 
-class QwenImage(Backbone):
+class QwenImage(C.OneTextEncoder, Backbone):
     """Qwen-Image: ``transformer`` (QwenImageTransformer2DModel), ``vae``
     (AutoencoderKLQwenImage), ``text_encoder`` (Qwen2.5-VL), ``tokenizer`` (Qwen2's)."""
 
@@ -179,15 +178,6 @@ class QwenImage(Backbone):
     }
     flow = True
 
-    def __init__(
-        self, vae: Any, transformer: Any, text_encoder: Any, tokenizer: Any, scheduler: Any
-    ):
-        self.vae, self.unet, self.scheduler = vae, transformer, scheduler
-        self.text_encoder, self.tokenizer = text_encoder, tokenizer
-        self.prompts = C.PromptCache()
-        for m in self.modules().values():
-            m.eval().requires_grad_(False)
-
     @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
         p = load_pipeline("QwenImagePipeline", {}, model, opts)
@@ -204,12 +194,6 @@ class QwenImage(Backbone):
             vae = AutoencoderKLQwenImage(**parts["vae"])
             text = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**parts["text"]))
         return cls(vae, transformer, text, C.qwen_tokenizer(workdir), scheduler)
-
-    def modules(self) -> dict[str, Any]:
-        return {"vae": self.vae, "unet": self.unet, "text_encoder": self.text_encoder}
-
-    def text_encoders(self) -> list[Any]:
-        return [self.text_encoder]
 
     # -- geometry and the VAE: one frame of a video VAE, normalised per channel ---------------------
 
@@ -259,15 +243,9 @@ class QwenImage(Backbone):
     def timestep_kwargs(self, num_steps: int, latent_hw: tuple[int, int]) -> dict[str, Any]:
         """QwenImagePipeline's schedule: sigmas linspace(1, 1/N, N), shifted by mu of the token
         count (SD3 paper section 5.3.2; exponential, stretched to the terminal sigma)."""
-        seq = (latent_hw[0] // 2) * (latent_hw[1] // 2)
-        mu = C.calculate_shift(self.scheduler.config, seq, max_shift=1.15)
-        return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps).tolist(), "mu": mu}
+        return C.token_shift(self.scheduler, num_steps, (latent_hw[0] // 2) * (latent_hw[1] // 2))
 
     # -- text and guidance ---------------------------------------------------------------------------
-
-    def encode_prompt(self, prompt: str) -> Any:
-        """The prompt's encoding, computed once (``common.PromptCache``)."""
-        return self.prompts.get(self.text_encoder, self.device, prompt, self._encode_prompt)
 
     @torch.no_grad()
     def _encode_prompt(self, prompt: str) -> torch.Tensor:

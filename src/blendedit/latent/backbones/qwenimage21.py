@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from blendedit.errors import InputError
@@ -156,9 +155,7 @@ class QwenImage21(QwenImage):
     def timestep_kwargs(self, num_steps: int, latent_hw: tuple[int, int]) -> dict[str, Any]:
         """QwenImage21Pipeline's schedule: sigmas linspace(1, 1/N, N), shifted by mu of the
         token count (one token per latent pixel)."""
-        seq = latent_hw[0] * latent_hw[1]
-        mu = C.calculate_shift(self.scheduler.config, seq, max_shift=1.15)
-        return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps).tolist(), "mu": mu}
+        return C.token_shift(self.scheduler, num_steps, latent_hw[0] * latent_hw[1])
 
     @torch.no_grad()
     def _encode_prompt(self, prompt: str) -> torch.Tensor:  # type: ignore[override]

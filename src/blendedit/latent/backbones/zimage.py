@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from blendedit.latent.backbones import common as C
@@ -109,7 +108,7 @@ _CATALOGUE = {
 }
 
 
-class ZImage(Backbone):
+class ZImage(C.OneTextEncoder, C.FlagDefaults, Backbone):
     """Z-Image: ``transformer`` (ZImageTransformer2DModel), ``text_encoder`` (Qwen3), ``tokenizer``
     (Qwen2's, with its chat template)."""
 
@@ -131,18 +130,15 @@ class ZImage(Backbone):
         "text_encoder": "transformers",
     }
     flow = True
+    flag = "turbo"
     max_sequence_length: int = 512  # ZImagePipeline's default
 
     def __init__(
         self, vae: Any, transformer: Any, text_encoder: Any, tokenizer: Any, scheduler: Any,
         turbo: bool = False,
     ):  # fmt: skip
-        self.vae, self.unet, self.scheduler = vae, transformer, scheduler
-        self.text_encoder, self.tokenizer = text_encoder, tokenizer
-        self.prompts = C.PromptCache()
+        super().__init__(vae, transformer, text_encoder, tokenizer, scheduler)
         self.turbo = turbo
-        for m in self.modules().values():
-            m.eval().requires_grad_(False)
 
     @staticmethod
     def defaults_for(turbo: bool) -> dict[str, Any]:
@@ -152,18 +148,14 @@ class ZImage(Backbone):
             return {"num_inference_steps": 9, "guidance_scale": 1.0, "scheduler": "flow-euler"}
         return {"num_inference_steps": 50, "guidance_scale": 6.0, "scheduler": "flow-euler"}
 
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.defaults_for(self.turbo)
-
     @staticmethod
     def is_turbo(model: Name) -> bool:
         """The two share one architecture; the distilled one is published as "...Turbo"."""
         return "turbo" in Path(str(model)).name.lower()
 
     @classmethod
-    def model_defaults(cls, model: Name, local_files_only: bool | None = None) -> dict[str, Any]:
-        return cls.defaults_for(cls.is_turbo(model))
+    def flag_of(cls, model: Name, local_files_only: bool | None = None) -> bool:
+        return cls.is_turbo(model)
 
     @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
@@ -182,12 +174,6 @@ class ZImage(Backbone):
             text = C.qwen3_encoder(parts["text"])
         return cls(vae, transformer, text, C.qwen_tokenizer(workdir), scheduler, turbo=True)
 
-    def modules(self) -> dict[str, Any]:
-        return {"vae": self.vae, "unet": self.unet, "text_encoder": self.text_encoder}
-
-    def text_encoders(self) -> list[Any]:
-        return [self.text_encoder]
-
     @property
     def patch_size(self) -> int:
         return int(self.unet.config.all_patch_size[0])  # 2
@@ -199,13 +185,7 @@ class ZImage(Backbone):
     def timestep_kwargs(self, num_steps: int, latent_hw: tuple[int, int]) -> dict[str, Any]:
         """ZImagePipeline's schedule: sigmas linspace(1, 1/N, N); the shift mu of the token count
         where the scheduler shifts dynamically (Turbo's does not: a fixed shift of 3)."""
-        seq = (latent_hw[0] // 2) * (latent_hw[1] // 2)
-        mu = C.calculate_shift(self.scheduler.config, seq, max_shift=1.15)
-        return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps).tolist(), "mu": mu}
-
-    def encode_prompt(self, prompt: str) -> Any:
-        """The prompt's encoding, computed once (``common.PromptCache``)."""
-        return self.prompts.get(self.text_encoder, self.device, prompt, self._encode_prompt)
+        return C.token_shift(self.scheduler, num_steps, (latent_hw[0] // 2) * (latent_hw[1] // 2))
 
     @torch.no_grad()
     def _encode_prompt(self, prompt: str) -> torch.Tensor:

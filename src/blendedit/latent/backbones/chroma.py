@@ -3,7 +3,7 @@ every block computed by one small network from the timestep alone (the "distille
 layer", ``approximator_*``), T5-XXL text only (no CLIP pooled input) with its padding masked out,
 and true classifier-free guidance with a negative prompt (no guidance embedding).
 
-Latents are FLUX.1's: 16 channels packed in 2x2 patches (``flux.pack``); the loop keeps them
+Latents are FLUX.1's: 16 channels packed in 2x2 patches (``common.pack``); the loop keeps them
 unpacked and the mask works on whole tokens (a thin stroke survives, ``Backbone.patch_size``).
 ``ChromaInpaintPipeline`` blends ``scale_noise(z0, t_{i+1})`` after every step like BLD and is the
 parity reference."""
@@ -19,7 +19,6 @@ import torch
 from blendedit.latent.backbones import common as C
 from blendedit.latent.backbones import parts as P
 from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
-from blendedit.latent.backbones.flux import image_ids, pack, unpack
 from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.sampling import ModelFn
 
@@ -182,14 +181,14 @@ class Chroma(C.OneTextEncoder, Backbone):
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (B, 16, h, w)
             h, w = z.shape[-2:]
             if (h, w) not in img_ids:
-                img_ids[h, w] = image_ids(h, w).to(self.device, self.dtype)
+                img_ids[h, w] = C.image_ids(h, w).to(self.device, self.dtype)
             ones = added["mask"].new_ones(n, (h // 2) * (w // 2))  # image tokens: all attended
             out = self.unet(
-                hidden_states=pack(z), timestep=t.expand(n).to(z.dtype) / 1000,
+                hidden_states=C.pack(z), timestep=t.expand(n).to(z.dtype) / 1000,
                 encoder_hidden_states=context, txt_ids=txt_ids, img_ids=img_ids[h, w],
                 attention_mask=torch.cat([added["mask"], ones], dim=1), return_dict=False,
             )[0]  # fmt: skip
-            return unpack(out, h, w)
+            return C.unpack(out, h, w)
 
         return denoise
 

@@ -158,6 +158,31 @@ class InpaintingUNet:
         return c
 
 
+# -- 2x2 patch tokens (FLUX.1 and the families on its packing) ---------------------------------------
+
+
+def pack(z: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h/2 * w/2, 4C) tokens: each 2x2 patch's C x 2 x 2 values."""
+    b, c, h, w = z.shape
+    z = z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return z.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, h/2 * w/2, 4C) -> (B, C, h, w), the inverse of :func:`pack`."""
+    b, _, d = tokens.shape
+    z = tokens.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return z.reshape(b, d // 4, h, w)
+
+
+def image_ids(h: int, w: int) -> torch.Tensor:
+    """(h/2 * w/2, 3) rotary position ids of the tokens: (0, row, column)."""
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] = torch.arange(h // 2)[:, None]
+    ids[..., 2] = torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3)
+
+
 def has_prefix(keys: dict[str, tuple[int, ...]], prefix: str) -> bool:
     return any(k.startswith(prefix) for k in keys)
 
@@ -211,15 +236,7 @@ def clip_tokenizer(workdir: Path) -> Any:
 
 def write_char_vocab(folder: Path) -> Path:
     """A character-level CLIP BPE vocabulary (no merges); enough to tokenize any prompt."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    chars = [chr(c) for c in cs]
+    chars = [chr(c) for c in byte_table()[1]]
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
@@ -253,8 +270,9 @@ CHATML = (
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
 
 
-def byte_chars() -> list[str]:
-    """The 256 printable stand-ins of the bytes in byte-level BPE (GPT-2's mapping), by byte."""
+def byte_table() -> tuple[list[int], list[int]]:
+    """Byte-level BPE's table (GPT-2's mapping): the 256 bytes, printable ones first, and the
+    code points of their printable stand-ins, in that order."""
     bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
     cs, n = bs[:], 0
     for b in range(256):
@@ -262,7 +280,12 @@ def byte_chars() -> list[str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return [chr(c) for _, c in sorted(zip(bs, cs, strict=True))]
+    return bs, cs
+
+
+def byte_chars() -> list[str]:
+    """The 256 printable stand-ins of the bytes in byte-level BPE (GPT-2's mapping), by byte."""
+    return [chr(c) for _, c in sorted(zip(*byte_table(), strict=True))]
 
 
 def qwen_tokenizer(workdir: Path) -> Any:
@@ -388,3 +411,73 @@ def token_shift(scheduler: Any, num_steps: int, tokens: int) -> dict[str, Any]:
     """:func:`flow_sigmas` shifted by mu of the token count where the scheduler shifts
     dynamically (:func:`calculate_shift`, FLUX's fallback 1.15)."""
     return flow_sigmas(num_steps, calculate_shift(scheduler.config, tokens, max_shift=1.15))
+
+
+# -- Qwen-Image's latents and guidance (Qwen-Image and its variants, Qwen-Image-Edit) -------------
+
+
+class QwenImageLatents:
+    """The Qwen-Image VAE's geometry and normalisation (Qwen-Image, Qwen-Image-Edit, Krea 2): one
+    frame of a causal video VAE, per-channel ``latents_mean``/``latents_std`` instead of a scaling
+    factor, 16 channels packed in 2x2 patches (:func:`pack`)."""
+
+    vae: Any
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def latent_factor(self) -> int:
+        return 2 ** len(self.vae.temperal_downsample)  # 8 (QwenImagePipeline's rule)
+
+    @property
+    def native_size(self) -> int:
+        return 1024
+
+    @property
+    def patch_size(self) -> int:
+        return 2
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.z_dim)  # 16
+
+    @property
+    def model_in_channels(self) -> int:
+        return self.latent_channels * 4  # packed 2x2 patches
+
+    @staticmethod
+    def _stats(vae: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE's per-channel latent mean and std, (1, C, 1, 1, 1)."""
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+        return mean.to(like), std.to(like)
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, 16, h, w): one frame's posterior mean, (z - mean) / std."""
+        vae = self.vae
+        z = vae.encode(image.to(self.device, vae.dtype)[:, :, None]).latent_dist.mode()
+        mean, std = self._stats(vae, z)
+        return ((z - mean) / std)[:, :, 0].to(self.dtype)
+
+    @staticmethod
+    def decode_with(vae: Any, z: torch.Tensor) -> torch.Tensor:
+        """(B, 16, h, w) normalised latents -> (B, 3, H, W) in [-1, 1] (differentiable)."""
+        param = next(vae.parameters())
+        z = z.to(dtype=param.dtype) if param.device.type == "meta" else z.to(param)
+        mean, std = QwenImageLatents._stats(vae, z)
+        return vae.decode(z[:, :, None] * std + mean, return_dict=False)[0][:, :, 0]
+
+
+def norm_rescaled_cfg(both: Any, guidance_scale: float) -> Any:
+    """True classifier-free guidance (Ho & Salimans 2022) rescaled to the conditional
+    prediction's norm over each 2x2 token's values (Qwen-Image's rule): ``both`` gives the
+    negative's and the prompt's predictions for ``cat([z, z])``."""
+
+    def guided(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (B, C, h, w)
+        uncond, cond = (pack(o) for o in both(torch.cat([z, z]), t).chunk(2))  # (B, N, 4C)
+        mixed = uncond + guidance_scale * (cond - uncond)
+        mixed = mixed * (cond.norm(dim=-1, keepdim=True) / mixed.norm(dim=-1, keepdim=True))
+        return unpack(mixed, *z.shape[-2:])
+
+    return guided

@@ -22,6 +22,7 @@ from blendedit.errors import InputError
 from blendedit.latent.backbones import common as C
 from blendedit.latent.backbones import parts as P
 from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
+from blendedit.latent.backbones.common import image_ids, pack, unpack
 from blendedit.latent.backbones.files import read_json, single_file_keys
 from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.sampling import ModelFn
@@ -110,28 +111,6 @@ _CATALOGUE = {
         realtime="realtime-schnell",
     ),
 }
-
-
-def pack(z: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B, h/2 * w/2, 4C) tokens: each 2x2 patch's C x 2 x 2 values."""
-    b, c, h, w = z.shape
-    z = z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
-    return z.reshape(b, (h // 2) * (w // 2), c * 4)
-
-
-def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(B, h/2 * w/2, 4C) -> (B, C, h, w), the inverse of :func:`pack`."""
-    b, _, d = tokens.shape
-    z = tokens.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
-    return z.reshape(b, d // 4, h, w)
-
-
-def image_ids(h: int, w: int) -> torch.Tensor:
-    """(h/2 * w/2, 3) rotary position ids of the tokens: (0, row, column)."""
-    ids = torch.zeros(h // 2, w // 2, 3)
-    ids[..., 1] = torch.arange(h // 2)[:, None]
-    ids[..., 2] = torch.arange(w // 2)[None, :]
-    return ids.reshape(-1, 3)
 
 
 class Flux(Backbone):

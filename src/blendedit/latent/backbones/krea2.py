@@ -22,7 +22,6 @@ import torch
 from blendedit.latent.backbones import common as C
 from blendedit.latent.backbones import parts as P
 from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
-from blendedit.latent.backbones.flux import pack, unpack
 from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.backbones.qwenimage import QwenImage
 from blendedit.latent.sampling import ModelFn
@@ -238,10 +237,10 @@ class Krea2(C.FlagDefaults, QwenImage):
             ids = torch.cat([img.new_zeros(context.shape[1], 3), img.reshape(-1, 3)])  # (T+N, 3)
             time = (t / self.scheduler.config.num_train_timesteps).expand(len(z)).to(z.dtype)
             out = self.unet(
-                hidden_states=pack(z), encoder_hidden_states=context, timestep=time,
+                hidden_states=C.pack(z), encoder_hidden_states=context, timestep=time,
                 position_ids=ids, encoder_attention_mask=added["mask"], return_dict=False,
             )[0]  # fmt: skip
-            return unpack(out, h, w)
+            return C.unpack(out, h, w)
 
         return denoise
 

@@ -26,13 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from blendedit.latent.backbones import common as C
 from blendedit.latent.backbones import parts as P
 from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
-from blendedit.latent.backbones.flux import pack, unpack
 from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.sampling import ModelFn
 from blendedit.models import load_cached_first
@@ -126,10 +124,7 @@ def byte_tokenizer(folder: Path, special_ids: dict[str, int] = SPECIAL_IDS) -> A
     0-255, no merges, and Qwen2.5-VL's special tokens at ``special_ids``; saved to ``folder``."""
     from transformers import Qwen2Tokenizer
 
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:] + [256 + i for i in range(256 - len(bs))]
-    vocab = {**{chr(c): i for i, c in enumerate(cs)}, **special_ids}
+    vocab = {**{chr(c): i for i, c in enumerate(C.byte_table()[1])}, **special_ids}
     tok = Qwen2Tokenizer(vocab=vocab, merges=[])
     tok.add_special_tokens({"additional_special_tokens": list(special_ids)[1:]})
     tok.save_pretrained(folder)
@@ -191,7 +186,7 @@ def has_torchvision() -> bool:
     return importlib.util.find_spec("torchvision") is not None
 
 
-class QwenImageEdit(Backbone):
+class QwenImageEdit(C.QwenImageLatents, Backbone):
     """Qwen-Image-Edit: ``transformer`` (QwenImageTransformer2DModel), ``vae``
     (AutoencoderKLQwenImage), ``text_encoder`` (Qwen2.5-VL), ``tokenizer``, ``processor``."""
 
@@ -263,58 +258,13 @@ class QwenImageEdit(Backbone):
     def text_encoders(self) -> list[Any]:
         return [self.text_encoder]
 
-    # -- geometry and the VAE (latents (B, 16, 1, h, w), normalised per channel) ------------------
-
-    @property
-    def latent_factor(self) -> int:
-        return 2 ** len(self.vae.temperal_downsample)
-
-    @property
-    def native_size(self) -> int:
-        return 1024  # the pipeline works at about 1024 x 1024 pixels
-
-    @property
-    def patch_size(self) -> int:
-        return 2
-
-    @property
-    def latent_channels(self) -> int:
-        return int(self.vae.config.z_dim)
-
-    @property
-    def model_in_channels(self) -> int:
-        return self.latent_channels * 4  # packed 2x2 patches
-
     @property
     def guidance_embedded(self) -> bool:
         return False
 
     def timestep_kwargs(self, num_steps: int, latent_hw: tuple[int, int]) -> dict[str, Any]:
         """The pipeline's schedule: sigmas linspace(1, 1/N, N), shifted by mu of the token count."""
-        seq = (latent_hw[0] // 2) * (latent_hw[1] // 2)
-        mu = C.calculate_shift(self.scheduler.config, seq, max_shift=1.15)
-        return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps).tolist(), "mu": mu}
-
-    @staticmethod
-    def _stats(vae: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The per-channel latent mean and std, (1, C, 1, 1, 1)."""
-        shape = (1, vae.config.z_dim, 1, 1, 1)
-        mean = torch.tensor(vae.config.latents_mean).view(shape).to(like)
-        return mean, torch.tensor(vae.config.latents_std).view(shape).to(like)
-
-    @torch.no_grad()
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, 16, h, w): the posterior mode, ``(z - mean) / std``."""
-        z = self.vae.encode(image.to(self.device, self.vae.dtype)[:, :, None]).latent_dist.mode()
-        mean, std = self._stats(self.vae, z)
-        return ((z - mean) / std)[:, :, 0].to(self.dtype)
-
-    @staticmethod
-    def decode_with(vae: Any, z: torch.Tensor) -> torch.Tensor:
-        """(B, 16, h, w) normalised latents -> (B, 3, H, W) in [-1, 1] (one frame)."""
-        z = z.to(next(vae.parameters()))[:, :, None]
-        mean, std = QwenImageEdit._stats(vae, z)
-        return vae.decode(z * std + mean, return_dict=False)[0][:, :, 0]
+        return C.token_shift(self.scheduler, num_steps, (latent_hw[0] // 2) * (latent_hw[1] // 2))
 
     # -- text: Qwen2.5-VL on the image and the instruction ---------------------------------------
 
@@ -373,7 +323,7 @@ class QwenImageEdit(Backbone):
         """The MMDiT on ``[noisy tokens, source tokens]`` per part (prompt and negative differ in
         length: one pass each); the source tokens' output is dropped."""
         src = c.image["latents"].to(self.device, self.dtype)  # (1, 16, h', w')
-        src_tokens = pack(src).expand(batch, -1, -1)  # (B, h'/2 * w'/2, 64)
+        src_tokens = C.pack(src).expand(batch, -1, -1)  # (B, h'/2 * w'/2, 64)
         hs, ws = src.shape[-2] // 2, src.shape[-1] // 2
         texts = [(c.cond if p == "cond" else c.uncond).expand(batch, -1, -1) for p in parts]
         guidance = None
@@ -385,14 +335,14 @@ class QwenImageEdit(Backbone):
             shapes = [[(1, h // 2, w // 2), (1, hs, ws)]] * batch
             outs = []
             for zp, text in zip(z.split(batch), texts, strict=True):
-                tokens = pack(zp)  # (B, h/2 * w/2, 64)
+                tokens = C.pack(zp)  # (B, h/2 * w/2, 64)
                 out = self.unet(
                     hidden_states=torch.cat([tokens, src_tokens], dim=1),
                     timestep=t.expand(batch) / 1000, guidance=guidance,
                     encoder_hidden_states=text, encoder_hidden_states_mask=None,
                     img_shapes=shapes, return_dict=False,
                 )[0]  # fmt: skip
-                outs.append(unpack(out[:, : tokens.shape[1]], h, w))
+                outs.append(C.unpack(out[:, : tokens.shape[1]], h, w))
             return torch.cat(outs)
 
         return denoise
@@ -404,14 +354,7 @@ class QwenImageEdit(Backbone):
         if guidance_scale <= 1.0:
             return self.denoiser(c, batch, ("cond",), guidance_scale)
         both = self.denoiser(c, batch, ("uncond", "cond"), guidance_scale)
-
-        def guided(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (B, 16, h, w)
-            uncond, cond = both(torch.cat([z, z]), t).chunk(2)
-            comb = pack(uncond + guidance_scale * (cond - uncond))  # (B, tokens, 64)
-            ratio = pack(cond).norm(dim=-1, keepdim=True) / comb.norm(dim=-1, keepdim=True)
-            return unpack(comb * ratio, *z.shape[-2:])
-
-        return guided
+        return C.norm_rescaled_cfg(both, guidance_scale)
 
     # -- the diffusers reference ------------------------------------------------------------------
 

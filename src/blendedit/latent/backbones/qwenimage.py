@@ -21,7 +21,6 @@ import torch
 from blendedit.latent.backbones import common as C
 from blendedit.latent.backbones import parts as P
 from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
-from blendedit.latent.backbones.flux import pack, unpack
 from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.sampling import ModelFn
 
@@ -149,7 +148,7 @@ DROP = 34
 MAX_TOKENS = 1024  # after the template
 
 
-class QwenImage(C.OneTextEncoder, Backbone):
+class QwenImage(C.OneTextEncoder, C.QwenImageLatents, Backbone):
     """Qwen-Image: ``transformer`` (QwenImageTransformer2DModel), ``vae``
     (AutoencoderKLQwenImage), ``text_encoder`` (Qwen2.5-VL), ``tokenizer`` (Qwen2's)."""
 
@@ -195,51 +194,6 @@ class QwenImage(C.OneTextEncoder, Backbone):
             text = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**parts["text"]))
         return cls(vae, transformer, text, C.qwen_tokenizer(workdir), scheduler)
 
-    # -- geometry and the VAE: one frame of a video VAE, normalised per channel ---------------------
-
-    @property
-    def latent_factor(self) -> int:
-        return 2 ** len(self.vae.temperal_downsample)  # 8 (QwenImagePipeline's rule)
-
-    @property
-    def native_size(self) -> int:
-        return 1024
-
-    @property
-    def patch_size(self) -> int:
-        return 2
-
-    @property
-    def latent_channels(self) -> int:
-        return int(self.vae.config.z_dim)  # 16
-
-    @property
-    def model_in_channels(self) -> int:
-        return self.latent_channels * 4  # packed 2x2 patches
-
-    @staticmethod
-    def _stats(vae: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The VAE's per-channel latent mean and std, (1, C, 1, 1, 1)."""
-        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-        return mean.to(like), std.to(like)
-
-    @torch.no_grad()
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, 16, h, w): one frame's posterior mean, (z - mean) / std."""
-        vae = self.vae
-        z = vae.encode(image.to(self.device, vae.dtype)[:, :, None]).latent_dist.mode()
-        mean, std = self._stats(vae, z)
-        return ((z - mean) / std)[:, :, 0].to(self.dtype)
-
-    @staticmethod
-    def decode_with(vae: Any, z: torch.Tensor) -> torch.Tensor:
-        """(B, 16, h, w) normalised latents -> (B, 3, H, W) in [-1, 1] (differentiable)."""
-        param = next(vae.parameters())
-        z = z.to(dtype=param.dtype) if param.device.type == "meta" else z.to(param)
-        mean, std = QwenImage._stats(vae, z)
-        return vae.decode(z[:, :, None] * std + mean, return_dict=False)[0][:, :, 0]
-
     def timestep_kwargs(self, num_steps: int, latent_hw: tuple[int, int]) -> dict[str, Any]:
         """QwenImagePipeline's schedule: sigmas linspace(1, 1/N, N), shifted by mu of the token
         count (SD3 paper section 5.3.2; exponential, stretched to the terminal sigma)."""
@@ -281,11 +235,11 @@ class QwenImage(C.OneTextEncoder, Backbone):
             outs = []
             for zp, ctx in zip(z.split(batch), contexts, strict=True):
                 out = self.unet(
-                    hidden_states=pack(zp), encoder_hidden_states=ctx, timestep=time,
+                    hidden_states=C.pack(zp), encoder_hidden_states=ctx, timestep=time,
                     img_shapes=shapes, return_dict=False,
                 )[0]  # fmt: skip
                 outs.append(out)  # (B, N, 64) tokens
-            return unpack(torch.cat(outs), h, w)
+            return C.unpack(torch.cat(outs), h, w)
 
         return denoise
 
@@ -296,14 +250,7 @@ class QwenImage(C.OneTextEncoder, Backbone):
         if guidance_scale <= 1.0 or c.same():
             return self.denoiser(c, batch, ("cond",), guidance_scale)
         both = self.denoiser(c, batch, ("uncond", "cond"), guidance_scale)
-
-        def guided(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            uncond, cond = (pack(o) for o in both(torch.cat([z, z]), t).chunk(2))  # (B, N, 64)
-            mixed = uncond + guidance_scale * (cond - uncond)
-            mixed = mixed * (cond.norm(dim=-1, keepdim=True) / mixed.norm(dim=-1, keepdim=True))
-            return unpack(mixed, *z.shape[-2:])
-
-        return guided
+        return C.norm_rescaled_cfg(both, guidance_scale)
 
     # -- the reference ---------------------------------------------------------------------------
 

@@ -97,18 +97,12 @@ class Chroma(C.OneTextEncoder, Backbone):
     pipelines = ("ChromaPipeline", "ChromaImg2ImgPipeline", "ChromaInpaintPipeline")
     catalogue = _CATALOGUE
     reference_pipeline = "ChromaInpaintPipeline"
-    denoiser_name = "transformer"
-    quantized_parts: ClassVar[dict[str, str]] = {
-        "transformer": "diffusers",
-        "text_encoder": "transformers",
-    }
     # ChromaPipeline's defaults: 35 steps, true CFG at 5.0.
     defaults: ClassVar[dict[str, Any]] = {
         "num_inference_steps": 35,
         "guidance_scale": 5.0,
         "scheduler": "flow-euler",
     }
-    flow = True
     max_sequence_length: int = 512  # T5 tokens (ChromaPipeline's default)
 
     def __init__(

@@ -347,6 +347,12 @@ class OneTextEncoder:
     vae: Any
     unet: Any
     device: torch.device
+    denoiser_name = "transformer"  # a flow transformer, quantized with its one text encoder
+    flow = True
+    quantized_parts: ClassVar[dict[str, str]] = {
+        "transformer": "diffusers",
+        "text_encoder": "transformers",
+    }
 
     def __init__(
         self, vae: Any, transformer: Any, text_encoder: Any, tokenizer: Any, scheduler: Any

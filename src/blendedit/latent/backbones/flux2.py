@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -158,12 +158,6 @@ class Flux2Klein(C.OneTextEncoder, C.FlagDefaults, Backbone):
     catalogue = _CATALOGUE
     # bench and eval time the inpaint pipeline (what a diffusers user runs); parity: see above
     reference_pipeline = "Flux2KleinInpaintPipeline"
-    denoiser_name = "transformer"
-    quantized_parts: ClassVar[dict[str, str]] = {
-        "transformer": "diffusers",
-        "text_encoder": "transformers",
-    }
-    flow = True
     max_sequence_length: int = 512
 
     def __init__(

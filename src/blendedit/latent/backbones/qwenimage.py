@@ -164,18 +164,12 @@ class QwenImage(C.OneTextEncoder, C.QwenImageLatents, Backbone):
     }
     catalogue = _CATALOGUE
     reference_pipeline = "QwenImageInpaintPipeline"
-    denoiser_name = "transformer"
-    quantized_parts: ClassVar[dict[str, str]] = {
-        "transformer": "diffusers",
-        "text_encoder": "transformers",
-    }
     # QwenImagePipeline's defaults: 50 steps, true CFG at 4.0.
     defaults: ClassVar[dict[str, Any]] = {
         "num_inference_steps": 50,
         "guidance_scale": 4.0,
         "scheduler": "flow-euler",
     }
-    flow = True
 
     @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:

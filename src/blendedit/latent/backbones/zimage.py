@@ -124,12 +124,6 @@ class ZImage(C.OneTextEncoder, C.FlagDefaults, Backbone):
     }
     catalogue = _CATALOGUE
     reference_pipeline = "ZImageInpaintPipeline"
-    denoiser_name = "transformer"
-    quantized_parts: ClassVar[dict[str, str]] = {
-        "transformer": "diffusers",
-        "text_encoder": "transformers",
-    }
-    flow = True
     flag = "turbo"
     max_sequence_length: int = 512  # ZImagePipeline's default
 

@@ -61,26 +61,29 @@ def build_clipseg(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def build_sam(folder: Path, seed: int = 0) -> Path:
-    """A SAM with a 2-block ViT at 64 px (8 px patches: an 8x8 embedding) and its processor."""
+def build_sam(folder: Path, seed: int = 0, size: int = SAM_SIZE, patch: int = 8) -> Path:
+    """A SAM with a 2-block ViT at ``size`` px (default 64, 8 px patches: an 8x8 embedding) and
+    its processor; ``size=1024, patch=16`` keeps the released model's resolutions (a 64x64
+    embedding, 256 px mask logits) with tiny widths, for timings."""
     torch.manual_seed(seed)
     config = SamConfig(
         vision_config=SamVisionConfig(
             hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2,
-            image_size=SAM_SIZE, patch_size=8, window_size=4, global_attn_indexes=[1],
-            num_pos_feats=8, mlp_dim=64,
+            image_size=size, patch_size=patch, window_size=4 if size == SAM_SIZE else 14,
+            global_attn_indexes=[1], num_pos_feats=8, mlp_dim=64,
         ),
         prompt_encoder_config=SamPromptEncoderConfig(
-            hidden_size=16, image_size=SAM_SIZE, patch_size=8, mask_input_channels=4
+            hidden_size=16, image_size=size, patch_size=patch, mask_input_channels=4
         ),
         mask_decoder_config=SamMaskDecoderConfig(
             hidden_size=16, mlp_dim=32, num_attention_heads=2, iou_head_hidden_dim=16
         ),
     )  # fmt: skip
     model = SamModel(config).eval()
+    grid = size // patch * 4  # the mask decoder's output side
     images = SamImageProcessorPil(
-        size={"longest_edge": SAM_SIZE}, pad_size={"height": SAM_SIZE, "width": SAM_SIZE},
-        mask_size={"longest_edge": SAM_SIZE // 4}, mask_pad_size={"height": 16, "width": 16},
+        size={"longest_edge": size}, pad_size={"height": size, "width": size},
+        mask_size={"longest_edge": grid}, mask_pad_size={"height": grid, "width": grid},
     )  # fmt: skip
     SamProcessor(image_processor=images).save_pretrained(folder)
     model.save_pretrained(folder)

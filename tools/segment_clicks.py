@@ -59,8 +59,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clicks", type=int, default=5)
     ap.add_argument("--append", default=None, help="append the table to this markdown file")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: the machine's 2 "
+        "cores are shared; one thread answered faster there)",
+    )
     a = ap.parse_args()
     torch.set_flush_denormal(True)
+    torch.set_num_threads(a.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_sam(Path(tmp) / "sam", size=1024, patch=16)

@@ -81,3 +81,36 @@ def test_an_edit_by_text_selection_follows_the_prompt_like_a_box_mask(
     text, box = float(np.mean(text_ok)), float(np.mean(box_ok))
     msg = say("precision, text selection vs box mask", text=text, box=box)
     assert text >= 0.25 and text >= box - 0.25, msg
+
+
+def test_a_manifest_of_toy_scenes_edited_by_mask_text_rows_once(segmenter, toyworld, tmp_path):
+    """Rows that name the object to change (``mask_text``) are edited exactly once on the local
+    engine, each with the toy segmenter's mask saved beside it; it covers the named object."""
+    import json
+
+    from PIL import Image
+
+    from blendedit.batch import Shared, run_batch
+
+    rows = []
+    for i in range(2):
+        image, labels = toyworld.scene(i)
+        image.save(tmp_path / f"scene{i}.png")
+        caption = toyworld.caption(toyworld.class_of(labels))
+        rows.append({"image": f"scene{i}.png", "prompt": "a white cross", "mask_text": caption,
+                     "mask_grow": 2, "mask_fill_holes": True})  # fmt: skip
+    manifest = tmp_path / "edits.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shared = Shared(
+        model=str(toyworld.sd), clip_model=str(toyworld.clip), segmenter=segmenter.name,
+        settings={"num_inference_steps": 2, "num_images": 1, "rank": False},
+    )  # fmt: skip
+    out = tmp_path / "out"
+    first = run_batch(manifest, out, shared=shared, device="cpu", progress=False)
+    again = run_batch(manifest, out, shared=shared, device="cpu", progress=False)
+    assert (first["done"], first["failed"], again["last_run"]["done"]) == (2, 0, 0)
+    for i, e in enumerate(e for e in first["entries"] if e["status"] == "done"):
+        mask = np.asarray(Image.open(out / e["folder"] / "mask.png")) >= 128
+        _, labels = toyworld.scene(e["row"] - 1)
+        cx, cy = int(labels[3]), int(labels[4])
+        assert mask[cy, cx] and 0.02 < mask.mean() < 0.5, (i, mask.mean())

@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from blendedit.config import SelectConfig
@@ -75,16 +73,33 @@ def check_inside(selection: Selection, size: tuple[int, int]) -> None:
         )
 
 
-def segment_preview(
-    segmenter: Segmenter, image: Image.Image, selection: Selection, side: int
-) -> Segmentation:
-    """Segment ``image``; one whose longer side exceeds ``side`` on a preview of that side, the
-    selection's coordinates scaled to it and the mask stretched back to the full size."""
+_PREVIEW: list[tuple[Image.Image, int, Image.Image]] = []  # the last (photo, side, preview)
+
+
+def preview_of(image: Image.Image, side: int) -> Image.Image:
+    """``image`` shrunk to ``side`` px on its longer side (box filter), kept for the next click
+    on the same photo object (held here, so its identity cannot be reused meanwhile)."""
+    if _PREVIEW and _PREVIEW[0][0] is image and _PREVIEW[0][1] == side:
+        return _PREVIEW[0][2]
     w, h = image.size
     s = side / max(w, h)
-    if s >= 1:
-        return segmenter.segment(image, selection)
     small = image.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BOX)
+    _PREVIEW[:] = [(image, side, small)]
+    return small
+
+
+def segment_levels(
+    segmenter: Segmenter, image: Image.Image, selection: Selection, side: int
+) -> tuple[np.ndarray, Segmentation]:
+    """The selection's mask as uint8 levels (H, W) at ``image``'s size, and the segmentation. A
+    photo whose longer side exceeds ``side`` is segmented on a preview of that side (the
+    selection's coordinates scaled to it) and the levels stretched back (bilinear, as a painted
+    preview mask is)."""
+    w, h = image.size
+    if max(w, h) <= side:
+        seg = segmenter.segment(image, selection)
+        return to_levels(seg.mask), seg
+    small = preview_of(image, side)
     sx, sy = small.width / w, small.height / h
     scaled = Selection(
         selection.text,
@@ -94,9 +109,9 @@ def segment_preview(
         ),
     )  # fmt: skip
     seg = segmenter.segment(small, scaled)
-    full = F.interpolate(torch.from_numpy(seg.mask)[None, None], size=(h, w), mode="bilinear")
+    levels = Image.fromarray(to_levels(seg.mask)).resize((w, h), Image.Resampling.BILINEAR)
     boxes = [(b[0] / sx, b[1] / sy, b[2] / sx, b[3] / sy) for b in seg.boxes]
-    return Segmentation(full[0, 0].numpy(), boxes, seg.scores)
+    return np.asarray(levels), Segmentation(seg.mask, boxes, seg.scores)
 
 
 def select_mask(
@@ -108,12 +123,11 @@ def select_mask(
     line naming what was asked."""
     cfg = config or SelectConfig()
     image = photo.to_pil() if isinstance(photo, Photo) else photo
-    image = image.convert("RGB")
+    image = image if image.mode == "RGB" else image.convert("RGB")  # the same object: cached
     check_inside(selection, image.size)
     if hasattr(segmenter, "threshold"):
         segmenter.threshold = cfg.select_threshold
-    seg = segment_preview(segmenter, image, selection, cfg.select_preview)
-    levels = to_levels(seg.mask)  # (H, W) uint8
+    levels, _ = segment_levels(segmenter, image, selection, cfg.select_preview)  # (H, W) uint8
     if cfg.mask_fill_holes:
         levels = fill_holes(levels)
     if cfg.mask_largest:

@@ -133,3 +133,33 @@ def build_grounding_dino(folder: Path, seed: int = 0) -> Path:
     GroundingDinoProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
     model.save_pretrained(folder)
     return folder
+
+
+def build_sam2(folder: Path, seed: int = 0, size: int = 128) -> Path:
+    """A SAM 2 with a 4-stage Hiera of 5 blocks (the first block of a pooling stage windowed,
+    one global block) at ``size`` px, saved without a processor (``Sam2Processor`` needs
+    torchvision here)."""
+    from transformers import Sam2Config, Sam2Model
+
+    torch.manual_seed(seed)
+    backbone = {
+        "model_type": "sam2_hiera_det_model", "image_size": [size, size], "hidden_size": 16,
+        "blocks_per_stage": [1, 1, 2, 1], "embed_dim_per_stage": [16, 32, 64, 128],
+        "num_attention_heads_per_stage": [1, 1, 1, 1], "window_size_per_stage": [8, 4, 4, 4],
+        "global_attention_blocks": [3], "window_positional_embedding_background_size": [2, 2],
+    }  # fmt: skip
+    config = Sam2Config(
+        vision_config={
+            "model_type": "sam2_vision_model", "backbone_config": backbone,
+            "backbone_channel_list": [128, 64, 32, 16], "fpn_hidden_size": 32,
+            "backbone_feature_sizes": [[size // 4] * 2, [size // 8] * 2, [size // 16] * 2],
+        },
+        prompt_encoder_config={
+            "hidden_size": 32, "image_size": size, "patch_size": 16, "mask_input_channels": 4
+        },
+        mask_decoder_config={
+            "hidden_size": 32, "mlp_dim": 64, "num_attention_heads": 2, "iou_head_hidden_dim": 32
+        },
+    )  # fmt: skip
+    Sam2Model(config).eval().save_pretrained(folder)
+    return folder

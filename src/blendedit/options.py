@@ -133,7 +133,7 @@ OPTIONS: dict[str, Option] = {
     "segmenter": _opt(
         "--segmenter",
         help="the model that turns --mask-from, --mask-point or --mask-box into a mask: hub id or "
-        "folder of CLIPSeg or SAM, or DETECTOR+SAM for GroundingDINO with SAM (default: text "
+        "folder of CLIPSeg, SAM or SAM 2, or DETECTOR+SAM for GroundingDINO with SAM (default: text "
         "IDEA-Research/grounding-dino-tiny+facebook/sam-vit-base, clicks facebook/sam-vit-base)",
         default=None,
         metavar="ID",

@@ -15,6 +15,7 @@ from blendedit.segment.base import Point, Segmentation, Segmenter, Selection, lo
 from blendedit.segment.clipseg import ClipSegSegmenter
 from blendedit.segment.grounded import GroundedSamSegmenter
 from blendedit.segment.sam import SamSegmenter
+from blendedit.segment.sam2 import Sam2Segmenter
 from blendedit.segment.select import parse_box, parse_point, select_mask, selection_from
 
 # Defaults (docs/segment.md): text by GroundingDINO-tiny (172M, Apache-2.0) + SAM ViT-B (94M,
@@ -33,7 +34,7 @@ def register_segmenter(cls: type[Segmenter]) -> type[Segmenter]:
     return cls
 
 
-for _cls in (ClipSegSegmenter, SamSegmenter, GroundedSamSegmenter):
+for _cls in (ClipSegSegmenter, SamSegmenter, Sam2Segmenter, GroundedSamSegmenter):
     register_segmenter(_cls)
 
 
@@ -74,6 +75,7 @@ __all__ = [
     "ClipSegSegmenter",
     "GroundedSamSegmenter",
     "Point",
+    "Sam2Segmenter",
     "SamSegmenter",
     "Segmentation",
     "Segmenter",

@@ -196,3 +196,24 @@ def test_points_and_boxes_parse():
     assert sel.box == (2, 4, 10, 20)
     with pytest.raises(InputError, match="mask-box: '1,1,1,5' encloses no pixel"):
         selection_from(box="1,1,1,5")
+
+
+def test_refinement_fills_holes_keeps_the_largest_part_and_combines():
+    from blendedit.segment.refine import combine, fill_holes, keep_largest
+
+    ring = np.zeros((20, 30), np.uint8)
+    ring[2:12, 2:12] = 255
+    ring[5:8, 5:8] = 0  # a hole
+    ring[15:18, 20:23] = 200  # a second, smaller part
+    ring[0:3, 25:30] = 0
+    filled = fill_holes(ring)
+    assert (filled[5:8, 5:8] == 255).all() and (filled[19] == 0).all()
+    largest = keep_largest(filled)
+    assert (largest[15:18, 20:23] == 0).all() and (largest[2:12, 2:12] == 255).all()
+    painted = np.zeros_like(ring)
+    painted[:, :15] = 255
+    assert (combine(ring, painted, "union") == np.maximum(ring, painted)).all()
+    cut = combine(ring, painted, "subtract")
+    assert (cut[2:12, 2:12][ring[2:12, 2:12] == 255] == 0).all() and (cut[19, :15] == 255).all()
+    with pytest.raises(ValueError, match="unknown combine mode"):
+        combine(ring, painted, "xor")

@@ -29,7 +29,9 @@ examples:
 A manifest row (JSONL; CSV takes the same keys as columns):
   {"image": "shoes/12.jpg", "mask": "shoes/12.mask.png", "prompt": "red suede", "seed": 3}
 Keys: image, mask, prompt (may be empty), id (folder name), method, model, model_config,
-clip_model, and any edit setting by field or flag name (num_images, steps, guidance, ...). Rows
+clip_model, and any edit setting by field or flag name (num_images, steps, guidance, ...); or,
+instead of a mask file, mask_text "the car", mask_points [[x, y], [x, y, 0]], mask_box
+[x0, y0, x1, y1] (and segmenter, mask_combine, ...), the mask used saved beside the results. Rows
 override the command line. Run again with the same arguments to resume: rows already done are
 skipped, failed rows retried. Outputs: one folder per row (ranked images + result.json),
 summary.jsonl (log), summary.json and summary.md.

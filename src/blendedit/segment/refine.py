@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from blendedit.config import SELECT_COMBINE
 from blendedit.frame.masks import MASK_THRESHOLD
-
-COMBINE_MODES = ("union", "subtract")
 
 
 def to_levels(mask: np.ndarray) -> np.ndarray:
@@ -52,4 +51,4 @@ def combine(selected: np.ndarray, painted: np.ndarray | None, mode: str = "union
         return np.maximum(selected, painted)
     if mode == "subtract":
         return np.minimum(painted, 255 - selected).astype(np.uint8)
-    raise ValueError(f"unknown combine mode {mode!r}; choose one of {', '.join(COMBINE_MODES)}")
+    raise ValueError(f"unknown combine mode {mode!r}; choose one of {', '.join(SELECT_COMBINE)}")

@@ -48,12 +48,11 @@ def _disc(self, image, points, boxes):
 
 @pytest.fixture(scope="module")
 def served(editor, tmp_path_factory):
-    from tiny_segmenters import build_sam
-
     from blendedit.segment import load_segmenter
     from blendedit.segment.sam import SamSegmenter
     from blendedit.web.app import EditorApp, ServeOptions
     from blendedit.web.selecting import Selector
+    from tiny_segmenters import build_sam
 
     tmp = tmp_path_factory.mktemp("select-web")
     sam = build_sam(tmp / "sam")

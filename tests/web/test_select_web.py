@@ -46,9 +46,8 @@ def _box_answer(self, image, points, boxes):
 
 @pytest.fixture()
 def sam_app(editor, tmp_path, monkeypatch):
-    from tiny_segmenters import build_sam
-
     from blendedit.segment.sam import SamSegmenter
+    from tiny_segmenters import build_sam
 
     monkeypatch.setattr(SamSegmenter, "masks", _box_answer)
     loaded = []
@@ -137,7 +136,7 @@ def test_words_select_the_named_toy_object_not_an_absent_one(editor, tmp_path):
     for i in range(6):
         img, objects = scene_objects(world.data, 1, i)
         s, c, _ = objects[-1]
-        truth = np.asarray(Image.fromarray((target(objects, s, c) >= 0.5)).resize((256, 256)))
+        truth = np.asarray(Image.fromarray(target(objects, s, c) >= 0.5).resize((256, 256)))
         path = tmp_path / f"scene-{i}.png"
         Image.fromarray(img).resize((256, 256), Image.Resampling.NEAREST).save(path)
         present = {(o[0], o[1]) for o in objects}

@@ -8,6 +8,10 @@ around the added clicks less a disc of radius 25 around the removed ones (as
 tests/segment/test_select_cli.py does). Everything else (the page, the selection view's click
 coordinates, the mask reaching the editor's paint layer and coming back with the brush's paint
 at Generate, the edit) is the real code. Skipped without Playwright or Chromium.
+
+It fails when the mask layer is sent unpadded (``selecting.editor_layer``): Gradio 6 then draws
+it centred in its 768x512 area, off the photo, and Generate receives the brush stroke alone
+(checked: ``mask[expected].mean()`` was 0.0). ~30 s on this 2-core machine.
 """
 
 from __future__ import annotations

@@ -37,13 +37,15 @@ FEATHER = 16  # px: the mask's soft edge blends the result a little beyond it
 
 
 def _disc(self, image, points, boxes):
-    """SAM's answer, patched: added discs less removed ones, as logits (1, H, W)."""
+    """SAM's answer, patched: added discs and boxes less removed discs, as logits (1, H, W)."""
     yy, xx = np.mgrid[: image.height, : image.width]
     inside = np.zeros((image.height, image.width), bool)
     for p in points:
         d = (yy - p.y) ** 2 + (xx - p.x) ** 2
         if p.positive:
             inside |= d < ADD_R**2
+    for x0, y0, x1, y1 in boxes:
+        inside[int(y0) : int(y1), int(x0) : int(x1)] = True
     for p in points:
         if not p.positive:
             inside &= (yy - p.y) ** 2 + (xx - p.x) ** 2 >= REMOVE_R**2
@@ -90,14 +92,23 @@ def _photo(path: Path) -> Path:
     return path
 
 
-def _click_view(page, x: float, y: float) -> None:
-    """Click the selection view at pixel (x, y) of the preview it shows (object-fit: contain)."""
+def _view_xy(page, x: float, y: float) -> tuple[float, float]:
+    """The page position of pixel (x, y) of the preview the selection view shows (contain)."""
     img = page.locator("#select-view img").first
     img.scroll_into_view_if_needed()
     b = img.bounding_box()
     s = min(b["width"] / W, b["height"] / H)
     ox, oy = b["x"] + (b["width"] - W * s) / 2, b["y"] + (b["height"] - H * s) / 2
-    page.mouse.click(ox + (x + 0.5) * s, oy + (y + 0.5) * s)
+    return ox + (x + 0.5) * s, oy + (y + 0.5) * s
+
+
+def _click_view(page, x: float, y: float, modifiers: list[str] | None = None) -> None:
+    """Click the selection view at pixel (x, y) of the preview it shows."""
+    for key in modifiers or []:
+        page.keyboard.down(key)
+    page.mouse.click(*_view_xy(page, x, y))
+    for key in modifiers or []:
+        page.keyboard.up(key)
 
 
 def _wait(cond, what: str, timeout: float = 60) -> None:
@@ -137,17 +148,29 @@ def test_click_remove_brush_and_generate_in_a_browser(served):
         added = (yy - first.y) ** 2 + (xx - first.x) ** 2 < ADD_R**2
         assert (st.picks.mask == added).mean() > 0.995
 
-        # A negative click takes a part away.
-        page.locator("#select-mode").get_by_text("remove", exact=True).click()
-        time.sleep(0.5)
+        # A negative click (shift-click, sent by static/editor.js) takes a part away.
         hole = (OBJ[0] + 40, OBJ[1])
-        _click_view(page, *hole)
+        _click_view(page, *hole, modifiers=["Shift"])
         _wait(lambda: len(tab().picks.points) == 2, "the negative click", timeout=30)
         st = tab()
         neg = st.picks.points[1]
         assert not neg.positive
         removed = (yy - neg.y) ** 2 + (xx - neg.x) ** 2 < REMOVE_R**2
         expected = added & ~removed
+        assert (st.picks.mask == expected).mean() > 0.995
+        # A drag draws a box (sent by static/editor.js); SAM's patched answer adds the box.
+        page.mouse.move(*_view_xy(page, 330, 230))
+        page.mouse.down()
+        page.mouse.move(*_view_xy(page, 380, 260), steps=4)
+        page.mouse.move(*_view_xy(page, 420, 290), steps=4)
+        page.mouse.up()
+        _wait(lambda: tab().picks.box is not None, "the dragged box", timeout=30)
+        st = tab()
+        bx0, by0, bx1, by1 = st.picks.box
+        assert abs(bx0 - 330) <= 15 and abs(by1 - 290) <= 15 and len(st.picks.points) == 2
+        boxed = np.zeros_like(added)
+        boxed[int(by0) : int(by1), int(bx0) : int(bx1)] = True
+        expected = (added | boxed) & ~removed
         assert (st.picks.mask == expected).mean() > 0.995
         assert loads == [loads[0]]  # the segmenter loaded once
         time.sleep(1.5)  # the editor draws the layer the server sent

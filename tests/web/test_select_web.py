@@ -87,6 +87,12 @@ def test_a_box_on_a_large_photo_maps_back_as_painting_and_embeds_once(sam_app, t
     assert full[385:740, 310:890].all()  # the box (x 40-120, y 50-100) x 7.5, its edges aside
     assert full.sum() == pytest.approx(80 * 50 * 7.5**2, rel=0.05)
 
+    st = app.on_gesture(st, "box 10 20 60 80", REQUEST)[0]  # a drag, sent by editor.js
+    assert st.picks.box == (10, 20, 60, 80) and st.picks.mask[20:80, 10:60].all()
+    st = app.on_gesture(st, "remove 12 22", REQUEST)[0]  # a shift-click
+    assert not st.picks.points[-1].positive
+    with pytest.raises(InputError, match="not a box or a remove click"):
+        app.on_gesture(st, "box 1 2", REQUEST)
     app.on_pick(st, "add", _pick(250, 150), REQUEST)
     app.on_pick(st, "remove", _pick(60, 60), REQUEST)
     assert len(loaded) == 1 and loaded[0].encodes == 1  # one load, one image embedding

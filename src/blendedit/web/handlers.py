@@ -525,6 +525,27 @@ class Handlers:
             return st, gr.skip(), view, self.status_text(st, "Box: now click its other corner.")
         return self._selected(st, f"Selected ({mode} at {x:.0f},{y:.0f})", _sid(request))
 
+    def on_gesture(self, state: WebState | None, text: str | None, request: gr.Request) -> tuple:
+        """A gesture the page's script sends: ``box X0 Y0 X1 Y1`` (a drag) or ``remove X Y`` (a
+        shift- or alt-click), in the preview's pixels."""
+        st = state or WebState()
+        if st.picks.image is None:
+            raise InputError("image: upload a photo first")
+        kind, *numbers = str(text or "").split()
+        try:
+            values = [float(v) for v in numbers]
+        except ValueError:
+            values = []
+        if kind == "box" and len(values) == 4:
+            x0, y0, x1, y1 = values
+            st.picks.corner = (x0, y0)
+            st.picks.pick("box", x1, y1)
+        elif kind == "remove" and len(values) == 2:
+            st.picks.pick("remove", *values)
+        else:
+            raise InputError(f"select: {str(text)[:40]!r} is not a box or a remove click")
+        return self._selected(st, f"Selected ({kind})", _sid(request))
+
     def on_select_text(
         self, state: WebState | None, text: str | None, request: gr.Request
     ) -> tuple:

@@ -138,7 +138,8 @@ def select_panel() -> dict[str, Any]:
     c: dict[str, Any] = {}
     with gr.Accordion("Select by clicking or naming it", open=True, elem_id="select-panel"):
         c["select_view"] = gr.Image(
-            label="Click the object to select (the selection becomes the mask paint above)",
+            label="Click the object to select it; shift-click: remove a part; drag: a box (the "
+            "selection becomes the mask paint above)",
             elem_id="select-view",
             type="pil",
             interactive=False,
@@ -156,6 +157,11 @@ def select_panel() -> dict[str, Any]:
         with gr.Row():
             c["select_go"] = gr.Button("Select named", size="sm", elem_id="select-go")
             c["select_reset"] = gr.Button("Clear selection", size="sm", elem_id="select-reset")
+        # Drags (a box) and shift-clicks (remove) are sent here by static/editor.js.
+        c["select_gesture"] = gr.Textbox(
+            elem_id="select-gesture", show_label=False, container=False
+        )
+        c["select_send"] = gr.Button("send", elem_id="select-send")
     return c
 
 
@@ -276,6 +282,8 @@ def wire_select(app: Handlers, c: Mapping[str, Any], changes: list[Any], view: l
     c["select_text"].submit(**named, outputs=out, **quiet)
     c["select_go"].click(**named, outputs=out, **quiet)
     c["select_reset"].click(friendly(app.on_select_reset), [state], [*view, sel], **quiet)
+    gesture = [state, c["select_gesture"]]
+    c["select_send"].click(friendly(app.on_gesture), gesture, out, **quiet)
 
 
 def controls(specs: Sequence[Control]) -> dict[str, Component]:

@@ -1,5 +1,5 @@
-"""Selecting in the editor: clicks (add or remove), a box (two corners) or words on the preview
-become the paint editor's mask layer, which the brush and the eraser then edit like any paint.
+"""Selecting in the editor: clicks (add or remove: a shift-click), a box (dragged, or two corner
+clicks) or words on the preview become the paint editor's mask layer, which the brush and the eraser then edit like any paint.
 
 The segmenter (``blendedit serve --segmenter``, loaded once per server, on first use) runs on the
 preview the brush paints on (the page's canvas, at most ``--preview-side`` px a side), so its mask

@@ -276,12 +276,15 @@ def wire_select(app: Handlers, c: Mapping[str, Any], changes: list[Any], view: l
     quiet: dict[str, Any] = {"show_progress": "minimal", "show_progress_on": [sel]}
     for event in changes:
         event.then(friendly(app.on_select_view), [state], [sel], **quiet)
+    # One selection at a time, whichever way it comes: the tabs share one segmenter.
+    quiet.update(concurrency_limit=1, concurrency_id="select")
     out = [state, c["editor"], sel, c["status"]]
     sel.select(friendly(app.on_pick), [state, c["select_mode"]], out, **quiet)
     named = {"fn": friendly(app.on_select_text), "inputs": [state, c["select_text"]]}
     c["select_text"].submit(**named, outputs=out, **quiet)
     c["select_go"].click(**named, outputs=out, **quiet)
-    c["select_reset"].click(friendly(app.on_select_reset), [state], [*view, sel], **quiet)
+    reset = {k: v for k, v in quiet.items() if not k.startswith("concurrency")}
+    c["select_reset"].click(friendly(app.on_select_reset), [state], [*view, sel], **reset)
     gesture = [state, c["select_gesture"]]
     c["select_send"].click(friendly(app.on_gesture), gesture, out, **quiet)
 

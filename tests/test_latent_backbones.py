@@ -24,6 +24,7 @@ T = torch.zeros(1)
         ({"conditioner.embedders.1.model.token_embedding.weight": T}, "sdxl"),
         ({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": T}, "sd3"),
         ({"double_blocks.0.img_attn.qkv.weight": T, "img_in.weight": torch.zeros(8, 64)}, "flux"),
+        ({"double_blocks.0.img_attn.qkv.weight": T, "img_in.weight": torch.zeros(8, 384)}, "flux"),
     ],
 )
 def test_single_file_families(tmp_path, keys, family):
@@ -37,12 +38,12 @@ def test_single_file_families(tmp_path, keys, family):
     [
         (
             {
-                "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 9, 1, 1),
+                "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 8, 1, 1),
                 "cond_stage_model.model.token_embedding.weight": T,
             },
-            "9-channel UNet (an inpainting model)",
+            "8-channel UNet",  # 4 (text-to-image) and 9 (inpainting) load (issue 19)
         ),
-        ({"double_blocks.0.x": T, "img_in.weight": torch.zeros(8, 384)}, "FLUX Fill model"),
+        ({"double_blocks.0.x": T, "img_in.weight": torch.zeros(8, 100)}, "taking 100 channels"),
         ({"some.other.weight": T}, "not a checkpoint blendedit recognises"),
     ],
 )
@@ -69,6 +70,9 @@ def test_unreadable_file_is_one_line(tmp_path):
         ("LDMTextToImagePipeline", "ldm"),
         ("StableDiffusion3Pipeline", "sd3"),
         ("FluxPipeline", "flux"),
+        ("FluxKontextPipeline", "flux-kontext"),
+        ("FluxKontextInpaintPipeline", "flux-kontext"),
+        ("FluxFillPipeline", "flux"),  # models trained for inpainting load (issue 19)
     ],
 )
 def test_model_index_families(cls, family, tmp_path):
@@ -79,7 +83,7 @@ def test_model_index_families(cls, family, tmp_path):
 
 @pytest.mark.parametrize(
     ("cls", "message"),
-    [("FluxFillPipeline", "FLUX Fill"), ("FluxKontextPipeline", "Kontext"), ("Foo", "Foo")],
+    [("Foo", "Foo")],
 )
 def test_model_index_refusals(cls, message):
     with pytest.raises(InputError, match=message):

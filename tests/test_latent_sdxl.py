@@ -99,8 +99,7 @@ def test_family_detection(tiny_sdxl_dir, tiny_sd_dir, tmp_path):
     flux = tmp_path / "flux"
     flux.mkdir()
     (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxFillPipeline"}))
-    with pytest.raises(InputError, match="Fill model"):
-        detect_family(flux)
+    assert detect_family(flux) == "flux"  # FLUX.1 Fill: a model trained for inpainting (issue 19)
     (flux / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
     with pytest.raises(InputError, match="KandinskyPipeline"):
         detect_family(flux)

@@ -321,3 +321,167 @@ def tiny_sd3_single_file_parts(folder: Path, seed: int = 0) -> dict:
     with torch.no_grad():
         parts["text_encoder"].text_projection.weight.copy_(torch.eye(widths["text_encoder"][0]))
     return parts
+
+
+def tiny_kontext_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny FLUX.1 Kontext [dev]: FLUX.1-dev's shapes (guidance embedding, dynamic
+    shift); what makes it Kontext is how it is called (the source image's tokens appended)."""
+    return tiny_flux_parts(folder, seed, dev=True)
+
+
+# -- Qwen-Image-Edit: its processor (Qwen2VLProcessor) needs torchvision in transformers 5 -----------
+
+
+def tiny_qwen_tokenizer(folder: Path) -> Any:
+    """blendedit's byte-level Qwen2 tokenizer with Qwen2.5-VL's special tokens at small ids
+    (<|endoftext|> 256, then 257-263; <|image_pad|> = 262): a vocabulary of 264."""
+    from blendedit.latent.backbones.qwen_edit import SPECIAL_IDS, byte_tokenizer
+
+    return byte_tokenizer(folder, {k: 256 + i for i, k in enumerate(SPECIAL_IDS)})
+
+
+def tiny_qwen_processor(tokenizer: Any, max_pixels: int = 56 * 56) -> Any:
+    """What stands in for ``Qwen2VLProcessor`` here (it needs torchvision in transformers 5):
+    blendedit's ``QwenVLInputs`` on transformers' PIL Qwen2-VL image processor (at most
+    ``max_pixels`` pixels: a few image tokens), counting its calls."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    from blendedit.latent.backbones.qwen_edit import QwenVLInputs
+
+    class Counted(QwenVLInputs):
+        calls = 0
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return super().__call__(*args, **kwargs)
+
+    images = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=max_pixels)
+    return Counted(images, tokenizer)
+
+
+def tiny_qwen_edit_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny Qwen-Image-Edit: the MMDiT of diffusers' own test (16 packed channels,
+    2 blocks), a Qwen-Image VAE of factor 4 with non-trivial latent mean/std, Qwen2.5-VL 16 wide
+    (vision tower 2 blocks), the byte-level tokenizer and the stand-in processor."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16,
+        num_attention_heads=3, joint_attention_dim=16, guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4),
+    ).eval()  # fmt: skip
+    vae = AutoencoderKLQwenImage(
+        base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+        temperal_downsample=[False, True], latents_mean=[0.1, -0.2, 0.05, 0.3],
+        latents_std=[0.8, 1.5, 1.1, 2.0],
+    ).eval()  # fmt: skip
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 264,
+            "bos_token_id": None, "eos_token_id": 258, "pad_token_id": 256,
+            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+            "rope_theta": 1000000.0,
+        },
+        vision_config={
+            "depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+            "out_hidden_size": 16,
+        },
+        hidden_size=16, vocab_size=264, vision_start_token_id=259, vision_end_token_id=260,
+        image_token_id=262, video_token_id=263,
+    )  # fmt: skip
+    tok = tiny_qwen_tokenizer(folder / "qwen-tokenizer")
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "text_encoder": Qwen2_5_VLForConditionalGeneration(config).eval(),
+        "tokenizer": tok,
+        "processor": tiny_qwen_processor(tok),
+        "scheduler": FlowMatchEulerDiscreteScheduler(
+            shift=1.0,
+            use_dynamic_shifting=True,
+            shift_terminal=0.02,
+            max_shift=0.9,
+            time_shift_type="exponential",
+            max_image_seq_len=8192,
+        ),
+    }
+
+
+# Tiny models of 2025-2026 (issue 20): the random builders of their families' "tiny-*" presets,
+# with the 16-channel factor-2 VAE above (PointMassVAE-able) and seeded weights.
+def tiny_chroma_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny Chroma (FLUX.1-schnell shape, modulation approximator, T5 only)."""
+    from blendedit.latent.backbones.chroma import Chroma
+
+    return _tiny_parts(Chroma, "tiny-chroma", folder, seed)
+
+
+def tiny_zimage_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny Z-Image (S3-DiT, Qwen3 32 wide, the byte-level Qwen tokenizer)."""
+    from blendedit.latent.backbones.zimage import ZImage
+
+    return _tiny_parts(ZImage, "tiny-zimage", folder, seed)
+
+
+def tiny_qwenimage_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny Qwen-Image (MMDiT, its video VAE at factor 2, Qwen2.5-VL 32 wide)."""
+    from blendedit.latent.backbones.qwenimage import QwenImage
+
+    return _tiny_parts(QwenImage, "tiny-qwen-image", folder, seed, own_vae=True)
+
+
+def tiny_flux2_klein_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny FLUX.2 [klein] (base: true CFG): its VAE at factor 2 with random
+    batch-norm statistics (so that the normalisation is seen), Qwen3 16 wide and 27 layers."""
+    from blendedit.latent.backbones.flux2 import Flux2Klein
+
+    parts = _tiny_parts(Flux2Klein, "tiny-flux2-klein", folder, seed, own_vae=True)
+    bn = parts["vae"].bn
+    bn.running_mean.copy_(torch.randn_like(bn.running_mean) * 0.3)
+    bn.running_var.copy_(torch.rand_like(bn.running_var) + 0.5)
+    return parts
+
+
+def tiny_flux2_dev_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny FLUX.2 [dev] (klein's tiny transformer with a guidance embedding,
+    Mistral 3 16 wide and 30 layers, random batch-norm statistics)."""
+    from blendedit.latent.backbones.flux2dev import Flux2Dev
+
+    parts = _tiny_parts(Flux2Dev, "tiny-flux2-dev", folder, seed, own_vae=True)
+    bn = parts["vae"].bn
+    bn.running_mean.copy_(torch.randn_like(bn.running_mean) * 0.3)
+    bn.running_var.copy_(torch.rand_like(bn.running_var) + 0.5)
+    return parts
+
+
+def tiny_krea2_parts(folder: Path, seed: int = 0) -> dict:
+    """Components of a tiny Krea 2 (MMDiT, Qwen-Image's VAE at factor 2, Qwen3-VL 16 wide with
+    its 3 layers tapped)."""
+    from blendedit.latent.backbones.krea2 import Krea2
+
+    parts = _tiny_parts(Krea2, "tiny-krea2", folder, seed, own_vae=True)
+    return {**parts, "text_encoder_select_layers": (1, 2, 3)}
+
+
+def _tiny_parts(cls, preset: str, folder: Path, seed: int, own_vae: bool = False) -> dict:
+    from blendedit.latent.backbones.loading import own_scheduler
+
+    arch = cls.catalogue[preset]
+    torch.manual_seed(seed)
+    bb = cls.build(arch.parts, own_scheduler(arch.scheduler), torch.device("cpu"), folder)
+    return {
+        "transformer": bb.unet,
+        "vae": bb.vae.eval() if own_vae else tiny_flow_vae(seed, shift=0.1159, scale=0.3611),
+        "text_encoder": bb.text_encoder,
+        "tokenizer": bb.tokenizer,
+        "scheduler": bb.scheduler,
+    }

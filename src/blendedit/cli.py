@@ -15,6 +15,7 @@ from typing import Any
 from blendedit._version import __version__
 from blendedit.config import GROUPS, PIXEL_PRESETS, PRESET_HELP, PRESETS, EditConfig, SelectConfig
 from blendedit.errors import BlendEditError, InputError
+from blendedit.frame.judges import members
 from blendedit.frame.photo import OUTPUT_FORMATS
 from blendedit.methods import METHODS, get_method
 from blendedit.models import quiet_libraries
@@ -251,7 +252,8 @@ def _prepare(args: argparse.Namespace, rank: bool | None = None) -> tuple[Any, A
     if selection is not None:  # the segmenter runs once every cheap check has passed
         mask = _select_mask(args, opts, image, selection)
         photo_mask(mask, image, cfg)
-    clip = (cfg.rank if rank is None else rank) or get_method(opts.method).needs_clip
+    ranks = (cfg.rank if rank is None else rank) and "clip" in members(cfg.ranker, cfg.rank_weights)
+    clip = ranks or get_method(opts.method).needs_clip
     editor = opts.load(lambda line: _say(args, line), clip_model=opts.clip_model if clip else None)
     if isinstance(cfg, EditConfig):
         cfg = config_from_args(args, editor.default_config())  # the family's own defaults
@@ -306,12 +308,16 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
         save_png(Image.fromarray(photo_mask(mask, image, cfg)), out / "mask.png")
     report["clip_model"] = args.clip_model if cfg.rank else None
+    if cfg.rank and cfg.ranker != "clip":
+        judges = getattr(editor, "judges", None)
+        report["judge_models"] = None if judges is None else dict(judges.models)
     report["device"] = str(device)
     report["versions"] = {"blendedit": __version__, "torch": torch.__version__}
     for r, name in zip(report["results"], files, strict=True):
         r["file"] = name
     save_json(report, out / "result.json")
-    score = f", CLIP score {best.score:.4f}" if best.score is not None else ""
+    judge = "CLIP" if cfg.ranker == "clip" else cfg.ranker
+    score = f", {judge} score {best.score:.4f}" if best.score is not None else ""
     first = "best" if best.score is not None or len(files) == 1 else "not ranked, first"
     _say(
         args,

@@ -33,6 +33,10 @@ MASK_SHRINK_MODES = ("auto", "on", "off")
 BLEND_RULES = ("diffusers", "official")  # see blendedit.latent.schedule
 SAMPLERS = ("ddpm", "ddim")
 FIT_MODES = ("stretch", "pad")
+BLEND_MODES = ("on", "off")  # models trained for inpainting: the paper's blend on top, or alone
+RANKERS = ("clip", "pickscore", "hps", "imagereward", "aesthetic", "ensemble")  # frame.judges
+JUDGES = RANKERS[:-1]  # the judges an ensemble may weigh
+DEFAULT_RANK_WEIGHTS = "clip=1,pickscore=1,hps=1"
 MAX_WORKING_SIDE = 4096  # px; the long side the model works at
 _C = TypeVar("_C", bound="FrameConfig")
 _T = TypeVar("_T")
@@ -55,7 +59,9 @@ class Setting:
     constant, as ``(flag, const, help)``. ``low``/``high``: inclusive range (``low_open``,
     ``high_open``: that end excluded), checked by :func:`check_settings`; ``choices`` likewise. ``why``: the error's wording where
     the range's does not say it. ``parse``: text -> value, for flags and CSV manifests.
-    ``label``/``step``/``web_high``: the web editor's control, shown when ``web`` is True."""
+    ``label``/``step``/``web_high``: the web editor's control, shown when ``web`` is True.
+    ``request``: False where a request to a running server (the HTTP API) may not set it, because
+    it changes the server's model for good (``--compile``)."""
 
     help: str
     flag: str | None = None
@@ -75,6 +81,7 @@ class Setting:
     label: str | None = None
     step: float | None = None
     web_high: float | None = None
+    request: bool = True
 
     @property
     def takes_value(self) -> bool:
@@ -126,6 +133,30 @@ def settings_of(cls: type) -> dict[str, tuple[Setting, Any, Any]]:
         for f in dataclasses.fields(cls)
         if "setting" in f.metadata
     }
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """An ensemble's ``JUDGE=WEIGHT,...`` (``rank_weights``) -> {judge: weight}; one line naming
+    the setting and the value when a judge is unknown, a weight is not a finite number >= 0, or
+    every weight is 0. A judge named alone weighs 1."""
+    out: dict[str, float] = {}
+    for item in str(text).replace(" ", "").split(","):
+        if not item:
+            continue
+        name, _, weight = item.partition("=")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            w = math.nan
+        if name not in JUDGES:
+            raise InputError(f"rank_weights: {text!r}: unknown judge {name!r}; choose from "
+                             f"{', '.join(JUDGES)}")  # fmt: skip
+        if not math.isfinite(w) or w < 0:
+            raise InputError(f"rank_weights: {text!r}: {name}'s weight must be a number >= 0")
+        out[name] = w
+    if not any(out.values()):
+        raise InputError(f"rank_weights: {text!r}: give at least one judge a weight above 0")
+    return out
 
 
 def check_settings(obj: _T) -> _T:
@@ -200,6 +231,27 @@ def _kernels(text: str) -> tuple[int, ...]:
         raise ValueError(f"expected comma-separated odd sizes like 7,5,3, got {text!r}") from None
 
 
+# Step caches (blendedit.latent.cache): name -> default value (a threshold or an interval).
+CACHE_DEFAULTS = {"first-block": 0.05, "taylorseer": 5.0, "deepcache": 3.0}
+CACHES = ("none", *CACHE_DEFAULTS)
+
+
+def parse_cache(text: str) -> tuple[str, float | None]:
+    """``NAME[:VALUE]`` -> (name, value or None for the cache's default); one line if bad."""
+    name, _, value = str(text).strip().partition(":")
+    if name not in CACHES:
+        raise InputError(f"cache: {text!r} is unknown; choose one of {', '.join(CACHES)}")
+    if not value:
+        return name, None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if name == "none" or not math.isfinite(number) or number < 0:
+        raise InputError(f"cache: {text!r} needs a number >= 0 after the colon")
+    return name, number
+
+
 @dataclass(frozen=True)
 class FrameConfig:
     """Settings of the edit frame, shared by every method (``blendedit.frame``)."""
@@ -237,6 +289,18 @@ class FrameConfig:
         True, "keep generation order; skips loading CLIP (default: rank candidates by CLIP "
         "similarity of the masked result to the prompt)", flag="--no-rank", const=False,
         group="output",
+    )  # fmt: skip
+    ranker: str = setting(
+        "clip", "the judge that ranks the candidates: clip = CLIP similarity of the masked "
+        "result to the prompt (the papers'); pickscore, hps, imagereward = human-preference "
+        "reward models (PickScore, HPS v2.1, ImageReward) on the whole working region and the "
+        "prompt; aesthetic = the LAION aesthetic predictor on the whole working region; "
+        "ensemble = per-batch normalised, weighted sum (--rank-weights)", flag="--rank", group="output", choices=RANKERS,
+        web=True, label="Ranker",
+    )  # fmt: skip
+    rank_weights: str = setting(
+        DEFAULT_RANK_WEIGHTS, "ensemble: the judges it weighs, JUDGE=WEIGHT,... (judges: "
+        "clip, pickscore, hps, imagereward, aesthetic)", flag="--rank-weights", group="output",
     )  # fmt: skip
     background: str = setting(
         "stitch", "how the photo returns outside the mask (paper 4.2): stitch = its own pixels, "
@@ -281,6 +345,7 @@ class FrameConfig:
         """Reject values that cannot work, with the field name and value in one line: every
         range and choice from the fields' descriptions, then what relates fields."""
         check_settings(self)
+        parse_weights(self.rank_weights)
         if self.keep is not None and not 1 <= self.keep <= self.num_images:
             raise self._bad("keep", f"must be between 1 and num_images ({self.num_images})")
         return self
@@ -349,6 +414,22 @@ class EditConfig(FrameConfig):
     decode_batch_size: int = setting(
         1, "latents per VAE decode; 1 keeps each result independent", low=1
     )
+    blend: str = setting(
+        "on", "models trained for inpainting (9-channel SD/SDXL UNets, FLUX.1 Fill): on = the "
+        "paper's blend at every step on top of the model's own inpainting, off = the model alone "
+        "(its family's default comes from docs/eval-toyworld/inpaint.md); plain models always "
+        "blend", flag="--blend", choices=BLEND_MODES, eval=True, web=True, label="Blend",
+    )  # fmt: skip
+    cache: str = setting(
+        "none", "step cache, NAME[:VALUE]: first-block[:THRESHOLD] (transformers, default 0.05), "
+        "taylorseer[:INTERVAL] (transformers, 5), deepcache[:INTERVAL] (UNets, 3); skipped "
+        "calls in result.json", flag="--cache", eval=True,
+    )  # fmt: skip
+    compile: bool = setting(
+        False, "torch.compile the denoiser's repeated blocks (once per editor; the first call "
+        "compiles; full-photo working sizes bucketed to 64 px)", flag="--compile", const=True,
+        request=False,
+    )  # fmt: skip
 
     def validate(self) -> EditConfig:
         super().validate()
@@ -356,6 +437,7 @@ class EditConfig(FrameConfig):
             raise self._bad("blend_start", "leaves no denoising step")
         if any(k < 1 or k % 2 == 0 for k in self.shrink_kernels):
             raise self._bad("shrink_kernels", "must be odd sizes >= 1")
+        parse_cache(self.cache)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -512,6 +594,14 @@ PRESETS: dict[str, EditConfig] = {
     "realtime-schnell": EditConfig(
         scheduler="flow-euler", num_inference_steps=4, guidance_scale=1.0
     ),
+    # Z-Image-Turbo (Tongyi-MAI/Z-Image-Turbo): rectified-flow Euler, its model card's 9 steps, no
+    # guidance (its scale 0; the Z-Image family's own defaults for Turbo; here to be named).
+    "realtime-zimage-turbo": EditConfig(
+        scheduler="flow-euler", num_inference_steps=9, guidance_scale=1.0
+    ),
+    # FLUX.2 [klein] 4B / 9B, the step-distilled models: rectified-flow Euler, 4 steps, no
+    # guidance (the family's own defaults for a distilled klein; here to be named).
+    "realtime-klein": EditConfig(scheduler="flow-euler", num_inference_steps=4, guidance_scale=1.0),
 }
 
 # What a preset is for, where its name alone does not say it (``blendedit edit --help``).
@@ -522,6 +612,8 @@ PRESET_HELP: dict[str, str] = {
     "realtime-lcm-distilled": "an LCM-distilled UNet: lcm, 4 steps, guidance 8 as its w input",
     "realtime-lightning": "SDXL-Lightning 4-step: euler-trailing, 4 steps, guidance 1",
     "realtime-schnell": "FLUX.1-schnell: flow-euler, 4 steps, no guidance",
+    "realtime-zimage-turbo": "Z-Image-Turbo: flow-euler, 9 steps, no guidance",
+    "realtime-klein": "FLUX.2 [klein] (distilled): flow-euler, 4 steps, no guidance",
 }
 
 

@@ -110,13 +110,14 @@ def _load_latent(
     vae: str | None = None,
     loras: Sequence[str] = (),
     drop_t5: bool = False,
+    quantize: str | None = None,
     **_: Any,
 ) -> Any:
     from blendedit.latent.pipeline import BlendedLatentDiffusion
 
     return BlendedLatentDiffusion.from_pretrained(
         model or DEFAULT_MODEL, clip_model=clip_model, torch_dtype=dtype,
-        model_config=model_config, vae=vae, loras=loras, drop_t5=drop_t5,
+        model_config=model_config, vae=vae, loras=loras, drop_t5=drop_t5, quantize=quantize,
     )  # fmt: skip
 
 
@@ -146,7 +147,7 @@ def _pixel_preset(model: str | None) -> str:
     return default_preset(model)  # adm512 for a class-conditional ADM
 
 
-LATENT_OPTIONS = ("vae", "loras", "offload", "no_t5")
+LATENT_OPTIONS = ("vae", "loras", "offload", "no_t5", "quantize")
 ADM_CHECKPOINT = (
     "the ADM checkpoint file (256x256_diffusion_uncond.pt from openai/guided-diffusion)"
 )
@@ -202,6 +203,7 @@ def load_editor(
     drop_t5: bool = False,
     offload: str | None = None,
     say: Callable[[str], None] | None = None,
+    quantize: str | None = None,
 ) -> Any:
     """The editor of ``method`` (a key of :data:`METHODS`), loaded on the CPU. An option the
     method does not take is one line; ``offload`` is applied by :func:`place`. ``say(name)`` is
@@ -209,6 +211,7 @@ def load_editor(
     m = get_method(method)
     given = {"vae": vae, "loras": loras, "offload": offload, "no_t5": drop_t5}
     given["lpips_weights"] = lpips_weights
+    given["quantize"] = quantize
     flags = {"loras": "lora"}
     for name, value in given.items():
         if value and name not in m.options:
@@ -223,8 +226,25 @@ def load_editor(
         say(model or DEFAULT_MODEL)
     return m.load(
         model, model_config=model_config, clip_model=clip_model, lpips_weights=lpips_weights,
-        dtype=dtype, vae=vae, loras=loras, drop_t5=drop_t5,
+        dtype=dtype, vae=vae, loras=loras, drop_t5=drop_t5, quantize=quantize,
     )  # fmt: skip
+
+
+def check_memory(
+    method: str, model: str | None, dtype: Any, device: Any, *, quantize: str | None = None,
+    model_config: str | None = None, offload: str | None = None,
+) -> None:  # fmt: skip
+    """Before loading a latent model onto a GPU: one line with the memory its weights need in
+    ``dtype`` or the ``quantize`` mode when the GPU has less free (``--offload``: no check)."""
+    if method != "latent" or offload or getattr(device, "type", "cpu") != "cuda":
+        return
+    from blendedit.latent.backbones import weight_memory
+    from blendedit.latent.quantize import check_fits
+
+    need = weight_memory(model or DEFAULT_MODEL, dtype, quantize, model_config)
+    if need is not None:
+        label = quantize or str(dtype).removeprefix("torch.")
+        check_fits(str(model or DEFAULT_MODEL), need, label, device)
 
 
 def loading_line(name: str | None, dtype: Any, device: Any) -> str:

@@ -25,8 +25,17 @@ from typing import Any
 
 from blendedit.config import GROUPS, Setting, settings_of, value_type
 from blendedit.errors import InputError
+from blendedit.frame.judges import Judges, parse_judge_models
 from blendedit.frame.ranking import DEFAULT_CLIP_MODEL
-from blendedit.methods import METHODS, config_classes, load_editor, loading_line, place
+from blendedit.latent.quantize import QUANTIZE_MODES
+from blendedit.methods import (
+    METHODS,
+    check_memory,
+    config_classes,
+    load_editor,
+    loading_line,
+    place,
+)
 from blendedit.models import DEFAULT_MODEL, DTYPES, parse_device, parse_dtype, quiet_libraries
 
 OFFLOAD_MODES = ("model", "sequential")
@@ -95,6 +104,15 @@ OPTIONS: dict[str, Option] = {
         choices=OFFLOAD_MODES,
         default=None,
     ),
+    "quantize": _opt(
+        "--quantize",
+        help="latent, 2024-2026 flow families: load the denoiser and the language-model text "
+        "encoder quantized through diffusers' backends: nf4 (bitsandbytes), int8 or fp8 "
+        "(torchao, weight-only), gguf (--model a .gguf file of the denoiser, --model-config "
+        "the model's folder)",
+        choices=QUANTIZE_MODES,
+        default=None,
+    ),
     "no_t5": _opt(
         "--no-t5",
         help="latent, SD3/SD3.5: run without the T5-XXL text encoder (4.7B parameters; its tokens "
@@ -105,6 +123,15 @@ OPTIONS: dict[str, Option] = {
         "--clip-model",
         help=f"CLIP for ranking (and pixel guidance) (default: {DEFAULT_CLIP_MODEL})",
         default=DEFAULT_CLIP_MODEL,
+    ),
+    "judge_models": _opt(
+        "--judge-model",
+        help="a ranking judge's model (--rank): pickscore=ID_OR_FOLDER, hps=FILE (HPS v2.1's "
+        ".pt, or owner/repo/file on the hub), aesthetic=FILE (the LAION predictor's .pth), "
+        "aesthetic-clip=ID (its CLIP ViT-L/14), clip=ID; repeat for several (default: the "
+        "published models)",
+        action="append",
+        metavar="JUDGE=MODEL",
     ),
     "lpips_weights": _opt(
         "--lpips-weights",
@@ -188,8 +215,10 @@ class ModelOptions:
     loras: tuple[str, ...] = ()
     lora_dir: str | None = None  # serve: the LoRAs the page offers, besides ``loras``
     offload: str | None = None
+    quantize: str | None = None
     no_t5: bool = False
     clip_model: str | None = None
+    judge_models: tuple[str, ...] = ()
     lpips_weights: tuple[str, str] | None = None
     device: str = "auto"
     dtype: str = "auto"
@@ -199,7 +228,7 @@ class ModelOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ModelOptions:
         got = {k: getattr(args, k) for k in OPTIONS if getattr(args, k, None) is not None}
-        for key in ("loras", "lpips_weights"):
+        for key in ("loras", "lpips_weights", "judge_models"):
             if key in got:
                 got[key] = tuple(got[key])
         return cls(**got)
@@ -215,22 +244,30 @@ class ModelOptions:
         :func:`blendedit.methods.load_editor` and :func:`~blendedit.methods.place`; ``say``
         hears the line that tells what is being loaded, before the (slow) loading."""
         opts = dataclasses.replace(self, **changes)
+        judges = parse_judge_models(opts.judge_models)  # refused before any loading
         opts.apply_offline()
         quiet_libraries()
         device = parse_device(opts.device)
         dtype = parse_dtype(opts.dtype, device)
+        check_memory(
+            opts.method, opts.model, dtype, device, quantize=opts.quantize,
+            model_config=opts.model_config, offload=opts.offload,
+        )  # fmt: skip
         editor = load_editor(
             opts.method, opts.model, **opts.loading(), dtype=dtype,
             say=None if say is None else lambda name: say(loading_line(name, dtype, device)),
         )  # fmt: skip
-        return place(editor, device, dtype, opts.offload)
+        placed = place(editor, device, dtype, opts.offload)
+        if judges:
+            placed.judges = Judges(judges)  # loaded when an edit first asks for them (--rank)
+        return placed
 
     def loading(self) -> dict[str, Any]:
         """The keywords of :func:`blendedit.methods.load_editor` these options give."""
         return {
             "model_config": self.model_config, "clip_model": self.clip_model,
             "lpips_weights": self.lpips_weights, "vae": self.vae, "loras": self.loras,
-            "drop_t5": self.no_t5, "offload": self.offload,
+            "drop_t5": self.no_t5, "offload": self.offload, "quantize": self.quantize,
         }  # fmt: skip
 
 
@@ -276,9 +313,11 @@ def aliases() -> dict[str, str]:
     """``blendedit edit`` flag names (dashes as underscores) of settings whose field is named
     otherwise (``steps`` -> ``num_inference_steps``), from the settings' descriptions."""
     out = {}
-    for name, (s, _, _) in setting_fields().items():
+    fields = setting_fields()
+    for name, (s, _, _) in fields.items():
         flag = (s.flag or "").removeprefix("--").replace("-", "_")
-        if s.takes_value and flag and flag != name:
+        # a flag named like another field (--rank of ranker, rank the --no-rank field) is no alias
+        if s.takes_value and flag and flag != name and flag not in fields:
             out[flag] = name
     return out
 

@@ -97,6 +97,7 @@ def test_url_results_are_served_by_the_app(server, photo, mask):
         ({"response_format": "gif"}, "response_format"),
         ({"frobnicate": "1"}, "frobnicate"),
         ({"size": "big"}, "size"),
+        ({"compile": "true"}, "compile"),  # the server's model, compiled for good: not a request's
     ],
 )
 def test_bad_fields_are_400_naming_the_field(server, photo, mask, fields, param):

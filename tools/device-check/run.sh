@@ -38,13 +38,17 @@ export OUT PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DIS
 # time limit (s) | bench arguments besides --preset/--device/--report. A preset the bench does not
 # define (yet) is skipped with a line, as is a row whose flags the bench lacks; ?--flag is passed
 # only where the bench has it (--realtime: the preset's few-step config, blendedit.config).
-# Estimated on an H200 (README.md): 55, 120, 85 and 110 s; setup 15 s, GPU tests 25 s before.
+# Estimated on an H200 (README.md): 55, 120, 85, 110 and 40 s; setup 15 s, GPU tests 25 s before.
 PLAN=$(
   cat <<'EOF'
 sd2-base-bf16|sd2-base|tiny|75|--batch 24 --dtype bf16 --repeats 1
 sd2-base-bf16-compile|sd2-base|-|130|--batch 24 --dtype bf16 --compile --no-diffusers --repeats 1
 sdxl-bf16|sdxl|tiny-sdxl|100|--dtype bf16 --repeats 1
 flux-schnell-realtime|flux-schnell|tiny-flux|120|--dtype bf16 ?--realtime --batch 8 --steps 4 --scheduler flow-euler --repeats 1 --no-diffusers
+flux2-klein-4b-realtime|flux2-klein-4b|tiny-flux2-klein|75|--dtype bf16 ?--realtime --batch 8 --steps 4 --scheduler flow-euler --repeats 1 --no-diffusers
+sd2-base-bf16-deepcache|sd2-base|tiny|75|--batch 24 --dtype bf16 --cache deepcache --no-diffusers --repeats 1
+sd35-medium-bf16-first-block|sd35-medium|-|120|--batch 4 --dtype bf16 --cache first-block --no-diffusers --repeats 1
+sd35-medium-bf16-first-block-compile|sd35-medium|-|180|--batch 4 --dtype bf16 --cache first-block --compile --no-diffusers --repeats 1
 EOF
 )
 

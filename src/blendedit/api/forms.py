@@ -188,6 +188,8 @@ def _settings(fields: dict[str, str], method: str) -> tuple[dict[str, Any], int 
         elif name in known:
             if name not in mine:
                 raise _bad(key, f"applies to another method, not {method}")
+            if not known[name][0].request:  # it would change the server's model for good
+                raise _bad(key, "is not for a request: it changes the server's model for good")
             settings[name] = coerce_setting(name, text, key)
         else:
             raise _bad(key, "unknown field", "unknown_parameter")

@@ -206,6 +206,9 @@ class BatchStore:
                     folder=row.key,
                     best=results[0].get("file") if results else None,
                     clip_score=results[0].get("clip_score") if results else None,
+                    **{
+                        k: results[0][k] for k in ("score", "judges") if results and k in results[0]
+                    },
                     seconds=res.get("timings", {}).get("total"),
                 )
             else:
@@ -259,6 +262,8 @@ def _markdown(summary: dict[str, Any]) -> str:
     for e in summary["entries"]:
         what = e.get("folder") or e.get("error") or ""
         what = str(what).replace("|", "\\|")
+        if e.get("judges"):  # --rank other than clip: each judge's score of the best result
+            what += " (" + ", ".join(f"{k} {v:.4g}" for k, v in e["judges"].items()) + ")"
         prompt = str(e["prompt"]).replace("|", "\\|")
         lines.append(f"| {e['row']} | {e['line']} | {e['status']} | {what} | {prompt} |")
     return "\n".join(lines) + "\n"

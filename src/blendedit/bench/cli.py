@@ -23,6 +23,7 @@ DESCRIPTION = (
 # run_bench's arguments that are flags of the same name
 BENCH_FLAGS = ("batch", "steps", "blend_start", "scheduler", "compile", "repeats", "background")
 BENCH_FLAGS += ("keep", "peak_tflops", "realtime")
+BENCH_FLAGS += ("cache",)
 
 
 def add_parser(sub: Any) -> None:
@@ -78,8 +79,18 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the UNet (warm-up reported apart)"
     )
+    p.add_argument(
+        "--cache", default="none", help="step cache NAME[:VALUE] as `blendedit edit --cache` "
+        "(calls skipped reported)",
+    )  # fmt: skip
     p.add_argument("--no-channels-last", action="store_true", help="keep the default memory layout")
     p.add_argument("--no-diffusers", action="store_true", help="skip the diffusers comparison")
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="instead: the memory the preset's weights need in bf16 and in each --quantize mode "
+        "(nf4, int8, fp8, gguf), from parameter counts on the meta device; nothing is timed",
+    )
     p.add_argument(
         "--repeats", type=int, default=2, help="timed runs; the best is reported (default 2)"
     )
@@ -107,10 +118,21 @@ def run(args: Any) -> int:
     import sys
 
     from blendedit.bench.measure import run_bench
-    from blendedit.bench.report import append_report, realtime_line, stages_table, table
+    from blendedit.bench.report import (
+        append_report,
+        cache_line,
+        realtime_line,
+        stages_table,
+        table,
+    )
     from blendedit.models import parse_device, parse_dtype, quiet_libraries
 
     quiet_libraries()
+    if args.memory:
+        from blendedit.bench.memory import memory_table
+
+        print(memory_table(args.preset))
+        return 0
     if args.photo_sizes:
         return run_photo_sizes(args)
     dev = parse_device(args.device)
@@ -122,6 +144,8 @@ def run(args: Any) -> int:
     print(table([result]) + "\n" + stages_table([result]))
     if result.realtime:
         print(realtime_line(result))
+    if result.cache != "none":
+        print(cache_line(result))
     append_report([result], Path(args.report), "blendedit " + " ".join(sys.argv[1:]))
     print(f"appended to {args.report}", file=sys.stderr)
     return 0

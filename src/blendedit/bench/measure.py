@@ -88,6 +88,9 @@ class BenchResult:
     speedup_vs_diffusers: float | None = None
     per_step_ratio_vs_diffusers: float | None = None
     notes: list[str] = field(default_factory=list)
+    cache: str = "none"  # --cache
+    cache_calls: int = 0  # denoiser calls of the timed edit
+    cache_skipped: int = 0  # of which skipped the whole network
 
 
 def unet_flops(
@@ -102,12 +105,19 @@ def unet_flops(
     f = backbone.latent_factor
     dev, dt = backbone.device, backbone.dtype
     c = backbone.encode_text(PROMPT, "", (w * f, h * f), (w * f, h * f))
-    z = torch.zeros(batch, backbone.vae.config.latent_channels, h, w, device=dev, dtype=dt)
+    z = torch.zeros(batch, backbone.latent_channels, h, w, device=dev, dtype=dt)
+    # models made for editing: a blank source image as their conditioning (plain ones: unchanged)
+    x, m = torch.zeros(1, 3, h * f, w * f, device=dev), torch.ones(1, 1, h * f, w * f, device=dev)
+    c = backbone.condition_on_image(c, x, m, z[:1])
     compiled = backbone.unet  # count the eager module: a compiled one would recompile here
     backbone.unet = getattr(compiled, "_orig_mod", compiled)
     try:
         model_fn = backbone.model_fn(c, batch, guidance_scale)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with (
+            torch.no_grad(),
+            torch.compiler.set_stance("force_eager"),  # blocks compiled in place: count eager
+            FlopCounterMode(display=False) as counter,
+        ):
             model_fn(z, torch.tensor(500, device=dev))
     finally:
         backbone.unet = compiled
@@ -132,13 +142,15 @@ def run_bench(
     mask: str | Path | None = None,
     peak_tflops: float | None = None,
     realtime: bool = False,
+    cache: str = "none",
 ) -> BenchResult:
     """Benchmark one configuration. Random weights; a real photo and mask (examples/);
     ``batch`` None: the preset's own (24, the paper's; SDXL 4, its official script's); ``steps``
     and ``scheduler`` None: the family's defaults (SD, SDXL, LDM: DDIM 50; SD3, FLUX.1-dev:
     flow Euler 28; schnell: 4). ``realtime``: the architecture's few-step preset
     (``Architecture.realtime``, e.g. ``realtime-schnell``) on a ranked batch of 8 unless told;
-    ``total_s`` is then the warm wall-clock time from the call to the ranked results."""
+    ``total_s`` is then the warm wall-clock time from the call to the ranked results. ``cache``:
+    a step cache (``--cache``), its skipped calls reported."""
     arch = architecture(preset, realtime)
     batch = (8 if realtime else arch.batch) if batch is None else batch
     dev = torch.device(device)
@@ -147,6 +159,8 @@ def run_bench(
         editor = build_editor(arch, dev, dtype, Path(tmp))
     editor.optimize(channels_last=channels_last and dev.type == "cuda", compile=compile)
     cfg = _config(editor, arch, realtime, batch, steps, scheduler, blend_start, background, keep)
+    cfg = cfg.replace(cache=cache).validate()
+    editor.check(cfg)
     latent_hw, n_steps = _schedule(editor, photo, arch.resolution, cfg)
     res = BenchResult(
         preset, device_name(dev), str(dtype).removeprefix("torch."), batch, n_steps,
@@ -154,9 +168,10 @@ def run_bench(
         arch.realtime if realtime else None, cfg.guidance_scale,
     )  # fmt: skip
     edit = partial(editor, photo, photo_mask, PROMPT, config=cfg)
+    res.cache = cache
     _time_edits(edit, dev, res, repeats)
     _time_steps(edit, editor.backbone, dev, res, repeats, latent_hw, peak_tflops)
-    if compare_diffusers:
+    if compare_diffusers and editor.backbone.reference_pipeline:  # Krea 2: diffusers has none
         total, per_step = reference.time_diffusers(editor, photo, photo_mask, cfg, dev, repeats)
         res.diffusers_total_s, res.diffusers_per_step_ms = total, per_step
         res.speedup_vs_diffusers = total / res.total_s
@@ -242,6 +257,8 @@ def _time_edits(
         k: round(v, 4) for k, v in out.timings.to_dict().items() if k not in ("total", "load")
     }
     res.images_per_s = res.batch / total
+    res.cache_calls = out.settings.get("cache_calls", 0)
+    res.cache_skipped = out.settings.get("cache_skipped", 0)
     if dev.type == "cuda":
         res.peak_memory_gb = torch.cuda.max_memory_allocated(dev) / 1e9
 

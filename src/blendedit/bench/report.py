@@ -28,6 +28,7 @@ def table(results: list[BenchResult]) -> str:
 
     for r in results:
         name = f"{r.preset} ({r.realtime})" if r.realtime else r.preset
+        name += f" +{r.cache}" if r.cache != "none" else ""
         lines.append(
             f"| {name} | {r.device} | {r.dtype} | {r.batch} | {r.steps_run} | {r.compile} | "
             f"{r.total_s:.3f} | {r.images_per_s:.2f} | {r.per_step_ms:.1f} | {r.unet_tflops:.3g} | "
@@ -44,6 +45,14 @@ def realtime_line(r: BenchResult) -> str:
         f"Time to a ranked batch of {r.batch} ({r.preset}, {r.realtime}: {r.scheduler}, "
         f"{r.steps_run} of the schedule's steps, guidance {r.guidance_scale:g}, {r.resolution}x"
         f"{r.resolution}, {r.dtype}, warm, best of the repeats): **{r.total_s:.3f} s** on {r.device}"
+    )
+
+
+def cache_line(r: BenchResult) -> str:
+    """The step cache's figure: denoiser calls skipped in the timed edit."""
+    return (
+        f"Step cache {r.cache} ({r.preset}): {r.cache_skipped} of {r.cache_calls} denoiser calls "
+        f"skipped, {r.total_s:.3f} s end to end on {r.device}"
     )
 
 
@@ -81,6 +90,7 @@ def append_report(results: list[BenchResult], path: Path, command: str) -> None:
         + "\nStages of the best end-to-end run:\n\n"
         + stages_table(results)
         + "".join(f"\n{realtime_line(r)}.\n" for r in results if r.realtime)
+        + "".join(f"\n{cache_line(r)}.\n" for r in results if r.cache != "none")
     )
     append_section(path, section)
     json_path = path.with_suffix(".json")

@@ -8,6 +8,7 @@ from typing import Any
 
 from blendedit.config import PIXEL_PRESETS, EditConfig, PixelConfig, preset_on, settings_of
 from blendedit.errors import BlendEditError, InputError
+from blendedit.eval.benchmarks import BENCHMARKS
 from blendedit.eval.methods import DEFAULT_METHODS, METHODS, EvalModels
 from blendedit.eval.metrics import DEFAULT_CLASSIFIER, DEFAULT_SCORE_CLIP_MODEL
 from blendedit.eval.protocol import DEFAULT_MAX_SIDE
@@ -79,6 +80,11 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
         "--pixel-model", help="ADM checkpoint for pixel and local-clip (without it: skipped)"
     )
     g.add_argument("--pixel-model-config", help="guided-diffusion JSON (default: the 256 uncond)")
+    g.add_argument(
+        "--inpaint-model",
+        help="a model trained for inpainting (9-channel SD/SDXL UNet, FLUX.1 Fill) for the "
+        "inpaint-model method (without it: skipped)",
+    )
     add_model_arguments(
         p, ("clip_model",), title=None,
         helps={"clip_model": f"CLIP for ranking and pixel guidance (default {DEFAULT_CLIP_MODEL}); "
@@ -111,7 +117,9 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
         metavar=("TRUNK", "LIN"),
         help="local-clip's LPIPS background loss (VGG); without them it uses the L2 term only",
     )
-    add_model_arguments(p, ("device", "dtype", "offline"), title=None)
+    add_model_arguments(p, ("judge_models", "device", "dtype", "offline"), title=None,
+                        helps={"judge_models": "--benchmark's judges: imagereward=, hps=, "
+                               "aesthetic=, aesthetic-clip= (see blendedit edit --help)"})  # fmt: skip
 
 
 EVAL_HELP = "the paper's evaluation: precision, diversity, background fidelity, CLIP score, time"
@@ -128,12 +136,27 @@ EVAL_DESCRIPTION = (
 
 def add_parser(sub: Any) -> None:
     p = command(sub, "eval", EVAL_HELP, EVAL_DESCRIPTION, EXAMPLES)
-    p.add_argument("--images", required=True, help="folder of photos (*.mask*.* files skipped)")
+    p.add_argument(
+        "--images", help="folder of photos (*.mask*.* files skipped); the paper's protocol"
+    )
+    p.add_argument(
+        "--benchmark",
+        choices=BENCHMARKS,
+        help="instead of the paper's protocol: a public benchmark in its published layout "
+        "(--data), scored with BrushBench's metrics; writes BrushBench's table",
+    )
+    p.add_argument("--data", help="--benchmark: the benchmark's folder (you download it)")
+    p.add_argument(
+        "--mask-key",
+        default="inpainting_mask",
+        help="brushbench/editbench: the mapping file's mask (inpainting_mask, the default, or "
+        "outpainting_mask)",
+    )
     p.add_argument(
         "--methods",
         type=_methods,
         default=DEFAULT_METHODS,
-        help=f"comma-separated, from: {', '.join(METHODS)} (default: all)",
+        help=f"comma-separated, from: {', '.join(METHODS)} (default: all but inpaint-model)",
     )
     p.add_argument(
         "--out",
@@ -229,6 +252,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[Any, EvalModels]:
         local_lpips_weights=tuple(args.local_lpips_weights) if args.local_lpips_weights else None,
         device=args.device,
         dtype=args.dtype,
+        inpaint_model=args.inpaint_model,
     )
     return settings.check(), models
 
@@ -240,6 +264,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
+    if args.benchmark is not None:
+        return run_benchmark_command(args)
+    if args.images is None:
+        raise InputError("images: --images (the paper's protocol) or --benchmark is required")
     if args.n_images < 1:
         raise InputError(f"n_images: must be at least 1, got {args.n_images}")
     quiet_libraries()
@@ -259,5 +287,66 @@ def run(args: argparse.Namespace) -> int:
                 f"{t['batch_mean_s']:.2f} s per batch of {m['batch']}",
                 file=sys.stderr,
             )
+    print(os.path.join(args.out, "report.md"))
+    return 0
+
+
+def _bench_judges(args: argparse.Namespace, device: Any, notes: list[str]) -> Any:
+    """The judges of BrushBench's metrics (a model that cannot load: its column stays empty and
+    the report's notes say why) and the CLIP of CLIP similarity."""
+    from blendedit.eval.benchmarks import BenchJudges
+    from blendedit.frame.judges import Judges, parse_judge_models
+    from blendedit.frame.metrics import LPIPS
+    from blendedit.frame.ranking import ClipScorer
+
+    judges = Judges(parse_judge_models(args.judge_models))
+    found = {}
+    for name in ("imagereward", "hps", "aesthetic"):
+        try:
+            found[name] = judges.get(name, device)
+        except BlendEditError as e:
+            notes.append(f"{name}: not measured: {e}")
+    clip = None
+    if args.score_clip_model and args.score_clip_model.lower() != "none":
+        clip = ClipScorer.from_pretrained(args.score_clip_model).to(device)
+    lpips = None
+    if args.lpips_weights:
+        lpips = LPIPS.from_pretrained(*args.lpips_weights, net=args.lpips_net).eval().to(device)
+        notes.append(f"LPIPS on {args.lpips_net} (BrushBench's is on SqueezeNet)")
+    else:
+        notes.append("LPIPS: not measured (--lpips-weights)")
+    return BenchJudges(found, clip, lpips)
+
+
+def run_benchmark_command(args: argparse.Namespace) -> int:
+    """``--benchmark NAME --data DIR``: the latent method on every case (its best result by
+    the ranking), BrushBench's metrics, the table with the published rows beside."""
+    import os
+    from pathlib import Path
+
+    from blendedit.eval.benchmarks import read_benchmark, run_benchmark
+    from blendedit.io import check_out_dir
+    from blendedit.options import ModelOptions
+
+    if args.data is None:
+        raise InputError("data: --benchmark needs --data (the benchmark's folder)")
+    cases = read_benchmark(args.benchmark, args.data, args.mask_key, args.limit)
+    out = check_out_dir(args.out)
+    settings, _ = settings_from_args(args)
+    cfg = settings.latent
+    if isinstance(args.batch, int):
+        cfg = cfg.replace(num_images=args.batch)
+    clip = None if args.clip_model is None or args.clip_model.lower() == "none" else args.clip_model
+    opts = ModelOptions(model=args.model, model_config=args.model_config, clip_model=clip,
+                        judge_models=tuple(args.judge_models or ()), device=args.device,
+                        dtype=args.dtype)  # fmt: skip
+    editor = opts.load()
+    notes: list[str] = []
+    judges = _bench_judges(args, editor.device, notes)
+
+    def edit(case: Any) -> Any:
+        return editor(case.image, case.mask, case.prompt, config=cfg).best.image
+
+    run_benchmark(args.benchmark, cases, edit, judges, Path(out), "blendedit latent", notes)
     print(os.path.join(args.out, "report.md"))
     return 0

@@ -21,6 +21,9 @@ every method, so "top-1" means the same thing everywhere.
                        scheduler, steps and guidance; ``strength`` chosen so it runs the same
                        number of steps as BLD; its output as diffusers returns it (no paste-back),
                        resized to the photo's size; ranked with the same CLIP.
+``inpaint-model``      A model trained for inpainting (``--inpaint-model``: a 9-channel SD/SDXL
+                       UNet, FLUX.1 Fill) in the same frame as ``latent``: ranked batch, stitched
+                       background, at its family's blend start and ``--blend`` default (issue 19).
 =====================  =========================================================================
 """
 
@@ -78,9 +81,11 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("pixel", "pixel", 64, "Blended Diffusion"),
         MethodSpec("local-clip", "pixel", 64, "Local CLIP-guided diffusion"),
         MethodSpec("diffusers-inpaint", "latent", 24, "diffusers inpaint pipeline"),
+        MethodSpec("inpaint-model", "latent", 24, "Inpainting model (stitched background)"),
     )
 }
-DEFAULT_METHODS = tuple(METHODS)
+# Every method but inpaint-model, which needs a second model (--inpaint-model) and is named.
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "inpaint-model")
 
 
 def recommended_batch(name: str) -> int:
@@ -109,6 +114,7 @@ class EvalModels:
     local_lpips_weights: tuple[str, str] | None = None  # VGG (trunk, lin) for local-clip's loss
     device: str = "auto"
     dtype: str = "auto"  # fp16 on CUDA, fp32 elsewhere
+    inpaint_model: str | None = None  # a model trained for inpainting, for ``inpaint-model``
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -146,6 +152,18 @@ class Resources:
             clip_model=None,
             torch_dtype=self.dtype,
             model_config=self.models.sd_model_config,
+        ).to(self.device)
+        editor.clip = self.ranking_clip
+        return editor
+
+    @cached_property
+    def inpaint_editor(self) -> Any:
+        """The ``inpaint-model`` method's editor (a model trained for inpainting)."""
+        from blendedit.latent.pipeline import BlendedLatentDiffusion
+
+        assert self.models.inpaint_model is not None
+        editor = BlendedLatentDiffusion.from_pretrained(
+            self.models.inpaint_model, clip_model=None, torch_dtype=self.dtype
         ).to(self.device)
         editor.clip = self.ranking_clip
         return editor
@@ -421,6 +439,22 @@ class DiffusersInpaintRunner(EditorRunner):
         return preds, {"timings": {"generate": round(t_gen, 4)}}
 
 
+def _inpaint_model_runner(
+    spec: MethodSpec, resources: Resources, base: EditConfig, ident: dict
+) -> Runner:
+    """``inpaint-model``: the frame's edit with a model trained for inpainting, at its family's
+    blend start and blend (e.g. SD-inpainting: from pure noise)."""
+    from blendedit.latent.backbones import family_defaults
+
+    if not resources.models.inpaint_model:
+        raise Unavailable("no inpainting model given (--inpaint-model)")
+    own = family_defaults(resources.models.inpaint_model)
+    cfg = base.replace(
+        background="stitch", **{k: own[k] for k in ("blend_start", "blend") if k in own}
+    )
+    return EditorRunner(spec, lambda: resources.inpaint_editor, resources.device, cfg, ident)
+
+
 def build_runner(
     name: str,
     resources: Resources,
@@ -462,6 +496,8 @@ def build_runner(
     # The evaluation measures the background itself: the editor's per-result report would only
     # add to the measured time.
     base = latent.replace(num_images=batch, rank=rank, keep=None, metrics=False)
+    if name == "inpaint-model":
+        return _inpaint_model_runner(spec, resources, base, {**ident, "model": m.inpaint_model})
     kind, background = {
         "diffusers-inpaint": (DiffusersInpaintRunner, base.background),
         "latent": (EditorRunner, "stitch"),

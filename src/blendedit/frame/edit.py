@@ -33,6 +33,7 @@ from blendedit.config import FrameConfig, resolve_seeds
 from blendedit.errors import BlendEditError, InputError
 from blendedit.frame import masks as M
 from blendedit.frame import reconstruct as R
+from blendedit.frame.judges import Judges, Ranking, rank_inputs
 from blendedit.frame.metrics import region_background_report
 from blendedit.frame.photo import Photo, orient_like, read_photo
 from blendedit.frame.ranking import ClipScorer, rank_order
@@ -111,6 +112,7 @@ class FrameMethod:
 
     config_class: type[FrameConfig] = FrameConfig
     method: str = ""
+    judges: Judges | None = None  # the ranking judges (--rank); None: the defaults, when asked
 
     def __call__(
         self,
@@ -262,13 +264,13 @@ def run_edit(
     # 6. Rank by CLIP similarity of the masked result to the prompt (BLD paper 4.4).
     checkpoint("ranking")
     t0 = time.perf_counter()
-    scores = _scores(core, decoded, work, cfg, len(seed_list))
-    order = rank_order(scores, len(seed_list))
+    ranking = _scores(core, decoded, work, cfg, len(seed_list))
+    order = rank_order(None if ranking is None else ranking.score, len(seed_list))
     timings.rank = time.perf_counter() - t0
 
     # 7. Background and paste-back of the top K, in the crop only.
     t0 = time.perf_counter()
-    kept = _Kept(photo, region, levels, src_box, cfg, samples, decoded, scores, seed_list)
+    kept = _Kept(photo, region, levels, src_box, cfg, samples, decoded, ranking, seed_list)
     candidates = [
         kept.candidate(core, state, idx, rank, frames if return_process and rank == 1 else [])
         for rank, idx in enumerate(order[: cfg.keep or len(order)], start=1)
@@ -425,15 +427,24 @@ def _finite_only(
 
 def _scores(
     core: EditCore, decoded: torch.Tensor, work: Work, cfg: FrameConfig, n: int
-) -> torch.Tensor | None:
-    """Stage 6: each candidate's CLIP similarity of its masked result to the prompt (N,), or
-    None. An empty prompt names nothing to compare with (CLIP's embedding of "" is no
-    description of a filled-in background), so its candidates keep their generation order."""
-    if cfg.rank and core.clip is not None and work.prompt:
-        return core.clip.score(decoded, (work.mask > 0).to(decoded.dtype), work.prompt)
-    if cfg.rank and core.clip is None and n > 1:
-        logger.warning("no CLIP model loaded: results are not ranked")
-    return None
+) -> Ranking | None:
+    """Stage 6: each candidate's score by the chosen judge (``cfg.ranker``; the papers': CLIP
+    similarity of its masked result to the prompt), or None. An empty prompt names nothing to
+    compare with (CLIP's embedding of "" is no description of a filled-in background), so only
+    the judges that need no prompt (aesthetic) rank its candidates; with none they keep their
+    generation order."""
+    if not cfg.rank:
+        return None
+    if cfg.ranker == "clip" and core.clip is None:
+        if n > 1:
+            logger.warning("no CLIP model loaded: results are not ranked")
+        return None
+    judges = getattr(core, "judges", None)
+    if judges is None:  # the default judges' models, loaded when first asked for
+        judges = Judges()
+        core.judges = judges  # type: ignore[attr-defined]  # kept: loaded once per editor
+    shown = rank_inputs(decoded, work.x, work.mask, work.prompt, core.device)
+    return judges.rank(cfg.ranker, cfg.rank_weights, shown, core.clip)
 
 
 class _Kept:
@@ -449,7 +460,7 @@ class _Kept:
         cfg: FrameConfig,
         samples: torch.Tensor,
         decoded: torch.Tensor,
-        scores: torch.Tensor | None,
+        ranking: Ranking | None,
         seeds: list[int],
     ):
         box_levels = levels[region.slices]  # (h, w) uint8
@@ -460,7 +471,7 @@ class _Kept:
         self.native_box = photo.native(region.box)  # (h, w, C) the input's own pixels
         self.measure = _Measure(photo, region, levels, self.binary) if cfg.metrics else None
         self.photo, self.region, self.src_box, self.cfg = photo, region, src_box, cfg
-        self.samples, self.decoded, self.scores, self.seeds = samples, decoded, scores, seeds
+        self.samples, self.decoded, self.ranking, self.seeds = samples, decoded, ranking, seeds
 
     def candidate(
         self, core: EditCore, state: Any, idx: int, rank: int, frames: list[torch.Tensor]
@@ -487,7 +498,10 @@ class _Kept:
             photo=self.photo,
             seed=self.seeds[idx],
             rank=rank,
-            score=None if self.scores is None else float(self.scores[idx]),
+            score=None if self.ranking is None else float(self.ranking.score[idx]),
+            judges={}
+            if self.ranking is None
+            else {k: float(v[idx]) for k, v in self.ranking.judges.items()},
             decoded=Image.fromarray(dec),
             latent=samples[idx].cpu() if state.latent_space else None,
             process=process,

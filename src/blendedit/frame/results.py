@@ -50,6 +50,7 @@ class Candidate:
     latent: torch.Tensor | None = None  # (C, h, w) final latent, on the CPU
     process: list[Image.Image] | None = None  # one-step clean estimates per step (paper fig. 6)
     metrics: dict[str, float] = field(default_factory=dict)
+    judges: dict[str, float] = field(default_factory=dict)  # each judge's own score (--rank)
 
     def pixels(self) -> np.ndarray:
         """The whole result (H, W, C) in the photo's own colour space and bit depth (a new array)."""
@@ -89,7 +90,21 @@ class Candidate:
             "rank": self.rank,
             "seed": self.seed,
             "clip_score": None if self.score is None else round(self.score, 6),
+            **self._judged(),
             **({"metrics": self.metrics} if self.metrics else {}),
+        }
+
+    def _judged(self) -> dict[str, Any]:
+        """With a judge other than CLIP alone: ``score`` (the ranking's: an ensemble's weighted
+        sum of per-batch z-scores) and ``judges`` (each judge's own score); ``clip_score`` is then
+        CLIP's own, or None."""
+        if not self.judges or set(self.judges) == {"clip"}:
+            return {}
+        clip = self.judges.get("clip")
+        return {
+            "clip_score": None if clip is None else round(clip, 6),
+            "score": None if self.score is None else round(self.score, 6),
+            "judges": {k: round(v, 6) for k, v in self.judges.items()},
         }
 
 

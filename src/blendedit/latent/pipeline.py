@@ -25,6 +25,8 @@ from blendedit.frame.ranking import DEFAULT_CLIP_MODEL, ClipScorer
 from blendedit.frame.region import shapes_at
 from blendedit.io import working_size
 from blendedit.latent.backbones import Backbone, Conditioning, family_names, load_backbone
+from blendedit.latent.cache import check_cache, step_cache
+from blendedit.latent.compiling import COMPILE_MULTIPLE, compile_denoiser
 from blendedit.latent.lora import LoraHandle, LoraSpec, apply_loras
 from blendedit.latent.sampling import (
     blend_timesteps,
@@ -54,6 +56,8 @@ class _LatentState:
     num_steps: int
     decode_chunk: int  # latents per VAE decode
     latent_space: bool = True  # samples are latents (kept per candidate)
+    cache_calls: int = 0  # denoiser calls with --cache, over the chunks
+    cache_skipped: int = 0  # of which did not run the whole network
 
 
 class BlendedLatentDiffusion(FrameMethod):
@@ -69,6 +73,7 @@ class BlendedLatentDiffusion(FrameMethod):
         self.clip = clip
         self.name = name
         self._lora: LoraHandle | None = None
+        self.compiled: str | None = None  # what --compile compiled (compiling.py)
 
     @classmethod
     def from_pretrained(
@@ -82,14 +87,18 @@ class BlendedLatentDiffusion(FrameMethod):
         vae: str | os.PathLike[str] | None = None,
         loras: Sequence[str | LoraSpec] = (),
         drop_t5: bool = False,
+        quantize: str | None = None,
     ) -> BlendedLatentDiffusion:
         """Load from a hub id, a local diffusers folder or a single .safetensors/.ckpt file; the
         family (SD 1.x/2.x, SDXL, SD3, FLUX, LDM) is detected from the model. ``vae`` replaces
         its VAE (e.g. an fp16-safe SDXL VAE); ``loras``: "FILE_OR_ID[:SCALE]" each (see
-        :meth:`load_loras`); ``drop_t5``: SD3 without its 4.7B-parameter T5 encoder.
+        :meth:`load_loras`); ``drop_t5``: SD3 without its 4.7B-parameter T5 encoder;
+        ``quantize``: nf4, int8, fp8 or gguf (``blendedit.latent.quantize``).
         ``clip_model=None`` skips the ranking model (results then come in generation order)."""
         dtype = parse_dtype(torch_dtype)
-        backbone = load_backbone(model, dtype, local_files_only, model_config, vae, drop_t5)
+        backbone = load_backbone(
+            model, dtype, local_files_only, model_config, vae, drop_t5, quantize
+        )
         clip = ClipScorer.from_pretrained(clip_model, dtype) if clip_model else None
         editor = cls(backbone, clip, str(model))
         if loras:
@@ -133,12 +142,19 @@ class BlendedLatentDiffusion(FrameMethod):
         return self
 
     def check(self, cfg: Any) -> None:
-        """A flow model takes a flow-matching scheduler, any other model a diffusion one."""
+        """A flow model takes a flow-matching scheduler, any other model a diffusion one;
+        ``--blend off`` needs a model trained for inpainting."""
+        if cfg.blend == "off" and not self.backbone.inpainting:
+            raise InputError(
+                f"blend: 'off' applies to models trained for inpainting; a plain {self.family} "
+                "model edits only through the blend"
+            )
         if (cfg.scheduler in FLOW_SCHEDULERS) != self.backbone.flow:
             fits = ", ".join(FLOW_SCHEDULERS) if self.backbone.flow else "ddim, euler, dpm++, ..."
             raise InputError(
                 f"scheduler: {cfg.scheduler!r} does not fit a {self.family} model; use {fits}"
             )
+        check_cache(cfg.cache, self.unet, self.backbone.name or self.family)
 
     def enable_offload(
         self, mode: str, device: torch.device | str = "cuda"
@@ -152,7 +168,22 @@ class BlendedLatentDiffusion(FrameMethod):
 
     def default_config(self) -> EditConfig:
         """EditConfig's defaults with the model family's own (SDXL and LDM: guidance 5)."""
-        return EditConfig(**self.backbone.defaults)
+        bb = self.backbone
+        return EditConfig(**{**bb.defaults, **(bb.inpaint_defaults if bb.inpainting else {})})
+
+    @property
+    def purpose(self) -> str:
+        """What the loaded model is for, in one line (the web editor's model line): an editing
+        model's own line, a model trained for inpainting, or a plain text-to-image model."""
+        if self.backbone.purpose:
+            return self.backbone.purpose
+        if self.backbone.inpainting:
+            return (
+                "a model trained for inpainting: it sees the mask and the photo around it (best "
+                "for removal and fills that match their surroundings; Blend on adds the paper's "
+                "blend)"
+            )
+        return "a text-to-image model edited by Blended Latent Diffusion (the blend at every step)"
 
     # The backbone's modules, as attributes (``editor.unet`` etc.), for tools that swap them.
     @property
@@ -203,7 +234,9 @@ class BlendedLatentDiffusion(FrameMethod):
         own ``scaling_factor`` (and ``shift_factor`` where the VAE has one)."""
         return self.backbone.encode_image(image)
 
-    decode_with = staticmethod(Backbone.decode_with)
+    def decode_with(self, vae: Any, z: torch.Tensor) -> torch.Tensor:
+        """x = D(z) by the family's own rule (differentiable: background reconstruction)."""
+        return self.backbone.decode_with(vae, z)
 
     def decode_latents(self, z: torch.Tensor, chunk: int = 4) -> torch.Tensor:
         """(B, C, h, w) latents -> (B, 3, H, W) images in [0, 1], decoded ``chunk`` at a time."""
@@ -213,7 +246,10 @@ class BlendedLatentDiffusion(FrameMethod):
 
     def full_work_size(self, size: tuple[int, int], cfg: EditConfig) -> tuple[int, int]:
         """The whole photo: long side = ``size`` (default the model's), multiples of 8."""
-        return working_size(size, cfg.size or self.native_size, self.backbone.size_multiple)
+        multiple = self.backbone.size_multiple
+        if cfg.compile:  # shape buckets: a compiled denoiser meets few shapes (compiling.py)
+            multiple = max(multiple, COMPILE_MULTIPLE)
+        return working_size(size, cfg.size or self.native_size, multiple)
 
     def work_shapes(self, cfg: EditConfig) -> list[tuple[int, int]]:
         """A crop: shapes of about native**2 pixels, multiples of 64 (512x512, 576x448, ...)."""
@@ -230,6 +266,8 @@ class BlendedLatentDiffusion(FrameMethod):
         )
         # z_init = E(x) * scaling factor, (1, C, h, w).
         z_init = self.encode_image(x)
+        # Models made for editing: the source image as conditioning (plain families: unchanged).
+        text = self.backbone.condition_on_image(text, x, work.mask, z_init)
         # Latent mask (max-pool keeps thin strokes) and the progressive shrinking stages.
         m_latent = M.latent_mask(work.mask, tuple(z_init.shape[-2:]), work.soft)  # (1, 1, h, w)
         if (p := self.backbone.patch_size) > 1:  # whole tokens: a patch any cell of which is edited
@@ -242,6 +280,8 @@ class BlendedLatentDiffusion(FrameMethod):
         timesteps = self._timesteps(self._scheduler(cfg), cfg, z_init)
         stage_per_step = M.stage_of_step(len(timesteps), stages.shape[0])
         step_masks = M.step_masks(stages.to(self.device, self.dtype), stage_per_step, work.soft)
+        if not self.blends(cfg):  # an inpainting model alone: every step keeps its whole output
+            step_masks = [torch.ones_like(m) for m in step_masks]
         return _LatentState(
             text, z_init, x, work.mask, stages, stage_per_step, step_masks, timesteps,
             shrink, len(timesteps), cfg.decode_batch_size,
@@ -266,6 +306,8 @@ class BlendedLatentDiffusion(FrameMethod):
         scheduler = self._scheduler(cfg)
         timesteps = self._timesteps(scheduler, cfg, state.z_init)
         begin = first_step(scheduler, cfg.num_inference_steps, cfg.blend_start)
+        if cfg.compile and self.compiled is None:
+            self.compiled = compile_denoiser(self.unet)
         model_fn = self.backbone.model_fn(state.text, b, cfg.guidance_scale)
         z0 = state.z_init.expand(b, -1, -1, -1)
         masks = state.step_masks
@@ -280,10 +322,14 @@ class BlendedLatentDiffusion(FrameMethod):
 
         # Background levels from the schedule itself (schedule.py): t' or, "official", t.
         background = blend_rule(cfg.blend_rule, scheduler, z0, noise, begin, len(timesteps), gens)
-        z = blended_latent_diffusion(
-            model_fn, scheduler, start_latent(scheduler, z0, noise, begin), timesteps, masks,
-            background, step_kwargs(scheduler, gens, cfg.eta), on_step,
-        )  # fmt: skip
+        # --cache: fresh hooks for this chunk, removed after it (latent/cache.py).
+        with step_cache(self.unet, cfg.cache, masks[0], self.backbone.patch_size) as cache:
+            z = blended_latent_diffusion(
+                cache.wrap(model_fn), scheduler, self._start(scheduler, z0, noise, begin),
+                timesteps, masks, background, step_kwargs(scheduler, gens, cfg.eta), on_step,
+            )  # fmt: skip
+        state.cache_calls += cache.stats.calls
+        state.cache_skipped += cache.stats.skipped
         per_image = [torch.stack([f[j] for f in frames]) for j in range(b)] if frames else []
         return Generated(z, per_image)
 
@@ -303,10 +349,12 @@ class BlendedLatentDiffusion(FrameMethod):
         opts["lr"] = cfg.recon_lr or R.RECON_DEFAULTS[mode]["lr"]
         z0 = sample.to(self.device)
         if mode == "latent":
-            z_star = R.optimise_latent(partial(self.decode_with, self.vae), z0, *args, **opts)
+            z_star = R.optimise_latent(
+                partial(self.backbone.decode_with, self.vae), z0, *args, **opts
+            )
             return self.decode_latents(z_star)
         if mode == "decoder":
-            out = R.finetune_decoder(self.vae, self.decode_with, z0, *args, **opts)
+            out = R.finetune_decoder(self.vae, self.backbone.decode_with, z0, *args, **opts)
             return (out / 2 + 0.5).clamp(0, 1)
         raise InputError(f"background: {mode!r} is not a reconstruction of the latent method")
 
@@ -318,6 +366,9 @@ class BlendedLatentDiffusion(FrameMethod):
                 "loras": list(self.loras),
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "shrink_applied": state.shrink,
+                "cache_calls": state.cache_calls,
+                "cache_skipped": state.cache_skipped,
+                "compiled": self.compiled,
             },
             "timesteps": [int(t) for t in state.timesteps.tolist()],
             "latent_masks": state.stages[:, 0].cpu(),
@@ -337,13 +388,29 @@ class BlendedLatentDiffusion(FrameMethod):
     def optimize(self, channels_last: bool = True, compile: bool = False) -> BlendedLatentDiffusion:
         """The fast path for GPUs: channels-last UNet/VAE memory layout and, optionally,
         ``torch.compile`` of the UNet (its first call compiles; ``blendedit bench`` reports that
-        warm-up apart). Attention already runs through PyTorch SDPA in diffusers."""
+        warm-up apart); regional, as ``--compile`` (``latent/compiling.py``). Attention already
+        runs through PyTorch SDPA in diffusers."""
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
-        if compile:
-            self.unet = torch.compile(self.unet, fullgraph=False, dynamic=False)
+        if compile and self.compiled is None:
+            self.compiled = compile_denoiser(self.unet)
         return self
+
+    def blends(self, cfg: EditConfig) -> bool:
+        """Whether the paper's blend runs: always for a plain model, per ``--blend`` for a model
+        trained for inpainting (``Backbone.inpainting``)."""
+        return cfg.blend == "on" or not self.backbone.inpainting
+
+    def _start(
+        self, scheduler: Any, z0: torch.Tensor, noise: torch.Tensor, begin: int
+    ) -> torch.Tensor:
+        """The first latent: the source noised to the first kept level; a model trained for
+        inpainting at full strength (blend_start 0) starts from pure noise, as its diffusers
+        pipeline does (SD-inpainting's ``is_strength_max``), so nothing of the masked object leaks."""
+        if begin == 0 and self.backbone.inpainting:
+            return noise * getattr(scheduler, "init_noise_sigma", 1.0)
+        return start_latent(scheduler, z0, noise, begin)
 
     def _timesteps(self, scheduler: Any, cfg: EditConfig, z: torch.Tensor) -> torch.Tensor:
         """SPEC 1 step 3 on this family's schedule (flow models: sigmas and shift for the size)."""

@@ -129,6 +129,7 @@ class EditorApp(Handlers):
             "name": getattr(editor, "name", ""),
             "dtype": str(editor.dtype).removeprefix("torch."),
             "device": str(editor.device),
+            "purpose": getattr(editor, "purpose", ""),  # what the model is for (latent models)
             **(model_info or {}),
         }
         self._own_workdir = workdir is None

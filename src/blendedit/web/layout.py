@@ -65,6 +65,7 @@ def intro(info: Mapping[str, Any], o: ServeOptions) -> str:
         "inside it if you like, describe what it should become, Generate, Keep the "
         "result you like, and go on editing it. The edit runs on the full-resolution "
         "photo; one generation runs at a time."
+        + (f"\n\nThis model is {info['purpose']}." if info.get("purpose") else "")
     )
 
 

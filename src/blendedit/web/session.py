@@ -194,10 +194,13 @@ class Result:
     rank: int
     score: float | None = None
     parameters: str = ""
+    judges: dict[str, float] = field(default_factory=dict)  # each judge's score (--rank)
 
     @property
     def caption(self) -> str:
         score = "unranked" if self.score is None else f"score {self.score:.4f}"
+        if self.judges and set(self.judges) != {"clip"}:  # each judge's own, after the ranking's
+            score += " (" + ", ".join(f"{k} {v:.4g}" for k, v in self.judges.items()) + ")"
         return f"#{self.rank} seed {self.seed} {score}"
 
 
@@ -244,6 +247,7 @@ class Generation:
                     rank=int(c.rank),
                     score=c.score,
                     parameters=result.parameters(c),
+                    judges=dict(getattr(c, "judges", {}) or {}),
                 )
                 for c in result.candidates
             ],

@@ -6,14 +6,16 @@ lists its bench presets. :func:`register_family` adds one (a plugin or a test ca
 run time); nothing outside this package names a family.
 
 Detection: a diffusers folder or hub id by its ``model_index.json`` (``_class_name``), a single
-checkpoint file by its key names (read from the header, nothing loaded). An unsupported model (a
-9-channel inpainting UNet, a FLUX Fill model, a family without a module here) is one clear line.
+checkpoint file by its key names (read from the header, nothing loaded). Models trained for
+inpainting (9-channel SD/SDXL UNets, FLUX.1 Fill) load in their family; an unsupported model (a
+family without a module here, a denoiser of another width) is one clear line.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +23,42 @@ import torch
 
 from blendedit.errors import InputError
 from blendedit.latent.backbones.base import Backbone, Conditioning, LoadOptions
+from blendedit.latent.backbones.chroma import Chroma
 from blendedit.latent.backbones.files import read_json, single_file_keys
 from blendedit.latent.backbones.flux import Flux
+from blendedit.latent.backbones.flux2 import Flux2Klein
+from blendedit.latent.backbones.flux2dev import Flux2Dev
+from blendedit.latent.backbones.kontext import FluxKontext
+from blendedit.latent.backbones.krea2 import Krea2
 from blendedit.latent.backbones.ldm import LatentDiffusion
+from blendedit.latent.backbones.qwen_edit import QwenImageEdit
+from blendedit.latent.backbones.qwenimage import QwenImage
+from blendedit.latent.backbones.qwenimage21 import QwenImage21
 from blendedit.latent.backbones.sd import StableDiffusion
 from blendedit.latent.backbones.sd3 import StableDiffusion3
 from blendedit.latent.backbones.sdxl import StableDiffusionXL
+from blendedit.latent.backbones.zimage import ZImage
 from blendedit.models import check_hub_id, check_single_file, load_cached_first
 
 __all__ = [
     "FAMILIES",
     "Backbone",
+    "Chroma",
     "Conditioning",
     "Flux",
+    "Flux2Dev",
+    "Flux2Klein",
+    "FluxKontext",
+    "Krea2",
     "LatentDiffusion",
     "LoadOptions",
+    "QwenImage",
+    "QwenImage21",
+    "QwenImageEdit",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",
+    "ZImage",
     "detect_family",
     "family_defaults",
     "family_names",
@@ -75,6 +95,18 @@ def unregister_family(family: str) -> None:
 
 
 for _cls in (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux, LatentDiffusion):
+    register_family(_cls)
+register_family(FluxKontext)  # image-conditioned editing (issue 19)
+register_family(QwenImageEdit)
+for _cls in (
+    Chroma,
+    ZImage,
+    QwenImage,
+    Flux2Klein,
+    Flux2Dev,
+    Krea2,
+    QwenImage21,
+):  # the models of 2025-2026 (issue 20)
     register_family(_cls)
 
 
@@ -154,25 +186,60 @@ def load_backbone(
     model_config: str | None = None,
     vae: str | os.PathLike[str] | None = None,
     drop_t5: bool = False,
+    quantize: str | None = None,
 ) -> Backbone:
     """The model's family, loaded: hub id, diffusers folder, or single file (``model_config``:
     a diffusers folder or hub id of the same architecture, for offline single files). ``vae``
     replaces the model's VAE (a folder or hub id, e.g. an fp16-safe SDXL VAE); ``drop_t5`` loads
-    SD3 without its T5 encoder (its tokens become zeros)."""
+    SD3 without its T5 encoder (its tokens become zeros); ``quantize`` loads the family's
+    denoiser and language-model encoder through diffusers' quantization backends (gguf: ``model``
+    is a .gguf file of the denoiser, ``model_config`` the model's folder)."""
     from blendedit.latent.backbones.loading import replace_vae
 
-    family = detect_family(model, local_files_only)
+    gguf = quantize == "gguf" and model_config is not None
+    family = detect_family(model_config if gguf else model, local_files_only)  # type: ignore[arg-type]
     cls = FAMILIES[family]
     if drop_t5 and not cls.can_drop_t5:
         kinds = family_names(lambda c: c.can_drop_t5)
         raise InputError(f"t5: --no-t5 applies to {kinds} models, not {family}")
-    backbone = cls.load(model, LoadOptions(torch_dtype, local_files_only, model_config, drop_t5))
+    if quantize is not None and not cls.quantized_parts:
+        kinds = family_names(lambda c: bool(c.quantized_parts))
+        raise InputError(f"quantize: --quantize applies to {kinds} models, not {family}")
+    opts = LoadOptions(torch_dtype, local_files_only, model_config, drop_t5, quantize)
+    backbone = cls.load(model, replace(opts, quantized=dict(cls.quantized_parts)))
     if vae is not None:
         replace_vae(backbone, vae, torch_dtype, local_files_only)
     want = backbone.model_in_channels
-    if backbone.unet.config.in_channels != want:
+    if backbone.unet.config.in_channels != want and not backbone.inpainting:
         raise InputError(
-            f"model: {str(model)!r} has a {backbone.unet.config.in_channels}-channel denoiser (an "
-            "inpainting model); Blended Latent Diffusion needs the plain text-to-image model"
+            f"model: {str(model)!r} has a {backbone.unet.config.in_channels}-channel denoiser, "
+            f"neither a text-to-image ({want}) nor an inpainting model blendedit knows"
         )
     return backbone
+
+
+def weight_memory(
+    model: str | os.PathLike[str],
+    dtype: torch.dtype,
+    quantize: str | None = None,
+    model_config: str | None = None,
+    local_files_only: bool | None = None,
+) -> float | None:
+    """The GB (1e9 bytes) a model's weights need in ``dtype`` or ``quantize`` mode, before
+    loading: a folder's parts built on the meta device (``blendedit.latent.quantize``), the
+    family's quantized parts at the mode's bytes per weight; a GGUF denoiser at its file's size.
+    None where it cannot be told without loading (a hub id not in the cache, a single file)."""
+    from blendedit.latent.quantize import meta_counts, weight_gb
+
+    gguf = quantize == "gguf" and model_config is not None
+    folder = Path(model_config if gguf else model)  # type: ignore[arg-type]
+    if not (folder / "model_index.json").is_file():
+        return None
+    cls = FAMILIES[detect_family(folder, local_files_only)]
+    counts = meta_counts(folder)
+    if gguf:
+        denoiser = next(iter(cls.quantized_parts), cls.denoiser_name)
+        counts.pop(denoiser, None)
+        extra = Path(model).stat().st_size / 1e9
+        return weight_gb(counts, dtype, None, ()) + extra
+    return weight_gb(counts, dtype, quantize, cls.quantized_parts)

@@ -48,6 +48,8 @@ class LoadOptions:
     local_files_only: bool | None = None
     config: str | None = None
     drop_t5: bool = False
+    quantize: str | None = None  # ``--quantize`` mode (blendedit.latent.quantize.MODES)
+    quantized: dict[str, str] = field(default_factory=dict)  # part -> library, the mode's parts
 
 
 @dataclass
@@ -59,6 +61,9 @@ class Conditioning:
     uncond: torch.Tensor  # (1, L, D)
     added: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (1, ...)
     added_uncond: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Models made for editing: the source image's conditioning (the same for prompt and negative),
+    # name -> (1, ...), filled by Backbone.condition_on_image.
+    image: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def same(self) -> bool:
         """Prompt and negative give the same inputs (e.g. both empty): every guidance scale
@@ -79,6 +84,8 @@ class Backbone:
     family: ClassVar[str] = ""  # the registry's key
     name: ClassVar[str] = ""  # short, in messages ("SDXL")
     title: ClassVar[str] = ""  # long, in the list of what the latent method supports
+    # What a model made for a purpose is for, one line (the web editor says it); "" plain models.
+    purpose: ClassVar[str] = ""
     # Detection: model_index.json ``_class_name``s this family loads, and those it knows but
     # refuses (class name -> what the model is, one line).
     pipelines: ClassVar[tuple[str, ...]] = ()
@@ -87,12 +94,17 @@ class Backbone:
     bare_folder: ClassVar[bool] = False  # loads a folder of parts without model_index.json
     supports_lora: ClassVar[bool] = False
     can_drop_t5: ClassVar[bool] = False  # ``--no-t5``
+    # ``--quantize``: the parts diffusers' quantization backends load quantized (part -> its
+    # library: the denoiser, the language-model text encoder); empty: the family takes none.
+    quantized_parts: ClassVar[dict[str, str]] = {}
     catalogue: ClassVar[dict[str, Architecture]] = {}  # bench presets (published models)
     # The reference: diffusers' inpaint pipeline of the family, and the name it gives the denoiser.
     reference_pipeline: ClassVar[str] = ""
     denoiser_name: ClassVar[str] = "unet"
 
     defaults: ClassVar[dict[str, Any]] = {}  # EditConfig fields this family changes (its presets)
+    # ... and those a model of the family trained for inpainting changes on top (its pipeline's)
+    inpaint_defaults: ClassVar[dict[str, Any]] = {}
     flow: ClassVar[bool] = False  # rectified flow (SD3, FLUX): flow-matching schedulers only
 
     vae: Any
@@ -147,6 +159,9 @@ class Backbone:
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> None:
         for name, m in self.modules().items():
+            if getattr(m, "is_quantized", False):  # ``--quantize``: its dtypes were chosen at load
+                m.to(device=device)
+                continue
             m.to(device=device, dtype=self.vae_dtype_for(dtype) if name == "vae" else dtype)
 
     @property
@@ -198,9 +213,21 @@ class Backbone:
         return 1
 
     @property
+    def latent_channels(self) -> int:
+        """Channels of the VAE's latents, z = E(x) (B, C, h, w)."""
+        return int(self.vae.config.latent_channels)
+
+    @property
     def model_in_channels(self) -> int:
         """What a plain text-to-image denoiser takes (an inpainting one takes more)."""
         return int(self.vae.config.latent_channels)
+
+    @property
+    def inpainting(self) -> bool:
+        """A model trained for inpainting: the mask and the masked image's latents enter the
+        denoiser beside the noisy latent (SD/SDXL 9-channel UNets, FLUX.1 Fill; filled by
+        :meth:`condition_on_image`). It inpaints alone, so the blend is a choice (``--blend``)."""
+        return False
 
     @property
     def size_multiple(self) -> int:
@@ -239,6 +266,14 @@ class Backbone:
         """``denoise(z (len(parts) * B, C, h, w), t)`` on the ``parts`` ("uncond", "cond") of
         ``c``, each repeated ``batch`` times, in that order."""
         raise NotImplementedError
+
+    def condition_on_image(
+        self, c: Conditioning, x: torch.Tensor, mask: torch.Tensor, z_init: torch.Tensor
+    ) -> Conditioning:
+        """Models made for editing take the source image as conditioning: ``x`` the crop at the
+        working size as the frame gives it (1, 3, H, W), ``mask`` its soft mask (1, 1, H, W),
+        1 = edit, ``z_init`` = E(x) (1, C, h, w). Plain text-to-image families return ``c``."""
+        return c
 
     def model_fn(self, c: Conditioning, batch: int, guidance_scale: float) -> ModelFn:
         """The guided model function of the loop: classifier-free guidance (Ho & Salimans 2022),

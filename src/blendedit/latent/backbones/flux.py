@@ -69,6 +69,22 @@ def _published(dev: bool, **kw: Any) -> P.Architecture:
 _CATALOGUE = {
     "flux-dev": _published(dev=True, batch=4),
     "flux-schnell": _published(dev=False, batch=8, realtime="realtime-schnell"),
+    # FLUX.1 Fill dev: dev's networks, the transformer taking 384 channels per token (issue 19)
+    "flux-fill": P.Architecture(
+        {
+            "transformer": {
+                **_DIT,
+                "guidance_embeds": True,
+                "in_channels": 384,
+                "out_channels": 64,
+            },
+            **_TEXT_VAE,
+        },
+        1024,
+        scheduler=_DEV_FLOW,
+        source="black-forest-labs/FLUX.1-Fill-dev",
+        batch=4,
+    ),
     "tiny-flux": P.Architecture(  # tests/tiny_models.py tiny_flux_parts(dev=False): schnell's shape
         {
             "transformer": {
@@ -129,21 +145,16 @@ class Flux(Backbone):
         "FluxPipeline",
         "FluxImg2ImgPipeline",
         "FluxInpaintPipeline",
+        "FluxFillPipeline",  # FLUX.1 Fill: the masked image and mask enter the transformer
     )
-    refused: ClassVar[dict[str, str]] = {
-        "FluxKontextPipeline": (
-            "a FLUX Kontext model (editing by image conditioning); Blended Latent Diffusion needs "
-            "the plain text-to-image model"
-        ),
-        "FluxFillPipeline": (
-            "a FLUX Fill model (inpainting by channel concatenation); Blended Latent Diffusion "
-            "needs the plain text-to-image model"
-        ),
-    }
+    refused: ClassVar[dict[str, str]] = {}
     single_file = True
     catalogue = _CATALOGUE
-    reference_pipeline = "FluxInpaintPipeline"
     denoiser_name = "transformer"
+    quantized_parts: ClassVar[dict[str, str]] = {
+        "transformer": "diffusers",
+        "text_encoder_2": "transformers",
+    }
     # What a file may hold besides the transformer (BFL layout: always the transformer alone).
     file_parts: ClassVar[dict[str, tuple[str, ...]]] = {
         "vae": ("vae.", "first_stage_model."),
@@ -166,13 +177,19 @@ class Flux(Backbone):
 
     @classmethod
     def claims_keys(cls, keys: dict[str, tuple[int, ...]], name: str) -> bool:
-        """BFL's layout: ``double_blocks``; a Fill model (``img_in`` wider than 64 packed
-        channels) is refused."""
+        """BFL's layout: ``double_blocks``; ``img_in`` takes 64 packed channels (dev, schnell)
+        or more than twice that (Fill: latent, masked image's latent and the mask's cells, each
+        packed 2x2: 384 for FLUX.1-Fill-dev; the exact width is checked once loaded)."""
         if not any("double_blocks." in k for k in keys):
             return False
+        if "kontext" in Path(name).name.lower():  # FLUX.1 Kontext's own keys (kontext.py)
+            return False
         img_in = next((v for k, v in keys.items() if k.endswith("img_in.weight")), None)
-        if img_in is not None and len(img_in) == 2 and img_in[1] != 64:  # (D, 64) or (D, 384)
-            raise InputError(f"model: {name!r} is {cls.refused['FluxFillPipeline']}")
+        if img_in is not None and len(img_in) == 2 and img_in[1] != 64 and img_in[1] <= 128:
+            raise InputError(
+                f"model: {name!r} is a FLUX transformer taking {img_in[1]} channels; blendedit "
+                "takes FLUX.1 dev/schnell (64) and FLUX.1 Fill (384)"
+            )
         return True
 
     @classmethod
@@ -180,14 +197,19 @@ class Flux(Backbone):
         """dev or schnell, from the transformer's config or a file's keys, without loading."""
         path, name = Path(model), str(model)
         if path.is_file():  # dev has a guidance embedding, schnell none
-            dev = any("guidance_in" in k for k in single_file_keys(path))
+            keys = single_file_keys(path)
+            dev = any("guidance_in" in k for k in keys)
+            img_in = next((v for k, v in keys.items() if k.endswith("img_in.weight")), (0, 64))
+            fill = img_in[-1] > 128  # FLUX.1 Fill's img_in: (D, 384)
         else:
             config = load_cached_first(
                 "model", name, lambda local: read_json(name, "transformer/config.json", local),
                 local_files_only,
             )  # fmt: skip
             dev = bool(config.get("guidance_embeds"))
-        return cls.defaults_for(dev)
+            out = config.get("out_channels")  # Fill: 384 in, 64 out; dev/schnell: None
+            fill = out is not None and out != config.get("in_channels")
+        return cls.defaults_for(dev, fill)
 
     @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
@@ -216,15 +238,49 @@ class Flux(Backbone):
         return bool(self.unet.config.guidance_embeds)
 
     @staticmethod
-    def defaults_for(dev: bool) -> dict[str, Any]:
-        """dev: FluxPipeline's 28 steps at guidance 3.5; schnell: 4 steps, no guidance."""
+    def defaults_for(dev: bool, fill: bool = False) -> dict[str, Any]:
+        """dev: FluxPipeline's 28 steps at guidance 3.5; schnell: 4 steps, no guidance; Fill:
+        FluxFillPipeline's 50 steps at guidance 30 from pure noise (strength 1), with
+        ``C.INPAINT_BLEND``."""
+        if fill:
+            return {
+                "num_inference_steps": 50, "guidance_scale": 30.0, "scheduler": "flow-euler",
+                "blend_start": 0.0, "blend": C.INPAINT_BLEND,
+            }  # fmt: skip
         if dev:
             return {"num_inference_steps": 28, "guidance_scale": 3.5, "scheduler": "flow-euler"}
         return {"num_inference_steps": 4, "guidance_scale": 1.0, "scheduler": "flow-euler"}
 
     @property
     def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.defaults_for(self.is_dev)
+        return self.defaults_for(self.is_dev, self.inpainting)
+
+    @property
+    def inpainting(self) -> bool:
+        """FLUX.1 Fill: the transformer takes [packed latent (4C), packed masked image's latent
+        (4C), packed pixel mask (4 f^2)] per token (384 = 64 + 64 + 256 for FLUX.1-Fill-dev)."""
+        latent, f = int(self.vae.config.latent_channels), self.latent_factor
+        return bool(self.unet.config.in_channels == 8 * latent + 4 * f * f)
+
+    @property
+    def reference_pipeline(self) -> str:  # type: ignore[override]
+        """FluxFillPipeline for a Fill model (no blend), FluxInpaintPipeline otherwise."""
+        return "FluxFillPipeline" if self.inpainting else "FluxInpaintPipeline"
+
+    def condition_on_image(
+        self, c: Conditioning, x: torch.Tensor, mask: torch.Tensor, z_init: torch.Tensor
+    ) -> Conditioning:
+        """FLUX.1 Fill (FluxFillPipeline's conditioning): the masked image ``x * (mask < 0.5)``
+        encoded like the source and packed, then the pixel mask (grey levels kept) unshuffled into
+        f x f channels per latent cell and packed: ``c.image["tokens"]`` (1, T, 4C + 4 f^2)."""
+        if not self.inpainting:
+            return c
+        mask = mask.to(x)
+        masked = pack(self.encode_image(x * (mask < 0.5).to(x)))  # (1, T, 4C)
+        cells = torch.nn.functional.pixel_unshuffle(mask, self.latent_factor)  # (1, f^2, h, w)
+        tokens = torch.cat([masked, pack(cells.to(self.device, self.dtype))], dim=-1)
+        c.image = {"tokens": tokens}
+        return c
 
     def modules(self) -> dict[str, Any]:
         return {
@@ -289,12 +345,17 @@ class Flux(Backbone):
 
         img_ids: dict[tuple[int, int], torch.Tensor] = {}  # made once per latent size
 
+        fill = c.image.get("tokens")  # FLUX.1 Fill: (1, T, 4C + 4 f^2)
+
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (B, 16, h, w)
             h, w = z.shape[-2:]
             if (h, w) not in img_ids:
                 img_ids[h, w] = image_ids(h, w).to(self.device, self.dtype)
+            tokens = pack(z)  # (B, T, 4C)
+            if fill is not None:
+                tokens = torch.cat([tokens, fill.expand(len(tokens), -1, -1)], dim=-1)
             out = self.unet(
-                hidden_states=pack(z), timestep=t.expand(n) / 1000, guidance=guidance,
+                hidden_states=tokens, timestep=t.expand(n) / 1000, guidance=guidance,
                 pooled_projections=added["pooled"], encoder_hidden_states=context,
                 txt_ids=txt_ids, img_ids=img_ids[h, w], return_dict=False,
             )[0]  # fmt: skip

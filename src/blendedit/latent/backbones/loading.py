@@ -13,6 +13,7 @@ import torch
 from blendedit.errors import InputError
 from blendedit.latent.backbones.base import Backbone, LoadOptions, Name
 from blendedit.latent.backbones.files import read_json, single_file_keys
+from blendedit.latent.quantize import gguf_denoiser, pipeline_config
 from blendedit.models import from_single_file, load_cached_first, single_file_error
 
 # component -> key prefixes: what a single file of a family may carry besides the denoiser
@@ -62,6 +63,11 @@ def load_pipeline(
     cls = getattr(diffusers, cls_name)
     path = Path(name)
     dtype, local, config = opts.dtype, opts.local_files_only, opts.config
+    if opts.quantize == "gguf":
+        return _gguf_pipeline(cls, path, opts, **parts)
+    if opts.quantize is not None:
+        quantized = {k: v for k, v in opts.quantized.items() if k not in parts}  # not dropped
+        parts["quantization_config"] = pipeline_config(opts.quantize, quantized, dtype)
     if path.is_file():
         if file_parts and config is not None and Path(config).is_dir():
             try:
@@ -75,6 +81,19 @@ def load_pipeline(
             str(name), torch_dtype=dtype, local_files_only=local_only, **parts
         ), local,
     )  # fmt: skip
+
+
+def _gguf_pipeline(cls: Any, path: Path, opts: LoadOptions, **parts: Any) -> Any:
+    """``--quantize gguf``: the denoiser from a GGUF single file (diffusers' GGUF loader), the
+    other parts from the diffusers folder ``--model-config``."""
+    if path.suffix != ".gguf" or not path.is_file():
+        raise InputError(f"quantize: gguf takes a .gguf file as --model, not {str(path)!r}")
+    if opts.config is None or not Path(opts.config).is_dir():
+        raise InputError("model-config: a .gguf file needs --model-config, the model's folder")
+    index = read_json(opts.config, "model_index.json", True)
+    denoiser = next(p for p, lib in opts.quantized.items() if lib == "diffusers")
+    parts[denoiser] = gguf_denoiser(index[denoiser][1], path, opts.config, opts.dtype, denoiser)
+    return cls.from_pretrained(opts.config, torch_dtype=opts.dtype, local_files_only=True, **parts)
 
 
 def replace_vae(

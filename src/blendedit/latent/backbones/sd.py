@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -72,6 +72,19 @@ _CATALOGUE = {
         "stabilityai/stable-diffusion-2-1",
         scheduler={**P.SD_DDIM, "prediction_type": "v_prediction"},
     ),
+    # SD 1.5 inpainting (Rombach et al. 2022, RunwayML): SD 1.5 with a 9-channel UNet (issue 19)
+    "sd15-inpaint": _sd(
+        {
+            **P.SD_UNET,
+            "sample_size": 64,
+            "cross_attention_dim": 768,
+            "attention_head_dim": 8,
+            "in_channels": 9,
+        },
+        P.CLIP_L_TEXT,
+        512,
+        "stable-diffusion-v1-5/stable-diffusion-inpainting",
+    ),
     # the test suite's tiny models: seconds on a CPU
     "tiny": P.Architecture(
         {"unet": P.TINY_UNET, "vae": P.TINY_VAE, "text": P.TINY_TEXT}, 128, clip=P.TINY_CLIP
@@ -123,10 +136,10 @@ def load_sd_components(
     parts = load_cached_first(
         "model", name, lambda local: _load_diffusers(name, torch_dtype, local), local_files_only
     )
-    if parts.unet.config.in_channels != 4:
+    if parts.unet.config.in_channels not in (4, 9):
         raise InputError(
-            f"model: {name!r} has a {parts.unet.config.in_channels}-channel UNet (an inpainting "
-            "model); Blended Latent Diffusion needs a plain text-to-image model with 4 latent channels"
+            f"model: {name!r} has a {parts.unet.config.in_channels}-channel UNet; blendedit takes "
+            "a text-to-image UNet (4 channels) or an inpainting UNet (9 channels)"
         )
     return parts
 
@@ -161,13 +174,14 @@ def _load_single_file(
 # -- the family --------------------------------------------------------------------------------------
 
 
-class StableDiffusion(Backbone):
+class StableDiffusion(C.InpaintingUNet, Backbone):
     """SD 1.x/2.x (epsilon or v-prediction): CLIP ViT-L/14 or OpenCLIP ViT-H text encoder."""
 
     family = "sd"
     name = "SD 1.x/2.x"
     title = "Stable Diffusion 1.x/2.x"
-    # StableDiffusionInpaintPipeline: refused at loading when its UNet has 9 channels.
+    # StableDiffusionInpaintPipeline: a 4-channel UNet blends; a 9-channel one is an inpainting
+    # model (SD-inpainting: the mask and the masked image's latents enter the UNet).
     pipelines = (
         "StableDiffusionPipeline",
         "StableDiffusionImg2ImgPipeline",
@@ -193,6 +207,10 @@ class StableDiffusion(Backbone):
         return C.has_prefix(keys, "cond_stage_model.") and not C.has_prefix(
             keys, "conditioner.embedders."
         )
+
+    # StableDiffusionInpaintPipeline's full strength (blend_start 0: from pure noise) for a
+    # 9-channel UNet, with --blend's default chosen by docs/eval-toyworld/inpaint.md.
+    inpaint_defaults: ClassVar[dict[str, Any]] = {"blend_start": 0.0, "blend": C.INPAINT_BLEND}
 
     @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
@@ -238,6 +256,7 @@ class StableDiffusion(Backbone):
         cond_w = C.lcm_guidance_embedding(self.unet, guidance_scale, len(context), self.device)
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, C, h, w)
+            z = C.with_image(z, c.image)  # inpainting UNet: (P * B, 2C + 1, h, w)
             return self.unet(
                 z, t, encoder_hidden_states=context, timestep_cond=cond_w, return_dict=False
             )[0]

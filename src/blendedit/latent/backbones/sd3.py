@@ -118,6 +118,10 @@ class StableDiffusion3(Backbone):
     catalogue = _CATALOGUE
     reference_pipeline = "StableDiffusion3InpaintPipeline"
     denoiser_name = "transformer"
+    quantized_parts: ClassVar[dict[str, str]] = {
+        "transformer": "diffusers",
+        "text_encoder_3": "transformers",
+    }
     # What an A1111/ComfyUI file may hold besides the transformer (component -> key prefixes);
     # the rest comes from ``--model-config``.
     file_parts: ClassVar[dict[str, tuple[str, ...]]] = {

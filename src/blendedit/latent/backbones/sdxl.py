@@ -95,6 +95,14 @@ _CATALOGUE = {
         source="stabilityai/sdxl-turbo",
         realtime="realtime-sdxl-turbo",
     ),
+    # SDXL inpainting 0.1 (diffusers): SDXL base's networks with a 9-channel UNet (issue 19).
+    "sdxl-inpaint": P.Architecture(
+        {**_SDXL_PARTS, "unet": {**_SDXL_PARTS["unet"], "in_channels": 9}},
+        1024,
+        scheduler=_SDXL_EULER,
+        batch=4,
+        source="diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+    ),
     "tiny-sdxl": P.Architecture(
         {
             "unet": _TINY_SDXL_UNET,
@@ -146,7 +154,7 @@ def _load_folder(name: str, dtype: torch.dtype | None, local_only: bool) -> dict
     }
 
 
-class StableDiffusionXL(Backbone):
+class StableDiffusionXL(C.InpaintingUNet, Backbone):
     """SDXL: ``text_encoder`` (CLIP ViT-L, None in the refiner) and ``text_encoder_2`` (OpenCLIP
     bigG with projection); penultimate hidden states concatenated (B, 77, 2048), the pooled
     projection of encoder 2 (B, 1280) and the time ids ``original + crop + target`` (B, 6)."""
@@ -165,6 +173,7 @@ class StableDiffusionXL(Backbone):
     reference_pipeline = "StableDiffusionXLInpaintPipeline"
     # The official BLD SDXL script (text_editing_SDXL.py): guidance 5 at 1024x1024, 50 steps.
     defaults: ClassVar[dict[str, Any]] = {"guidance_scale": 5.0}
+    # The official BLD SDXL script (text_editing_SDXL.py): guidance 5 at 1024x1024, 50 steps.
     fp16_vae_upcast = True
 
     def __init__(
@@ -197,6 +206,12 @@ class StableDiffusionXL(Backbone):
         """An A1111/ComfyUI file: the text encoders under ``conditioner.embedders.``."""
         C.refuse_inpainting_unet(keys, name)
         return C.has_prefix(keys, "conditioner.embedders.")
+
+    # StableDiffusionXLInpaintPipeline's guidance 7.5 from (nearly: strength 0.9999) pure noise
+    # for a 9-channel UNet, with --blend's default chosen by docs/eval-toyworld/inpaint.md.
+    inpaint_defaults: ClassVar[dict[str, Any]] = {
+        "guidance_scale": 7.5, "blend_start": 0.0, "blend": C.INPAINT_BLEND,
+    }  # fmt: skip
 
     @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
@@ -293,6 +308,7 @@ class StableDiffusionXL(Backbone):
         cond_w = C.lcm_guidance_embedding(self.unet, guidance_scale, len(context), self.device)
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, 4, h, w)
+            z = C.with_image(z, c.image)  # inpainting UNet: (P * B, 9, h, w)
             return self.unet(
                 z, t, encoder_hidden_states=context, added_cond_kwargs=added,
                 timestep_cond=cond_w, return_dict=False,

@@ -1,0 +1,230 @@
+"""Chroma (lodestones 2025): FLUX.1-schnell's rectified-flow transformer with the modulation of
+every block computed by one small network from the timestep alone (the "distilled guidance
+layer", ``approximator_*``), T5-XXL text only (no CLIP pooled input) with its padding masked out,
+and true classifier-free guidance with a negative prompt (no guidance embedding).
+
+Latents are FLUX.1's: 16 channels packed in 2x2 patches (``flux.pack``); the loop keeps them
+unpacked and the mask works on whole tokens (a thin stroke survives, ``Backbone.patch_size``).
+``ChromaInpaintPipeline`` blends ``scale_noise(z0, t_{i+1})`` after every step like BLD and is the
+parity reference."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from blendedit.latent.backbones import common as C
+from blendedit.latent.backbones import parts as P
+from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
+from blendedit.latent.backbones.flux import image_ids, pack, unpack
+from blendedit.latent.backbones.loading import load_pipeline
+from blendedit.latent.sampling import ModelFn
+
+# -- bench presets: Chroma1-HD (lodestones/Chroma1-HD, "8.9B"): FLUX.1-schnell's 19 double- and 38
+# single-stream blocks, the modulation approximator (5 layers, 5120 wide), T5-XXL ---------------
+
+# lodestones/Chroma1-HD/scheduler: FLUX.1-schnell's, no shift (diffusers issue #12112 lists its
+# timesteps); the tiny model shifts by the token count (FLUX.1-dev's) so that the tests see mu.
+_FLOW = {**P.FLOW, "shift": 1.0, "use_dynamic_shifting": False}
+_TINY_FLOW = {
+    **P.FLOW,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+}
+_LATENTS = {"scaling_factor": 0.3611, "shift_factor": 0.1159}  # FLUX.1's VAE
+_CATALOGUE = {
+    "chroma": P.Architecture(
+        {
+            "transformer": {  # ChromaTransformer2DModel of Chroma1-HD
+                "patch_size": 1,
+                "in_channels": 64,  # 16 latent channels x 2 x 2 packed
+                "num_layers": 19,
+                "num_single_layers": 38,
+                "attention_head_dim": 128,
+                "num_attention_heads": 24,
+                "joint_attention_dim": 4096,  # T5-XXL
+                "axes_dims_rope": (16, 56, 56),
+                "approximator_num_channels": 64,
+                "approximator_hidden_dim": 5120,
+                "approximator_layers": 5,
+            },
+            "vae": {**P.FLOW_VAE, **_LATENTS},
+            "text": P.T5_XXL,
+        },
+        1024,
+        scheduler=_FLOW,
+        batch=4,
+        source="lodestones/Chroma1-HD",
+    ),
+    "tiny-chroma": P.Architecture(  # tests/tiny_models.py tiny_chroma_parts
+        {
+            "transformer": {
+                "patch_size": 1,
+                "in_channels": 64,
+                "num_layers": 1,
+                "num_single_layers": 1,
+                "attention_head_dim": 16,
+                "num_attention_heads": 2,
+                "joint_attention_dim": 64,
+                "axes_dims_rope": (4, 4, 8),
+                "approximator_num_channels": 8,
+                "approximator_hidden_dim": 32,
+                "approximator_layers": 1,
+            },
+            "vae": {**P.TINY_FLOW_VAE, **_LATENTS},
+            "text": P.TINY_T5,
+        },
+        64,
+        clip=P.TINY_CLIP,
+        scheduler=_TINY_FLOW,
+        batch=4,
+    ),
+}
+
+
+class Chroma(Backbone):
+    """Chroma: ``transformer`` (ChromaTransformer2DModel), ``text_encoder`` (T5-XXL encoder)."""
+
+    family = "chroma"
+    name = "Chroma"
+    title = "Chroma"
+    pipelines = ("ChromaPipeline", "ChromaImg2ImgPipeline", "ChromaInpaintPipeline")
+    catalogue = _CATALOGUE
+    reference_pipeline = "ChromaInpaintPipeline"
+    denoiser_name = "transformer"
+    quantized_parts: ClassVar[dict[str, str]] = {
+        "transformer": "diffusers",
+        "text_encoder": "transformers",
+    }
+    # ChromaPipeline's defaults: 35 steps, true CFG at 5.0.
+    defaults: ClassVar[dict[str, Any]] = {
+        "num_inference_steps": 35,
+        "guidance_scale": 5.0,
+        "scheduler": "flow-euler",
+    }
+    flow = True
+    max_sequence_length: int = 512  # T5 tokens (ChromaPipeline's default)
+
+    def __init__(
+        self, vae: Any, transformer: Any, text_encoder: Any, tokenizer: Any, scheduler: Any
+    ):
+        self.vae, self.unet, self.scheduler = vae, transformer, scheduler
+        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.prompts = C.PromptCache()
+        if "guidance_embeds" not in transformer.config:  # what ChromaInpaintPipeline reads; the
+            transformer.register_to_config(guidance_embeds=False)  # published config.json has it
+        for m in self.modules().values():
+            m.eval().requires_grad_(False)
+
+    @classmethod
+    def load(cls, model: Name, opts: LoadOptions) -> Backbone:
+        p = load_pipeline("ChromaPipeline", {}, model, opts)
+        return cls(p.vae, p.transformer, p.text_encoder, p.tokenizer, p.scheduler)
+
+    @classmethod
+    def build(cls, parts: Configs, scheduler: Any, device: torch.device, workdir: Path) -> Backbone:
+        """Chroma: the pruned-modulation FLUX transformer, FLUX.1's VAE, T5-XXL (the
+        character-level tokenizer stands in for T5's: random weights need ids in range only)."""
+        from diffusers import AutoencoderKL, ChromaTransformer2DModel
+
+        with torch.device(device):
+            transformer = ChromaTransformer2DModel(**parts["transformer"])
+            vae = AutoencoderKL(**parts["vae"])
+            text = C.t5_encoder(parts["text"])
+        return cls(vae, transformer, text, C.clip_tokenizer(workdir), scheduler)
+
+    def modules(self) -> dict[str, Any]:
+        return {"vae": self.vae, "unet": self.unet, "text_encoder": self.text_encoder}
+
+    def text_encoders(self) -> list[Any]:
+        return [self.text_encoder]
+
+    @property
+    def patch_size(self) -> int:
+        return 2  # 2x2 latent cells per token
+
+    @property
+    def native_size(self) -> int:
+        return 1024
+
+    @property
+    def model_in_channels(self) -> int:
+        return int(self.vae.config.latent_channels) * 4  # packed 2x2 patches
+
+    def timestep_kwargs(self, num_steps: int, latent_hw: tuple[int, int]) -> dict[str, Any]:
+        """ChromaPipeline's schedule: sigmas linspace(1, 1/N, N), shifted by mu of the token
+        count where the scheduler shifts dynamically (SD3 paper section 5.3.2)."""
+        seq = (latent_hw[0] // 2) * (latent_hw[1] // 2)
+        mu = C.calculate_shift(self.scheduler.config, seq, max_shift=1.15)
+        return {"sigmas": np.linspace(1.0, 1 / num_steps, num_steps).tolist(), "mu": mu}
+
+    def encode_prompt(self, prompt: str) -> Any:
+        """The prompt's encoding, computed once (``common.PromptCache``)."""
+        return self.prompts.get(self.text_encoder, self.device, prompt, self._encode_prompt)
+
+    @torch.no_grad()
+    def _encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text -> ((1, T, D) T5 states, (1, T) attention mask): the tokens and one padding token
+        after them are attended (ChromaPipeline's rule), the rest is masked out."""
+        tok = C.tokenize(self.tokenizer, prompt, self.max_sequence_length)
+        mask = tok.attention_mask.to(self.device)  # (1, T)
+        states = self.text_encoder(tok.input_ids.to(self.device), attention_mask=mask)[0]
+        keep = torch.arange(mask.shape[1], device=self.device)[None] <= mask.sum(1, keepdim=True)
+        return states.to(self.dtype), keep.to(self.dtype)
+
+    def encode_text(
+        self, prompt: str, negative: str, work_size: Size, source_size: Size
+    ) -> Conditioning:
+        """The prompt and the negative ("" when none, as ChromaPipeline encodes it)."""
+        cond, mask = self.encode_prompt(prompt)
+        uncond, mask_u = self.encode_prompt(negative)
+        return Conditioning(cond, uncond, {"mask": mask}, {"mask": mask_u})
+
+    def denoiser(
+        self, c: Conditioning, batch: int, parts: Sequence[str], guidance_scale: float
+    ) -> ModelFn:
+        context, added = self.stack(c, batch, parts)  # (B, T, D), mask (B, T)
+        n = len(context)
+        txt_ids = torch.zeros(context.shape[1], 3, device=self.device, dtype=self.dtype)
+        img_ids: dict[tuple[int, int], torch.Tensor] = {}  # made once per latent size
+
+        def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (B, 16, h, w)
+            h, w = z.shape[-2:]
+            if (h, w) not in img_ids:
+                img_ids[h, w] = image_ids(h, w).to(self.device, self.dtype)
+            ones = added["mask"].new_ones(n, (h // 2) * (w // 2))  # image tokens: all attended
+            out = self.unet(
+                hidden_states=pack(z), timestep=t.expand(n).to(z.dtype) / 1000,
+                encoder_hidden_states=context, txt_ids=txt_ids, img_ids=img_ids[h, w],
+                attention_mask=torch.cat([added["mask"], ones], dim=1), return_dict=False,
+            )[0]  # fmt: skip
+            return unpack(out, h, w)
+
+        return denoise
+
+    def reference_embeddings(self, prompt: str, negative: str, n: int) -> dict[str, Any]:
+        """blendedit's T5 states and masks for diffusers' Chroma inpaint pipeline, ``n`` times."""
+        cond, mask = self.encode_prompt(prompt)
+        uncond, mask_u = self.encode_prompt(negative)
+        return {
+            "prompt_embeds": cond.expand(n, -1, -1),  # (n, T, 4096)
+            "prompt_attention_mask": mask.expand(n, -1),  # (n, T)
+            "negative_prompt_embeds": uncond.expand(n, -1, -1),
+            "negative_prompt_attention_mask": mask_u.expand(n, -1),
+            "num_images_per_prompt": 1,
+        }
+
+    def reference_prompt(
+        self, prompt: str, negative: str, n: int, embeddings: bool = False
+    ) -> dict[str, Any]:
+        """The text and T5 length (ChromaInpaintPipeline's own default is 256 tokens)."""
+        given = super().reference_prompt(prompt, negative, n, embeddings)
+        return {**given, "max_sequence_length": self.max_sequence_length}

@@ -1,0 +1,266 @@
+"""Step caches inside the BLD loop (``--cache NAME[:VALUE]``): a step reuses the deep part of the
+denoiser's previous call instead of running the whole network.
+
+- ``first-block``: First Block Cache (ParaAttention's, after TeaCache, Liu et al. 2024, sec. 3),
+  diffusers' hook on a transformer's blocks (SD3, FLUX): the first block runs; when its residual
+  changed by less than VALUE (relative mean absolute change, default 0.05) since the last full
+  call, the other blocks are skipped and their cached residual added. The blend replaces the
+  latent outside the mask at every step, so here the change is measured on the mask's tokens
+  only (:func:`masked_change`): the background's tokens follow the source's schedule and would
+  otherwise dilute (small masks) or dominate the criterion.
+- ``taylorseer``: TaylorSeer (Liu et al. 2025, sec. 3.2), diffusers' hook on a transformer's
+  attention: a full call every VALUE steps (default 5) after 3 warm-up calls, first-order Taylor
+  predictions of the attention outputs between them.
+- ``deepcache``: DeepCache (Ma, Fang, Wang 2024, sec. 3.2-3.3, uniform 1:N strategy) for UNets,
+  for which diffusers has no cache: every VALUE-th call (default 3) runs in full and keeps the
+  features entering the outermost up block; the calls between run only the outermost down block,
+  that up block and the UNet's stem and head (:class:`DeepCache`).
+
+The wrapper (:meth:`StepCache.wrap`) wraps the loop's model function like guidance does; hooks are
+installed per chunk of candidates and removed after it (:func:`step_cache`), so no state crosses
+chunks or edits. A cache that skips no call gives bit-identical results (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from blendedit.config import CACHE_DEFAULTS, parse_cache
+from blendedit.errors import InputError
+from blendedit.latent.sampling import ModelFn
+
+TRANSFORMER_CACHES = ("first-block", "taylorseer")
+UNET_CACHES = ("deepcache",)
+_HOOKS = {  # diffusers' hook names, removed after each chunk
+    "first-block": ("fbc_leader_block_hook", "fbc_block_hook"),
+    "taylorseer": ("taylorseer_cache",),
+}
+_BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")  # in call order
+
+
+@dataclass
+class CacheStats:
+    """Denoiser calls of one chunk, and how many ran the whole network."""
+
+    calls: int = 0
+    full: int = 0
+
+    @property
+    def skipped(self) -> int:
+        return self.calls - self.full
+
+
+def blocks_of(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """A transformer's blocks in call order (empty for a UNet)."""
+    out: list[torch.nn.Module] = []
+    for name in _BLOCK_LISTS:
+        blocks = getattr(module, name, None)
+        if isinstance(blocks, torch.nn.ModuleList):
+            out.extend(blocks)
+    return out
+
+
+def _is_unet(module: torch.nn.Module) -> bool:
+    return all(hasattr(module, a) for a in ("down_blocks", "mid_block", "up_blocks"))
+
+
+def _context_pre_only(block: torch.nn.Module) -> bool:
+    """The block returns no text stream (SD3's last): First Block Cache then ends a block early."""
+    return bool(getattr(block, "context_pre_only", False))
+
+
+def kinds_for(module: torch.nn.Module) -> tuple[str, ...]:
+    """The caches a denoiser takes: the transformer ones, or DeepCache for a UNet."""
+    module = getattr(module, "_orig_mod", module)
+    blocks = blocks_of(module)
+    if len(blocks) >= 2 + (len(blocks) > 0 and _context_pre_only(blocks[-1])):
+        return TRANSFORMER_CACHES
+    return UNET_CACHES if _is_unet(module) else ()
+
+
+def check_cache(spec: str, module: torch.nn.Module, model: str) -> None:
+    """One line when this denoiser has no such cache (``model``: what it is, e.g. "SD 2.x")."""
+    name, _ = parse_cache(spec)
+    kinds = kinds_for(module)
+    if name != "none" and name not in kinds:
+        fits = ", ".join(kinds) if kinds else "none"
+        raise InputError(f"cache: {name!r} does not apply to a {model} model; it takes {fits}")
+
+
+def masked_change(
+    residual: torch.Tensor, previous: torch.Tensor, token_mask: torch.Tensor | None
+) -> float:
+    """First Block Cache's criterion, mean|r - r_prev| / mean|r_prev| over the tokens of the mask
+    (ParaAttention's rule, restricted to the edited tokens). residual, previous: (B, N, D);
+    token_mask: (1, N, 1) of 0/1, None: every token."""
+    diff, prev = (residual - previous).abs(), previous.abs()
+    if token_mask is None or token_mask.shape[1] != residual.shape[1]:
+        return float(diff.mean() / prev.mean())
+    w = token_mask.to(diff)
+    return float((diff * w).sum() / (prev * w).sum().clamp_min(1e-12))
+
+
+def token_mask(mask: torch.Tensor, patch: int) -> torch.Tensor:
+    """(1, 1, h, w) latent mask -> (1, N, 1): a token is edited if any of its cells is, tokens in
+    raster order (SD3's patch embedding and FLUX's packing both)."""
+    m = F.max_pool2d((mask > 0).float(), patch) if patch > 1 else (mask > 0).float()
+    return m.flatten(1)[..., None]
+
+
+class DeepCache:
+    """DeepCache's skip branch on a diffusers UNet (Ma et al. 2024, sec. 3.2, branch 1): the deep
+    down blocks, the mid block and every up block but the last return their last full call's
+    outputs while :attr:`full` is False, so only ``conv_in``, ``down_blocks[0]``,
+    ``up_blocks[-1]`` and ``conv_out`` run. The cached outputs are those of the same batch of
+    latents (B, C, h, w) one or more steps before; the skip connections of ``down_blocks[0]`` are
+    fresh."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.full = True
+        self.cached: dict[int, Any] = {}
+        deep = [*unet.down_blocks[1:], unet.mid_block, *unet.up_blocks[:-1]]
+        self.modules = [m for m in deep if m is not None]
+        # An instance ``forward`` already there (accelerate's offload hooks) is put back by close().
+        self.saved = [m.__dict__.get("forward") for m in self.modules]
+        for i, m in enumerate(self.modules):
+            m.forward = self._wrap(i, m.forward)
+
+    def _wrap(self, i: int, forward: Callable[..., Any]) -> Callable[..., Any]:
+        def cached_forward(*args: Any, **kwargs: Any) -> Any:
+            if self.full or i not in self.cached:
+                self.cached[i] = forward(*args, **kwargs)
+            return self.cached[i]
+
+        return cached_forward
+
+    def close(self) -> None:
+        for m, saved in zip(self.modules, self.saved, strict=True):
+            if saved is None:
+                del m.forward
+            else:
+                m.forward = saved
+        self.cached.clear()
+
+
+def _end_early(blocks: list[torch.nn.Module], state_manager: Any) -> torch.nn.Module:
+    """First Block Cache's tail moved to the block before a last block that returns no text stream
+    (diffusers' tail hook needs both streams): that last block then always runs. Returns the new
+    tail."""
+    from diffusers.hooks import HookRegistry
+    from diffusers.hooks.first_block_cache import FBCBlockHook
+
+    for block in blocks[-2:]:
+        HookRegistry.check_if_exists_or_initialize(block).remove_hook("fbc_block_hook", False)
+    tail = blocks[-2]
+    HookRegistry.check_if_exists_or_initialize(tail).register_hook(
+        FBCBlockHook(state_manager, is_tail=True), "fbc_block_hook"
+    )
+    return tail
+
+
+class StepCache:
+    """One chunk's cache on a denoiser: :meth:`wrap` the model function, :attr:`stats` after."""
+
+    def __init__(self, module: torch.nn.Module, spec: str, mask: torch.Tensor, patch: int) -> None:
+        check_cache(spec, module, type(getattr(module, "_orig_mod", module)).__name__)
+        self.name, value = parse_cache(spec)
+        self.value = CACHE_DEFAULTS.get(self.name, 0.0) if value is None else value
+        self.module = getattr(module, "_orig_mod", module)  # hooks go on the eager module
+        self.stats = CacheStats()
+        self.deep: DeepCache | None = None
+        self._probe: Any = None
+        self._ran = False
+        if self.name in TRANSFORMER_CACHES:
+            self._install_diffusers(token_mask(mask, patch).to(mask.device))
+        elif self.name == "deepcache":
+            self.deep = DeepCache(self.module)
+
+    def _install_diffusers(self, tokens: torch.Tensor) -> None:
+        from diffusers.hooks import (
+            FirstBlockCacheConfig,
+            HookRegistry,
+            TaylorSeerCacheConfig,
+            apply_first_block_cache,
+            apply_taylorseer_cache,
+        )
+
+        blocks = blocks_of(self.module)
+        last = blocks[-1]
+        if self.name == "first-block":
+            apply_first_block_cache(self.module, FirstBlockCacheConfig(threshold=self.value))
+            hook = HookRegistry.check_if_exists_or_initialize(blocks[0]).get_hook(
+                "fbc_leader_block_hook"
+            )
+            if _context_pre_only(last):
+                last = _end_early(blocks, hook.state_manager)
+
+            @torch.compiler.disable  # a host decision, as diffusers' own criterion
+            def should_compute(residual: torch.Tensor) -> bool:
+                prev = hook.state_manager.get_state().head_block_residual
+                return prev is None or masked_change(residual, prev, tokens) > self.value
+
+            hook._should_compute_remaining_blocks = should_compute  # the mask-only criterion
+        else:
+            n = max(1, int(self.value))
+            apply_taylorseer_cache(
+                self.module, TaylorSeerCacheConfig(cache_interval=n, taylor_factors_dtype=None)
+            )
+        # diffusers caches which submodules carry hooks: new ones were just added.
+        HookRegistry.check_if_exists_or_initialize(self.module).invalidate_child_registries_cache()
+        # A full call runs the last cached block's attention; a skipped or predicted one does not.
+        probe = next(m for n, m in last.named_modules() if n.endswith("to_q"))
+        self._probe = probe.register_forward_hook(lambda *_: setattr(self, "_ran", True))
+
+    def wrap(self, model_fn: ModelFn) -> ModelFn:
+        """The model function with this cache's bookkeeping around each call."""
+        if self.name == "none":
+            return model_fn
+
+        def cached(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            self._ran = False
+            if self.deep is not None:  # the uniform 1:N strategy: calls 0, N, 2N, ... in full
+                self.deep.full = self.stats.calls % max(1, int(self.value)) == 0
+                self._ran = self.deep.full
+                out = model_fn(z, t)
+            else:
+                from diffusers.models.cache_utils import CacheMixin
+
+                with CacheMixin.cache_context(self.module, "blend"):  # one context: CFG batched
+                    out = model_fn(z, t)
+            self.stats.calls += 1
+            self.stats.full += int(self._ran)
+            return out
+
+        return cached
+
+    def close(self) -> None:
+        """Remove every hook: the denoiser is the uncached one again."""
+        if self.deep is not None:
+            self.deep.close()
+        if self._probe is not None:
+            self._probe.remove()
+        if self.name in _HOOKS:
+            from diffusers.hooks import HookRegistry
+
+            registry = HookRegistry.check_if_exists_or_initialize(self.module)
+            for hook in _HOOKS[self.name]:
+                registry.remove_hook(hook, recurse=True)
+            registry.invalidate_child_registries_cache()
+
+
+@contextmanager
+def step_cache(
+    module: torch.nn.Module, spec: str, mask: torch.Tensor, patch: int
+) -> Iterator[StepCache]:
+    """A fresh :class:`StepCache` for one chunk (mask: (1, 1, h, w), the widest step mask)."""
+    cache = StepCache(module, spec, mask, patch)
+    try:
+        yield cache
+    finally:
+        cache.close()

@@ -1,0 +1,186 @@
+"""Step caches and compilation in the BLD loop (latent/cache.py, latent/compiling.py): a cache
+that skips nothing is bit-identical, skipped calls are counted, no state crosses chunks or edits,
+First Block Cache's change is measured inside the mask, a family without the cache is one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from blendedit import BlendedLatentDiffusion
+from blendedit.config import parse_cache
+from blendedit.errors import InputError
+from blendedit.latent.cache import masked_change, token_mask
+from test_latent_flow import SIZE, _flux, _mask, _photo, _sd3
+
+STEPS = 8  # blend_start 0.25: 6 denoiser calls per chunk
+
+
+def _edit(editor, shared_images, seeds, **settings):
+    result = editor(
+        _photo(shared_images), _mask(), "a red flower", seeds=seeds, blend_start=0.25,
+        mask_shrink="off", rank=False, background="decoded", region="full", size=SIZE[0],
+        num_inference_steps=STEPS, **{"batch_size": len(seeds), **settings},
+    )  # fmt: skip
+    return result, torch.stack([c.latent for c in result.candidates])
+
+
+def _sd3_three_layers(folder):
+    """The tiny SD3 with 3 blocks: its last (text-free) block always runs under First Block
+    Cache, so 2 would leave nothing to skip."""
+    from diffusers import SD3Transformer2DModel
+
+    bb = _sd3(folder, point_mass=False)
+    torch.manual_seed(1)
+    bb.unet = SD3Transformer2DModel.from_config({**bb.unet.config, "num_layers": 3}).eval()
+    return bb
+
+
+@pytest.fixture(scope="module")
+def flow_editors(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cache")
+    return {
+        "sd3": BlendedLatentDiffusion(_sd3_three_layers(tmp / "sd3")),
+        "flux": BlendedLatentDiffusion(_flux(tmp / "flux", point_mass=False)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("family", "spec"),
+    [("sd3", "first-block:0"), ("flux", "first-block:0"), ("sd3", "taylorseer:1"),
+     ("flux", "taylorseer:1")],
+)  # fmt: skip
+def test_transformer_cache_skipping_nothing_is_bit_identical(
+    flow_editors, shared_images, family, spec
+):
+    """Threshold 0 / interval 1: every call runs in full, so the hooks must change no bit; a
+    perturbed hook (a cached residual added on a full call) fails this."""
+    editor = flow_editors[family]
+    _, plain = _edit(editor, shared_images, [3, 4])
+    result, cached = _edit(editor, shared_images, [3, 4], cache=spec)
+    assert torch.equal(plain, cached)
+    assert result.settings["cache_calls"] == STEPS - 2
+    assert result.settings["cache_skipped"] == 0
+
+
+def test_first_block_skips_counts_and_leaves_no_state(flow_editors, shared_images):
+    """A huge threshold skips every call after the first of each chunk; one candidate per chunk
+    equals that candidate alone (state reset per chunk), and the uncached run afterwards equals
+    the one before (every hook removed)."""
+    editor = flow_editors["sd3"]
+    _, before = _edit(editor, shared_images, [5, 6])
+    result, two = _edit(editor, shared_images, [5, 6], cache="first-block:1e9", batch_size=1)
+    assert result.settings["cache_calls"] == 2 * (STEPS - 2)
+    assert result.settings["cache_skipped"] == 2 * (STEPS - 3)
+    assert not torch.equal(two, before)  # it did skip something
+    _, alone = _edit(editor, shared_images, [6], cache="first-block:1e9")
+    assert torch.equal(two[1:], alone)
+    _, after = _edit(editor, shared_images, [5, 6])
+    assert torch.equal(after, before)
+
+
+def test_deepcache_on_a_unet(editor, shared_images):
+    """DeepCache interval 1 is bit-identical; interval 2 skips every other call, changes the
+    result a little, and a second edit repeats the first (no state across edits)."""
+    args = (shared_images / "chelsea.png", shared_images / "chelsea.mask-eyes.png", "sunglasses")
+    fast = {"num_inference_steps": STEPS, "size": 128, "num_images": 2, "rank": False}
+    plain = editor(*args, seed=1, **fast)
+    same = editor(*args, seed=1, cache="deepcache:1", **fast)
+    assert all(
+        torch.equal(a.latent, b.latent)
+        for a, b in zip(plain.candidates, same.candidates, strict=True)
+    )
+    assert same.settings["cache_skipped"] == 0
+    cached = editor(*args, seed=1, cache="deepcache:2", **fast)
+    again = editor(*args, seed=1, cache="deepcache:2", **fast)
+    assert cached.settings["cache_calls"] == STEPS - 2
+    assert cached.settings["cache_skipped"] == (STEPS - 2) // 2
+    a, b = plain.candidates[0].latent, cached.candidates[0].latent
+    assert not torch.equal(a, b) and torch.isfinite(b).all()
+    assert all(
+        torch.equal(x.latent, y.latent)
+        for x, y in zip(cached.candidates, again.candidates, strict=True)
+    )
+
+
+def test_masked_change_ignores_the_background():
+    """The blend moves the background to the source's next level at each step: a criterion over
+    every token would see that change (or, for a small mask, dilute the edit's). Here a change
+    outside the mask is no change, and a change inside a small mask is not diluted."""
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:4, 2:4] = 1  # 4 of 64 cells, one 2x2 token of 16
+    tokens = token_mask(mask, 2)  # (1, 16, 1)
+    assert tokens.shape == (1, 16, 1) and tokens.sum() == 1
+    prev = torch.ones(1, 16, 4)
+    outside = prev + 0.5 * (1 - tokens)  # only background tokens changed
+    assert masked_change(outside, prev, tokens) == 0.0
+    assert masked_change(outside, prev, None) > 0.4  # whole-image: would recompute
+    inside = prev + 0.5 * tokens  # only the edited token changed, by 50%
+    assert masked_change(inside, prev, tokens) == pytest.approx(0.5)
+    assert masked_change(inside, prev, None) < 0.05  # whole-image: would wrongly skip
+
+
+def test_cache_errors_are_one_line(editor, shared_images):
+    args = (shared_images / "chelsea.png", shared_images / "chelsea.mask-eyes.png", "hat")
+    with pytest.raises(InputError, match=r"^cache: 'first-block' does not apply to a .* deepcache"):
+        editor(*args, cache="first-block")
+    with pytest.raises(InputError, match=r"^cache: 'fast' is unknown; choose one of none"):
+        editor(*args, cache="fast")
+    with pytest.raises(InputError, match=r"^cache: 'deepcache:x' needs a number"):
+        editor(*args, cache="deepcache:x")
+    assert parse_cache("first-block:0.1") == ("first-block", 0.1)
+    assert parse_cache("taylorseer") == ("taylorseer", None)
+
+
+def test_compile_regional_with_buckets(tiny_sd_dir, shared_images):
+    """--compile compiles the UNet's repeated blocks in place (here with the eager backend:
+    the plumbing, not inductor) and gives the uncompiled pixels; a whole photo's working size is
+    bucketed to 64 px."""
+    ed = BlendedLatentDiffusion.from_pretrained(tiny_sd_dir, clip_model=None)
+    args = (shared_images / "chelsea.png", shared_images / "chelsea.mask-eyes.png", "hat")
+    fast = {"num_inference_steps": 4, "size": 96, "num_images": 1, "region": "full"}
+    plain = ed(*args, seed=2, **fast)
+    assert plain.working_size[0] % 64 != 0 or plain.working_size[1] % 64 != 0
+    from blendedit.latent.compiling import compile_denoiser
+
+    assert compile_denoiser(ed.unet, backend="eager") == "repeated blocks"
+    ed.compiled = "repeated blocks"
+    same = ed(*args, seed=2, **fast)
+    assert torch.equal(plain.candidates[0].latent, same.candidates[0].latent)
+    bucketed = ed(*args, seed=2, compile=True, **fast)
+    assert all(s % 64 == 0 for s in bucketed.working_size)
+    assert bucketed.settings["compiled"] == "repeated blocks"
+
+
+def test_bench_reports_skipped_calls(tmp_path, capsys):
+    """`blendedit bench --cache` runs the cache in the timed edits and reports its skipped calls
+    (tiny SD at 4 steps: 3 calls, DeepCache interval 3 skips 2)."""
+    import json
+
+    from blendedit.cli import main
+
+    report = tmp_path / "b.md"
+    args = ["bench", "--preset", "tiny", "--device", "cpu", "--steps", "4", "--cache", "deepcache"]
+    args += ["--repeats", "1", "--no-diffusers", "--batch", "1", "--report", str(report)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| tiny +deepcache | CPU" in out
+    assert "Step cache deepcache (tiny): 2 of 3 denoiser calls skipped" in out
+    row = json.loads(report.with_suffix(".json").read_text())[0]
+    assert (row["cache"], row["cache_calls"], row["cache_skipped"]) == ("deepcache", 3, 2)
+
+
+def test_deepcache_puts_back_an_offload_hook():
+    """A block whose ``forward`` an offload hook replaced (accelerate sets an instance attribute)
+    gets that hook back after the chunk, not the class's plain forward."""
+    from blendedit.latent.cache import DeepCache
+    from tiny_models import tiny_unet
+
+    unet = tiny_unet()
+    hooked = unet.mid_block.forward  # stands for accelerate's wrapper
+    unet.mid_block.forward = hooked
+    cache = DeepCache(unet)
+    assert unet.mid_block.forward is not hooked
+    cache.close()
+    assert unet.mid_block.__dict__["forward"] is hooked
+    assert "forward" not in unet.up_blocks[0].__dict__

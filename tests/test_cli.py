@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,9 +247,8 @@ def test_console_script_runs_an_edit(tiny_sd_dir, tiny_clip_dir, shared_images, 
 
 @pytest.fixture(scope="module")
 def adm_reference():
-    from conftest import REPO
-
-    ref = REPO / "tests" / "data" / "reference" / "adm"
+    # this file's own path: another folder's conftest may be the module named "conftest"
+    ref = Path(__file__).resolve().parent / "data" / "reference" / "adm"
     if not (ref / "tiny_adm.safetensors").is_file():
         pytest.skip(f"ADM reference model not found at {ref}")
     return ref

@@ -24,9 +24,8 @@ N_IMAGES, BATCH, MAX_SIDE = 3, 2, 128
 
 @pytest.fixture(scope="module")
 def adm_reference():
-    from conftest import REPO
-
-    ref = REPO / "tests" / "data" / "reference" / "adm"
+    # this file's own path: another folder's conftest may be the module named "conftest"
+    ref = Path(__file__).resolve().parent / "data" / "reference" / "adm"
     if not (ref / "tiny_adm.safetensors").is_file():
         pytest.skip(f"ADM reference model not found at {ref}")
     return ref

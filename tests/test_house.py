@@ -141,6 +141,7 @@ def test_every_command_takes_the_shared_model_options():
 FLOORS = [
     ("ground", ["_version", "errors", "io", "models", "config", "engine", "figures"]),
     ("frame", ["frame"]),
+    ("selection", ["segment"]),
     ("methods", ["latent", "pixel"]),
     ("registry", ["methods", ""]),
     ("options", ["options"]),

@@ -499,3 +499,36 @@ def test_sdxl_and_flux_fill_single_files(tiny_sdxl_dir, tmp_path):
     fill = write_original_checkpoint(tmp_path / "fill", tmp_path / "fill.safetensors", "flux")
     assert detect_family(fill) == "flux"
     assert family_defaults(fill)["guidance_scale"] == 30.0
+
+
+def test_lora_and_offload_on_an_inpainting_model(tiny_sd_inpaint_dir, shared_images, tmp_path):
+    """Everything around the core works for a 9-channel model as for a plain one: a LoRA (made
+    with PEFT on the 9-channel UNet, saved in diffusers' format) changes the edit and unloads back
+    to the very same result; ``--offload model`` gives the plain run's latents exactly."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    image, mask = _photo(shared_images), _block_mask()
+    call = {"seeds": [3], "scheduler": "ddim", "rank": False, "region": "full", "size": 96}
+    call |= {"num_inference_steps": 3, "background": "decoded"}
+    editor = BlendedLatentDiffusion.from_pretrained(tiny_sd_inpaint_dir, clip_model=None)
+    assert editor.backbone.inpainting
+    plain = editor(image, mask, "a red flower", **call).candidates[0].latent
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd_inpaint_dir, subfolder="unet")
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v"], init_lora_weights=False)
+    torch.manual_seed(1)
+    inject_adapter_in_model(config, unet)
+    StableDiffusionLoraLoaderMixin.save_lora_weights(
+        tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(unet)
+    )
+    editor.load_loras([str(tmp_path / "lora")])
+    with_lora = editor(image, mask, "a red flower", **call).candidates[0].latent
+    assert (with_lora - plain).abs().max() > 1e-3  # the adapter reaches the 9-channel UNet
+    editor.unload_loras()
+    assert torch.equal(editor(image, mask, "a red flower", **call).candidates[0].latent, plain)
+
+    off = BlendedLatentDiffusion.from_pretrained(tiny_sd_inpaint_dir, clip_model=None)
+    off.enable_offload("model", "cpu")
+    assert torch.equal(off(image, mask, "a red flower", **call).candidates[0].latent, plain)

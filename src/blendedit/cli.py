@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from blendedit._version import __version__
-from blendedit.config import GROUPS, PIXEL_PRESETS, PRESET_HELP, PRESETS, EditConfig
+from blendedit.config import GROUPS, PIXEL_PRESETS, PRESET_HELP, PRESETS, EditConfig, SelectConfig
 from blendedit.errors import BlendEditError, InputError
 from blendedit.frame.judges import members
 from blendedit.frame.photo import OUTPUT_FORMATS
@@ -95,9 +95,10 @@ def _edit_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("image", help="the photo to edit (PNG, JPEG, ...; any size)")
     e.add_argument(
         "--mask",
-        required=True,
-        help="white = region to edit; any size with the photo's aspect; L, RGB, or RGBA alpha",
+        help="white = region to edit; any size with the photo's aspect; L, RGB, or RGBA alpha "
+        "(or select it: --mask-from, --mask-point, --mask-box)",
     )
+    _select_arguments(e)
     e.add_argument(
         "--prompt",
         required=True,
@@ -146,6 +147,60 @@ def _edit_arguments(e: argparse.ArgumentParser) -> None:
     o.add_argument("--quiet", action="store_true", help="no progress bar or messages")
 
 
+def _select_arguments(e: argparse.ArgumentParser) -> None:
+    """The options that select the region by naming it or pointing at it (a segmenter makes the
+    mask: :mod:`blendedit.segment`), alone or joined to --mask; their settings from
+    :class:`blendedit.config.SelectConfig`."""
+    g = e.add_argument_group(GROUPS["select"])
+    g.add_argument("--mask-from", metavar="TEXT", help='select what TEXT names: "the red cup"')
+    g.add_argument(
+        "--mask-point", action="append", default=[], metavar="X,Y",
+        help="select the object at pixel X,Y of the photo as shown (repeatable); --mask-point=-X,Y "
+        "excludes what is there",
+    )  # fmt: skip
+    g.add_argument(
+        "--mask-neg-point", action="append", default=[], metavar="X,Y",
+        help="a negative click: exclude the part at X,Y (repeatable)",
+    )  # fmt: skip
+    g.add_argument("--mask-box", metavar="X0,Y0,X1,Y1", help="select the object in this box")
+    g.add_argument(
+        "--save-mask", action="store_true",
+        help="also write the mask used (after selection, grow and blur) as mask.png in --out",
+    )  # fmt: skip
+    add_setting_arguments(e, classes=(SelectConfig,))
+
+
+def _selection(args: argparse.Namespace) -> Any:
+    """The selection the flags give (None: none), checked before any model loads."""
+    from blendedit.segment import selection_from
+
+    if not (args.mask_from is not None or args.mask_point or args.mask_neg_point or args.mask_box):
+        if args.mask is None:
+            raise InputError(
+                "mask: give --mask FILE, or select the region: --mask-from TEXT, --mask-point X,Y, "
+                "--mask-box X0,Y0,X1,Y1"
+            )
+        return None
+    return selection_from(args.mask_from, args.mask_point, args.mask_neg_point, args.mask_box)
+
+
+def _select_mask(args: argparse.Namespace, opts: ModelOptions, image: Any, selection: Any) -> Any:
+    """The painted mask joined to the selection's (:func:`blendedit.segment.select_mask`)."""
+    from blendedit.frame import read_mask
+    from blendedit.options import load_segmenter_for, select_config_from_args
+    from blendedit.segment import select_mask
+
+    painted = read_mask(args.mask, image) if args.mask is not None else None
+    if selection is None:
+        return painted
+    cfg = select_config_from_args(args)
+    segmenter = load_segmenter_for(opts, selection, lambda line: _say(args, line))
+    levels = select_mask(segmenter, image, selection, cfg, painted)
+    share = float((levels.levels >= 128).mean()) * 100
+    _say(args, f"selected {selection.describe()} with {segmenter.name}: {share:.1f}% of the photo")
+    return levels
+
+
 def config_from_args(args: argparse.Namespace, base: EditConfig | None = None) -> Any:
     """The method's preset (on ``base``: the model family's defaults, once it is known),
     overridden by every flag the user gave; a flag of another method is an error, not silently
@@ -175,7 +230,7 @@ def _prepare(args: argparse.Namespace, rank: bool | None = None) -> tuple[Any, A
     """Check every input before any slow work and before creating any folder (the settings, the
     photo, the mask, read once, and the output folder), then load the models. Returns (config,
     image, mask, editor)."""
-    from blendedit.frame import photo_mask, read_mask
+    from blendedit.frame import photo_mask
     from blendedit.frame.photo import read_photo
     from blendedit.io import check_out_dir, check_writable
 
@@ -186,12 +241,17 @@ def _prepare(args: argparse.Namespace, rank: bool | None = None) -> tuple[Any, A
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise InputError(f"quality: {args.quality!r} must be between 1 and 100")
     image = read_photo(args.image, "image")
-    mask = read_mask(args.mask, image)
-    photo_mask(mask, image, cfg)  # refused now if empty, full or of another aspect
+    selection = _selection(args)
+    mask = _select_mask(args, opts, image, None)  # the painted mask alone
+    if mask is not None:
+        photo_mask(mask, image, cfg)  # refused now if empty, full or of another aspect
     if args.out is not None:
         check_out_dir(args.out)  # new or empty, and can be made and written
     else:
         check_writable("blendedit-out")  # where the default folder will be made
+    if selection is not None:  # the segmenter runs once every cheap check has passed
+        mask = _select_mask(args, opts, image, selection)
+        photo_mask(mask, image, cfg)
     ranks = (cfg.rank if rank is None else rank) and "clip" in members(cfg.ranker, cfg.rank_weights)
     clip = ranks or get_method(opts.method).needs_clip
     editor = opts.load(lambda line: _say(args, line), clip_model=opts.clip_model if clip else None)
@@ -234,7 +294,19 @@ def cmd_edit(args: argparse.Namespace) -> int:
             save_png(process_grid(best.process), out / f"process-{stem}.png")
     report = result.to_dict()
     report["image"] = str(Path(args.image))
-    report["mask"] = str(Path(args.mask))
+    report["mask"] = str(Path(args.mask)) if args.mask is not None else None
+    selection = _selection(args)
+    if selection is not None:
+        from blendedit.segment import default_segmenter
+
+        report["selection"] = selection.to_dict()
+        report["segmenter"] = args.segmenter or default_segmenter(selection)
+    if args.save_mask:
+        from PIL import Image
+
+        from blendedit.frame import photo_mask
+
+        save_png(Image.fromarray(photo_mask(mask, image, cfg)), out / "mask.png")
     report["clip_model"] = args.clip_model if cfg.rank else None
     if cfg.rank and cfg.ranker != "clip":
         judges = getattr(editor, "judges", None)

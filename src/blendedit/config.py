@@ -46,6 +46,7 @@ GROUPS = {  # argparse group titles of ``blendedit edit``, in this order
     "mask": "mask and background",
     "pixel": "pixel and local-clip methods (Blended Diffusion, SPEC 2)",
     "output": "ranking and output",
+    "select": "selection by text or clicks (a segmenter makes the mask)",
 }
 
 
@@ -649,3 +650,35 @@ def resolve_seeds(
             )
         seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
     return [seed + i for i in range(n)]
+
+
+SELECT_COMBINE = ("union", "subtract")
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """Settings of a selection made by a segmenter (``blendedit.segment``): how its mask is
+    refined and joined to a painted mask before the mask path (grow, blur) every mask takes."""
+
+    mask_combine: str = setting(
+        "union", "how a selection (--mask-from, --mask-point, --mask-box) joins --mask: union adds "
+        "it, subtract removes it from the painted mask", flag="--mask-combine", group="select",
+        choices=SELECT_COMBINE,
+    )  # fmt: skip
+    mask_fill_holes: bool = setting(
+        False, "fill the holes inside the selection", flag="--mask-fill-holes", const=True,
+        group="select",
+    )  # fmt: skip
+    mask_largest: bool = setting(
+        False, "keep only the selection's largest connected part", flag="--mask-largest",
+        const=True, group="select",
+    )  # fmt: skip
+    select_threshold: float = setting(
+        0.3, "text selection by a detector (GroundingDINO): the lowest box score kept",
+        flag="--select-threshold", group="select", low=0, high=1,
+    )  # fmt: skip
+    select_preview: int = setting(
+        2048, "px: a photo with a longer side is segmented on a preview of this side and the mask "
+        "mapped back (segmenters see 1024 px or less)", flag="--select-preview", group="select",
+        low=256, high=16384, unit="px",
+    )  # fmt: skip

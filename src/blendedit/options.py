@@ -157,6 +157,14 @@ OPTIONS: dict[str, Option] = {
         help="never reach the hub; use local files and the cache only (HF_HUB_OFFLINE)",
         action="store_true",
     ),
+    "segmenter": _opt(
+        "--segmenter",
+        help="the model that turns --mask-from, --mask-point or --mask-box into a mask: hub id or "
+        "folder of CLIPSeg, SAM or SAM 2, or DETECTOR+SAM for GroundingDINO with SAM (default: text "
+        "IDEA-Research/grounding-dino-tiny+facebook/sam-vit-base, clicks facebook/sam-vit-base)",
+        default=None,
+        metavar="ID",
+    ),
 }
 SERVE_ONLY = ("lora_dir",)  # options only ``serve`` takes
 LOADING = tuple(k for k in OPTIONS if k not in SERVE_ONLY)  # every loading option, in this order
@@ -215,6 +223,7 @@ class ModelOptions:
     device: str = "auto"
     dtype: str = "auto"
     offline: bool = False
+    segmenter: str | None = None  # None: blendedit.segment's default for the selection
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ModelOptions:
@@ -472,3 +481,32 @@ def ray_options(args: argparse.Namespace) -> Any:
         cpus_per_worker=args.cpus_per_worker,
         actor_wait_s=args.worker_start_timeout,
     )
+
+
+def select_config_from_args(args: argparse.Namespace) -> Any:
+    """The selection's settings (:class:`blendedit.config.SelectConfig`) a command line gave,
+    checked against their descriptions."""
+    from blendedit.config import SelectConfig, check_settings
+
+    given = {
+        k: getattr(args, k) for k in settings_of(SelectConfig) if getattr(args, k, None) is not None
+    }
+    return check_settings(SelectConfig(**given))
+
+
+def load_segmenter_for(
+    opts: ModelOptions, selection: Any, say: Callable[[str], None] | None = None
+) -> Any:
+    """The segmenter these options name for ``selection`` (``--segmenter``, else the default for
+    a text or for clicks), on their device, loaded the way every model is (one line when it is
+    not there)."""
+    import torch
+
+    from blendedit.segment import default_segmenter, load_segmenter
+
+    name = opts.segmenter or default_segmenter(selection)
+    device = parse_device(opts.device)
+    if say is not None:
+        say(f"loading segmenter {name} on {device}")
+    # float32: the segmenters are small, and their masks then match on every device
+    return load_segmenter(name, device, torch.float32, True if opts.offline else None)

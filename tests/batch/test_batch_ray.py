@@ -81,7 +81,7 @@ def test_ray_suite_in_a_loopback_only_namespace():
         shutil.rmtree(tmp, ignore_errors=True)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-8000:]
-    assert "4 passed" in r.stdout, out[-4000:]
+    assert "5 passed" in r.stdout, out[-4000:]  # 4, and the selection rows (issue 21)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,6 +233,36 @@ class TestInProcess:
         assert without_timings(again) == without_timings(ray_report)
         assert {p: p.stat().st_mtime_ns for p in ray_out.glob("predictions/*/*/*")} == before
         assert not list(ray_out.glob("predictions/*/.*"))
+
+    def test_selection_rows_on_ray_equal_the_local_run(self, ray_in_process, tmp_path,
+                                                        shared_images, tiny_sd_dir, tiny_clip_dir):  # fmt: skip
+        """Rows that select (issue 21: mask_points, mask_box with a tiny saved SAM) are edited
+        exactly once on Ray, their masks and pixels equal to the local engine's."""
+        from tiny_segmenters import build_sam
+
+        sam = build_sam(tmp_path / "sam")
+        shutil.copy(shared_images / "chelsea.png", tmp_path / "chelsea.png")
+        rows = [{"image": "chelsea.png", "prompt": "a hat", "mask_points": [[200, 100], [300, 80, 0]]},
+                {"image": "chelsea.png", "prompt": "a hat", "mask_box": [100, 50, 300, 200]}]  # fmt: skip
+        manifest = tmp_path / "sel.jsonl"
+        manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        shared = Shared(model=str(tiny_sd_dir), clip_model=str(tiny_clip_dir),
+                        settings={**FAST, "num_images": 1}, segmenter=str(sam))  # fmt: skip
+        local = run_batch(manifest, tmp_path / "local", shared=shared, device="cpu", progress=False)
+        out = tmp_path / "ray"
+        summary = run_batch(manifest, out, shared=shared, engine="ray", ray=RayOptions(workers=1),
+                            device="cpu", threads=1, progress=False)  # fmt: skip
+        assert (local["done"], summary["done"], summary["failed"]) == (2, 2, 0)
+        folders, want = row_folders(out), row_folders(tmp_path / "local")
+        assert folders.keys() == want.keys()
+        for key, folder in folders.items():
+            got, ref = pixels(folder), pixels(want[key])
+            assert "mask.png" in got and got.keys() == ref.keys()
+            for name in ref:
+                np.testing.assert_array_equal(got[name], ref[name], err_msg=f"{key}/{name}")
+        log = [json.loads(x) for x in (out / "summary.jsonl").read_text().splitlines()]
+        done = [x["key"] for x in log if x["status"] == "done"]
+        assert len(done) == len(set(done)) == 2
 
 
 def _free_port() -> int:

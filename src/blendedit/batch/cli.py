@@ -29,7 +29,9 @@ examples:
 A manifest row (JSONL; CSV takes the same keys as columns):
   {"image": "shoes/12.jpg", "mask": "shoes/12.mask.png", "prompt": "red suede", "seed": 3}
 Keys: image, mask, prompt (may be empty), id (folder name), method, model, model_config,
-clip_model, and any edit setting by field or flag name (num_images, steps, guidance, ...). Rows
+clip_model, and any edit setting by field or flag name (num_images, steps, guidance, ...); or,
+instead of a mask file, mask_text "the car", mask_points [[x, y], [x, y, 0]], mask_box
+[x0, y0, x1, y1] (and segmenter, mask_combine, ...), the mask used saved beside the results. Rows
 override the command line. Run again with the same arguments to resume: rows already done are
 skipped, failed rows retried. Outputs: one folder per row (ranked images + result.json),
 summary.jsonl (log), summary.json and summary.md.
@@ -80,6 +82,12 @@ def add_parser(sub: Any) -> None:
     o.add_argument("--threads", type=int, help="torch CPU threads per worker")
     o.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     add_model_arguments(
+        p, ("segmenter",), title=None,
+        helps={"segmenter": "the segmenter of rows with mask_text, mask_points or mask_box (a "
+               "row's segmenter key overrides it; default: text GroundingDINO-tiny+SAM ViT-B, "
+               "clicks SAM ViT-B)"},
+    )  # fmt: skip
+    add_model_arguments(
         p, ("device", "dtype", "offline"), title="each worker's device",
         helps={"device": "each worker's device (auto: its GPU if any)"},
     )  # fmt: skip
@@ -97,7 +105,8 @@ def shared_from_args(args: argparse.Namespace) -> Any:
         settings[name] = _coerce(name, value, "set")
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise InputError(f"quality: {args.quality!r} must be between 1 and 100")
-    named = ("method", "model", "model_config", "clip_model", "preset", "out_format", "quality")
+    named = ("method", "model", "model_config", "clip_model", "preset", "out_format", "quality",
+             "segmenter")  # fmt: skip
     return Shared(
         **{k: getattr(args, k) for k in named}, settings=settings, metadata=not args.no_metadata
     )

@@ -38,6 +38,9 @@ from blendedit.options import coerce_setting as _coerce
 INPUT_KEYS = ("image", "mask", "prompt")
 MODEL_KEYS = ("method", "model", "model_config", "clip_model")
 ROW_KEYS = (*INPUT_KEYS, "id", *MODEL_KEYS)
+# A selection instead of (or joined to) the mask file (issue 21): what a segmenter selects, by
+# text, clicks ([x, y] or [x, y, 0] for a negative one; CSV "x,y;-x,y") or a box; its settings.
+SELECT_KEYS = ("mask_text", "mask_points", "mask_box", "segmenter")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -54,6 +57,7 @@ class Shared:
     out_format: str | None = None  # None: the photo's own (png/jpeg/webp), else png
     quality: int | None = None
     metadata: bool = True  # generation parameters in the files
+    segmenter: str | None = None  # rows' selections: None = blendedit.segment's default
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -78,6 +82,7 @@ class Row:
     settings: dict[str, Any]  # the effective config (to_dict) of the method
     given: dict[str, Any]  # the row as written (after aliases), for the record
     problem: str | None = None
+    selection: dict[str, Any] | None = None  # see select_of (None: the mask file alone)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -239,15 +244,17 @@ def _given(raw: dict[str, Any], where: str) -> dict[str, Any]:
     given: dict[str, Any] = {}
     for k, v in raw.items():
         name = names.get(k, k)
-        if name not in ROW_KEYS and name not in known_settings:
-            known = ", ".join((*ROW_KEYS, *sorted(known_settings)))
+        if name not in ROW_KEYS and name not in known_settings and name not in _select_names():
+            known = ", ".join((*ROW_KEYS, *SELECT_KEYS, *sorted(known_settings)))
             raise InputError(f"{where}: unknown key {k!r}; known keys: {known}")
         if name in given:
             raise InputError(f"{where}: {name} given twice")
         given[name] = v
+    selects = any(given.get(s) for s in SELECT_KEYS[:3])
     for k in INPUT_KEYS:
-        if k not in given:
-            raise InputError(f"{where}: missing {k!r}")
+        if k not in given and not (k == "mask" and selects):
+            hint = " (or mask_text, mask_points, mask_box)" if k == "mask" else ""
+            raise InputError(f"{where}: missing {k!r}{hint}")
     if not isinstance(given["prompt"], str):
         raise InputError(f"{where}: prompt: expected text, got {given['prompt']!r}")
     return given
@@ -274,6 +281,8 @@ def _files(
     files: dict[str, str] = {}
     problem = None
     for k in ("image", "mask"):
+        if k not in given:  # a selection alone
+            continue
         p = _resolve(base, given[k], k, where)
         files[k] = str(p)
         if problem is None:
@@ -325,6 +334,7 @@ def _row(
     files, problem = _files(given, base, where, digests)
     content = {k: digests.get(Path(v), f"path:{v}") for k, v in files.items()}
     settings = cfg.to_dict()
+    selection = select_of(given, shared, base, where)
     fingerprint = json_digest(
         {
             "inputs": content,
@@ -333,6 +343,7 @@ def _row(
             "models": models,
             "settings": settings,
             "format": [shared.out_format, shared.quality, shared.metadata],
+            **({"selection": selection} if selection else {}),  # rows without: as before
         },
         32,
     )
@@ -342,7 +353,7 @@ def _row(
         key=_key(given, content, where),
         fingerprint=fingerprint,
         image=files["image"],
-        mask=files["mask"],
+        mask=files.get("mask", ""),
         prompt=given["prompt"],
         method=method,
         model=models["model"],
@@ -351,4 +362,88 @@ def _row(
         settings=settings,
         given=given,
         problem=problem,
+        selection=selection,
     )
+
+
+def _select_names() -> tuple[str, ...]:
+    from blendedit.config import SelectConfig, settings_of
+
+    return (*SELECT_KEYS, *settings_of(SelectConfig))
+
+
+def _numbers(value: Any, where: str, key: str) -> list[float]:
+    if isinstance(value, str):
+        value = value.replace(";", ",").split(",")
+    try:
+        out = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: {key}: expected numbers, got {value!r}"[:300]) from None
+    return out
+
+
+def _points(value: Any, where: str) -> list[list[float]]:
+    """``mask_points`` as [[x, y, label], ...]: JSON [[x, y], [x, y, 0]] or text "x,y;-x,y"."""
+    from blendedit.segment import parse_point
+
+    if isinstance(value, str):
+        try:
+            pts = [parse_point(p) for p in value.split(";") if p.strip()]
+        except InputError as e:
+            raise InputError(f"{where}: mask_points: {e}") from None
+        return [[p.x, p.y, int(p.positive)] for p in pts]
+    if not isinstance(value, list) or not value:
+        raise InputError(
+            f"{where}: mask_points: expected [[x, y], ...] or 'x,y;x,y', got {value!r}"
+        )
+    out = []
+    for p in value:
+        nums = _numbers(p, where, "mask_points")
+        if len(nums) not in (2, 3) or (len(nums) == 3 and nums[2] not in (0, 1)):
+            raise InputError(f"{where}: mask_points: {p!r} is not [x, y] or [x, y, 0/1]")
+        out.append([nums[0], nums[1], int(nums[2]) if len(nums) == 3 else 1])
+    return out
+
+
+def select_of(given: dict[str, Any], shared: Shared, base: Path, where: str) -> dict | None:
+    """The row's selection (text, points, box, segmenter, settings) as plain data, or None:
+    part of the row's fingerprint, and of its key through the row's own fields."""
+    from blendedit.config import SelectConfig, check_settings, settings_of
+
+    text, points, box = (given.get(k) for k in SELECT_KEYS[:3])
+    if not (text or points or box):
+        return None
+    if text is not None and not isinstance(text, str):
+        raise InputError(f"{where}: mask_text: expected text, got {text!r}")
+    if box is not None:
+        box = _numbers(box, where, "mask_box")
+        if len(box) != 4:
+            raise InputError(f"{where}: mask_box: expected x0,y0,x1,y1, got {given['mask_box']!r}")
+        box = [min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])]
+    names = settings_of(SelectConfig)
+    try:
+        cfg = {k: _coerce_select(k, v) for k, v in given.items() if k in names}
+        config = check_settings(SelectConfig(**cfg))
+    except (InputError, TypeError, ValueError) as e:
+        raise InputError(f"{where}: {e}") from None
+    segmenter = given.get("segmenter") or shared.segmenter
+    return {
+        "text": text or None,
+        "points": _points(points, where) if points else [],
+        "box": box,
+        "segmenter": _local_path(segmenter, base) if segmenter else None,
+        "config": dataclasses.asdict(config),
+    }
+
+
+def _coerce_select(name: str, value: Any) -> Any:
+    """A selection setting written as text (CSV) as its type."""
+    if not isinstance(value, str):
+        return value
+    if name in ("mask_fill_holes", "mask_largest"):
+        return value.strip().lower() in ("1", "true", "yes")
+    if name == "select_threshold":
+        return float(value)
+    if name == "select_preview":
+        return int(value)
+    return value

@@ -72,17 +72,42 @@ class EditorCache:
         self.loads += 1
         return self._editor
 
+    def segmenter(self, name: str) -> Any:
+        """The segmenter ``name`` (rows' selections), loaded once per worker while rows use it."""
+        held = getattr(self, "_segmenter", None)
+        if held is None or held[0] != name:
+            from blendedit.segment import load_segmenter
 
-def read_inputs(row: Row) -> tuple[Any, Any]:
+            self._segmenter = (name, load_segmenter(name, self.device, torch.float32))
+        return self._segmenter[1]
+
+
+def read_inputs(row: Row, cache: EditorCache | None = None) -> tuple[Any, Any]:
     """The row's photo and mask, read once and checked (size, aspect, an empty or full mask
-    after the row's settings) before any model is loaded for it: (Photo, mask levels)."""
+    after the row's settings) before any editor is loaded for it: (Photo, mask levels). A
+    row's selection is made here by the worker's segmenter and joined to its mask file."""
     from blendedit.frame import photo_mask, read_mask
     from blendedit.frame.photo import read_photo
 
     photo = read_photo(row.image, "image")
-    mask = read_mask(row.mask, photo)
+    mask = read_mask(row.mask, photo) if row.mask else None
+    if row.selection:
+        mask = _selected(row, photo, mask, cache or EditorCache("cpu"))
     photo_mask(mask, photo, row.config())  # refused now if empty, full or of another aspect
     return photo, mask
+
+
+def _selected(row: Row, photo: Any, painted: Any, cache: EditorCache) -> Any:
+    """The row's selection (``Row.selection``) as mask levels, joined to ``painted``."""
+    from blendedit.config import SelectConfig
+    from blendedit.segment import Point, Selection, default_segmenter, select_mask
+
+    sel = row.selection or {}
+    points = tuple(Point(x, y, bool(label)) for x, y, label in sel["points"])
+    selection = Selection(sel["text"], points, tuple(sel["box"]) if sel["box"] else None)
+    name = sel["segmenter"] or default_segmenter(selection)
+    cfg = SelectConfig(**sel["config"])
+    return select_mask(cache.segmenter(name), photo, selection, cfg, painted)
 
 
 def _edit(editor: Any, row: Row, inputs: tuple[Any, Any]) -> Any:
@@ -105,6 +130,16 @@ def _edit(editor: Any, row: Row, inputs: tuple[Any, Any]) -> Any:
         return editor(image, mask, row.prompt, config=cfg.replace(**one))
 
 
+def _save_mask(row: Row, inputs: tuple[Any, Any], folder: Path) -> None:
+    from PIL import Image
+
+    from blendedit.frame import photo_mask
+    from blendedit.io import save_png
+
+    photo, mask = inputs
+    save_png(Image.fromarray(photo_mask(mask, photo, row.config())), folder / "mask.png")
+
+
 def _writer(row: Row, result: Any, shared: Shared, device: str) -> Any:
     from blendedit._version import __version__
 
@@ -115,7 +150,7 @@ def _writer(row: Row, result: Any, shared: Shared, device: str) -> Any:
         report = result.to_dict()
         report.update(
             image=row.image,
-            mask=row.mask,
+            mask=row.mask or None,
             model=row.model,
             clip_model=row.clip_model,
             device=device,
@@ -126,6 +161,7 @@ def _writer(row: Row, result: Any, shared: Shared, device: str) -> Any:
                 "key": row.key,
                 "fingerprint": row.fingerprint,
                 "given": row.given,
+                "selection": row.selection,
                 "worker": worker_name(),
             },
         )
@@ -149,11 +185,13 @@ def process_row(cache: EditorCache, store: BatchStore, row: Row, shared: Shared)
     try:
         if store.state(row) == "done":
             return Outcome(row.key, row.index, "exists", None, 0.0, worker_name())
-        inputs = read_inputs(row)  # a bad photo or mask fails the row before any model loads
+        inputs = read_inputs(row, cache)  # a bad photo or mask fails the row before the editor
         editor = cache.get(row)
 
         def make(folder: Path) -> dict[str, Any]:
             result = _edit(editor, row, inputs)
+            if row.selection:  # the mask used, beside the results
+                _save_mask(row, inputs, folder)
             return _writer(row, result, shared, str(editor.device))(folder)
 
         status, files = store.commit(row, make)

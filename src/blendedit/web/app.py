@@ -58,6 +58,7 @@ from blendedit.web.handlers import (
 )
 from blendedit.web.layout import build_page
 from blendedit.web.paint import png_worst_bytes
+from blendedit.web.selecting import Selector
 from blendedit.web.session import mask_to_image
 from blendedit.web.settings import LoraChoices, settings_from_ui
 
@@ -100,7 +101,8 @@ class EditorApp(Handlers):
     """The web UI over one loaded editor (latent: BlendedLatentDiffusion; pixel: BlendedDiffusion).
     ``build()`` makes the gr.Blocks; the handlers are plain methods, callable from tests.
     ``loras``: the LoRAs the page may apply, by name (default: those the editor was loaded
-    with)."""
+    with). ``selector``: the segmenter of the selection panel (clicks, a box, words; None: no
+    panel)."""
 
     def __init__(
         self,
@@ -110,6 +112,7 @@ class EditorApp(Handlers):
         options: ServeOptions | None = None,
         workdir: str | os.PathLike[str] | None = None,
         loras: LoraChoices | None = None,
+        selector: Selector | None = None,
     ) -> None:
         from blendedit.latent.pipeline import BlendedLatentDiffusion
 
@@ -120,6 +123,7 @@ class EditorApp(Handlers):
             loaded = editor.loras if self.kind == "latent" else []
             loras = LoraChoices.from_options([spec.rpartition(":")[0] for spec in loaded])
         self.lora_choices = loras
+        self.selector = selector  # clicks, boxes and words -> the mask paint (None: no panel)
         self.model_info = {
             "method": self.kind,
             "name": getattr(editor, "name", ""),

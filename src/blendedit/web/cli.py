@@ -7,6 +7,7 @@ so every other command starts as fast as before.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import time
@@ -51,6 +52,7 @@ with the same dtype and versions).
 
 SERVE_OPTIONS = (
     "method", "model", "model_config", "loras", "lora_dir", "vae", "clip_model", "lpips_weights",
+    "segmenter",
 )  # fmt: skip
 REPLAY_OPTIONS = ("model", "model_config", "clip_model", "lpips_weights")
 LOCAL_OPTIONS = ("device", "dtype", "offline")
@@ -76,6 +78,9 @@ def _model_arguments(p: argparse.ArgumentParser, *, for_replay: bool) -> None:
             "Blended Diffusion on an ADM checkpoint (both selectable in the page)",
             "loras": "latent: a LoRA applied from the start (repeatable); the page offers it by "
             "name (with those of --lora-dir) and can take it off",
+            "segmenter": "the page's selection panel (clicks, a box, words): hub id or folder of "
+            "SAM, CLIPSeg or DETECTOR+SAM, loaded once on first use (default: text "
+            "IDEA-Research/grounding-dino-tiny+facebook/sam-vit-base, clicks facebook/sam-vit-base)",
         },
     )  # fmt: skip
 
@@ -148,7 +153,17 @@ def run_serve(args: argparse.Namespace) -> int:
     clip = args.clip_model or DEFAULT_CLIP_MODEL
     editor = ModelOptions.from_args(args).load(lambda m: _say(args, m), clip_model=clip)
     _say(args, "starting the web app ...")
+    from blendedit.options import load_segmenter_for
+    from blendedit.segment import Selection
     from blendedit.web.app import EditorApp
+    from blendedit.web.selecting import Selector
+
+    model_options = ModelOptions.from_args(args)
+
+    def load(name: str) -> Any:
+        return load_segmenter_for(
+            dataclasses.replace(model_options, segmenter=name), Selection(), lambda m: _say(args, m)
+        )
 
     app = EditorApp(
         editor,
@@ -161,6 +176,7 @@ def run_serve(args: argparse.Namespace) -> int:
         },
         options=options,
         loras=loras,
+        selector=Selector(args.segmenter, load),
     )
     if not is_loopback(args.host):  # said even with --quiet
         print(

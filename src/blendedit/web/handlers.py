@@ -19,7 +19,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from blendedit.web.canvas import (
     preview,
     scribble_from_canvas,
 )
+from blendedit.web.selecting import EDITOR_CANVAS, Picks, Selector, editor_layer, overlay
 from blendedit.web.session import Generation, Result, Session, use_loras
 from blendedit.web.settings import LoraChoices, ServeOptions, read_number, settings_from_ui
 
@@ -62,6 +63,7 @@ class WebState:
     serial: int = 0  # counts uploads; names this tab's download folders
     canvas: tuple[int, int] = (0, 0)  # (w, h) of the preview the editor shows
     original_thumb: Image.Image | None = None
+    picks: Picks = field(default_factory=Picks)  # the selection on the current preview
 
 
 @dataclass
@@ -178,6 +180,7 @@ class Handlers:
     _device_lock: threading.Lock  # one generation at a time on the device
     _cancel: dict[str, threading.Event]  # by tab
     _states: dict[str, WebState]  # by tab: emptied when the tab closes
+    selector: Selector | None  # the segmenter for clicks, boxes and words (None: not offered)
     _names: dict[Any, str]  # generate's input components -> their names
 
     # -- views ------------------------------------------------------------------------------------
@@ -334,6 +337,7 @@ class Handlers:
             self.editor.loras if self.kind == "latent" else (),
         )  # fmt: skip
         st.selected = None
+        self._states[_sid(request)] = st  # the tab's latest state (Gradio hands events copies)
         gallery, details = [], False
         for r in st.generation.results:
             image, detail = result_view(photo, r, self.options.preview_side)
@@ -477,6 +481,87 @@ class Handlers:
         step = st.session.redo()
         msg = f"Redid step {st.session.cursor} ({_short(step.prompt)!r})."
         return self.view(st, _sid(request), msg, editor=True)
+
+    # -- selecting by clicks, a box or words (web/selecting.py) ----------------------------------
+
+    def on_select_view(self, state: WebState | None) -> Any:
+        """The selection view after the photo changed (upload, keep, undo, redo, clear): the
+        current preview, nothing selected; the preview object is kept for the segmenter."""
+        st = state or WebState()
+        s = st.session
+        image = None if s is None else preview(s.photo, s.current_pixels, self.options.preview_side)
+        st.picks = Picks(image=image)
+        return overlay(st.picks)
+
+    def _selected(self, st: WebState, message: str, sid: str) -> tuple:
+        """Segment the tab's picks; outputs: state, editor (the preview and the mask as its
+        paint layer, which the brush and eraser then edit), selection view, status."""
+        picks = st.picks
+        if self.selector is None:
+            raise InputError("select: this server has no segmenter (blendedit serve --segmenter)")
+        if picks.image is None or st.session is None:
+            raise InputError("image: upload a photo first")
+        t0 = time.perf_counter()
+        picks.mask = self.selector.mask(picks)  # (h, w) bool at the canvas size
+        self._states[sid] = st
+        st.canvas = picks.image.size
+        image = picks.image
+        layer = editor_layer(picks.mask, EDITOR_CANVAS)  # (>=h, >=w, 4) mask paint
+        editor = {"background": image, "layers": [layer], "composite": image}
+        seconds = time.perf_counter() - t0
+        msg = f"{message} ({seconds:.2f} s): {int(picks.mask.sum())} preview pixels selected."
+        return st, editor, overlay(picks), self.status_text(st, msg)
+
+    def on_pick(
+        self, state: WebState | None, mode: str, evt: gr.SelectData, request: gr.Request
+    ) -> tuple:
+        """A click on the selection view: add, remove (a negative click) or a box corner."""
+        st = state or WebState()
+        if st.picks.image is None:
+            raise InputError("image: upload a photo first")
+        x, y = (float(v) for v in evt.index[:2])
+        if not st.picks.pick(str(mode), x, y):
+            view = overlay(st.picks)
+            return st, gr.skip(), view, self.status_text(st, "Box: now click its other corner.")
+        return self._selected(st, f"Selected ({mode} at {x:.0f},{y:.0f})", _sid(request))
+
+    def on_gesture(self, state: WebState | None, text: str | None, request: gr.Request) -> tuple:
+        """A gesture the page's script sends: ``box X0 Y0 X1 Y1`` (a drag) or ``remove X Y`` (a
+        shift- or alt-click), in the preview's pixels."""
+        st = state or WebState()
+        if st.picks.image is None:
+            raise InputError("image: upload a photo first")
+        kind, *numbers = str(text or "").split()
+        try:
+            values = [float(v) for v in numbers]
+        except ValueError:
+            values = []
+        if kind == "box" and len(values) == 4:
+            x0, y0, x1, y1 = values
+            st.picks.corner = (x0, y0)
+            st.picks.pick("box", x1, y1)
+        elif kind == "remove" and len(values) == 2:
+            st.picks.pick("remove", *values)
+        else:
+            raise InputError(f"select: {str(text)[:40]!r} is not a box or a remove click")
+        return self._selected(st, f"Selected ({kind})", _sid(request))
+
+    def on_select_text(
+        self, state: WebState | None, text: str | None, request: gr.Request
+    ) -> tuple:
+        """Select what the words name (with the clicks and box already given)."""
+        st = state or WebState()
+        text = str(text or "").strip()
+        if not text:
+            raise InputError('select: "" names nothing; say what to select ("the red cup")')
+        st.picks.text = text
+        return self._selected(st, f"Selected {text!r}", _sid(request))
+
+    def on_select_reset(self, state: WebState | None, request: gr.Request) -> tuple:
+        """Forget the selection's clicks, box and words; the paint is cleared too."""
+        st = state or WebState()
+        view = self.view(st, _sid(request), "Selection cleared.", editor=True)
+        return (*view, self.on_select_view(st))
 
     def unload(self, request: gr.Request) -> None:
         """A tab closed: stop its Generate if one is running (the device is freed for the

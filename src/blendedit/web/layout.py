@@ -19,6 +19,7 @@ from blendedit.web._gradio import gr
 from blendedit.web.canvas import MASK_OPACITY, MASK_RGB
 from blendedit.web.handlers import Handlers, ServeOptions, WebState, friendly
 from blendedit.web.paint import CANVAS_SIDE, PaintEditor
+from blendedit.web.selecting import PICK_MODES
 from blendedit.web.settings import Control, control_specs
 
 if TYPE_CHECKING:
@@ -84,6 +85,8 @@ def photo_column(app: Handlers) -> dict[str, Any]:
             label="Invert mask: edit everything outside the paint", elem_id="invert"
         )
         c["clear"] = gr.Button("Clear paint", size="sm", elem_id="clear-mask")
+    if app.selector is not None:
+        c.update(select_panel())
     c["prompt"] = gr.Textbox(
         label="Prompt",
         placeholder=(
@@ -127,6 +130,40 @@ def photo_box(o: ServeOptions) -> gr.File:
     )
     gr.HTML('<div id="upload-check-msg" role="alert"></div>', padding=False)
     return box
+
+
+def select_panel() -> dict[str, Any]:
+    """Select instead of painting (:mod:`~blendedit.web.selecting`): click the preview to add
+    or remove a part, or two corners of a box, or type what to select; the selection becomes
+    the editor's mask paint."""
+    c: dict[str, Any] = {}
+    with gr.Accordion("Select by clicking or naming it", open=True, elem_id="select-panel"):
+        c["select_view"] = gr.Image(
+            label="Click the object to select it; shift-click: remove a part; drag: a box (the "
+            "selection becomes the mask paint above)",
+            elem_id="select-view",
+            type="pil",
+            interactive=False,
+            height=360,
+        )
+        with gr.Row():
+            c["select_mode"] = gr.Radio(
+                list(PICK_MODES), value="add", label="A click", elem_id="select-mode",
+                info="add: select the object there; remove: take that part away; box: two "
+                "clicks, its corners",
+            )  # fmt: skip
+            c["select_text"] = gr.Textbox(
+                label="Or name it", placeholder="the red cup", elem_id="select-text", max_lines=1
+            )
+        with gr.Row():
+            c["select_go"] = gr.Button("Select named", size="sm", elem_id="select-go")
+            c["select_reset"] = gr.Button("Clear selection", size="sm", elem_id="select-reset")
+        # Drags (a box) and shift-clicks (remove) are sent here by static/editor.js.
+        c["select_gesture"] = gr.Textbox(
+            elem_id="select-gesture", show_label=False, container=False
+        )
+        c["select_send"] = gr.Button("send", elem_id="select-send")
+    return c
 
 
 def paint_editor(o: ServeOptions) -> PaintEditor:
@@ -209,9 +246,9 @@ def wire(app: Handlers, demo: gr.Blocks, c: Mapping[str, Any]) -> dict[Component
 
     # Progress, queue position and errors show on one component per event, not on all.
     quiet: dict[str, Any] = {"show_progress": "minimal", "show_progress_on": [c["history"]]}
-    c["photo"].upload(friendly(app.on_upload), [c["photo"], state], view, **quiet)
-    c["editor"].clear(friendly(app.on_clear), [state], view, **quiet)
-    c["clear"].click(friendly(app.on_clear), [state], view, **quiet)
+    upload = c["photo"].upload(friendly(app.on_upload), [c["photo"], state], view, **quiet)
+    cleared = c["editor"].clear(friendly(app.on_clear), [state], view, **quiet)
+    cleared_too = c["clear"].click(friendly(app.on_clear), [state], view, **quiet)
     run = {
         "fn": friendly(app.generate),
         "inputs": set(names),
@@ -224,11 +261,33 @@ def wire(app: Handlers, demo: gr.Blocks, c: Mapping[str, Any]) -> dict[Component
     runs = [c["generate"].click(**run), c["prompt"].submit(**run)]
     c["cancel"].click(app.cancel, None, status, cancels=runs, queue=False)
     results.select(friendly(app.select), [state], [state, status], show_progress="hidden")
-    c["keep"].click(friendly(app.keep), [state], view, **quiet)
-    c["undo"].click(friendly(app.undo), [state], [*view, c["prompt"]], **quiet)
-    c["redo"].click(friendly(app.redo), [state], view, **quiet)
+    kept = c["keep"].click(friendly(app.keep), [state], view, **quiet)
+    undone = c["undo"].click(friendly(app.undo), [state], [*view, c["prompt"]], **quiet)
+    redone = c["redo"].click(friendly(app.redo), [state], view, **quiet)
+    if "select_view" in c:
+        wire_select(app, c, [upload, cleared, cleared_too, kept, undone, redone], view)
     demo.unload(app.unload)
     return names
+
+
+def wire_select(app: Handlers, c: Mapping[str, Any], changes: list[Any], view: list) -> None:
+    """The selection panel's events: a click on the view, the named selection, Clear; and a
+    fresh view (nothing selected) after every event that changes the photo or clears paint."""
+    state, sel = c["state"], c["select_view"]
+    quiet: dict[str, Any] = {"show_progress": "minimal", "show_progress_on": [sel]}
+    for event in changes:
+        event.then(friendly(app.on_select_view), [state], [sel], **quiet)
+    # One selection at a time, whichever way it comes: the tabs share one segmenter.
+    quiet.update(concurrency_limit=1, concurrency_id="select")
+    out = [state, c["editor"], sel, c["status"]]
+    sel.select(friendly(app.on_pick), [state, c["select_mode"]], out, **quiet)
+    named = {"fn": friendly(app.on_select_text), "inputs": [state, c["select_text"]]}
+    c["select_text"].submit(**named, outputs=out, **quiet)
+    c["select_go"].click(**named, outputs=out, **quiet)
+    reset = {k: v for k, v in quiet.items() if not k.startswith("concurrency")}
+    c["select_reset"].click(friendly(app.on_select_reset), [state], [*view, sel], **reset)
+    gesture = [state, c["select_gesture"]]
+    c["select_send"].click(friendly(app.on_gesture), gesture, out, **quiet)
 
 
 def controls(specs: Sequence[Control]) -> dict[str, Component]:

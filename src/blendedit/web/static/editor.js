@@ -66,3 +66,50 @@
     target.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
   }, true);
 })();
+
+// The selection view (blendedit.web.selecting): a drag draws a box, a shift- or alt-click is a
+// negative click. Gradio's image reports plain clicks only, so these two gestures are sent by
+// this script, in the photo preview's pixels, through the panel's hidden #select-gesture box and
+// #select-send button; a plain click stays Gradio's own (the panel's "A click" mode).
+(() => {
+  let start = null, dragged = false;
+  const onView = (el) => el instanceof HTMLImageElement && el.closest("#select-view");
+  const at = (img, e) => {  // client px -> px of the image shown (object-fit: contain)
+    const r = img.getBoundingClientRect(), w = img.naturalWidth, h = img.naturalHeight;
+    const s = Math.min(r.width / w, r.height / h);
+    const x = (e.clientX - r.left - (r.width - w * s) / 2) / s;
+    const y = (e.clientY - r.top - (r.height - h * s) / 2) / s;
+    return [Math.max(0, Math.min(w, x)).toFixed(1), Math.max(0, Math.min(h, y)).toFixed(1)];
+  };
+  const send = (text) => {
+    const box = document.querySelector("#select-gesture textarea, #select-gesture input");
+    const button = document.querySelector("#select-send");
+    if (!box || !button) return;
+    box.value = text;
+    box.dispatchEvent(new Event("input", { bubbles: true }));
+    setTimeout(() => button.click(), 50);
+  };
+  document.addEventListener("pointerdown", (e) => {
+    if (!onView(e.target) || e.button !== 0) return;
+    start = { clientX: e.clientX, clientY: e.clientY, img: e.target };
+    dragged = false;
+    e.preventDefault();  // no native image drag
+  }, true);
+  document.addEventListener("pointerup", (e) => {
+    if (!start) return;
+    const s = start;
+    start = null;
+    if (Math.hypot(e.clientX - s.clientX, e.clientY - s.clientY) < 6) return;  // a click
+    dragged = true;
+    send(`box ${at(s.img, s).join(" ")} ${at(s.img, e).join(" ")}`);
+  }, true);
+  document.addEventListener("click", (e) => {
+    if (!onView(e.target)) return;
+    if (dragged || e.shiftKey || e.altKey) {
+      e.stopImmediatePropagation();  // not a plain click for Gradio
+      e.preventDefault();
+      if (!dragged) send(`remove ${at(e.target, e).join(" ")}`);
+      dragged = false;
+    }
+  }, true);
+})();

@@ -163,3 +163,77 @@ def build_sam2(folder: Path, seed: int = 0, size: int = 128) -> Path:
     )  # fmt: skip
     Sam2Model(config).eval().save_pretrained(folder)
     return folder
+
+
+def build_sam_hq(folder: Path, seed: int = 0, size: int = SAM_SIZE, patch: int = 8) -> Path:
+    """A SAM-HQ as :func:`build_sam` (2-block ViT at 64 px, 8 px patches) with its processor."""
+    from transformers import SamHQConfig, SamHQModel, SamHQProcessor
+
+    torch.manual_seed(seed)
+    config = SamHQConfig(
+        vision_config={
+            "hidden_size": 32, "output_channels": 16, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "image_size": size, "patch_size": patch, "window_size": 4,
+            "global_attn_indexes": [1], "num_pos_feats": 8, "mlp_dim": 64,
+        },
+        prompt_encoder_config={
+            "hidden_size": 16, "image_size": size, "patch_size": patch, "mask_input_channels": 4
+        },
+        mask_decoder_config={
+            "hidden_size": 16, "mlp_dim": 32, "num_attention_heads": 2, "iou_head_hidden_dim": 16,
+            "vit_dim": 32,
+        },
+    )  # fmt: skip
+    model = SamHQModel(config).eval()
+    with torch.no_grad():  # the HQ branch's random mask is ~1e-7 of SAM's at this init: lift it
+        for n, p in model.mask_decoder.named_parameters():
+            if "hq" in n or "compress_vit" in n or "encoder_conv" in n:
+                p.mul_(30)
+    grid = size // patch * 4
+    images = SamImageProcessorPil(
+        size={"longest_edge": size}, pad_size={"height": size, "width": size},
+        mask_size={"longest_edge": grid}, mask_pad_size={"height": grid, "width": grid},
+    )  # fmt: skip
+    SamHQProcessor(image_processor=images).save_pretrained(folder)
+    model.save_pretrained(folder)
+    return folder
+
+
+SAM3_SIZE = 56  # the tiny SAM 3's input side (1008 released), 14 px patches: a 4x4 grid
+
+
+def build_sam3(folder: Path, seed: int = 0) -> Path:
+    """A SAM 3 with a 2-block ViT (one global block), a 2-layer CLIP text encoder (character
+    vocabulary, 32 positions), one-layer DETR encoder and decoder (8 queries); saved with its
+    tokenizer only (``Sam3Processor`` needs torchvision here)."""
+    from transformers import Sam3Config, Sam3Model
+
+    torch.manual_seed(seed)
+    grid = SAM3_SIZE // 14
+    vit = {
+        "model_type": "sam3_vit_model", "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": SAM3_SIZE,
+        "patch_size": 14, "window_size": 2, "global_attn_indexes": [1],
+        "pretrain_image_size": SAM3_SIZE,
+    }  # fmt: skip
+    small = {"hidden_size": 32, "num_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    config = Sam3Config(
+        vision_config={
+            "model_type": "sam3_vision_model", "backbone_config": vit, "fpn_hidden_size": 32,
+            "backbone_feature_sizes": [[grid * 4] * 2, [grid * 2] * 2, [grid] * 2],
+        },
+        text_config={
+            "model_type": "clip_text_model", "vocab_size": 520, "hidden_size": 32,
+            "intermediate_size": 64, "projection_dim": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 32, "bos_token_id": 512,
+            "eos_token_id": 513, "pad_token_id": 513,
+        },
+        geometry_encoder_config=small, detr_encoder_config=small,
+        detr_decoder_config={**small, "num_queries": 8},
+        mask_decoder_config={"hidden_size": 32, "num_attention_heads": 2},
+    )  # fmt: skip
+    model = Sam3Model(config).eval()
+    write_char_vocab(folder)
+    CLIPTokenizer.from_pretrained(str(folder), model_max_length=32).save_pretrained(folder)
+    model.save_pretrained(folder)
+    return folder

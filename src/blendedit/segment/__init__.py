@@ -1,5 +1,5 @@
-"""Masks from words and clicks: segmenters (CLIPSeg, SAM, GroundingDINO + SAM) that turn a
-selection into a soft mask at the photo's full resolution, which then takes the mask path a
+"""Masks from words and clicks: segmenters (CLIPSeg, SAM, SAM-HQ, SAM 2, SAM 3, GroundingDINO +
+SAM) that turn a selection into a soft mask at the photo's full resolution, which then takes the mask path a
 painted mask takes (``blendedit.frame.masks``). One module per kind of model; this registry finds
 the kind from a model's config (``model_type``)."""
 
@@ -14,8 +14,9 @@ from blendedit.models import check_hub_id
 from blendedit.segment.base import Point, Segmentation, Segmenter, Selection, load_part
 from blendedit.segment.clipseg import ClipSegSegmenter
 from blendedit.segment.grounded import GroundedSamSegmenter
-from blendedit.segment.sam import SamSegmenter
+from blendedit.segment.sam import SamHQSegmenter, SamSegmenter
 from blendedit.segment.sam2 import Sam2Segmenter
+from blendedit.segment.sam3 import Sam3Segmenter
 from blendedit.segment.select import parse_box, parse_point, select_mask, selection_from
 
 # Defaults (docs/segment.md): text by GroundingDINO-tiny (172M, Apache-2.0) + SAM ViT-B (94M,
@@ -34,7 +35,10 @@ def register_segmenter(cls: type[Segmenter]) -> type[Segmenter]:
     return cls
 
 
-for _cls in (ClipSegSegmenter, SamSegmenter, Sam2Segmenter, GroundedSamSegmenter):
+for _cls in (
+    ClipSegSegmenter, SamSegmenter, SamHQSegmenter, Sam2Segmenter, Sam3Segmenter,
+    GroundedSamSegmenter,
+):  # fmt: skip
     register_segmenter(_cls)
 
 
@@ -76,6 +80,8 @@ __all__ = [
     "GroundedSamSegmenter",
     "Point",
     "Sam2Segmenter",
+    "Sam3Segmenter",
+    "SamHQSegmenter",
     "SamSegmenter",
     "Segmentation",
     "Segmenter",

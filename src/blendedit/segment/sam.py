@@ -27,30 +27,35 @@ class SamSegmenter(Segmenter):
 
     model_types: ClassVar[tuple[str, ...]] = ("sam",)
     takes_clicks: ClassVar[bool] = True
+    model_class: ClassVar[str] = "SamModel"  # the transformers classes (SAM-HQ: its own)
+    processor_class: ClassVar[str] = "SamProcessor"
 
     def __init__(self, model: Any, processor: Any, name: str = "sam") -> None:
         self.model, self.processor, self.name = model.eval(), processor, name
         self.device = next(model.parameters()).device
-        self._cached: tuple[str, dict[str, torch.Tensor]] | None = None
+        self._cached: tuple[str, dict[str, Any]] | None = None
         self.encodes = 0  # image encoder runs (the cache's misses)
 
     @classmethod
     def load(
         cls, name: str, device: torch.device, dtype: torch.dtype, local: bool | None
     ) -> SamSegmenter:
-        from transformers import SamModel, SamProcessor
+        import transformers
 
+        model_cls = getattr(transformers, cls.model_class)
+        processor_cls = getattr(transformers, cls.processor_class)
         model = load_part(
-            "segmenter", name, lambda lo: SamModel.from_pretrained(name, local_files_only=lo), local
-        )
+            "segmenter", name,
+            lambda lo: model_cls.from_pretrained(name, local_files_only=lo), local,
+        )  # fmt: skip
         processor = load_part(
             "segmenter", name,
-            lambda lo: SamProcessor.from_pretrained(name, local_files_only=lo), local,
+            lambda lo: processor_cls.from_pretrained(name, local_files_only=lo), local,
         )  # fmt: skip
         return cls(model.to(device, dtype), processor, name)
 
     @torch.no_grad()
-    def embed(self, image: Image.Image) -> dict[str, torch.Tensor]:
+    def embed(self, image: Image.Image) -> dict[str, Any]:
         """The image embedding (1, C, h, w) and the processor's sizes, computed once per image."""
         key = image_key(image)
         if self._cached is not None and self._cached[0] == key:
@@ -59,12 +64,20 @@ class SamSegmenter(Segmenter):
         dtype = next(self.model.parameters()).dtype
         pixels = inputs["pixel_values"].to(self.device, dtype)
         entry = {
-            "image_embeddings": self.model.get_image_embeddings(pixels),
+            **self.encode(pixels),
             "original_sizes": inputs["original_sizes"],
             "reshaped_input_sizes": inputs["reshaped_input_sizes"],
         }
         self._cached, self.encodes = (key, entry), self.encodes + 1
         return entry
+
+    def encode(self, pixels: torch.Tensor) -> dict[str, Any]:
+        """The encoder's outputs the decoder takes back: SAM's image embedding (1, C, h, w)."""
+        return {"image_embeddings": self.model.get_image_embeddings(pixels)}
+
+    def decoder_inputs(self, emb: dict[str, Any]) -> dict[str, Any]:
+        """The cached entry's part the model's call takes (the sizes stay for post-processing)."""
+        return {k: v for k, v in emb.items() if k not in ("original_sizes", "reshaped_input_sizes")}
 
     def _scale(self, original: torch.Tensor) -> tuple[float, float]:
         """x and y factors from the photo's pixels to the encoder's input, as the processor
@@ -77,7 +90,7 @@ class SamSegmenter(Segmenter):
     @torch.no_grad()
     def decode(
         self, image: Image.Image, points: tuple[Point, ...], boxes: list[Box]
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """Prompt -> low-resolution mask logits (P, 3, h, w) and predicted IoUs (P, 3); one
         prompt per box (each with every point), or one prompt of the points alone."""
         emb = self.embed(image)
@@ -96,7 +109,7 @@ class SamSegmenter(Segmenter):
         kw = {
             k: v.to(self.device, dtype if v.is_floating_point() else v.dtype) for k, v in kw.items()
         }
-        out = self.model(image_embeddings=emb["image_embeddings"], multimask_output=True, **kw)
+        out = self.model(**self.decoder_inputs(emb), multimask_output=True, **kw)
         return out.pred_masks[0].float(), out.iou_scores[0].float(), emb
 
     def masks(
@@ -126,3 +139,20 @@ class SamSegmenter(Segmenter):
         return Segmentation(
             np.ascontiguousarray(probs.numpy(), dtype=np.float32), list(boxes), iou.tolist()
         )
+
+
+class SamHQSegmenter(SamSegmenter):
+    """SAM-HQ (Ke et al. 2023, "Segment Anything in High Quality", sec. 3): SAM with a learned
+    high-quality output token whose mask, fused with the encoder's early ViT features, is added
+    to SAM's (``hq_token_only=False``, the paper's default). Same prompts and post-processing as
+    SAM; the encoder's intermediate embeddings are cached with the image embedding."""
+
+    model_types: ClassVar[tuple[str, ...]] = ("sam_hq",)
+    model_class: ClassVar[str] = "SamHQModel"
+    processor_class: ClassVar[str] = "SamHQProcessor"
+
+    def encode(self, pixels: torch.Tensor) -> dict[str, Any]:
+        """The image embedding (1, C, h, w) and the ViT's intermediate embeddings ((1, h, w, D)
+        each), which the HQ decoder fuses."""
+        image_embeddings, intermediate = self.model.get_image_embeddings(pixels)
+        return {"image_embeddings": image_embeddings, "intermediate_embeddings": intermediate}

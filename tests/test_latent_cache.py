@@ -48,7 +48,8 @@ def flow_editors(tmp_path_factory):
 @pytest.mark.parametrize(
     ("family", "spec"),
     [("sd3", "first-block:0"), ("flux", "first-block:0"), ("sd3", "taylorseer:1"),
-     ("flux", "taylorseer:1")],
+     ("flux", "taylorseer:1"), ("flux", "magcache:0"),
+     ("sd3", "pab:1"), ("flux", "pab:1")],
 )  # fmt: skip
 def test_transformer_cache_skipping_nothing_is_bit_identical(
     flow_editors, shared_images, family, spec
@@ -77,6 +78,46 @@ def test_first_block_skips_counts_and_leaves_no_state(flow_editors, shared_image
     assert torch.equal(two[1:], alone)
     _, after = _edit(editor, shared_images, [5, 6])
     assert torch.equal(after, before)
+
+
+def test_magcache_counts_from_blend_start_and_leaves_no_state(flow_editors, shared_images):
+    """MagCache with FLUX.1's ratios: the chunk starts at step 2 of 8, past the 20% retention, so
+    after its first (full) call it skips 3 in a row (the hook's limit), runs one, skips one: 4 of
+    6. A step counter left at 0 would keep steps 0-1 full and skip 3 of 6. One candidate per chunk
+    equals it alone, and the uncached run after equals the one before (hooks removed)."""
+    editor = flow_editors["flux"]
+    _, before = _edit(editor, shared_images, [5, 6])
+    result, two = _edit(editor, shared_images, [5, 6], cache="magcache:1e9", batch_size=1)
+    assert result.settings["cache_calls"] == 2 * (STEPS - 2)
+    assert result.settings["cache_skipped"] == 2 * 4
+    assert not torch.equal(two, before) and torch.isfinite(two).all()
+    _, alone = _edit(editor, shared_images, [6], cache="magcache:1e9")
+    assert torch.equal(two[1:], alone)
+    _, after = _edit(editor, shared_images, [5, 6])
+    assert torch.equal(after, before)
+    with pytest.raises(InputError, match=r"^cache: 'magcache' has no calibrated ratios for a "):
+        _edit(flow_editors["sd3"], shared_images, [5], cache="magcache")
+
+
+@pytest.mark.parametrize(("family", "skipped"), [("sd3", 2), ("flux", 6)])
+def test_pab_broadcasts_inside_its_timesteps_and_leaves_no_state(
+    flow_editors, shared_images, family, skipped
+):
+    """Pyramid Attention Broadcast, interval 2: the odd calls of a chunk (the first always
+    computes) inside timesteps (100, 800) reuse the attention. SD3's 6 calls run at t = 883, 801,
+    694, 548, 338, 9: call 3 only, 1 per chunk; FLUX's (its shifted schedule) at 830, 731, 620,
+    495, 352, 189: calls 1, 3, 5. A timestep callback reading anything else would not give both.
+    Chunks and edits share no state."""
+    editor = flow_editors[family]
+    _, before = _edit(editor, shared_images, [5, 6])
+    result, two = _edit(editor, shared_images, [5, 6], cache="pab", batch_size=1)
+    assert result.settings["cache_calls"] == 2 * (STEPS - 2)
+    assert not torch.equal(two, before) and torch.isfinite(two).all()
+    _, alone = _edit(editor, shared_images, [6], cache="pab")
+    assert torch.equal(two[1:], alone)
+    _, after = _edit(editor, shared_images, [5, 6])
+    assert torch.equal(after, before)
+    assert result.settings["cache_skipped"] == skipped
 
 
 def test_deepcache_on_a_unet(editor, shared_images):

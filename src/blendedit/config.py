@@ -232,7 +232,8 @@ def _kernels(text: str) -> tuple[int, ...]:
 
 
 # Step caches (blendedit.latent.cache): name -> default value (a threshold or an interval).
-CACHE_DEFAULTS = {"first-block": 0.05, "taylorseer": 5.0, "deepcache": 3.0}
+CACHE_DEFAULTS = {"first-block": 0.05, "taylorseer": 5.0, "deepcache": 3.0, "magcache": 0.06,
+                  "pab": 2.0}  # fmt: skip
 CACHES = ("none", *CACHE_DEFAULTS)
 
 
@@ -422,7 +423,8 @@ class EditConfig(FrameConfig):
     )  # fmt: skip
     cache: str = setting(
         "none", "step cache, NAME[:VALUE]: first-block[:THRESHOLD] (transformers, default 0.05), "
-        "taylorseer[:INTERVAL] (transformers, 5), deepcache[:INTERVAL] (UNets, 3); skipped "
+        "taylorseer[:INTERVAL] (transformers, 5), deepcache[:INTERVAL] (UNets, 3), "
+        "magcache[:THRESHOLD] (FLUX.1, 0.06), pab[:INTERVAL] (transformers, 2); skipped "
         "calls in result.json", flag="--cache", eval=True,
     )  # fmt: skip
     compile: bool = setting(

@@ -11,6 +11,18 @@ denoiser's previous call instead of running the whole network.
 - ``taylorseer``: TaylorSeer (Liu et al. 2025, sec. 3.2), diffusers' hook on a transformer's
   attention: a full call every VALUE steps (default 5) after 3 warm-up calls, first-order Taylor
   predictions of the attention outputs between them.
+- ``magcache``: MagCache (Ma et al. 2025, sec. 3.2-3.3), diffusers' hook on a transformer's
+  blocks with diffusers' published FLUX.1 magnitude ratios (``FLUX_MAG_RATIOS``, 28 steps,
+  interpolated to the schedule): a call is skipped (input + last residual) while the accumulated
+  error sum |1 - prod(ratio)| stays <= VALUE (default 0.06), at most 3 in a row, never in the
+  first 20% of the whole schedule; 0 skips nothing. The BLD loop starts at blend_start: the hook's step counter is
+  set to the chunk's first step in the full schedule, so ratios and retention stay those of the
+  whole schedule. Other families have no published ratios: one line.
+- ``pab``: Pyramid Attention Broadcast (Zhao et al. 2024, sec. 3.2), diffusers' hook on a
+  transformer's (joint) attention: inside timesteps (100, 800) the attention outputs are computed
+  every VALUE-th call (default 2) and broadcast to the calls between; outside the range every
+  call computes. The hook counts calls from the chunk's first (which always computes) and reads
+  the loop's timestep, so starting at blend_start needs no offset.
 - ``deepcache``: DeepCache (Ma, Fang, Wang 2024, sec. 3.2-3.3, uniform 1:N strategy) for UNets,
   for which diffusers has no cache: every VALUE-th call (default 3) runs in full and keeps the
   features entering the outermost up block; the calls between run only the outermost down block,
@@ -35,11 +47,14 @@ from blendedit.config import CACHE_DEFAULTS, parse_cache
 from blendedit.errors import InputError
 from blendedit.latent.sampling import ModelFn
 
-TRANSFORMER_CACHES = ("first-block", "taylorseer")
+TRANSFORMER_CACHES = ("first-block", "taylorseer", "magcache", "pab")
+MAGCACHE_MODELS = ("FluxTransformer2DModel",)  # those with diffusers' published ratios
 UNET_CACHES = ("deepcache",)
 _HOOKS = {  # diffusers' hook names, removed after each chunk
     "first-block": ("fbc_leader_block_hook", "fbc_block_hook"),
     "taylorseer": ("taylorseer_cache",),
+    "magcache": ("mag_cache_leader_block_hook", "mag_cache_block_hook"),
+    "pab": ("pyramid_attention_broadcast",),
 }
 _BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")  # in call order
 
@@ -80,7 +95,9 @@ def kinds_for(module: torch.nn.Module) -> tuple[str, ...]:
     module = getattr(module, "_orig_mod", module)
     blocks = blocks_of(module)
     if len(blocks) >= 2 + (len(blocks) > 0 and _context_pre_only(blocks[-1])):
-        return TRANSFORMER_CACHES
+        if type(module).__name__ in MAGCACHE_MODELS:
+            return TRANSFORMER_CACHES
+        return tuple(c for c in TRANSFORMER_CACHES if c != "magcache")
     return UNET_CACHES if _is_unet(module) else ()
 
 
@@ -90,6 +107,11 @@ def check_cache(spec: str, module: torch.nn.Module, model: str) -> None:
     kinds = kinds_for(module)
     if name != "none" and name not in kinds:
         fits = ", ".join(kinds) if kinds else "none"
+        if name == "magcache" and kinds:
+            raise InputError(
+                f"cache: 'magcache' has no calibrated ratios for a {model} model (diffusers ships "
+                f"FLUX.1's only); it takes {fits}"
+            )
         raise InputError(f"cache: {name!r} does not apply to a {model} model; it takes {fits}")
 
 
@@ -167,7 +189,14 @@ def _end_early(blocks: list[torch.nn.Module], state_manager: Any) -> torch.nn.Mo
 class StepCache:
     """One chunk's cache on a denoiser: :meth:`wrap` the model function, :attr:`stats` after."""
 
-    def __init__(self, module: torch.nn.Module, spec: str, mask: torch.Tensor, patch: int) -> None:
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        spec: str,
+        mask: torch.Tensor,
+        patch: int,
+        steps: tuple[int, int] = (0, 0),
+    ) -> None:
         check_cache(spec, module, type(getattr(module, "_orig_mod", module)).__name__)
         self.name, value = parse_cache(spec)
         self.value = CACHE_DEFAULTS.get(self.name, 0.0) if value is None else value
@@ -176,6 +205,9 @@ class StepCache:
         self.deep: DeepCache | None = None
         self._probe: Any = None
         self._ran = False
+        self._first, self._total = steps  # this chunk's first call and the schedule's length
+        self._mag: Any = None  # MagCache's head hook
+        self._t = 0.0  # the loop's current timestep, for Pyramid Attention Broadcast
         if self.name in TRANSFORMER_CACHES:
             self._install_diffusers(token_mask(mask, patch).to(mask.device))
         elif self.name == "deepcache":
@@ -185,10 +217,15 @@ class StepCache:
         from diffusers.hooks import (
             FirstBlockCacheConfig,
             HookRegistry,
+            MagCacheConfig,
+            PyramidAttentionBroadcastConfig,
             TaylorSeerCacheConfig,
             apply_first_block_cache,
+            apply_mag_cache,
+            apply_pyramid_attention_broadcast,
             apply_taylorseer_cache,
         )
+        from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
 
         blocks = blocks_of(self.module)
         last = blocks[-1]
@@ -206,6 +243,25 @@ class StepCache:
                 return prev is None or masked_change(residual, prev, tokens) > self.value
 
             hook._should_compute_remaining_blocks = should_compute  # the mask-only criterion
+        elif self.name == "magcache":
+            total = max(self._total, 1)
+            # Threshold 0 skips nothing: the hook's `err <= threshold` would skip where a ratio
+            # is exactly 1 (FLUX's 28 ratios interpolated to 8 steps have one), so no skips at 0.
+            config = MagCacheConfig(
+                threshold=self.value,
+                max_skip_steps=3 if self.value > 0 else 0,
+                num_inference_steps=total,
+                mag_ratios=FLUX_MAG_RATIOS,
+            )
+            apply_mag_cache(self.module, config)
+            registry = HookRegistry.check_if_exists_or_initialize(blocks[0])
+            self._mag = registry.get_hook("mag_cache_leader_block_hook")
+        elif self.name == "pab":
+            config = PyramidAttentionBroadcastConfig(
+                spatial_attention_block_skip_range=max(1, int(self.value)),
+                current_timestep_callback=lambda: self._t,
+            )
+            apply_pyramid_attention_broadcast(self.module, config)
         else:
             n = max(1, int(self.value))
             apply_taylorseer_cache(
@@ -224,6 +280,7 @@ class StepCache:
 
         def cached(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             self._ran = False
+            self._t = float(torch.as_tensor(t).flatten()[0])  # the scheduler's scale, 0..1000
             if self.deep is not None:  # the uniform 1:N strategy: calls 0, N, 2N, ... in full
                 self.deep.full = self.stats.calls % max(1, int(self.value)) == 0
                 self._ran = self.deep.full
@@ -232,6 +289,9 @@ class StepCache:
                 from diffusers.models.cache_utils import CacheMixin
 
                 with CacheMixin.cache_context(self.module, "blend"):  # one context: CFG batched
+                    if self._mag is not None and self.stats.calls == 0:
+                        # MagCache counts calls from 0: the BLD loop starts at blend_start.
+                        self._mag.state_manager.get_state().step_index = self._first
                     out = model_fn(z, t)
             self.stats.calls += 1
             self.stats.full += int(self._ran)
@@ -256,10 +316,15 @@ class StepCache:
 
 @contextmanager
 def step_cache(
-    module: torch.nn.Module, spec: str, mask: torch.Tensor, patch: int
+    module: torch.nn.Module,
+    spec: str,
+    mask: torch.Tensor,
+    patch: int,
+    steps: tuple[int, int] = (0, 0),
 ) -> Iterator[StepCache]:
-    """A fresh :class:`StepCache` for one chunk (mask: (1, 1, h, w), the widest step mask)."""
-    cache = StepCache(module, spec, mask, patch)
+    """A fresh :class:`StepCache` for one chunk (mask: (1, 1, h, w), the widest step mask;
+    steps: the chunk's first call and the schedule's length, MagCache's step counter)."""
+    cache = StepCache(module, spec, mask, patch, steps)
     try:
         yield cache
     finally:

@@ -323,7 +323,9 @@ class BlendedLatentDiffusion(FrameMethod):
         # Background levels from the schedule itself (schedule.py): t' or, "official", t.
         background = blend_rule(cfg.blend_rule, scheduler, z0, noise, begin, len(timesteps), gens)
         # --cache: fresh hooks for this chunk, removed after it (latent/cache.py).
-        with step_cache(self.unet, cfg.cache, masks[0], self.backbone.patch_size) as cache:
+        patch = self.backbone.patch_size
+        steps = (begin, begin + len(timesteps))  # this chunk's calls in the full schedule
+        with step_cache(self.unet, cfg.cache, masks[0], patch, steps) as cache:
             z = blended_latent_diffusion(
                 cache.wrap(model_fn), scheduler, self._start(scheduler, z0, noise, begin),
                 timesteps, masks, background, step_kwargs(scheduler, gens, cfg.eta), on_step,

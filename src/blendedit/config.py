@@ -676,7 +676,8 @@ class SelectConfig:
         const=True, group="select",
     )  # fmt: skip
     select_threshold: float = setting(
-        0.3, "text selection by a detector (GroundingDINO): the lowest box score kept",
+        0.3, "text selection by a detector (GroundingDINO) or SAM 3: the lowest score of a "
+        "box or instance kept",
         flag="--select-threshold", group="select", low=0, high=1,
     )  # fmt: skip
     select_preview: int = setting(

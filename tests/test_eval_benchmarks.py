@@ -4,9 +4,11 @@ those layouts; BrushBench's metrics; the table with the published rows apart fro
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +133,55 @@ def test_outside_scores_follow_brushnet() -> None:
     mse = ((a - b) ** 2).sum() / keep.sum()
     assert got["mse"] == pytest.approx(mse, rel=1e-5)
     assert got["psnr"] == pytest.approx(20 * math.log10(1 / math.sqrt(mse)), rel=1e-5)
+
+
+def test_outside_ssim_is_the_project_ssim_outside_the_mask() -> None:
+    """torchmetrics' SSIM map, averaged over the windows wholly outside the mask, equals
+    masked_ssim(erode=True) (the number before torchmetrics); not the uneroded average."""
+    import torch
+
+    from blendedit.frame.metrics import masked_ssim
+
+    g = np.random.default_rng(0)
+    src, out = g.random((2, 40, 48, 3))  # (H, W, 3) float64
+    keep = np.ones((40, 48))
+    keep[10:25, 12:30] = 0  # the mask
+    out[10:25, 12:30] = 0  # an edit inside it and noise outside
+    got = B.outside_ssim(src, out, keep)
+
+    def t(v: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(v).permute(2, 0, 1)[None]
+
+    want = float(masked_ssim(t(src), t(out), torch.from_numpy(keep), erode=True)[0])
+    assert got == pytest.approx(want, abs=1e-10)
+    loose = float(masked_ssim(t(src), t(out), torch.from_numpy(keep), erode=False)[0])
+    assert abs(got - loose) > 1e-3
+    with pytest.raises(InputError, match="mask:"):
+        B.outside_ssim(src, out, np.zeros((40, 48)))
+
+
+def test_brushnet_psnr_is_torchmetrics_psnr_less_10_log10_3() -> None:
+    """BrushNet's PSNR (channels summed) is torchmetrics' (per-channel mean) over the outside
+    pixels minus 10*log10(3): a different number, kept because the published table uses it."""
+    import torch
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    src, mask = _photo(0), _box()
+    noisy = np.clip(np.asarray(src).astype(int) + 10, 0, 255).astype(np.uint8)
+    got = B.outside_scores(src, Image.fromarray(noisy), mask)
+    a = torch.from_numpy(np.asarray(src, np.float64)[~mask] / 255)  # (N, 3) outside pixels
+    b = torch.from_numpy(noisy.astype(np.float64)[~mask] / 255)
+    tm = float(peak_signal_noise_ratio(b, a, data_range=1.0))
+    assert got["psnr"] == pytest.approx(tm - 10 * math.log10(3), abs=1e-4)
+
+
+def test_torchmetrics_imports_without_torchvision() -> None:
+    """The metrics above ran through torchmetrics in a process without torchvision."""
+    import torchmetrics.functional.image  # noqa: F401
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed here")
+    assert "torchvision" not in sys.modules
 
 
 @pytest.fixture(scope="module")

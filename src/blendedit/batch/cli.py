@@ -88,6 +88,11 @@ def add_parser(sub: Any) -> None:
                "clicks SAM ViT-B)"},
     )  # fmt: skip
     add_model_arguments(
+        p, ("judge_models",), title=None,
+        helps={"judge_models": "a ranking judge's model in every worker (rank=JUDGE rows): "
+               "NAME=MODEL as for edit; repeat for several (default: the published models)"},
+    )  # fmt: skip
+    add_model_arguments(
         p, ("device", "dtype", "offline"), title="each worker's device",
         helps={"device": "each worker's device (auto: its GPU if any)"},
     )  # fmt: skip
@@ -130,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         threads=args.threads,
         offline=args.offline,
+        judge_models=tuple(args.judge_models or ()),
         progress=not args.quiet,
     )
     if not args.quiet:

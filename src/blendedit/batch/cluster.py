@@ -28,7 +28,7 @@ class RayWorker:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = WorkerSpec(**spec)
         setup_worker(self.spec.threads, self.spec.offline)
-        self.cache = EditorCache(self.spec.device, self.spec.dtype)
+        self.cache = EditorCache(self.spec.device, self.spec.dtype, self.spec.judge_models)
         self.store = BatchStore(self.spec.out)
         self.shared = self.spec.shared_settings()
 

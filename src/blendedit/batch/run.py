@@ -13,7 +13,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from blendedit.batch.store import BatchStore, Outcome
 from blendedit.batch.worker import EditorCache, WorkerSpec, process_row
 from blendedit.engine import RayOptions, setup_worker
 from blendedit.errors import InputError
+from blendedit.frame.judges import parse_judge_models
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ ENGINES = ("local", "ray")
 def _local(rows: list[Row], spec: WorkerSpec) -> Iterator[Outcome]:
     """The local engine: this process, one editor, rows in manifest order."""
     setup_worker(spec.threads, spec.offline)
-    cache = EditorCache(spec.device, spec.dtype)
+    cache = EditorCache(spec.device, spec.dtype, spec.judge_models)
     store = BatchStore(spec.out)
     shared = spec.shared_settings()
     for row in rows:
@@ -52,6 +53,7 @@ def run_batch(
     dtype: str = "auto",
     threads: int | None = None,
     offline: bool = False,
+    judge_models: Sequence[str] = (),
     progress: bool = True,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> dict[str, Any]:
@@ -67,10 +69,14 @@ def run_batch(
         raise InputError(f"engine: {engine!r} is not one of {', '.join(ENGINES)}")
     if threads is not None and threads < 1:
         raise InputError(f"threads: {threads} must be at least 1")
+    parse_judge_models(judge_models)  # a bad NAME=MODEL stops the run before any work
     shared = shared or Shared()
     rows = read_manifest(manifest, shared)
     store = BatchStore(out)
-    spec = WorkerSpec(str(Path(out).resolve()), shared.to_dict(), device, dtype, threads, offline)
+    spec = WorkerSpec(
+        str(Path(out).resolve()), shared.to_dict(), device, dtype, threads, offline,
+        tuple(judge_models),
+    )  # fmt: skip
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
     t0 = time.perf_counter()
     with store.session():

@@ -34,6 +34,7 @@ class WorkerSpec:
     dtype: str = "auto"  # fp16 on CUDA, fp32 elsewhere
     threads: int | None = None  # torch CPU threads; None: leave as is
     offline: bool = False
+    judge_models: tuple[str, ...] = ()  # --judge-model NAME=MODEL; the others at their defaults
 
     def shared_settings(self) -> Shared:
         return Shared(**self.shared)
@@ -43,11 +44,15 @@ class EditorCache:
     """The editor of the last model used, loaded once per worker. Holds one model at a time: a
     manifest that switches models often reloads (sort the rows by model)."""
 
-    def __init__(self, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(
+        self, device: str = "auto", dtype: str = "auto", judge_models: tuple[str, ...] = ()
+    ) -> None:
+        from blendedit.frame.judges import parse_judge_models
         from blendedit.models import parse_device, parse_dtype
 
         self.device = parse_device(device)
         self.dtype = parse_dtype(dtype, self.device)
+        self.judge_models = parse_judge_models(judge_models)  # {name: model}, refused early
         self._key: tuple[Any, ...] | None = None
         self._editor: Any = None
         self.loads = 0
@@ -69,6 +74,10 @@ class EditorCache:
             clip_model=clip if row.method != "latent" or key[-1] else None,  # ranking only
         )  # fmt: skip
         self._editor, self._key = editor.to(self.device), key
+        if self.judge_models:  # as ModelOptions.load: loaded when a row first ranks with one
+            from blendedit.frame.judges import Judges
+
+            self._editor.judges = Judges(self.judge_models)
         self.loads += 1
         return self._editor
 

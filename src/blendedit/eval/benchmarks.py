@@ -166,10 +166,30 @@ def _f32(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB").resize((SIDE, SIDE)), dtype=np.float32) / 255.0
 
 
-def outside_scores(src: Image.Image, out: Image.Image, mask: np.ndarray) -> dict[str, float]:
-    """BrushNet's PSNR and MSE outside the mask (see the module docstring) and SSIM there."""
-    from blendedit.frame.metrics import masked_ssim
+def outside_ssim(src: np.ndarray, out: np.ndarray, keep: np.ndarray) -> float:
+    """SSIM outside the mask (Wang et al. 2004, Eq. 13; 11x11 Gaussian window, sigma 1.5, data
+    range 1) from torchmetrics' functional SSIM map, averaged over the windows wholly outside the
+    mask: images (H, W, 3) and ``keep`` (H, W) in [0, 1], 1 outside the mask. The same number as
+    :func:`blendedit.frame.metrics.masked_ssim` with ``erode=True`` (tests/test_eval_benchmarks)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
 
+    a, b = (torch.from_numpy(v).permute(2, 0, 1)[None] for v in (out, src))  # (1, 3, H, W)
+    _, full = structural_similarity_index_measure(
+        a, b, data_range=1.0, reduction="none", return_full_image=True
+    )  # (1, 3, H, W), reflect-padded at the border
+    r = 5  # the window's radius: the map's positions whose window lies wholly inside the image
+    smap = full[..., r:-r, r:-r].mean(dim=1, keepdim=True)  # (1, 1, H-10, W-10)
+    w = torch.from_numpy(keep)[None, None].to(smap.dtype)  # (1, 1, H, W)
+    wpos = -torch.nn.functional.max_pool2d(-w, 2 * r + 1, stride=1)  # (1, 1, H-10, W-10)
+    if float(wpos.sum()) <= 0:
+        raise InputError("mask: no SSIM window position outside it")
+    return float((smap * wpos).sum() / wpos.sum())
+
+
+def outside_scores(src: Image.Image, out: Image.Image, mask: np.ndarray) -> dict[str, float]:
+    """BrushNet's PSNR and MSE outside the mask (its own formula, see the module docstring: the
+    published table's, not torchmetrics' per-channel mean) and torchmetrics' SSIM there
+    (:func:`outside_ssim`)."""
     keep = (
         1.0
         - np.asarray(
@@ -179,8 +199,8 @@ def outside_scores(src: Image.Image, out: Image.Image, mask: np.ndarray) -> dict
     a, b = _f32(src) * keep, _f32(out) * keep
     mse = float(((a - b) ** 2).sum() / max(keep.sum(), 1.0))
     psnr = 1000.0 if mse < 1e-10 else 20 * math.log10(1.0 / math.sqrt(mse))
-    ssim = masked_ssim(_f32(src), _f32(out), keep[..., 0] > 0, erode=True)  # outside pixels only
-    return {"psnr": psnr, "mse": mse, "ssim": float(ssim)}
+    ssim = outside_ssim(_f32(src), _f32(out), keep[..., 0])  # outside pixels only
+    return {"psnr": psnr, "mse": mse, "ssim": ssim}
 
 
 @dataclass

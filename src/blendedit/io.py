@@ -10,6 +10,8 @@ import re
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -86,15 +88,20 @@ def open_image(
     if isinstance(source, Image.Image):
         return source
     path = Path(source)
+    with reading_image(path, name), opened_header(path) as im:
+        check_size(im.size, name, smallest)
+        im.load()
+        return im.copy()
+
+
+@contextmanager
+def reading_image(path: Path, name: str) -> Iterator[None]:
+    """Reading ``path`` as the image argument ``name``: a missing file, a decompression bomb or
+    anything a decoder of a damaged file raises becomes one line naming both."""
     if not path.is_file():
         raise InputError(f"{name}: no such file: {str(path)!r}")
     try:
-        with warnings.catch_warnings():  # the size is checked here, not by Pillow's warning
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                check_size(im.size, name, smallest)
-                im.load()
-                return im.copy()
+        yield
     except InputError:
         raise
     except Image.DecompressionBombError as e:
@@ -103,6 +110,14 @@ def open_image(
         raise InputError(
             f"{name}: cannot read {str(path)!r} as an image ({first_line(e)})"
         ) from None
+
+
+def opened_header(path: Path) -> Image.Image:
+    """``Image.open``: the header only; the size is checked by the caller (:func:`check_size`),
+    not by Pillow's warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
 
 
 def check_image(path: str | os.PathLike[str], name: str = "image") -> tuple[int, int]:

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import struct
-import warnings
 import zlib
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -22,7 +21,7 @@ from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
 from blendedit import io as bio
 from blendedit._version import __version__
-from blendedit.errors import InputError, first_line
+from blendedit.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -165,23 +164,9 @@ def read_photo(source: str | os.PathLike[str] | Image.Image | Photo, name: str =
     if isinstance(source, Image.Image):
         return _from_pil(source, name, None)
     path = Path(source)
-    if not path.is_file():
-        raise InputError(f"{name}: no such file: {str(path)!r}")
     _register_heif()
-    try:
-        with warnings.catch_warnings():  # the size is checked here, not by Pillow's warning
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)  # the header only, until _from_pil has checked the size
-        with im:
-            return _from_pil(im, name, path)
-    except InputError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise InputError(f"{name}: {str(path)!r} is too large ({e})") from None
-    except Exception as e:  # a damaged file may make a decoder raise anything
-        raise InputError(
-            f"{name}: cannot read {str(path)!r} as an image ({first_line(e)})"
-        ) from None
+    with bio.reading_image(path, name), bio.opened_header(path) as im:
+        return _from_pil(im, name, path)  # decoded once _from_pil has checked the size
 
 
 def orient_like(mask: Image.Image, photo: Photo) -> Image.Image:

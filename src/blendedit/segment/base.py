@@ -77,6 +77,23 @@ def image_key(image: Image.Image) -> str:
     return h.hexdigest()
 
 
+class PhotoCache:
+    """The image embedding of the last photo a segmenter saw: every further click or phrase on
+    the same pixels reuses it (the image encoder is most of a click's cost)."""
+
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._value: Any = None
+        self.encodes = 0  # encoder runs (the cache's misses)
+
+    def get(self, image: Image.Image, encode: Callable[[Image.Image], Any]) -> Any:
+        key = image_key(image)
+        if key != self._key:
+            self._value, self._key = encode(image), key
+            self.encodes += 1
+        return self._value
+
+
 class Segmenter(ABC):
     """Image + selection -> soft mask at the photo's full resolution.
 
@@ -89,6 +106,12 @@ class Segmenter(ABC):
     takes_clicks: ClassVar[bool] = False
     name: str = ""
     device: torch.device = torch.device("cpu")
+    cache: PhotoCache | None = None  # the last photo's image embedding, where a kind reuses it
+
+    @property
+    def encodes(self) -> int:
+        """Image encoder runs so far (the cache's misses)."""
+        return 0 if self.cache is None else self.cache.encodes
 
     @classmethod
     @abstractmethod

@@ -13,11 +13,11 @@ from PIL import Image
 
 from blendedit.segment.base import (
     Box,
+    PhotoCache,
     Point,
     Segmentation,
     Segmenter,
     Selection,
-    image_key,
     load_part,
 )
 
@@ -33,8 +33,7 @@ class SamSegmenter(Segmenter):
     def __init__(self, model: Any, processor: Any, name: str = "sam") -> None:
         self.model, self.processor, self.name = model.eval(), processor, name
         self.device = next(model.parameters()).device
-        self._cached: tuple[str, dict[str, Any]] | None = None
-        self.encodes = 0  # image encoder runs (the cache's misses)
+        self.cache = PhotoCache()
 
     @classmethod
     def load(
@@ -57,19 +56,17 @@ class SamSegmenter(Segmenter):
     @torch.no_grad()
     def embed(self, image: Image.Image) -> dict[str, Any]:
         """The image embedding (1, C, h, w) and the processor's sizes, computed once per image."""
-        key = image_key(image)
-        if self._cached is not None and self._cached[0] == key:
-            return self._cached[1]
+        return self.cache.get(image, self._embed)
+
+    def _embed(self, image: Image.Image) -> dict[str, Any]:
         inputs = self.processor(images=image, return_tensors="pt")
         dtype = next(self.model.parameters()).dtype
         pixels = inputs["pixel_values"].to(self.device, dtype)
-        entry = {
+        return {
             **self.encode(pixels),
             "original_sizes": inputs["original_sizes"],
             "reshaped_input_sizes": inputs["reshaped_input_sizes"],
         }
-        self._cached, self.encodes = (key, entry), self.encodes + 1
-        return entry
 
     def encode(self, pixels: torch.Tensor) -> dict[str, Any]:
         """The encoder's outputs the decoder takes back: SAM's image embedding (1, C, h, w)."""

@@ -16,11 +16,11 @@ from PIL import Image
 
 from blendedit.segment.base import (
     Box,
+    PhotoCache,
     Point,
     Segmentation,
     Segmenter,
     Selection,
-    image_key,
     load_part,
 )
 
@@ -38,8 +38,7 @@ class Sam2Segmenter(Segmenter):
         self.model, self.name = model.eval(), name
         self.device = next(model.parameters()).device
         self.side = int(model.config.prompt_encoder_config.image_size)
-        self._cached: tuple[str, Any] | None = None
-        self.encodes = 0
+        self.cache = PhotoCache()
 
     @classmethod
     def load(
@@ -68,12 +67,11 @@ class Sam2Segmenter(Segmenter):
     @torch.no_grad()
     def embed(self, image: Image.Image) -> Any:
         """The encoder's feature maps for ``image``, computed once per image."""
-        key = image_key(image)
-        if self._cached is None or self._cached[0] != key:
-            dtype = next(self.model.parameters()).dtype
-            emb = self.model.get_image_embeddings(self.pixels(image).to(self.device, dtype))
-            self._cached, self.encodes = (key, emb), self.encodes + 1
-        return self._cached[1]
+        dtype = next(self.model.parameters()).dtype
+        return self.cache.get(
+            image,
+            lambda im: self.model.get_image_embeddings(self.pixels(im).to(self.device, dtype)),
+        )
 
     def prompts(self, size: tuple[int, int], points: tuple[Point, ...], boxes: list[Box]) -> dict:
         """Prompt tensors at the encoder's square: points (1, P, k, 2), labels (1, P, k), boxes

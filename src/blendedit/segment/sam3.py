@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from blendedit.errors import InputError
-from blendedit.segment.base import Box, Segmentation, Segmenter, Selection, image_key, load_part
+from blendedit.segment.base import Box, PhotoCache, Segmentation, Segmenter, Selection, load_part
 
 SAM3_MEAN = (0.5, 0.5, 0.5)  # Sam3ImageProcessor's IMAGENET_STANDARD_MEAN / _STD
 SAM3_STD = (0.5, 0.5, 0.5)
@@ -45,8 +45,7 @@ class Sam3Segmenter(Segmenter):
         self.threshold = threshold
         self.device = next(model.parameters()).device
         self.side = int(model.config.vision_config.image_size)
-        self._cached: tuple[str, Any] | None = None
-        self.encodes = 0  # vision encoder runs (the cache's misses)
+        self.cache = PhotoCache()
 
     @classmethod
     def load(
@@ -94,12 +93,10 @@ class Sam3Segmenter(Segmenter):
     @torch.no_grad()
     def embed(self, image: Image.Image) -> Any:
         """The vision encoder's outputs for ``image``, computed once per image."""
-        key = image_key(image)
-        if self._cached is None or self._cached[0] != key:
-            dtype = next(self.model.parameters()).dtype
-            emb = self.model.get_vision_features(self.pixels(image).to(self.device, dtype))
-            self._cached, self.encodes = (key, emb), self.encodes + 1
-        return self._cached[1]
+        dtype = next(self.model.parameters()).dtype
+        return self.cache.get(
+            image, lambda im: self.model.get_vision_features(self.pixels(im).to(self.device, dtype))
+        )
 
     @torch.no_grad()
     def instances(

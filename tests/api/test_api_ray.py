@@ -17,12 +17,10 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -39,60 +37,18 @@ from blendedit.api.settings import ApiOptions
 from blendedit.cli import build_parser
 from blendedit.errors import InputError
 from blendedit.options import ModelOptions
+from ray_netns import INNER, inner_only, run_inside
 
-INNER = os.environ.get("BLENDEDIT_RAY_NETNS") == "1"
-inner = pytest.mark.skipif(
-    not INNER,
-    reason="runs inside a loopback-only network namespace "
-    "(test_ray_serve_in_a_loopback_only_namespace starts it)",
-)
+inner = inner_only("test_ray_serve_in_a_loopback_only_namespace")
 CONCURRENT = 20
-
-
-def _namespace_problem() -> str | None:
-    if sys.platform != "linux" or os.geteuid() != 0:
-        return "needs root on Linux for a network namespace (unshare -n)"
-    for tool in ("unshare", "ip"):
-        if shutil.which(tool) is None:
-            return f"{tool} not found (util-linux / iproute2)"
-    probe = subprocess.run(
-        ["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, timeout=30
-    )
-    if probe.returncode != 0:
-        return f"unshare -n failed: {probe.stderr.decode(errors='replace').strip()[:200]}"
-    return None
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(INNER, reason="the outer half of this module")
 def test_ray_serve_in_a_loopback_only_namespace():
     pytest.importorskip("ray.serve", reason='Ray Serve is not installed ("blendedit[serve]")')
-    problem = _namespace_problem()
-    if problem:
-        pytest.skip(problem)
-    tmp = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths live under it
-    env = {
-        **os.environ,
-        "BLENDEDIT_RAY_NETNS": "1",
-        "RAY_TMPDIR": tmp,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",  # explicit on head and driver (Ray >= 2.59 defaults differ)
-        "RAY_SERVE_LOG_TO_STDERR": "0",
-    }
-    script = 'ip link set lo up && exec "$0" -m pytest "$1" -q -x -p no:cacheprovider -rs'
-    try:
-        r = subprocess.run(
-            ["unshare", "-n", "sh", "-c", script, sys.executable, __file__],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-8000:]
-    assert f"{3 + len(CLI_REFUSALS) + 1} passed" in r.stdout, out[-4000:]
+    summary = run_inside(__file__, 300, RAY_SERVE_LOG_TO_STDERR="0")
+    assert f"{3 + len(CLI_REFUSALS) + 1} passed" in summary, summary[-4000:]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,11 +9,6 @@ that has only ``lo`` (``unshare -n``, root), where the inner test runs; it skips
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,17 +17,13 @@ from typing import Any
 import httpx
 import pytest
 from api_fixtures import running
-from test_api_ray import _concurrently, _namespace_problem, _post
+from test_api_ray import _concurrently, _post
 
 from blendedit.api.settings import ApiOptions
 from blendedit.options import ModelOptions
+from ray_netns import INNER, inner_only, run_inside
 
-INNER = os.environ.get("BLENDEDIT_RAY_NETNS") == "1"
-inner = pytest.mark.skipif(
-    not INNER,
-    reason="runs inside a loopback-only network namespace "
-    "(test_ray_serve_autoscales_in_a_loopback_only_namespace starts it)",
-)
+inner = inner_only("test_ray_serve_autoscales_in_a_loopback_only_namespace")
 BURST = 8
 STEPS = 250  # ~3 s a request, 8 on one replica ~25 s: longer than a replica takes to start
 SHORT = {  # Serve's autoscaling_config over RayBackend's (5 s up, 120 s down)
@@ -47,32 +38,8 @@ SHORT = {  # Serve's autoscaling_config over RayBackend's (5 s up, 120 s down)
 @pytest.mark.skipif(INNER, reason="the outer half of this module")
 def test_ray_serve_autoscales_in_a_loopback_only_namespace():
     pytest.importorskip("ray.serve", reason='Ray Serve is not installed ("blendedit[serve]")')
-    problem = _namespace_problem()
-    if problem:
-        pytest.skip(problem)
-    tmp = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths live under it
-    env = {
-        **os.environ,
-        "BLENDEDIT_RAY_NETNS": "1",
-        "RAY_TMPDIR": tmp,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",  # explicit on head and driver (Ray >= 2.59 defaults differ)
-        "RAY_SERVE_LOG_TO_STDERR": "0",
-    }
-    script = 'ip link set lo up && exec "$0" -m pytest "$1" -q -x -p no:cacheprovider -rs'
-    try:
-        r = subprocess.run(
-            ["unshare", "-n", "sh", "-c", script, sys.executable, __file__],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-8000:]
-    assert "1 passed" in r.stdout, out[-4000:]
+    summary = run_inside(__file__, 180, RAY_SERVE_LOG_TO_STDERR="0")
+    assert "1 passed" in summary, summary[-4000:]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -30,58 +29,17 @@ from PIL import Image
 
 from blendedit.batch import RayOptions, Shared, read_manifest, run_batch
 from blendedit.errors import InputError
+from ray_netns import INNER, inner_only, run_inside
 
-INNER = os.environ.get("BLENDEDIT_RAY_NETNS") == "1"
-inner = pytest.mark.skipif(
-    not INNER,
-    reason="runs inside a loopback-only network namespace "
-    "(test_ray_suite_in_a_loopback_only_namespace starts it)",
-)
-
-
-def _namespace_problem() -> str | None:
-    if sys.platform != "linux" or os.geteuid() != 0:
-        return "needs root on Linux for a network namespace (unshare -n)"
-    for tool in ("unshare", "ip"):
-        if shutil.which(tool) is None:
-            return f"{tool} not found (util-linux / iproute2)"
-    probe = subprocess.run(
-        ["unshare", "-n", "sh", "-c", "ip link set lo up"], capture_output=True, timeout=30
-    )
-    if probe.returncode != 0:
-        return f"unshare -n failed: {probe.stderr.decode(errors='replace').strip()[:200]}"
-    return None
+inner = inner_only("test_ray_suite_in_a_loopback_only_namespace")
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(INNER, reason="the outer half of this module")
 def test_ray_suite_in_a_loopback_only_namespace():
     pytest.importorskip("ray", reason='Ray is not installed (pip install "blendedit[ray]")')
-    problem = _namespace_problem()
-    if problem:
-        pytest.skip(problem)
-    tmp = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths live under it
-    env = {
-        **os.environ,
-        "BLENDEDIT_RAY_NETNS": "1",
-        "RAY_TMPDIR": tmp,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",  # explicit on head and driver (Ray >= 2.59 defaults differ)
-    }
-    script = 'ip link set lo up && exec "$0" -m pytest "$1" -q -x -p no:cacheprovider -rs'
-    try:
-        r = subprocess.run(
-            ["unshare", "-n", "sh", "-c", script, sys.executable, __file__],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-8000:]
-    assert "5 passed" in r.stdout, out[-4000:]  # 4, and the selection rows (issue 21)
+    summary = run_inside(__file__, 900)
+    assert "5 passed" in summary, summary[-4000:]  # 4, and the selection rows (issue 21)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -422,3 +422,49 @@ def test_offload_model_hooks_the_language_model_encoder(tmp_path, shared_images)
     assert hasattr(off.backbone.text_encoder, "_hf_hook") and hasattr(off.unet, "_hf_hook")
     got = off(_photo(shared_images), _mask(), "a red flower", **call).candidates[0]
     assert torch.equal(got.latent, ref.latent)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["zimage", "klein", "krea"])
+def test_eval_and_batch_run_the_family(tmp_path, shared_images, tiny_clip_dir, capsys, family):
+    """``blendedit eval`` (BLD next to the family's diffusers inpaint pipeline where diffusers has
+    one: Krea 2 has none, so its row is skipped with the reason) and ``blendedit batch`` (one
+    manifest row) on a saved tiny folder of the family, with the family's own defaults."""
+    import diffusers
+
+    from tiny_eval_models import tiny_resnet_classifier
+
+    cls = getattr(diffusers, CLASSES[family].pipelines[0])
+    folder = tmp_path / f"{family}-Turbo"
+    cls(**PARTS[family](tmp_path / "vocab")).save_pretrained(folder)
+    out = tmp_path / "eval"
+    common = ["--model", str(folder), "--clip-model", str(tiny_clip_dir), "--device", "cpu"]
+    argv = [
+        "eval", "--images", str(shared_images), "--out", str(out), *common,
+        "--methods", "latent,diffusers-inpaint", "--n-images", "1", "--batch", "2",
+        "--steps", "3", "--size", "64", "--max-side", "96", "--no-single-timing", "--quiet",
+        "--score-clip-model", str(tiny_clip_dir),
+        "--classifier", str(tiny_resnet_classifier(tmp_path / "classifier")),
+    ]  # fmt: skip
+    reference = CLASSES[family].reference_pipeline
+    if not reference:  # one line naming the method, before any work
+        assert main(argv) == 2
+        assert "diffusers has no inpaint pipeline" in capsys.readouterr().err
+        argv[argv.index("latent,diffusers-inpaint")] = "latent"
+    assert main(argv) == 0
+    methods = json.loads((out / "report.json").read_text())["methods"]
+    assert methods["latent"]["status"] == "ok"
+    assert methods["latent"]["settings"]["config"]["scheduler"] == "flow-euler"
+    if reference:
+        ref = methods["diffusers-inpaint"]
+        assert ref["status"] == "ok" and ref["settings"]["pipeline"] == reference
+        assert len(list((out / "predictions" / "diffusers-inpaint").rglob("*.png"))) == 2
+    manifest = tmp_path / "edits.jsonl"
+    row = {"image": str(shared_images / "chelsea.png"), "prompt": "a red hat", "seed": 3}
+    row["mask"] = str(shared_images / "chelsea.mask-eyes.png")
+    manifest.write_text(json.dumps(row) + "\n")
+    argv = ["batch", str(manifest), "--out", str(tmp_path / "batch"), *common, "--steps", "3"]
+    assert main([*argv, "--num-images", "2", "--size", "64", "--quiet"]) == 0, capsys.readouterr()
+    (done,) = [p for p in (tmp_path / "batch").iterdir() if (p / "result.json").is_file()]
+    result = json.loads((done / "result.json").read_text())
+    assert result["settings"]["family"] == FAMILY_NAMES[family] and len(result["results"]) == 2

@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import os
@@ -311,6 +312,24 @@ def _key(given: dict[str, Any], content: dict[str, str], where: str) -> str:
     return key
 
 
+@functools.lru_cache(maxsize=64)
+def _family_base(model: str | None) -> Any:
+    """The latent model family's own defaults (SDXL guidance 5, FLUX/Z-Image flow-euler, ...)
+    under the manifest's settings, read without loading the model, as ``edit`` and ``eval`` do;
+    None (EditConfig's) for the default model or one that cannot be read yet (it fails later,
+    in its row)."""
+    if not model:
+        return None
+    from blendedit.config import EditConfig
+    from blendedit.errors import BlendEditError
+    from blendedit.latent.backbones import family_defaults
+
+    try:
+        return EditConfig(**family_defaults(model))
+    except BlendEditError:
+        return None
+
+
 def _row(
     index: int,
     line: int,
@@ -325,12 +344,13 @@ def _row(
         raise InputError(f"{where}: method: {method!r} is not one of {', '.join(METHODS)}")
     hints = setting_hints()
     row_settings = {k: _coerce(k, v, where) for k, v in given.items() if k in hints}
+    models = _models(given, shared, base, method, where)
     try:
         merged = {**shared.settings, **row_settings}
-        cfg = get_method(method).settings(merged, shared.preset, key="method")
+        family = _family_base(models["model"]) if method == "latent" else None
+        cfg = get_method(method).settings(merged, shared.preset, base=family, key="method")
     except InputError as e:
         raise InputError(f"{where}: {e}") from None
-    models = _models(given, shared, base, method, where)
     files, problem = _files(given, base, where, digests)
     content = {k: digests.get(Path(v), f"path:{v}") for k, v in files.items()}
     settings = cfg.to_dict()

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from PIL import Image
 
+from blendedit.errors import InputError
 from blendedit.frame.stop import checkpoint
 from blendedit.latent.backbones.parts import Architecture
 from blendedit.latent.sampling import ModelFn, classifier_free_guidance
@@ -342,6 +344,11 @@ class Backbone:
         blends like BLD, SPEC 5), for parity tests, ``bench`` and ``eval``."""
         import diffusers
 
+        if not self.reference_pipeline:
+            raise InputError(
+                f"methods: diffusers has no inpaint pipeline for {self.title} models; compare "
+                "without diffusers-inpaint"
+            )
         texts = {k: getattr(self, k) for k in TEXT_PARTS if hasattr(self, k)}
         parts = {"vae": self.vae, self.denoiser_name: self.unet, **texts}
         pipeline = getattr(diffusers, self.reference_pipeline)
@@ -372,6 +379,11 @@ class Backbone:
         if "eta" in call and "eta" not in inspect.signature(pipe.__call__).parameters:
             call.pop("eta")
         w, h = size
+        if hasattr(image, "resize") and tuple(image.size) != (w, h):  # a PIL photo
+            # at the working size first: ZImageInpaintPipeline and Flux2KleinInpaintPipeline
+            # resize the mask to (w, h) but encode the image as given; Lanczos, as diffusers'
+            # image processor resizes for the others
+            image = image.resize((w, h), Image.LANCZOS)
         return pipe(**prompt, image=image, mask_image=mask_image, height=h, width=w, **call)
 
     @contextmanager

@@ -204,7 +204,7 @@ def test_file_loads_and_edits_as_the_folder(family, tmp_path, shared_images):
     the transformer's weights bit for bit the folder's, and an edit (two steps, a partial mask)
     the same pixels as from the folder itself."""
     folder = _folder(family, tmp_path)
-    prefix = COMFY if family in ("zimage", "qwen-image-2.1") else ""  # ComfyUI's files
+    prefix = "" if family in ("flux2-klein", "krea2") else COMFY  # ComfyUI's files, and not
     cls = FAMILIES[family]
     name = CASES[family][3]
     saved = load_backbone(folder, torch.float32, True)
@@ -319,3 +319,14 @@ def test_cli_edits_with_a_transformer_file(tmp_path, shared_images):
     result = json.loads((tmp_path / "file" / "result.json").read_text())
     assert result["settings"]["family"] == "zimage"
     assert outs[0].shape == (60, 90, 3) and np.array_equal(*outs)
+
+
+def test_transformer_file_with_quantize_is_one_line(tmp_path):
+    """diffusers 0.42's ``from_single_file`` takes a file's weights as quantized already (its
+    quantizer is made ``pre_quantized``), so ``--quantize int8`` would load a bf16 file unquantized:
+    refused in one line (gguf files are the quantized single files)."""
+    bb = _tiny("zimage", "cpu", tmp_path)
+    path = write_transformer_file(bb.unet, tmp_path / "z_image_turbo.safetensors", "zimage")
+    with pytest.raises(InputError, match="quantize: int8 applies to a diffusers folder") as err:
+        load_backbone(path, torch.float32, True, str(tmp_path), quantize="int8")
+    assert "\n" not in str(err.value)

@@ -12,8 +12,8 @@ import torch
 
 from blendedit.errors import InputError
 from blendedit.latent.backbones.base import Backbone, LoadOptions, Name
-from blendedit.latent.backbones.files import read_json, single_file_keys
-from blendedit.latent.quantize import component_config, gguf_denoiser, pipeline_config
+from blendedit.latent.backbones.files import COMFY_PREFIX, read_json, single_file_keys
+from blendedit.latent.quantize import gguf_denoiser, pipeline_config
 from blendedit.models import from_single_file, load_cached_first, single_file_error
 
 # component -> key prefixes: what a single file of a family may carry besides the denoiser
@@ -93,7 +93,7 @@ def denoiser_from_file(
     class's ``from_single_file`` and the converter diffusers registers for it; the class and its
     config from the diffusers folder ``opts.config`` (``--model-config``), required: the file
     holds the denoiser alone (``cls_name``: its class where the folder has no full
-    ``model_index.json``). ``--quantize`` int8/fp8/nf4 quantize it as it loads."""
+    ``model_index.json``). ``--quantize`` int8/fp8/nf4 are refused for a .safetensors file."""
     gguf = opts.quantize == "gguf"
     if gguf and (path.suffix != ".gguf" or not path.is_file()):
         raise InputError(f"quantize: gguf takes a .gguf file as --model, not {str(path)!r}")
@@ -107,8 +107,17 @@ def denoiser_from_file(
             f"model-config: {path.name!r} holds only the {part}; pass --model-config, the "
             "model's diffusers folder, for its other parts"
         )
+    if opts.quantize not in (None, "gguf"):  # diffusers 0.42's from_single_file takes weights as
+        # quantized already (pre_quantized): a bf16 file would load unquantized
+        raise InputError(
+            f"quantize: {opts.quantize} applies to a diffusers folder, not to the single file "
+            f"{path.name!r}; use --quantize gguf with a .gguf file, or the model's folder"
+        )
     if cls_name is None:
-        index = read_json(opts.config, "model_index.json", True)
+        try:
+            index = read_json(opts.config, "model_index.json", True)
+        except (OSError, ValueError):
+            index = {}
         cls_name = (index.get(part) or [None, None])[1]
     if cls_name is None:
         raise InputError(f"model-config: {opts.config!r} has no {part} in its model_index.json")
@@ -116,27 +125,32 @@ def denoiser_from_file(
         return gguf_denoiser(cls_name, path, opts.config, opts.dtype, part)
     import diffusers
 
-    kw = {}
-    if opts.quantize is not None and part in opts.quantized:
-        kw["quantization_config"] = component_config(opts.quantize, "diffusers", opts.dtype)
     try:
         return getattr(diffusers, cls_name).from_single_file(
-            str(path), config=opts.config, subfolder=part, torch_dtype=opts.dtype,
-            local_files_only=True, **kw,
+            _without_comfy_prefix(path), config=opts.config, subfolder=part,
+            torch_dtype=opts.dtype, local_files_only=True,
         )  # fmt: skip
     except Exception as e:  # a file of another architecture or size: one line
         raise single_file_error(path, e, opts.config) from None
+
+
+def _without_comfy_prefix(path: Path) -> str | dict[str, torch.Tensor]:
+    """The file's path, or its tensors without ComfyUI's ``model.diffusion_model.`` prefix where
+    every key has it (some of diffusers' converters strip it, FLUX.2's and Qwen-Image's not)."""
+    keys = single_file_keys(path)
+    if not keys or not all(k.startswith(COMFY_PREFIX) for k in keys):
+        return str(path)
+    from safetensors.torch import load_file
+
+    return {k.removeprefix(COMFY_PREFIX): v for k, v in load_file(str(path)).items()}
 
 
 def pipeline_with_file_denoiser(
     cls: Any, path: Path, opts: LoadOptions, part: str = "transformer", **parts: Any
 ) -> Any:
     """The denoiser from a single file (:func:`denoiser_from_file`), the other parts from the
-    diffusers folder ``--model-config`` (quantized by ``--quantize`` as a folder's are)."""
+    diffusers folder ``--model-config``."""
     parts[part] = denoiser_from_file(path, opts, part)
-    if opts.quantize not in (None, "gguf"):
-        quantized = {k: v for k, v in opts.quantized.items() if k not in parts}
-        parts["quantization_config"] = pipeline_config(opts.quantize, quantized, opts.dtype)
     return cls.from_pretrained(opts.config, torch_dtype=opts.dtype, local_files_only=True, **parts)
 
 

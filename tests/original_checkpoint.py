@@ -55,6 +55,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection
 FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
 
 UNET_PREFIX = "model.diffusion_model."
+COMFY = UNET_PREFIX  # ComfyUI's prefix of a denoiser file's keys (issue 20's files)
 VAE_PREFIX = "first_stage_model."
 
 # diffusers ResnetBlock2D (UNet) -> openaimodel ResBlock
@@ -507,3 +508,213 @@ def flux_transformer_to_original(state: dict[str, torch.Tensor]) -> dict[str, to
                 value = _swap_halves(value)
             out[_rename(key, _FLUX_TOP)] = value
     return out | _fuse(fused, {"qkv": ("q", "k", "v"), "linear1": ("q", "k", "v", "mlp")})
+
+
+# --- The transformer files of 2025-2026 (issue 20) --------------------------------------------
+# Each ships its denoiser alone (the other parts come from ``--model-config``), in the layout of
+# its authors' code; diffusers' converters (``single_file_utils.convert_*``) read these layouts:
+#
+# - Chroma (lodestones): FLUX.1's BFL names without ``img_mod``/``txt_mod``/``modulation`` (the
+#   blocks' modulation comes from ``distilled_guidance_layer.{in_proj, layers.i.{in,out}_layer,
+#   norms.i.scale, out_proj}``), no ``time_in``/``vector_in``/``guidance_in``, no final adaLN.
+# - FLUX.2 (BFL): ``img_in``, ``txt_in``, ``time_in``/``guidance_in`` (dev) ``.{in,out}_layer``,
+#   ``double_stream_modulation_{img,txt}.lin``, ``single_stream_modulation.lin``,
+#   ``double_blocks.i.{img,txt}_{attn.qkv, attn.norm.{query,key}_norm.scale, attn.proj,
+#   mlp.{0,2}}``, ``single_blocks.i.{linear1 (q, k, v, mlp-in stacked: diffusers keeps it fused),
+#   linear2, norm.{query,key}_norm.scale}``, ``final_layer.{linear, adaLN_modulation.1 (shift,
+#   scale)}``; no biases.
+# - Z-Image (Tongyi, ComfyUI under ``model.diffusion_model.``): diffusers' names but
+#   ``x_embedder``/``final_layer`` (diffusers: ``all_x_embedder.2-1``, ``all_final_layer.2-1``)
+#   and attention ``qkv`` (q, k, v stacked), ``out``, ``q_norm``, ``k_norm``.
+# - Qwen-Image (ComfyUI): diffusers' names (diffusers' mapping is the identity).
+# - Qwen-Image 2.1 (ComfyUI): diffusers' names but the SwiGLU's ``img_mlp.gate_up`` (the gate's
+#   rows, then the up projection's), under ``model.diffusion_model.``.
+# - Krea 2: ``first``, ``tmlp.{0,2}``, ``tproj.1``, ``txtmlp.{0.scale,1,3}``, ``txtfusion``,
+#   ``blocks.i.{attn.{wq,wk,wv,wo,gate,qknorm.{q,k}norm.scale}, mlp, prenorm.scale,
+#   postnorm.scale, mod.lin (the six modulation vectors flattened)}``, ``last.{linear,
+#   norm.scale, modulation.lin}``.
+
+# diffusers ChromaTransformer2DModel's modulation approximator -> lodestones' names
+_CHROMA_GUIDANCE = {
+    "linear_1": "in_layer",
+    "linear_2": "out_layer",
+}
+
+
+def chroma_transformer_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers ChromaTransformer2DModel keys -> lodestones' Chroma keys (FLUX.1's for the
+    rest: :func:`flux_transformer_to_original`)."""
+    out: dict[str, torch.Tensor] = {}
+    rest: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if m := re.fullmatch(r"distilled_guidance_layer\.layers\.(\d+)\.(linear_[12])\.(\w+)", key):
+            out[f"distilled_guidance_layer.layers.{m[1]}.{_CHROMA_GUIDANCE[m[2]]}.{m[3]}"] = value
+        elif m := re.fullmatch(r"distilled_guidance_layer\.norms\.(\d+)\.weight", key):
+            out[f"distilled_guidance_layer.norms.{m[1]}.scale"] = value
+        elif key.startswith("distilled_guidance_layer."):
+            out[key] = value  # in_proj, out_proj
+        else:
+            rest[key] = value
+    return out | flux_transformer_to_original(rest)
+
+
+# diffusers Flux2Transformer2DModel top level -> BFL FLUX.2
+_FLUX2_TOP = {
+    "x_embedder": "img_in",
+    "context_embedder": "txt_in",
+    "time_guidance_embed.timestep_embedder.linear_1": "time_in.in_layer",
+    "time_guidance_embed.timestep_embedder.linear_2": "time_in.out_layer",
+    "time_guidance_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
+    "time_guidance_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
+    "double_stream_modulation_img.linear": "double_stream_modulation_img.lin",
+    "double_stream_modulation_txt.linear": "double_stream_modulation_txt.lin",
+    "single_stream_modulation.linear": "single_stream_modulation.lin",
+    "proj_out": "final_layer.linear",
+    "norm_out.linear": "final_layer.adaLN_modulation.1",
+}
+_FLUX2_DOUBLE = {
+    "attn.norm_q.weight": "img_attn.norm.query_norm.scale",
+    "attn.norm_k.weight": "img_attn.norm.key_norm.scale",
+    "attn.norm_added_q.weight": "txt_attn.norm.query_norm.scale",
+    "attn.norm_added_k.weight": "txt_attn.norm.key_norm.scale",
+    "attn.to_out.0": "img_attn.proj",
+    "attn.to_add_out": "txt_attn.proj",
+    "ff.linear_in": "img_mlp.0",
+    "ff.linear_out": "img_mlp.2",
+    "ff_context.linear_in": "txt_mlp.0",
+    "ff_context.linear_out": "txt_mlp.2",
+}
+_FLUX2_SINGLE = {
+    "attn.to_qkv_mlp_proj": "linear1",
+    "attn.to_out": "linear2",
+    "attn.norm_q.weight": "norm.query_norm.scale",
+    "attn.norm_k.weight": "norm.key_norm.scale",
+}
+
+
+def flux2_transformer_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers Flux2Transformer2DModel keys -> Black Forest Labs FLUX.2 keys (no prefix)."""
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if m := re.fullmatch(
+            r"transformer_blocks\.(\d+)\.attn\.(to|add)_([qkv])(_proj)?\.(\w+)", key
+        ):
+            stream = "img" if m[2] == "to" else "txt"
+            fused.setdefault(f"double_blocks.{m[1]}.{stream}_attn.qkv.{m[5]}", {})[m[3]] = value
+        elif m := re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", key):
+            out[f"double_blocks.{m[1]}.{_rename(m[2], _FLUX2_DOUBLE)}"] = value
+        elif m := re.fullmatch(r"single_transformer_blocks\.(\d+)\.(.+)", key):
+            out[f"single_blocks.{m[1]}.{_rename(m[2], _FLUX2_SINGLE)}"] = value
+        else:
+            if key.startswith("norm_out.linear."):
+                value = _swap_halves(value)
+            out[_rename(key, _FLUX2_TOP)] = value
+    return out | _fuse(fused, {"qkv": ("q", "k", "v")})
+
+
+def zimage_transformer_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers ZImageTransformer2DModel keys -> Tongyi's Z-Image keys (without the prefix)."""
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if m := re.fullmatch(r"(.+)\.attention\.to_([qkv])\.weight", key):
+            fused.setdefault(f"{m[1]}.attention.qkv.weight", {})[m[2]] = value
+            continue
+        key = re.sub(r"^all_x_embedder\.2-1\.", "x_embedder.", key)
+        key = re.sub(r"^all_final_layer\.2-1\.", "final_layer.", key)
+        key = key.replace(".attention.to_out.0.", ".attention.out.")
+        key = key.replace(".attention.norm_q.", ".attention.q_norm.")
+        key = key.replace(".attention.norm_k.", ".attention.k_norm.")
+        out[key] = value
+    return out | _fuse(fused, {"qkv": ("q", "k", "v")})
+
+
+def qwenimage_transformer_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers QwenImageTransformer2DModel keys -> ComfyUI's Qwen-Image keys: the same."""
+    return dict(state)
+
+
+def qwenimage21_transformer_to_original(
+    state: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """diffusers QwenImage21Transformer2DModel keys -> ComfyUI's (without the prefix): the
+    SwiGLU's gate and up projections fused as ``img_mlp.gate_up``, gate rows first."""
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if m := re.fullmatch(r"(.+\.img_mlp)\.(gate_layer|proj)\.weight", key):
+            fused.setdefault(f"{m[1]}.gate_up.weight", {})[m[2]] = value
+        else:
+            out[key] = value
+    return out | _fuse(fused, {"gate_up": ("gate_layer", "proj")})
+
+
+_KREA2_TOP = {  # diffusers Krea2Transformer2DModel top level -> Krea's
+    "img_in": "first",
+    "time_embed.linear_1": "tmlp.0",
+    "time_embed.linear_2": "tmlp.2",
+    "time_mod_proj": "tproj.1",
+    "txt_in.norm.weight": "txtmlp.0.scale",
+    "txt_in.linear_1": "txtmlp.1",
+    "txt_in.linear_2": "txtmlp.3",
+    "text_fusion": "txtfusion",
+    "transformer_blocks": "blocks",
+    "final_layer.linear": "last.linear",
+    "final_layer.norm.weight": "last.norm.scale",
+    "final_layer.scale_shift_table": "last.modulation.lin",
+}
+_KREA2_BLOCK = {  # inside a block (transformer, text fusion): diffusers -> Krea's
+    ".attn.to_q.": ".attn.wq.",
+    ".attn.to_k.": ".attn.wk.",
+    ".attn.to_v.": ".attn.wv.",
+    ".attn.to_out.0.": ".attn.wo.",
+    ".attn.to_gate.": ".attn.gate.",
+    ".attn.norm_q.weight": ".attn.qknorm.qnorm.scale",
+    ".attn.norm_k.weight": ".attn.qknorm.knorm.scale",
+    ".ff.": ".mlp.",
+    ".norm1.weight": ".prenorm.scale",
+    ".norm2.weight": ".postnorm.scale",
+}
+
+
+def krea2_transformer_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers Krea2Transformer2DModel keys -> Krea's (without the prefix); a block's
+    ``scale_shift_table`` (6, d) is stored flattened as ``mod.lin`` (6d,)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if m := re.fullmatch(r"transformer_blocks\.(\d+)\.scale_shift_table", key):
+            out[f"blocks.{m[1]}.mod.lin"] = value.reshape(-1)
+            continue
+        for old, new in _KREA2_BLOCK.items():
+            key = key.replace(old, new)
+        out[_rename(key, _KREA2_TOP)] = value
+    return out
+
+
+TRANSFORMER_FILES: dict[str, Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]] = {
+    "chroma": chroma_transformer_to_original,
+    "flux2": flux2_transformer_to_original,
+    "zimage": zimage_transformer_to_original,
+    "qwen-image": qwenimage_transformer_to_original,
+    "qwen-image-2.1": qwenimage21_transformer_to_original,
+    "krea2": krea2_transformer_to_original,
+}
+
+
+def write_transformer_file(transformer, out: Path, layout: str, prefix: str = "") -> Path:
+    """Write a diffusers transformer (a module) as one ``.safetensors`` at ``out`` in the
+    original layout ``layout`` (a key of :data:`TRANSFORMER_FILES`), each key under ``prefix``
+    (ComfyUI's ``model.diffusion_model.``); ``out`` must not exist yet."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"out: {str(out)!r} exists; not overwriting it")
+    tensors = _prefixed(prefix, TRANSFORMER_FILES[layout](dict(transformer.state_dict())))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), {"format": "pt"})
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

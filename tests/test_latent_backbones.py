@@ -14,6 +14,7 @@ from blendedit.errors import InputError
 from blendedit.latent.backbones import detect_family, family_of_index
 
 T = torch.zeros(1)
+V = {"vector_in.in_layer.weight": T}  # FLUX.1's pooled CLIP-L input
 
 
 @pytest.mark.parametrize(
@@ -23,13 +24,38 @@ T = torch.zeros(1)
         ({"cond_stage_model.model.token_embedding.weight": T}, "sd"),
         ({"conditioner.embedders.1.model.token_embedding.weight": T}, "sdxl"),
         ({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": T}, "sd3"),
-        ({"double_blocks.0.img_attn.qkv.weight": T, "img_in.weight": torch.zeros(8, 64)}, "flux"),
-        ({"double_blocks.0.img_attn.qkv.weight": T, "img_in.weight": torch.zeros(8, 384)}, "flux"),
+        (
+            {"double_blocks.0.img_attn.qkv.weight": T, "img_in.weight": torch.zeros(8, 64)} | V,
+            "flux",
+        ),
+        (
+            {"double_blocks.0.img_attn.qkv.weight": T, "img_in.weight": torch.zeros(8, 384)} | V,
+            "flux",
+        ),
+        # the 2026 families' transformer files (issue 20; tests/test_single_file_2026.py)
+        (
+            {
+                "double_blocks.0.img_attn.qkv.weight": T,
+                "distilled_guidance_layer.in_proj.weight": T,
+            },
+            "chroma",
+        ),
+        (
+            {
+                "double_blocks.0.img_attn.qkv.weight": T,
+                "double_stream_modulation_img.lin.weight": T,
+            },
+            "flux2-klein",
+        ),
+        (
+            {"double_stream_modulation_img.lin.weight": T, "guidance_in.in_layer.weight": T},
+            "flux2-dev",
+        ),
     ],
 )
 def test_single_file_families(tmp_path, keys, family):
     path = tmp_path / "model.safetensors"
-    save_file(keys, str(path))
+    save_file({k: v.clone() for k, v in keys.items()}, str(path))
     assert detect_family(path) == family
 
 
@@ -43,13 +69,13 @@ def test_single_file_families(tmp_path, keys, family):
             },
             "8-channel UNet",  # 4 (text-to-image) and 9 (inpainting) load (issue 19)
         ),
-        ({"double_blocks.0.x": T, "img_in.weight": torch.zeros(8, 100)}, "taking 100 channels"),
+        ({"double_blocks.0.x": T, "img_in.weight": torch.zeros(8, 100)} | V, "taking 100 channels"),
         ({"some.other.weight": T}, "not a checkpoint blendedit recognises"),
     ],
 )
 def test_single_files_that_cannot_blend(tmp_path, keys, message):
     path = tmp_path / "model.safetensors"
-    save_file(keys, str(path))
+    save_file({k: v.clone() for k, v in keys.items()}, str(path))
     with pytest.raises(InputError, match=re.escape(message)) as err:
         detect_family(path)
     assert "\n" not in str(err.value) and str(err.value).startswith("model: ")

@@ -133,6 +133,7 @@ def test_kontext_is_detected_from_folder_and_single_file(tmp_path) -> None:
         "img_in.weight": torch.zeros(8, 64),
     }
     keys["guidance_in.in_layer.weight"] = torch.zeros(2)
+    keys["vector_in.in_layer.weight"] = torch.zeros(2)  # FLUX.1's pooled CLIP-L input
     for name, family in [
         ("flux1-kontext-dev.safetensors", "flux-kontext"),
         ("f.safetensors", "flux"),
@@ -187,7 +188,8 @@ def test_kontext_file_loads_through_the_kontext_pipeline(tmp_path, monkeypatch) 
 
     folder = _save_folder(tmp_path)
     path = tmp_path / "flux1-kontext-dev.safetensors"
-    save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(2)}, str(path))
+    keys = {"double_blocks.0.img_attn.qkv.weight": torch.zeros(2)}
+    save_file(keys | {"vector_in.in_layer.weight": torch.zeros(2)}, str(path))  # FLUX.1's keys
     seen = {}
 
     def fake(cls_name, file_parts, name, opts):

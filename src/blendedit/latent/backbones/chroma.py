@@ -19,6 +19,7 @@ import torch
 from blendedit.latent.backbones import common as C
 from blendedit.latent.backbones import parts as P
 from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
+from blendedit.latent.backbones.files import has_key
 from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.sampling import ModelFn
 
@@ -97,6 +98,7 @@ class Chroma(C.OneTextEncoder, Backbone):
     pipelines = ("ChromaPipeline", "ChromaImg2ImgPipeline", "ChromaInpaintPipeline")
     catalogue = _CATALOGUE
     reference_pipeline = "ChromaInpaintPipeline"
+    single_file = True  # lodestones' transformer file (Chroma1-HD.safetensors), --model-config
     # ChromaPipeline's defaults: 35 steps, true CFG at 5.0.
     defaults: ClassVar[dict[str, Any]] = {
         "num_inference_steps": 35,
@@ -113,7 +115,14 @@ class Chroma(C.OneTextEncoder, Backbone):
         super().__init__(vae, transformer, text_encoder, tokenizer, scheduler)
 
     @classmethod
+    def claims_keys(cls, keys: dict[str, tuple[int, ...]], name: str) -> bool:
+        """lodestones' layout (FLUX.1's ``double_blocks``/``single_blocks`` names) or diffusers':
+        the modulation approximator ``distilled_guidance_layer``, which no other family has."""
+        return has_key(keys, r"distilled_guidance_layer\.in_proj\.weight")
+
+    @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
+        """A folder or hub id; a transformer file with the other parts from ``--model-config``."""
         p = load_pipeline("ChromaPipeline", {}, model, opts)
         return cls(p.vae, p.transformer, p.text_encoder, p.tokenizer, p.scheduler)
 

@@ -33,3 +33,20 @@ def single_file_keys(path: Path) -> dict[str, tuple[int, ...]]:
     sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     sd = sd.get("state_dict", sd)
     return {k: tuple(v.shape) for k, v in sd.items() if hasattr(v, "shape")}
+
+
+COMFY_PREFIX = "model.diffusion_model."  # ComfyUI's prefix of a denoiser's keys
+
+
+def bare_keys(keys: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """A denoiser file's key -> shape without ComfyUI's ``model.diffusion_model.`` prefix (BFL,
+    lodestones and Tongyi files have none; diffusers' converters strip it)."""
+    return {k.removeprefix(COMFY_PREFIX): v for k, v in keys.items()}
+
+
+def has_key(keys: dict[str, tuple[int, ...]], pattern: str) -> bool:
+    """Whether a key (without ComfyUI's prefix) matches the regular expression ``pattern``."""
+    import re
+
+    rx = re.compile(pattern)
+    return any(rx.fullmatch(k.removeprefix(COMFY_PREFIX)) for k in keys)

@@ -23,7 +23,7 @@ from blendedit.latent.backbones import common as C
 from blendedit.latent.backbones import parts as P
 from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
 from blendedit.latent.backbones.common import image_ids, pack, unpack
-from blendedit.latent.backbones.files import read_json, single_file_keys
+from blendedit.latent.backbones.files import has_key, read_json, single_file_keys
 from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.sampling import ModelFn
 from blendedit.models import load_cached_first
@@ -156,10 +156,12 @@ class Flux(Backbone):
 
     @classmethod
     def claims_keys(cls, keys: dict[str, tuple[int, ...]], name: str) -> bool:
-        """BFL's layout: ``double_blocks``; ``img_in`` takes 64 packed channels (dev, schnell)
-        or more than twice that (Fill: latent, masked image's latent and the mask's cells, each
-        packed 2x2: 384 for FLUX.1-Fill-dev; the exact width is checked once loaded)."""
-        if not any("double_blocks." in k for k in keys):
+        """BFL's layout: ``double_blocks`` and the pooled CLIP-L input ``vector_in`` (other
+        transformers with ``double_blocks`` have no pooled input); ``img_in`` takes 64 packed
+        channels (dev, schnell) or more than twice that (Fill: latent, masked image's latent and
+        the mask's cells, each packed 2x2: 384 for FLUX.1-Fill-dev; the exact width is checked
+        once loaded)."""
+        if not any("double_blocks." in k for k in keys) or not has_key(keys, r"vector_in\..*"):
             return False
         if "kontext" in Path(name).name.lower():  # FLUX.1 Kontext's own keys (kontext.py)
             return False

@@ -20,6 +20,7 @@ import torch
 from blendedit.latent.backbones import common as C
 from blendedit.latent.backbones import parts as P
 from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
+from blendedit.latent.backbones.files import has_key
 from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.sampling import ModelFn
 
@@ -159,6 +160,7 @@ class Flux2Klein(C.OneTextEncoder, C.FlagDefaults, Backbone):
     # bench and eval time the inpaint pipeline (what a diffusers user runs); parity: see above
     reference_pipeline = "Flux2KleinInpaintPipeline"
     max_sequence_length: int = 512
+    single_file = True  # BFL's transformer file (flux-2-klein-4b.safetensors), --model-config
 
     def __init__(
         self, vae: Any, transformer: Any, text_encoder: Any, tokenizer: Any, scheduler: Any,
@@ -175,10 +177,40 @@ class Flux2Klein(C.OneTextEncoder, C.FlagDefaults, Backbone):
             return {"num_inference_steps": 4, "guidance_scale": 1.0, "scheduler": "flow-euler"}
         return {"num_inference_steps": 50, "guidance_scale": 4.0, "scheduler": "flow-euler"}
 
+    @staticmethod
+    def is_flux2_file(keys: dict[str, tuple[int, ...]]) -> bool:
+        """BFL's FLUX.2 layout (ComfyUI's under ``model.diffusion_model.``) or diffusers': the
+        shared per-stream modulation ``double_stream_modulation_img`` (FLUX.1 and Chroma modulate
+        per block or from an approximator)."""
+        return has_key(keys, r"double_stream_modulation_img\.(lin|linear)\.weight")
+
+    @staticmethod
+    def has_guidance(keys: dict[str, tuple[int, ...]]) -> bool:
+        """A guidance embedding (``guidance_in``; diffusers' ``guidance_embedder``): [dev]."""
+        return has_key(keys, r"(guidance_in|time_guidance_embed\.guidance_embedder)\..*")
+
+    @classmethod
+    def claims_keys(cls, keys: dict[str, tuple[int, ...]], name: str) -> bool:
+        """A FLUX.2 file without a guidance embedding: [klein] 4B or 9B (their widths, 3072 and
+        4096, differ; their defaults do not)."""
+        return cls.is_flux2_file(keys) and not cls.has_guidance(keys)
+
+    @classmethod
+    def flag_of(cls, model: Name, local_files_only: bool | None = None) -> bool:
+        """Step-distilled: a folder's ``model_index.json`` says it; a file's name, as BFL names
+        them: the base models' say "base" (flux-2-klein-base-4b), the distilled ones' do not."""
+        if Path(model).is_file():
+            return "base" not in Path(model).name.lower()
+        return super().flag_of(model, local_files_only)
+
     @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
+        """A folder or hub id; a transformer file with the other parts from ``--model-config``
+        (distilled or base by the file's name)."""
         p = load_pipeline("Flux2KleinPipeline", {}, model, opts)
         distilled = bool(p.config.get("is_distilled", False))
+        if Path(model).is_file():
+            distilled = cls.flag_of(model)
         return cls(p.vae, p.transformer, p.text_encoder, p.tokenizer, p.scheduler, distilled)
 
     @classmethod

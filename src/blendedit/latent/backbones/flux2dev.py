@@ -117,7 +117,17 @@ class Flux2Dev(Flux2Klein):
     # Flux2Pipeline's defaults, 50 steps at guidance 4, are klein's base ones (not distilled).
 
     @classmethod
+    def claims_keys(cls, keys: dict[str, tuple[int, ...]], name: str) -> bool:
+        """A FLUX.2 file with a guidance embedding (``guidance_in``): [dev]."""
+        return cls.is_flux2_file(keys) and cls.has_guidance(keys)
+
+    @classmethod
+    def flag_of(cls, model: Name, local_files_only: bool | None = None) -> bool:
+        return False  # one model, guidance-distilled, not step-distilled
+
+    @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
+        """A folder or hub id; a transformer file with the other parts from ``--model-config``."""
         p = load_pipeline("Flux2Pipeline", {}, model, opts)
         return cls(p.vae, p.transformer, p.text_encoder, p.tokenizer, p.scheduler)
 

@@ -26,6 +26,7 @@ import torch
 
 from blendedit.latent.backbones import parts as P
 from blendedit.latent.backbones.base import Backbone, Conditioning, LoadOptions, Name, Size
+from blendedit.latent.backbones.files import has_key
 from blendedit.latent.backbones.flux import Flux, image_ids, pack, unpack
 from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.sampling import ModelFn
@@ -128,8 +129,11 @@ class FluxKontext(Flux):
 
     @classmethod
     def claims_keys(cls, keys: dict[str, tuple[int, ...]], name: str) -> bool:
-        """BFL's layout (``double_blocks``, a 64-wide ``img_in``) and "kontext" in the name."""
+        """BFL's layout (``double_blocks``, the pooled input ``vector_in``, a 64-wide
+        ``img_in``) and "kontext" in the name."""
         if not is_kontext_file(name) or not any("double_blocks." in k for k in keys):
+            return False
+        if not has_key(keys, r"vector_in\..*"):
             return False
         img_in = next((v for k, v in keys.items() if k.endswith("img_in.weight")), None)
         return img_in is None or len(img_in) != 2 or img_in[1] == 64

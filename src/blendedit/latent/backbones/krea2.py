@@ -22,6 +22,7 @@ import torch
 from blendedit.latent.backbones import common as C
 from blendedit.latent.backbones import parts as P
 from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
+from blendedit.latent.backbones.files import has_key
 from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.backbones.qwenimage import QwenImage
 from blendedit.latent.sampling import ModelFn
@@ -151,6 +152,7 @@ class Krea2(C.FlagDefaults, QwenImage):
     catalogue = _CATALOGUE
     reference_pipeline = ""  # diffusers has no Krea 2 inpaint pipeline
     max_sequence_length = TEXT_TOKENS
+    single_file = True  # Krea's transformer file, with --model-config
 
     def __init__(
         self, vae: Any, transformer: Any, text_encoder: Any, tokenizer: Any, scheduler: Any,
@@ -168,9 +170,25 @@ class Krea2(C.FlagDefaults, QwenImage):
         return {"num_inference_steps": 28, "guidance_scale": 5.5, "scheduler": "flow-euler"}
 
     @classmethod
+    def claims_keys(cls, keys: dict[str, tuple[int, ...]], name: str) -> bool:
+        """Krea's layout (``first``, ``tmlp``, ``txtfusion``, ``blocks``; ComfyUI's under
+        ``model.diffusion_model.``) or diffusers': the text-layer fusion's ``projector``."""
+        return has_key(keys, r"(txtfusion|text_fusion)\.projector\.weight")
+
+    @classmethod
+    def flag_of(cls, model: Name, local_files_only: bool | None = None) -> bool:
+        """Step-distilled: a folder's ``model_index.json`` says it; a file's name ("distill")."""
+        if Path(model).is_file():
+            return "distill" in Path(model).name.lower()
+        return super().flag_of(model, local_files_only)
+
+    @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
+        """A folder or hub id; a transformer file with the other parts from ``--model-config``
+        (distilled when the folder or the file's name says so)."""
         p = load_pipeline("Krea2Pipeline", {}, model, opts)
         layers, distilled = p.config.text_encoder_select_layers, bool(p.config.is_distilled)
+        distilled = distilled or (Path(model).is_file() and cls.flag_of(model))
         return cls(
             p.vae, p.transformer, p.text_encoder, p.tokenizer, p.scheduler, layers, distilled
         )

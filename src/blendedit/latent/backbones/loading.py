@@ -12,7 +12,7 @@ import torch
 
 from blendedit.errors import InputError
 from blendedit.latent.backbones.base import Backbone, LoadOptions, Name
-from blendedit.latent.backbones.files import read_json, single_file_keys
+from blendedit.latent.backbones.files import COMFY_PREFIX, read_json, single_file_keys
 from blendedit.latent.quantize import gguf_denoiser, pipeline_config
 from blendedit.models import from_single_file, load_cached_first, single_file_error
 
@@ -57,14 +57,16 @@ def load_pipeline(
     cls_name: str, file_parts: FileParts, name: Name, opts: LoadOptions, **parts: Any
 ) -> Any:
     """A model through diffusers' own pipeline loader ``cls_name`` (folder, hub id or single
-    file; a single file's missing parts, by ``file_parts``, from the folder ``opts.config``)."""
+    file; a single file's missing parts, by ``file_parts``, from the folder ``opts.config``). A
+    family whose files hold the denoiser alone (no ``file_parts``) and any GGUF file: the
+    denoiser from the file, the rest from ``opts.config`` (:func:`pipeline_with_file_denoiser`)."""
     import diffusers
 
     cls = getattr(diffusers, cls_name)
     path = Path(name)
     dtype, local, config = opts.dtype, opts.local_files_only, opts.config
-    if opts.quantize == "gguf":
-        return _gguf_pipeline(cls, path, opts, **parts)
+    if opts.quantize == "gguf" or (path.is_file() and not file_parts):
+        return pipeline_with_file_denoiser(cls, path, opts, **parts)
     if opts.quantize is not None:
         quantized = {k: v for k, v in opts.quantized.items() if k not in parts}  # not dropped
         parts["quantization_config"] = pipeline_config(opts.quantize, quantized, dtype)
@@ -83,16 +85,72 @@ def load_pipeline(
     )  # fmt: skip
 
 
-def _gguf_pipeline(cls: Any, path: Path, opts: LoadOptions, **parts: Any) -> Any:
-    """``--quantize gguf``: the denoiser from a GGUF single file (diffusers' GGUF loader), the
-    other parts from the diffusers folder ``--model-config``."""
-    if path.suffix != ".gguf" or not path.is_file():
+def denoiser_from_file(
+    path: Path, opts: LoadOptions, part: str = "transformer", cls_name: str | None = None
+) -> Any:
+    """The denoiser ``part`` of a single file: a GGUF file (``--quantize gguf``, diffusers' GGUF
+    loader) or an original-layout ``.safetensors`` (BFL, ComfyUI, lodestones files) through its
+    class's ``from_single_file`` and the converter diffusers registers for it; the class and its
+    config from the diffusers folder ``opts.config`` (``--model-config``), required: the file
+    holds the denoiser alone (``cls_name``: its class where the folder has no full
+    ``model_index.json``). ``--quantize`` int8/fp8/nf4 are refused for a .safetensors file."""
+    gguf = opts.quantize == "gguf"
+    if gguf and (path.suffix != ".gguf" or not path.is_file()):
         raise InputError(f"quantize: gguf takes a .gguf file as --model, not {str(path)!r}")
+    if not gguf and path.suffix.lower() != ".safetensors":  # no pickles for the new formats
+        raise InputError(
+            f"model: {str(path)!r} holds only the {part}; its single file loads from "
+            ".safetensors (or .gguf with --quantize gguf)"
+        )
     if opts.config is None or not Path(opts.config).is_dir():
-        raise InputError("model-config: a .gguf file needs --model-config, the model's folder")
-    index = read_json(opts.config, "model_index.json", True)
-    denoiser = next(p for p, lib in opts.quantized.items() if lib == "diffusers")
-    parts[denoiser] = gguf_denoiser(index[denoiser][1], path, opts.config, opts.dtype, denoiser)
+        raise InputError(
+            f"model-config: {path.name!r} holds only the {part}; pass --model-config, the "
+            "model's diffusers folder, for its other parts"
+        )
+    if opts.quantize not in (None, "gguf"):  # diffusers 0.42's from_single_file takes weights as
+        # quantized already (pre_quantized): a bf16 file would load unquantized
+        raise InputError(
+            f"quantize: {opts.quantize} applies to a diffusers folder, not to the single file "
+            f"{path.name!r}; use --quantize gguf with a .gguf file, or the model's folder"
+        )
+    if cls_name is None:
+        try:
+            index = read_json(opts.config, "model_index.json", True)
+        except (OSError, ValueError):
+            index = {}
+        cls_name = (index.get(part) or [None, None])[1]
+    if cls_name is None:
+        raise InputError(f"model-config: {opts.config!r} has no {part} in its model_index.json")
+    if gguf:
+        return gguf_denoiser(cls_name, path, opts.config, opts.dtype, part)
+    import diffusers
+
+    try:
+        return getattr(diffusers, cls_name).from_single_file(
+            _without_comfy_prefix(path), config=opts.config, subfolder=part,
+            torch_dtype=opts.dtype, local_files_only=True,
+        )  # fmt: skip
+    except Exception as e:  # a file of another architecture or size: one line
+        raise single_file_error(path, e, opts.config) from None
+
+
+def _without_comfy_prefix(path: Path) -> str | dict[str, torch.Tensor]:
+    """The file's path, or its tensors without ComfyUI's ``model.diffusion_model.`` prefix where
+    every key has it (some of diffusers' converters strip it, FLUX.2's and Qwen-Image's not)."""
+    keys = single_file_keys(path)
+    if not keys or not all(k.startswith(COMFY_PREFIX) for k in keys):
+        return str(path)
+    from safetensors.torch import load_file
+
+    return {k.removeprefix(COMFY_PREFIX): v for k, v in load_file(str(path)).items()}
+
+
+def pipeline_with_file_denoiser(
+    cls: Any, path: Path, opts: LoadOptions, part: str = "transformer", **parts: Any
+) -> Any:
+    """The denoiser from a single file (:func:`denoiser_from_file`), the other parts from the
+    diffusers folder ``--model-config``."""
+    parts[part] = denoiser_from_file(path, opts, part)
     return cls.from_pretrained(opts.config, torch_dtype=opts.dtype, local_files_only=True, **parts)
 
 

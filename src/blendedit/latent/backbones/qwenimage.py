@@ -18,9 +18,11 @@ from typing import Any, ClassVar
 
 import torch
 
+from blendedit.errors import InputError
 from blendedit.latent.backbones import common as C
 from blendedit.latent.backbones import parts as P
 from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
+from blendedit.latent.backbones.files import has_key
 from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.sampling import ModelFn
 
@@ -164,6 +166,7 @@ class QwenImage(C.OneTextEncoder, C.QwenImageLatents, Backbone):
     }
     catalogue = _CATALOGUE
     reference_pipeline = "QwenImageInpaintPipeline"
+    single_file = True  # ComfyUI's transformer file (diffusers' names), with --model-config
     # QwenImagePipeline's defaults: 50 steps, true CFG at 4.0.
     defaults: ClassVar[dict[str, Any]] = {
         "num_inference_steps": 50,
@@ -172,7 +175,25 @@ class QwenImage(C.OneTextEncoder, C.QwenImageLatents, Backbone):
     }
 
     @classmethod
+    def claims_keys(cls, keys: dict[str, tuple[int, ...]], name: str) -> bool:
+        """ComfyUI's file keeps diffusers' names (its converter is the identity): per-block
+        modulation ``transformer_blocks.i.img_mod.1`` and ``txt_norm`` (Qwen-Image 2.1 shares one
+        modulation, Krea 2 has neither). Qwen-Image-Edit has the same keys; its file (by name)
+        is refused in one line."""
+        if not has_key(keys, r"txt_norm\.weight") or not has_key(
+            keys, r"transformer_blocks\.\d+\.img_mod\.1\.weight"
+        ):
+            return False
+        if "edit" in Path(name).name.lower():
+            raise InputError(
+                f"model: {name!r} is named as a Qwen-Image-Edit transformer; blendedit loads "
+                "Qwen-Image-Edit from its diffusers folder or hub id"
+            )
+        return True
+
+    @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
+        """A folder or hub id; a transformer file with the other parts from ``--model-config``."""
         p = load_pipeline("QwenImagePipeline", {}, model, opts)
         return cls(p.vae, p.transformer, p.text_encoder, p.tokenizer, p.scheduler)
 

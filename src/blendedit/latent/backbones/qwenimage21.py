@@ -19,7 +19,9 @@ from blendedit.errors import InputError
 from blendedit.latent.backbones import common as C
 from blendedit.latent.backbones import parts as P
 from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
+from blendedit.latent.backbones.files import has_key
 from blendedit.latent.backbones.krea2 import _TINY_QWEN3_VL
+from blendedit.latent.backbones.loading import denoiser_from_file
 from blendedit.latent.backbones.qwenimage import QwenImage
 from blendedit.latent.quantize import check_mode, component_config
 from blendedit.latent.sampling import ModelFn
@@ -66,6 +68,7 @@ class QwenImage21(QwenImage):
     refused: ClassVar[dict[str, str]] = {}
     catalogue = _CATALOGUE
     reference_pipeline = ""  # diffusers has no Qwen-Image 2.1 inpaint pipeline
+    single_file = True  # ComfyUI's transformer file, with --model-config
     defaults: ClassVar[dict[str, Any]] = {  # QwenImage21Pipeline's 40 steps; CFG 4 (1 = off)
         "num_inference_steps": 40,
         "guidance_scale": 4.0,
@@ -73,14 +76,27 @@ class QwenImage21(QwenImage):
     }
 
     @classmethod
+    def claims_keys(cls, keys: dict[str, tuple[int, ...]], name: str) -> bool:
+        """ComfyUI's layout (diffusers' names, the SwiGLU's gate and up projections fused as
+        ``img_mlp.gate_up``) or diffusers': the text input's ``txt_in.text_norm``, which neither
+        Qwen-Image (``txt_norm``) nor Krea 2 (``txt_in.norm``) has."""
+        return has_key(keys, r"txt_in\.text_norm\.weight")
+
+    @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
         """The parts one by one (no processor: it needs torchvision), the tokenizer from the
-        processor folder."""
+        processor folder; a transformer file with the other parts from ``--model-config``."""
         import diffusers
         from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
 
         name, dt = str(model), {"torch_dtype": opts.dtype}
         qd, qt = cls._quantization(opts)
+        transformer = None
+        if Path(model).is_file():
+            transformer = denoiser_from_file(
+                Path(model), opts, cls_name="QwenImage21Transformer2DModel"
+            )
+            name = str(opts.config)
 
         def load(local: bool) -> Backbone:
             kw = {"local_files_only": local}
@@ -88,7 +104,8 @@ class QwenImage21(QwenImage):
                 diffusers.AutoencoderKLQwenImage21.from_pretrained(
                     name, subfolder="vae", **dt, **kw
                 ),
-                diffusers.QwenImage21Transformer2DModel.from_pretrained(
+                transformer
+                or diffusers.QwenImage21Transformer2DModel.from_pretrained(
                     name, subfolder="transformer", **dt, **kw, **qd
                 ),
                 Qwen3VLForConditionalGeneration.from_pretrained(

@@ -21,6 +21,7 @@ import torch
 from blendedit.latent.backbones import common as C
 from blendedit.latent.backbones import parts as P
 from blendedit.latent.backbones.base import Backbone, Conditioning, Configs, LoadOptions, Name, Size
+from blendedit.latent.backbones.files import has_key
 from blendedit.latent.backbones.loading import load_pipeline
 from blendedit.latent.sampling import ModelFn
 
@@ -125,6 +126,7 @@ class ZImage(C.OneTextEncoder, C.FlagDefaults, Backbone):
     catalogue = _CATALOGUE
     reference_pipeline = "ZImageInpaintPipeline"
     flag = "turbo"
+    single_file = True  # Tongyi's or ComfyUI's transformer file, with --model-config
     max_sequence_length: int = 512  # ZImagePipeline's default
 
     def __init__(
@@ -152,7 +154,18 @@ class ZImage(C.OneTextEncoder, C.FlagDefaults, Backbone):
         return cls.is_turbo(model)
 
     @classmethod
+    def claims_keys(cls, keys: dict[str, tuple[int, ...]], name: str) -> bool:
+        """Tongyi's layout (ComfyUI's under ``model.diffusion_model.``) or diffusers': the
+        caption refiner ``context_refiner`` and the layers' single-linear ``adaLN_modulation.0``
+        (Lumina 2's NextDiT, its ancestor, has ``adaLN_modulation.1``). Z-Image or Turbo: by the
+        file's name, as for a folder."""
+        return has_key(keys, r"context_refiner\..*") and has_key(
+            keys, r"layers\.\d+\.adaLN_modulation\.0\.weight"
+        )
+
+    @classmethod
     def load(cls, model: Name, opts: LoadOptions) -> Backbone:
+        """A folder or hub id; a transformer file with the other parts from ``--model-config``."""
         p = load_pipeline("ZImagePipeline", {}, model, opts)
         turbo = cls.is_turbo(model)
         return cls(p.vae, p.transformer, p.text_encoder, p.tokenizer, p.scheduler, turbo)

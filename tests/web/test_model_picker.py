@@ -84,7 +84,7 @@ def _generate_and_keep(app: EditorApp, st, prompt: str, keep: bool = True):
     value = {"background": bg, "layers": [mask_layer(mask)], "composite": bg}
     ui = _ui(app, state=st, editor=value, prompt=prompt, **settings)
     _, status, _, st = app.generate(ui, REQUEST, lambda *a, **k: None)
-    assert "1 result for" in status
+    assert "1 result for" in status and f"Model: {app.switcher.current.label}." in status
     if keep:
         app.keep(st, REQUEST)
     return st
@@ -174,6 +174,10 @@ def test_switch_edit_with_each_and_replay_the_mixed_trail(
         assert changed["guidance"] == want.guidance_scale == 1.0
         assert changed["scheduler"] == "flow-euler" != sd_defaults["scheduler"]
         assert "seed" not in changed and "num_images" not in changed
+        # A tab opened now shows the current model and its settings (the page was built on SD's).
+        page = app.on_page()
+        assert page[0]["value"] == "tiny-z-image-turbo (zimage)" and page[1] == out[1]
+        assert [u["value"] for u in page[2:]] == [s.default for s in specs]
         st = _generate_and_keep(app, st, "a red flower", keep=False)
         # Back to SD before Keep: the kept step is still Z-Image's (the model that made it).
         app.on_model("tiny-sd (sd)", st, REQUEST, lambda *a, **k: None)

@@ -379,6 +379,14 @@ class Handlers:
             + "; the settings that depend on the model are its own defaults now."
         )
 
+    def on_page(self) -> tuple:
+        """A tab opened: the picker, the heading and the settings as the current model has them
+        (the page was built with the first; another tab may have switched since)."""
+        current = self.switcher.current.label if self.switcher.current else None
+        heading = intro(self.model_info, self.options)
+        specs = self.control_specs()
+        return (gr.update(value=current), heading, *(gr.update(value=s.default) for s in specs))
+
     def on_model(
         self, label: Any, state: WebState | None, request: gr.Request, progress: Any = gr.Progress()
     ) -> tuple:
@@ -389,7 +397,7 @@ class Handlers:
         st = state or WebState()
         old = self.control_specs()
         try:
-            msg = self.switch_model(label, lambda m: progress(None, desc=scrub_paths(m)))
+            msg = self.switch_model(label, lambda m: progress(0, desc=scrub_paths(m)))
         except SwitchError as e:
             gr.Warning(one_line(e))
             msg = f"⚠ {one_line(e)}"
@@ -437,6 +445,8 @@ class Handlers:
             details |= detail
             gallery.append((image, r.caption))
         msg = self._generated_message(st.generation, job, details, time.perf_counter() - t0)
+        if len(self.models.choices) > 1:  # the server's model, which any tab may switch
+            msg += f" Model: {self.switcher.current.label}."
         return gallery, self.status_text(st, msg), job.seed, st
 
     def _edit_request(self, st: WebState, values: Mapping[str, Any]) -> EditRequest:

@@ -251,6 +251,8 @@ def wire(app: Handlers, demo: gr.Blocks, c: Mapping[str, Any]) -> dict[Component
             friendly(app.on_model), [c["model"], state], outputs, concurrency_limit=1,
             concurrency_id="device", show_progress="full", show_progress_on=[status],
         )  # fmt: skip
+        shown = [o for o in outputs if o is not status]
+        demo.load(friendly(app.on_page), None, shown, show_progress="hidden")
     results.select(friendly(app.select), [state], [state, status], show_progress="hidden")
     kept = c["keep"].click(friendly(app.keep), [state], view, **quiet)
     undone = c["undo"].click(friendly(app.undo), [state], [*view, c["prompt"]], **quiet)

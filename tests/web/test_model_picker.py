@@ -22,9 +22,10 @@ from diffusers import ZImagePipeline
 from blendedit import BlendedLatentDiffusion
 from blendedit.cli import main
 from blendedit.errors import BlendEditError, InputError
+from blendedit.web import picker
 from blendedit.web.app import EditorApp
 from blendedit.web.handlers import ServeOptions
-from blendedit.web.picker import ModelChoices, SwitchError, models_in
+from blendedit.web.picker import ModelChoice, ModelChoices, Switcher, SwitchError, models_in
 from blendedit.web.session import parse_trail, trail_models
 from tiny_models import tiny_zimage_parts
 
@@ -230,9 +231,12 @@ def test_a_failed_load_leaves_the_previous_model(
         app.close()
 
 
-def test_a_switch_waits_for_the_running_generate(tiny_sd_dir: Path, zimage_dir: Path, tmp_path):
+def test_a_switch_waits_for_the_running_generate(
+    tiny_sd_dir: Path, zimage_dir: Path, tmp_path, monkeypatch
+):
     """The device lock (and, in the page, the device's queue) orders a switch after the
     Generate that holds the device."""
+    monkeypatch.setattr(picker, "release", lambda: None)  # nothing to free: no gc pass
     choices = ModelChoices.from_options([str(tiny_sd_dir), str(zimage_dir)])
     editors = {c.label: SimpleNamespace(name=c.source, dtype="float32", device="cpu")
                for c in choices.choices}  # fmt: skip
@@ -251,3 +255,33 @@ def test_a_switch_waits_for_the_running_generate(tiny_sd_dir: Path, zimage_dir: 
         assert done and app.switcher.current.label == "tiny-z-image-turbo (zimage)"
     finally:
         app.close()
+
+
+def test_the_switcher_keeps_at_most_keep_models_and_recovers(monkeypatch):
+    """``--keep-models``: the least recently used let go first; a failed switch whose previous
+    model cannot load again either leaves no model, said in one line, until one is chosen."""
+    monkeypatch.setattr(picker, "release", lambda: None)  # nothing to free: no gc pass
+    choices = ModelChoices(tuple(ModelChoice(n, n) for n in "abc"))
+    loads, broken = [], set()
+
+    def load(choice):
+        loads.append(choice.label)
+        if choice.label in broken:
+            raise RuntimeError("gone")
+        return object()
+
+    sw = Switcher(choices, load, keep=2)
+    sw.start(load(choices.choices[0]))
+    a, b, c = choices.choices
+    sw.switch(b)
+    sw.switch(c)
+    assert list(sw.loaded) == ["b", "c"]  # a, the least recently used, let go
+    sw.switch(b)
+    assert loads == ["a", "b", "c"] and list(sw.loaded) == ["c", "b"]  # b was kept: no load
+    sw.keep, broken = 1, {"a", "b"}
+    with pytest.raises(SwitchError, match=r"^model: a did not load \(gone\), nor b again \(gone\)"):
+        sw.switch(a)
+    with pytest.raises(InputError, match="no model is loaded"):
+        sw.editor  # noqa: B018
+    broken.clear()
+    assert sw.switch(c) is sw.editor and sw.current == c

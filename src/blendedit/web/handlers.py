@@ -208,6 +208,7 @@ class Handlers:
     _names: dict[Any, str]  # generate's input components -> their names
     models: ModelChoices  # the models the page may switch to (web/picker.py)
     switcher: Switcher  # the loaded editors; ``editor`` is its current one
+    _shown_specs: list[Control]  # the settings controls as last made
 
     def describe_model(self, editor: Any) -> dict[str, Any]:
         """What the trail and the page say of a loaded editor (set by :class:`EditorApp`)."""
@@ -345,7 +346,9 @@ class Handlers:
         """The settings controls over the current model (its family's defaults, native size and
         LoRAs): :func:`~blendedit.web.settings.control_specs`."""
         latent = self.kind == "latent"
-        return control_specs(
+        if self.switcher.current is None:  # no model loaded (web/picker.py): as last shown
+            return self._shown_specs
+        self._shown_specs = control_specs(
             self.kind,
             self._defaults(),
             max_results=self.options.max_results,
@@ -355,6 +358,7 @@ class Handlers:
             native=getattr(self.editor, "native_size", None) if latent else None,
             lora_choices=self.lora_choices.offered(),
         )
+        return self._shown_specs
 
     # -- the model picker (web/picker.py) ---------------------------------------------------------
 
@@ -371,7 +375,8 @@ class Handlers:
             try:
                 self.switcher.switch(choice, say)
             finally:  # the previous model may have been loaded again
-                self.model_info = self.describe_model(self.editor)
+                if self.switcher.current is not None:
+                    self.model_info = self.describe_model(self.editor)
         seconds = time.perf_counter() - t0
         return (
             f"Model {choice.label} loaded in {seconds:.1f} s"
@@ -401,11 +406,12 @@ class Handlers:
         except SwitchError as e:
             gr.Warning(one_line(e))
             msg = f"⚠ {one_line(e)}"
+        new = self.control_specs()
         updates = [
             gr.skip()
             if (a.default, a.info) == (b.default, b.info)
             else gr.update(value=b.default, info=b.info)
-            for a, b in zip(old, self.control_specs(), strict=True)
+            for a, b in zip(old, new, strict=True)
         ]
         heading = intro(self.model_info, self.options)
         current = self.switcher.current.label if self.switcher.current else None

@@ -184,7 +184,10 @@ class Switcher:
 
     @property
     def editor(self) -> Any:
-        assert self.current is not None
+        """The current editor; one line when none is loaded (a switch and the reload of the
+        previous model both failed)."""
+        if self.current is None or self.current.label not in self.loaded:
+            raise InputError("model: no model is loaded (the last one failed); choose one")
         return self.loaded[self.current.label]
 
     def switch(self, choice: ModelChoice, say: Callable[[str], None] = lambda m: None) -> Any:
@@ -193,7 +196,6 @@ class Switcher:
         is loaded again (with more kept, it was never let go), and the failure is raised as one
         line (:class:`SwitchError`)."""
         previous = self.current
-        assert previous is not None
         if choice.label in self.loaded:
             self.loaded.move_to_end(choice.label)
             self.current = choice
@@ -207,17 +209,29 @@ class Switcher:
             say(f"loading {choice.label}")
             editor = self.load(choice)
         except Exception as e:
-            reason = one_line(e)
-            if previous.label not in self.loaded:
-                say(f"loading {previous.label} again")
-                self.loaded[previous.label] = self.load(previous)
-            self.current = previous
             raise SwitchError(
-                f"model: {choice.label} did not load ({reason}); still on {previous.label}"
+                self._back_to(previous, f"{choice.label} did not load ({one_line(e)})", say)
             ) from None
         self.loaded[choice.label] = editor
         self.current = choice
         return editor
+
+    def _back_to(
+        self, previous: ModelChoice | None, failed: str, say: Callable[[str], None]
+    ) -> str:
+        """After a failed load: the previous model current again (loaded again if it was let
+        go); the line that says so."""
+        self.current = None
+        if previous is not None and previous.label not in self.loaded:
+            try:
+                say(f"loading {previous.label} again")
+                self.loaded[previous.label] = self.load(previous)
+            except Exception as e:
+                return f"model: {failed}, nor {previous.label} again ({one_line(e)}); choose one"
+        if previous is None:
+            return f"model: {failed}; no model is loaded, choose one"
+        self.current = previous
+        return f"model: {failed}; still on {previous.label}"
 
 
 class SwitchError(InputError):

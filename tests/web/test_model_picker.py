@@ -104,9 +104,14 @@ def test_choices_are_checked_at_start_and_named_by_family(
     (folder / "b-zimage").symlink_to(zimage_dir)
     (folder / "notes.txt").write_text("not a model")
     (folder / "empty").mkdir()
-    assert [Path(m).name for m in models_in(folder, "latent")] == ["a-sd", "b-zimage"]
+    (folder / "c-vae.safetensors").write_bytes(b"\x08" + b"\0" * 7 + b"{}      ")  # no model
+    names = ["a-sd", "b-zimage", "c-vae.safetensors"]
+    assert [Path(m).name for m in models_in(folder, "latent")] == names
     both = ModelChoices.from_options([str(zimage_dir)], str(folder))
     assert both.labels == ["tiny-z-image-turbo (zimage)", "a-sd (sd)"]  # b-zimage is the same
+    assert len(both.skipped) == 1 and both.skipped[0].startswith(
+        "models_dir: left out model: 'c-vae.safetensors' is not a checkpoint blendedit recognises"
+    )  # an entry of the folder that is no model: left out, said in one line
     # A hub id is taken by its shape (its family is told when it loads, from the hub).
     assert ModelChoices.from_options(["owner/model", str(zimage_dir)]).labels[0] == "owner/model"
     # One line each, naming the option and the value; the page names a model, never a path.

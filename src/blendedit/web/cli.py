@@ -174,6 +174,8 @@ def run_serve(args: argparse.Namespace) -> int:
     clip = args.clip_model or DEFAULT_CLIP_MODEL
     model_options = ModelOptions.from_args(args)
     models = model_choices(model_options)
+    for line in models.skipped:
+        _say(args, line)
     first = models.choices[0]
 
     def load_model(choice: ModelChoice) -> Any:  # --vae and --lora go with the first model

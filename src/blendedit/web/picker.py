@@ -112,6 +112,7 @@ class ModelChoices:
     ``label`` only."""
 
     choices: tuple[ModelChoice, ...] = ()
+    skipped: tuple[str, ...] = ()  # why each entry of --models-dir that is no model was left out
 
     @classmethod
     def from_options(
@@ -125,7 +126,9 @@ class ModelChoices:
     ) -> ModelChoices:
         """The ``--model`` models (repeatable; none: the method's default) then those of
         ``--models-dir``, each checked (exists or a hub id; a local latent model's family
-        detected), each once."""
+        detected), each once. A ``--model`` that fails is one line; an entry of the folder
+        that is no model blendedit knows is left out (``skipped`` says why), unless none is
+        left."""
         given = [("model", m or default or None) for m in models] or [("model", default or None)]
         if models_dir is not None:
             given = given[: len(models)] + [
@@ -133,13 +136,22 @@ class ModelChoices:
             ]
         out: list[ModelChoice] = []
         seen: set[str] = set()
+        skipped: list[str] = []
         for arg, source in given:
             local = source is not None and Path(source).expanduser().exists()
             key = str(Path(source).expanduser().resolve()) if local else str(source)
-            if key not in seen:
-                seen.add(key)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
                 out.append(_choice(arg, source, method, offline, {c.label for c in out}))
-        return cls(tuple(out))
+            except BlendEditError as e:
+                if arg != "models_dir":
+                    raise
+                skipped.append(f"models_dir: left out {one_line(e)}")
+        if not out:
+            raise InputError(f"models_dir: {str(models_dir)!r} holds no model blendedit knows")
+        return cls(tuple(out), tuple(skipped))
 
     @property
     def labels(self) -> list[str]:

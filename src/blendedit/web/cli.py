@@ -262,7 +262,8 @@ def run_replay(args: argparse.Namespace) -> int:
     models = trail_models(trail)
     if len(models) > 1 and args.model:
         raise InputError(
-            f"model: the trail's steps ran on {len(models)} models ({', '.join(models)}); replay "
+            f"model: the trail's steps ran on {len(models)} models "
+            f"({', '.join(scrub_paths(m) for m in models)}); replay "
             "loads each for its steps, so it takes no --model"
         )
     model = args.model or recorded.get("name") or None

@@ -166,7 +166,14 @@ OPTIONS: dict[str, Option] = {
         metavar="ID",
     ),
 }
-SERVE_ONLY = ("lora_dir",)  # options only ``serve`` takes
+OPTIONS["models_dir"] = _opt(
+    "--models-dir",
+    help="serve: a folder whose diffusers folders and checkpoint files the page offers in its "
+    "model picker, besides the --model ones (loaded one at a time, when chosen)",
+    default=None,
+    metavar="DIR",
+)
+SERVE_ONLY = ("lora_dir", "models_dir")  # options only ``serve`` takes
 LOADING = tuple(k for k in OPTIONS if k not in SERVE_ONLY)  # every loading option, in this order
 
 
@@ -188,9 +195,12 @@ def add_model_arguments(
     title: str | None = "model",
     helps: Mapping[str, str] | None = None,
     defaults: Mapping[str, Any] | None = None,
+    repeat: Iterable[str] = (),
 ) -> Any:
     """Add the options ``names`` (keys of :data:`OPTIONS`) to ``parser``, in a group ``title``.
-    ``helps`` says what an option means for this command; ``defaults`` changes a default."""
+    ``helps`` says what an option means for this command; ``defaults`` changes a default;
+    ``repeat``: options this command takes several times (a list of values, ``serve``'s
+    ``--model``)."""
     group = parser.add_argument_group(title) if title else parser
     helps, defaults = helps or {}, defaults or {}
     for name in names:
@@ -200,6 +210,8 @@ def add_model_arguments(
             kwargs["choices"] = tuple(METHODS)
         if name in defaults:
             kwargs["default"] = defaults[name]
+        if name in repeat:
+            kwargs["action"] = "append"
         group.add_argument(*opt.flags, help=helps.get(name, opt.help), **kwargs)
     return group
 
@@ -224,6 +236,8 @@ class ModelOptions:
     dtype: str = "auto"
     offline: bool = False
     segmenter: str | None = None  # None: blendedit.segment's default for the selection
+    models: tuple[str, ...] = ()  # serve: every --model given (``model`` is the first)
+    models_dir: str | None = None  # serve: a folder of models the page offers besides --model
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ModelOptions:
@@ -231,6 +245,9 @@ class ModelOptions:
         for key in ("loras", "lpips_weights", "judge_models"):
             if key in got:
                 got[key] = tuple(got[key])
+        if isinstance(got.get("model"), list):  # serve: --model repeated
+            got["models"] = tuple(got["model"])
+            got["model"] = got["models"][0]
         return cls(**got)
 
     def apply_offline(self) -> None:

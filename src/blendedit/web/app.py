@@ -35,14 +35,14 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from blendedit.errors import InputError
+from blendedit.errors import InputError, scrub_paths
 from blendedit.io import MIN_SIDE
 from blendedit.web._gradio import gr
 from blendedit.web.canvas import mask_from_editor, mask_layer
@@ -58,6 +58,7 @@ from blendedit.web.handlers import (
 )
 from blendedit.web.layout import build_page
 from blendedit.web.paint import png_worst_bytes
+from blendedit.web.picker import ModelChoice, ModelChoices, Switcher
 from blendedit.web.selecting import Selector
 from blendedit.web.session import mask_to_image
 from blendedit.web.settings import LoraChoices, settings_from_ui
@@ -102,7 +103,9 @@ class EditorApp(Handlers):
     ``build()`` makes the gr.Blocks; the handlers are plain methods, callable from tests.
     ``loras``: the LoRAs the page may apply, by name (default: those the editor was loaded
     with). ``selector``: the segmenter of the selection panel (clicks, a box, words; None: no
-    panel)."""
+    panel). ``models``: the models the page's picker offers (:mod:`~blendedit.web.picker`; the
+    first is ``editor``; default: that one alone, no picker) and ``load_model(choice)`` loads
+    one of them on the device."""
 
     def __init__(
         self,
@@ -113,10 +116,17 @@ class EditorApp(Handlers):
         workdir: str | os.PathLike[str] | None = None,
         loras: LoraChoices | None = None,
         selector: Selector | None = None,
+        models: ModelChoices | None = None,
+        load_model: Callable[[ModelChoice], Any] | None = None,
     ) -> None:
         from blendedit.latent.pipeline import BlendedLatentDiffusion
 
-        self.editor = editor
+        name = str((model_info or {}).get("name") or getattr(editor, "name", "") or "model")
+        self.models = models or ModelChoices((ModelChoice(name, scrub_paths(name)),))
+        self.switcher = Switcher(
+            self.models, load_model or _no_loader, options.keep_models if options else 1
+        )
+        self.switcher.start(editor)
         self.kind = "latent" if isinstance(editor, BlendedLatentDiffusion) else "pixel"
         self.options = options or ServeOptions()
         if loras is None:  # the LoRAs the editor was loaded with, and no other
@@ -124,14 +134,8 @@ class EditorApp(Handlers):
             loras = LoraChoices.from_options([spec.rpartition(":")[0] for spec in loaded])
         self.lora_choices = loras
         self.selector = selector  # clicks, boxes and words -> the mask paint (None: no panel)
-        self.model_info = {
-            "method": self.kind,
-            "name": getattr(editor, "name", ""),
-            "dtype": str(editor.dtype).removeprefix("torch."),
-            "device": str(editor.device),
-            "purpose": getattr(editor, "purpose", ""),  # what the model is for (latent models)
-            **(model_info or {}),
-        }
+        self._given_info = dict(model_info or {})  # what the command line said of the model
+        self.model_info = self.describe_model(editor)
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="blendedit-web-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -141,6 +145,37 @@ class EditorApp(Handlers):
         self._names: dict[Any, str] = {}
         self._pillow_limit: tuple[int | None] | None = None  # Pillow's own, while serving
         self.demo: gr.Blocks | None = None
+
+    @property
+    def editor(self) -> Any:
+        """The current model's editor (the picker's choice)."""
+        return self.switcher.editor
+
+    @editor.setter
+    def editor(self, editor: Any) -> None:  # the current model's editor, replaced (tests)
+        assert self.switcher.current is not None
+        self.switcher.loaded[self.switcher.current.label] = editor
+
+    def describe_model(self, editor: Any) -> dict[str, Any]:
+        """What the trail records of a loaded editor, and the page says: method, name (the
+        source the operator gave), family, dtype, device, what it is for."""
+        choice = self.switcher.current
+        first = choice is None or choice == self.models.choices[0]
+        given = (
+            self._given_info
+            if first
+            else {k: v for k, v in self._given_info.items() if k not in ("name", "vae")}
+        )  # fmt: skip  (--vae goes with the first model)
+        name = (choice.source if choice is not None else None) or getattr(editor, "name", "")
+        return {
+            "method": self.kind,
+            "name": name,
+            "dtype": str(editor.dtype).removeprefix("torch."),
+            "device": str(editor.device),
+            "purpose": getattr(editor, "purpose", ""),  # what the model is for (latent models)
+            **({"family": editor.family} if self.kind == "latent" else {}),
+            **given,
+        }
 
     def build(self) -> gr.Blocks:
         """The page (:func:`~blendedit.web.layout.build_page`) with its queue: Generate requests
@@ -188,6 +223,10 @@ class EditorApp(Handlers):
             (Image.MAX_IMAGE_PIXELS,), self._pillow_limit = self._pillow_limit, None
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _no_loader(choice: ModelChoice) -> Any:
+    raise InputError(f"model: {choice.label} cannot be loaded by this server")
 
 
 def build_app(editor: Any, **kwargs: Any) -> EditorApp:

@@ -14,16 +14,18 @@ import time
 from typing import Any
 
 from blendedit.config import settings_of
-from blendedit.errors import InputError
+from blendedit.errors import InputError, scrub_paths
 from blendedit.frame.ranking import DEFAULT_CLIP_MODEL
 from blendedit.models import DEFAULT_MODEL, DTYPES
 from blendedit.options import (
+    OPTIONS,
     ModelOptions,
     add_model_arguments,
     add_setting_arguments,
     command,
     is_loopback,
 )
+from blendedit.web.picker import ModelChoice, ModelChoices
 from blendedit.web.settings import LoraChoices, ServeOptions
 
 SERVE_EXAMPLES = """\
@@ -32,6 +34,8 @@ examples:
   blendedit serve --model ./my-sd15-folder --port 8080
   blendedit serve --method pixel --model 256x256_diffusion_uncond.pt
   blendedit serve --host 0.0.0.0                    # reachable from your network: no login!
+  blendedit serve --model ./sdxl-folder --model ./z-image-turbo   # the page's picker switches
+  blendedit serve --models-dir ./models             # every diffusers folder / checkpoint in it
 
 In the browser: upload a photo (full resolution, up to the caps below), paint the region to edit
 (translucent brush; an opaque colour scribbles what to draw there), type a prompt (or none: fill
@@ -52,7 +56,7 @@ with the same dtype and versions).
 
 SERVE_OPTIONS = (
     "method", "model", "model_config", "loras", "lora_dir", "vae", "clip_model", "lpips_weights",
-    "segmenter",
+    "segmenter", "models_dir",
 )  # fmt: skip
 REPLAY_OPTIONS = ("model", "model_config", "clip_model", "lpips_weights")
 LOCAL_OPTIONS = ("device", "dtype", "offline")
@@ -72,8 +76,10 @@ def _model_arguments(p: argparse.ArgumentParser, *, for_replay: bool) -> None:
         )  # fmt: skip
         return
     add_model_arguments(
-        p, SERVE_OPTIONS + LOCAL_OPTIONS,
+        p, SERVE_OPTIONS + LOCAL_OPTIONS, repeat=("model",),
         helps={
+            "model": OPTIONS["model"].help + "; repeat it for the page's model picker (the first "
+            "is loaded at start, another when chosen; --vae and --lora go with the first)",
             "method": "latent: Blended Latent Diffusion (default); pixel and local-clip: "
             "Blended Diffusion on an ADM checkpoint (both selectable in the page)",
             "loras": "latent: a LoRA applied from the start (repeatable); the page offers it by "
@@ -89,7 +95,8 @@ SERVE_HELP = (
     "the interactive editor in your browser: paint a mask, see ranked results, keep editing"
 )
 SERVE_DESCRIPTION = (
-    "Starts a local web app over blendedit and prints its URL. One model is loaded at start; "
+    "Starts a local web app over blendedit and prints its URL. One model is loaded at start "
+    "(with several --model or a --models-dir, the page's picker loads another in its place); "
     "one generation runs at a time (others wait in a visible queue)."
 )
 
@@ -145,20 +152,46 @@ def _serve_options(args: argparse.Namespace) -> ServeOptions:
     return ServeOptions(**{k: getattr(args, k) for k in settings_of(ServeOptions)}).check()
 
 
+def model_choices(opts: ModelOptions) -> ModelChoices:
+    """The models the page offers: the --model ones (the first loaded at start) and those of
+    --models-dir, each checked at start with its family detected; one model alone as given,
+    checked as it loads (no picker)."""
+    default = DEFAULT_MODEL if opts.method == "latent" else ""
+    models = list(opts.models) or ([opts.model] if opts.model else [])
+    if len(models) <= 1 and opts.models_dir is None:
+        name = models[0] if models else (default or None)
+        return ModelChoices((ModelChoice(name, scrub_paths(name or "")),))
+    return ModelChoices.from_options(
+        models, opts.models_dir, method=opts.method, default=default, offline=opts.offline
+    )
+
+
 def run_serve(args: argparse.Namespace) -> int:
     options = _serve_options(args)
     loras = LoraChoices.from_options(args.loras or (), args.lora_dir)
     if loras.sources and args.method != "latent":
         raise InputError(f"lora: LoRAs apply to the latent method, not {args.method}")
     clip = args.clip_model or DEFAULT_CLIP_MODEL
-    editor = ModelOptions.from_args(args).load(lambda m: _say(args, m), clip_model=clip)
+    model_options = ModelOptions.from_args(args)
+    models = model_choices(model_options)
+    for line in models.skipped:
+        _say(args, line)
+    first = models.choices[0]
+
+    def load_model(choice: ModelChoice) -> Any:  # --vae and --lora go with the first model
+        with_first = choice == first
+        return model_options.load(
+            lambda m: _say(args, m), model=choice.source, clip_model=clip,
+            loras=model_options.loras if with_first else (),
+            vae=model_options.vae if with_first else None,
+        )  # fmt: skip
+
+    editor = load_model(first)
     _say(args, "starting the web app ...")
     from blendedit.options import load_segmenter_for
     from blendedit.segment import Selection
     from blendedit.web.app import EditorApp
     from blendedit.web.selecting import Selector
-
-    model_options = ModelOptions.from_args(args)
 
     def load(name: str) -> Any:
         return load_segmenter_for(
@@ -169,7 +202,7 @@ def run_serve(args: argparse.Namespace) -> int:
         editor,
         model_info={
             "method": args.method,
-            "name": args.model or (DEFAULT_MODEL if args.method == "latent" else ""),
+            "name": first.source or (DEFAULT_MODEL if args.method == "latent" else ""),
             "model_config": args.model_config,
             "clip_model": clip,
             **({"vae": args.vae} if args.vae else {}),
@@ -177,6 +210,8 @@ def run_serve(args: argparse.Namespace) -> int:
         options=options,
         loras=loras,
         selector=Selector(args.segmenter, load),
+        models=models,
+        load_model=load_model,
     )
     if not is_loopback(args.host):  # said even with --quiet
         print(
@@ -207,7 +242,13 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_replay(args: argparse.Namespace) -> int:
     from blendedit.frame.photo import save_photo
     from blendedit.io import check_out_dir, prepare_out_dir, save_png, slug
-    from blendedit.web.session import mask_to_image, parse_trail, pixels_sha256, replay
+    from blendedit.web.session import (
+        mask_to_image,
+        parse_trail,
+        pixels_sha256,
+        replay,
+        trail_models,
+    )
 
     trail = parse_trail(args.trail)
     check_out_dir(args.out)
@@ -218,6 +259,13 @@ def run_replay(args: argparse.Namespace) -> int:
         raise InputError("trail: mixes latent and pixel steps; replay needs one model")
     method = next(iter(methods), "latent")
     recorded = trail.model
+    models = trail_models(trail)
+    if len(models) > 1 and args.model:
+        raise InputError(
+            f"model: the trail's steps ran on {len(models)} models "
+            f"({', '.join(scrub_paths(m) for m in models)}); replay "
+            "loads each for its steps, so it takes no --model"
+        )
     model = args.model or recorded.get("name") or None
     dtype = args.dtype
     if dtype == "auto" and recorded.get("dtype") in DTYPES:
@@ -227,7 +275,12 @@ def run_replay(args: argparse.Namespace) -> int:
     else:
         clip = args.clip_model or recorded.get("clip_model") or DEFAULT_CLIP_MODEL
     editor = None
-    if trail.steps:
+    if len(models) > 1:  # the page's picker switched models: each step's own, one at a time
+        editor_for = StepEditors(ModelOptions.from_args(args), lambda m: _say(args, m), {
+            "method": method, "clip_model": clip, "dtype": dtype,
+            "model_config": args.model_config or recorded.get("model_config"),
+        }, recorded)  # fmt: skip
+    elif trail.steps:
         editor = ModelOptions.from_args(args).load(
             lambda m: _say(args, m),
             method=method,
@@ -256,6 +309,10 @@ def run_replay(args: argparse.Namespace) -> int:
 
     if editor is not None:
         replay(trail, editor, progress=not args.quiet, on_step=on_step, keep=False)
+    elif len(models) > 1:
+        replay(
+            trail, None, progress=not args.quiet, on_step=on_step, keep=False, editor_for=editor_for
+        )
     print(out)
     if differ and args.strict:
         print(
@@ -264,6 +321,34 @@ def run_replay(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+class StepEditors:
+    """The editor of each step of a trail whose steps ran on several models (the page's model
+    picker): each step's recorded model, loaded when its steps come, the previous one let go
+    first (one model in memory). ``loading``: the load options every model shares."""
+
+    def __init__(
+        self,
+        options: ModelOptions,
+        say: Any,
+        loading: dict[str, Any],
+        recorded: dict[str, Any],
+    ) -> None:
+        self.options, self.say, self.loading, self.recorded = options, say, loading, recorded
+        self.name: str | None = None
+        self.editor: Any = None
+
+    def __call__(self, step: Any) -> Any:
+        name = step.model or self.recorded.get("name")
+        if self.editor is None or name != self.name:
+            from blendedit.web.picker import release
+
+            self.editor, self.name = None, name
+            release()
+            vae = step.meta.get("vae") if self.loading["method"] == "latent" else None
+            self.editor = self.options.load(self.say, model=name, vae=vae, **self.loading)
+        return self.editor
 
 
 __all__ = ["add_parser", "is_loopback", "run", "run_replay", "run_serve"]

@@ -33,6 +33,7 @@ from blendedit.errors import (
     InputError,
     TimeLimitError,
     one_line,
+    scrub_paths,
 )
 from blendedit.frame.photo import Photo, output_format, read_photo, save_photo
 from blendedit.io import check_upload_size, write_text
@@ -43,9 +44,17 @@ from blendedit.web.canvas import (
     preview,
     scribble_from_canvas,
 )
+from blendedit.web.picker import ModelChoices, Switcher, SwitchError
 from blendedit.web.selecting import EDITOR_CANVAS, Picks, Selector, editor_layer, overlay
 from blendedit.web.session import Generation, Result, Session, use_loras
-from blendedit.web.settings import LoraChoices, ServeOptions, read_number, settings_from_ui
+from blendedit.web.settings import (
+    Control,
+    LoraChoices,
+    ServeOptions,
+    control_specs,
+    read_number,
+    settings_from_ui,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +174,21 @@ def _thumb(photo: Photo, pixels: np.ndarray | None = None) -> Image.Image:
     return preview(photo, pixels, THUMB_SIDE)
 
 
+def intro(info: Mapping[str, Any], o: ServeOptions) -> str:
+    """The page's heading: the model, what to do, and what the model is for."""
+    name = scrub_paths(str(info.get("name") or "?"))  # a local model: its name, not its folder
+    return (
+        "## blendedit: interactive editor\n"
+        f"Model `{name}` ({info['method']}, {info['dtype']} on "
+        f"{info['device']}). Upload a photo (up to {o.max_pixels / 1e6:g} MP), paint the "
+        "region to change with the translucent brush, scribble a rough drawing in colour "
+        "inside it if you like, describe what it should become, Generate, Keep the "
+        "result you like, and go on editing it. The edit runs on the full-resolution "
+        "photo; one generation runs at a time."
+        + (f"\n\nThis model is {info['purpose']}." if info.get("purpose") else "")
+    )
+
+
 # -- the handlers ---------------------------------------------------------------------------------
 
 
@@ -182,6 +206,13 @@ class Handlers:
     _states: dict[str, WebState]  # by tab: emptied when the tab closes
     selector: Selector | None  # the segmenter for clicks, boxes and words (None: not offered)
     _names: dict[Any, str]  # generate's input components -> their names
+    models: ModelChoices  # the models the page may switch to (web/picker.py)
+    switcher: Switcher  # the loaded editors; ``editor`` is its current one
+    _shown_specs: list[Control]  # the settings controls as last made
+
+    def describe_model(self, editor: Any) -> dict[str, Any]:
+        """What the trail and the page say of a loaded editor (set by :class:`EditorApp`)."""
+        raise NotImplementedError
 
     # -- views ------------------------------------------------------------------------------------
 
@@ -311,6 +342,81 @@ class Handlers:
         """The latent model family's own defaults (SDXL guidance 5, FLUX flow-euler, ...)."""
         return self.editor.default_config() if self.kind == "latent" else None
 
+    def control_specs(self) -> list[Control]:
+        """The settings controls over the current model (its family's defaults, native size and
+        LoRAs): :func:`~blendedit.web.settings.control_specs`."""
+        latent = self.kind == "latent"
+        if self.switcher.current is None:  # no model loaded (web/picker.py): as last shown
+            return self._shown_specs
+        self._shown_specs = control_specs(
+            self.kind,
+            self._defaults(),
+            max_results=self.options.max_results,
+            default_results=self.options.default_results,
+            method=self.model_info.get("method"),
+            loras=self.lora_choices.shown(self.editor.loras) if latent else (),
+            native=getattr(self.editor, "native_size", None) if latent else None,
+            lora_choices=self.lora_choices.offered(),
+        )
+        return self._shown_specs
+
+    # -- the model picker (web/picker.py) ---------------------------------------------------------
+
+    def switch_model(self, label: Any, say: Callable[[str], None] = lambda m: None) -> str:
+        """Make the model the page names current: after the running Generate (the device lock),
+        the current one is let go and the chosen one loaded; one that fails to load leaves the
+        previous one current (:class:`~blendedit.web.picker.SwitchError`, one line)."""
+        choice = self.models.by_label(label)
+        before = self.switcher.current
+        if before is not None and choice.label == before.label:
+            return f"Model {choice.label} is the one loaded."
+        t0 = time.perf_counter()
+        with self._device_lock:
+            try:
+                self.switcher.switch(choice, say)
+            finally:  # the previous model may have been loaded again
+                if self.switcher.current is not None:
+                    self.model_info = self.describe_model(self.editor)
+        seconds = time.perf_counter() - t0
+        return (
+            f"Model {choice.label} loaded in {seconds:.1f} s"
+            + (f" in place of {before.label}" if before is not None else "")
+            + "; the settings that depend on the model are its own defaults now."
+        )
+
+    def on_page(self) -> tuple:
+        """A tab opened: the picker, the heading and the settings as the current model has them
+        (the page was built with the first; another tab may have switched since)."""
+        current = self.switcher.current.label if self.switcher.current else None
+        heading = intro(self.model_info, self.options)
+        specs = self.control_specs()
+        return (gr.update(value=current), heading, *(gr.update(value=s.default) for s in specs))
+
+    def on_model(
+        self, label: Any, state: WebState | None, request: gr.Request, progress: Any = gr.Progress()
+    ) -> tuple:
+        """The model picker changed: switch (:meth:`switch_model`); outputs: the picker (back on
+        the previous model when the chosen one failed), the heading, the status, and every
+        settings control, in :meth:`control_specs` order (set to the new model's defaults where
+        they differ from the previous model's, else left as the user set them)."""
+        st = state or WebState()
+        old = self.control_specs()
+        try:
+            msg = self.switch_model(label, lambda m: progress(0, desc=scrub_paths(m)))
+        except SwitchError as e:
+            gr.Warning(one_line(e))
+            msg = f"⚠ {one_line(e)}"
+        new = self.control_specs()
+        updates = [
+            gr.skip()
+            if (a.default, a.info) == (b.default, b.info)
+            else gr.update(value=b.default, info=b.info)
+            for a, b in zip(old, new, strict=True)
+        ]
+        heading = intro(self.model_info, self.options)
+        current = self.switcher.current.label if self.switcher.current else None
+        return (gr.update(value=current), heading, self.status_text(st, msg), *updates)
+
     def generate(
         self, ui: dict[Any, Any], request: gr.Request, progress: Any = gr.Progress()
     ) -> tuple:
@@ -336,6 +442,7 @@ class Handlers:
             base, job.prompt, job.mask, job.method, job.config, seeds, result, job.scribble,
             self.editor.loras if self.kind == "latent" else (),
         )  # fmt: skip
+        st.generation.meta = dict(self.model_info)  # the model it ran on (a switch may follow)
         st.selected = None
         self._states[_sid(request)] = st  # the tab's latest state (Gradio hands events copies)
         gallery, details = [], False
@@ -344,6 +451,8 @@ class Handlers:
             details |= detail
             gallery.append((image, r.caption))
         msg = self._generated_message(st.generation, job, details, time.perf_counter() - t0)
+        if len(self.models.choices) > 1:  # the server's model, which any tab may switch
+            msg += f" Model: {self.switcher.current.label}."
         return gallery, self.status_text(st, msg), job.seed, st
 
     def _edit_request(self, st: WebState, values: Mapping[str, Any]) -> EditRequest:
@@ -453,7 +562,8 @@ class Handlers:
         if st.session is None or st.generation is None:
             raise InputError("keep: nothing to keep yet; Generate first")
         index = st.selected or 0
-        st.session.keep(st.generation, index, meta=self.model_info, thumb=_thumb)
+        meta = st.generation.meta or self.model_info  # the model that made it
+        st.session.keep(st.generation, index, meta=meta, thumb=_thumb)
         r = st.generation.results[index]
         msg = (
             f"Kept {r.caption} as step {st.session.cursor}. Paint the next region, "

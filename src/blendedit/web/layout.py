@@ -14,13 +14,12 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from blendedit.errors import scrub_paths
 from blendedit.web._gradio import gr
 from blendedit.web.canvas import MASK_OPACITY, MASK_RGB
-from blendedit.web.handlers import Handlers, ServeOptions, WebState, friendly
+from blendedit.web.handlers import Handlers, ServeOptions, WebState, friendly, intro
 from blendedit.web.paint import CANVAS_SIDE, PaintEditor
 from blendedit.web.selecting import PICK_MODES
-from blendedit.web.settings import Control, control_specs
+from blendedit.web.settings import Control
 
 if TYPE_CHECKING:
     from gradio.components import Component
@@ -45,28 +44,16 @@ def build_page(app: Handlers) -> tuple[gr.Blocks, dict[Component, str]]:
     and the names of the components whose values Generate reads."""
     with gr.Blocks(title="blendedit", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         state = gr.State(None)
-        gr.Markdown(intro(app.model_info, app.options))
+        top = {"intro": gr.Markdown(intro(app.model_info, app.options), elem_id="intro")}
+        if len(app.models.choices) > 1:
+            top["model"] = model_picker(app)
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
                 left = photo_column(app)
             with gr.Column(scale=2):
                 right = results_column(app)
-        names = wire(app, demo, {"state": state, **left, **right})
+        names = wire(app, demo, {"state": state, **top, **left, **right})
     return demo, names
-
-
-def intro(info: Mapping[str, Any], o: ServeOptions) -> str:
-    name = scrub_paths(str(info.get("name") or "?"))  # a local model: its name, not its folder
-    return (
-        "## blendedit: interactive editor\n"
-        f"Model `{name}` ({info['method']}, {info['dtype']} on "
-        f"{info['device']}). Upload a photo (up to {o.max_pixels / 1e6:g} MP), paint the "
-        "region to change with the translucent brush, scribble a rough drawing in colour "
-        "inside it if you like, describe what it should become, Generate, Keep the "
-        "result you like, and go on editing it. The edit runs on the full-resolution "
-        "photo; one generation runs at a time."
-        + (f"\n\nThis model is {info['purpose']}." if info.get("purpose") else "")
-    )
 
 
 def photo_column(app: Handlers) -> dict[str, Any]:
@@ -99,20 +86,18 @@ def photo_column(app: Handlers) -> dict[str, Any]:
     with gr.Row():
         c["generate"] = gr.Button("Generate", variant="primary", elem_id="generate")
         c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="cancel")
-    latent = app.kind == "latent"
-    c["controls"] = controls(
-        control_specs(
-            app.kind,
-            app._defaults(),
-            max_results=app.options.max_results,
-            default_results=app.options.default_results,
-            method=app.model_info.get("method"),
-            loras=app.lora_choices.shown(app.editor.loras) if latent else (),
-            native=getattr(app.editor, "native_size", None) if latent else None,
-            lora_choices=app.lora_choices.offered(),
-        )
-    )
+    c["controls"] = controls(app.control_specs())
     return c
+
+
+def model_picker(app: Handlers) -> gr.Dropdown:
+    """The models the server offers (``--model`` repeated, ``--models-dir``), by name and
+    family; choosing one loads it in place of the current one (:meth:`Handlers.on_model`)."""
+    return gr.Dropdown(
+        app.models.labels, value=app.switcher.current.label, label="Model", elem_id="model",
+        info="choosing another unloads this one and loads it (after a running Generate); the "
+        "settings take its family's defaults",
+    )  # fmt: skip
 
 
 def photo_box(o: ServeOptions) -> gr.File:
@@ -260,6 +245,14 @@ def wire(app: Handlers, demo: gr.Blocks, c: Mapping[str, Any]) -> dict[Component
     }
     runs = [c["generate"].click(**run), c["prompt"].submit(**run)]
     c["cancel"].click(app.cancel, None, status, cancels=runs, queue=False)
+    if "model" in c:  # in the device's queue: a switch waits for the running Generate
+        outputs = [c["model"], c["intro"], status, *(settings[s.name] for s in app.control_specs())]
+        c["model"].input(
+            friendly(app.on_model), [c["model"], state], outputs, concurrency_limit=1,
+            concurrency_id="device", show_progress="full", show_progress_on=[status],
+        )  # fmt: skip
+        shown = [o for o in outputs if o is not status]
+        demo.load(friendly(app.on_page), None, shown, show_progress="hidden")
     results.select(friendly(app.select), [state], [state, status], show_progress="hidden")
     kept = c["keep"].click(friendly(app.keep), [state], view, **quiet)
     undone = c["undo"].click(friendly(app.undo), [state], [*view, c["prompt"]], **quiet)

@@ -49,6 +49,7 @@ TRAIL_FORMAT = "blendedit-session"
 TRAIL_VERSION = 2  # 2: the original as its file, 1-bit masks, scribbles; 1 is still read
 MAX_TRAIL_BYTES = 1024 * 1024 * 1024  # a trail file larger than this is refused, not parsed
 METHODS = ("latent", "pixel", "local-clip")
+MODEL_KEYS = ("name", "model_config", "clip_model", "vae", "dtype")  # what replay reads of a model
 
 
 class SessionError(BlendEditError):
@@ -217,6 +218,7 @@ class Generation:
     results: list[Result]  # best first
     scribble: Scribble | None = None  # colours composited into the photo before the edit
     loras: list[str] = field(default_factory=list)  # "source:scale" applied to the model
+    meta: dict[str, Any] = field(default_factory=dict)  # the model it ran on (name, family, ...)
 
     @classmethod
     def from_edit(
@@ -516,6 +518,12 @@ class TrailStep:
     result_sha256: str | None = None
     scribble: Scribble | None = None
     loras: list[str] = field(default_factory=list)  # "source:scale", applied before the step
+    meta: dict[str, Any] = field(default_factory=dict)  # the model the step ran on (name, ...)
+
+    @property
+    def model(self) -> str | None:
+        """The model the step ran on, as its trail records it (None: not recorded)."""
+        return self.meta.get("name") or None
 
     def replay_seeds(self) -> list[int]:
         """The seeds that shared the kept seed's UNet calls: the kept seed's chunk of
@@ -554,7 +562,7 @@ def parse_trail(data: Mapping[str, Any] | str | os.PathLike[str]) -> Trail:
     model = data.get("model") or {}
     if not isinstance(model, Mapping):
         raise InputError(f"trail: model: {_short(model)} must be an object")
-    for key in ("name", "model_config", "clip_model", "vae", "dtype"):
+    for key in MODEL_KEYS:
         if model.get(key) is not None and not isinstance(model[key], str):
             raise InputError(f"trail: model.{key}: {_short(model[key])} must be text")
     original = _trail_original(data.get("original"))
@@ -635,6 +643,12 @@ def _trail_step(s: Any, i: int, original: Photo) -> TrailStep:
     sha = s.get("result_sha256")
     if sha is not None and not isinstance(sha, str):
         raise InputError(f"{name}: result_sha256: {_short(sha)} must be text")
+    meta = s.get("meta") or {}
+    if not isinstance(meta, Mapping):
+        raise InputError(f"{name}: meta: {_short(meta)} must be an object")
+    for key in MODEL_KEYS:
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise InputError(f"{name}: meta.{key}: {_short(meta[key])} must be text")
     settings = s["settings"]
     if not isinstance(settings, Mapping):
         raise InputError(f"{name}: settings: {_short(settings)} must be an object")
@@ -649,8 +663,9 @@ def _trail_step(s: Any, i: int, original: Photo) -> TrailStep:
         text = str(e)
         raise InputError(text if text.startswith(name) else f"{name}: {text}") from None
     return TrailStep(
-        s["prompt"], mask, s["method"], dict(settings), seed, seeds, sha, scribble, list(loras)
-    )
+        s["prompt"], mask, s["method"], dict(settings), seed, seeds, sha, scribble, list(loras),
+        {k: meta[k] for k in MODEL_KEYS if meta.get(k) is not None},
+    )  # fmt: skip
 
 
 def _trail_scribble(d: Any, original: Photo, name: str) -> Scribble | None:
@@ -718,16 +733,18 @@ def replay(
     progress: bool | Callable[..., Any] = False,
     on_step: Callable[[int, TrailStep, Photo], None] | None = None,
     keep: bool = True,
+    editor_for: Callable[[TrailStep], Any] | None = None,
 ) -> list[Photo]:
     """Regenerate every step of a trail in order, each from the previous step's regenerated
     image; returns the images as Photos (one per step, not the original; none when ``keep`` is
     False, to hold one image at a time). ``on_step(i, step, photo)`` is called after each step
-    (i from 1)."""
+    (i from 1). ``editor_for(step)``: the editor of each step (a trail whose steps ran on
+    several models, :func:`trail_models`), instead of ``editor`` for all."""
     t = trail if isinstance(trail, Trail) else parse_trail(trail)
     photo = t.original
     out = []
     for i, step in enumerate(t.steps, start=1):
-        c = step_edit(editor, photo, step, progress)
+        c = step_edit(editor if editor_for is None else editor_for(step), photo, step, progress)
         pixels = c.pixels()
         pixels.flags.writeable = False
         photo = dataclasses.replace(photo, pixels=pixels)
@@ -736,3 +753,11 @@ def replay(
         if on_step is not None:
             on_step(i, step, photo)
     return out
+
+
+def trail_models(trail: Trail) -> list[str]:
+    """The models a trail's steps ran on, each once, in the order of the steps (a session that
+    switched models in the page's picker has several; a step that records none ran on the
+    trail's model)."""
+    default = trail.model.get("name") or ""
+    return list(dict.fromkeys(s.model or default for s in trail.steps))

@@ -69,6 +69,12 @@ class ServeOptions:
         "in whatever stage it is in, and the device freed", flag="--max-seconds",
         group="server", low=0, high=86400, low_open=True, unit="s",
     )  # fmt: skip
+    keep_models: int = setting(
+        1, "models kept loaded at once when the page's model picker switches between them "
+        "(--model repeated, --models-dir): 1 lets the current one go before loading the next; "
+        "more make switching back instant, at their memory", flag="--keep-models",
+        group="server", low=1, high=16,
+    )  # fmt: skip
     default_results: int = 4
 
     @property

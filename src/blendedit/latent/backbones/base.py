@@ -92,7 +92,9 @@ class Backbone:
     refused: ClassVar[dict[str, str]] = {}
     single_file: ClassVar[bool] = False  # has a single-file key rule (:meth:`claims_keys`)
     bare_folder: ClassVar[bool] = False  # loads a folder of parts without model_index.json
-    supports_lora: ClassVar[bool] = False
+    # ``--lora``: the diffusers LoRA mixin the family's pipelines load LoRAs with (its
+    # ``lora_state_dict`` converts the formats, its ``load_lora_into_*`` injects); "" takes none.
+    lora_loader: ClassVar[str] = ""
     can_drop_t5: ClassVar[bool] = False  # ``--no-t5``
     # ``--quantize``: the parts diffusers' quantization backends load quantized (part -> its
     # library: the denoiser, the language-model text encoder); empty: the family takes none.

@@ -164,6 +164,7 @@ class QwenImage(C.OneTextEncoder, C.QwenImageLatents, Backbone):
     }
     catalogue = _CATALOGUE
     reference_pipeline = "QwenImageInpaintPipeline"
+    lora_loader = "QwenImageLoraLoaderMixin"  # the transformer
     # QwenImagePipeline's defaults: 50 steps, true CFG at 4.0.
     defaults: ClassVar[dict[str, Any]] = {
         "num_inference_steps": 50,

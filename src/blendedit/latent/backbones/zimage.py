@@ -124,6 +124,7 @@ class ZImage(C.OneTextEncoder, C.FlagDefaults, Backbone):
     }
     catalogue = _CATALOGUE
     reference_pipeline = "ZImageInpaintPipeline"
+    lora_loader = "ZImageLoraLoaderMixin"  # the transformer
     flag = "turbo"
     max_sequence_length: int = 512  # ZImagePipeline's default
 

@@ -10,6 +10,7 @@ another family or of other shapes is one line."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import inspect
 import json
 
@@ -284,3 +285,48 @@ def test_cli_edit_with_a_lora_on_flux2_klein(tmp_path, tiny_clip_dir):
     result = json.loads((out / "result.json").read_text())
     assert result["settings"]["loras"] == [f"{lora}:0.8"]
     assert result["settings"]["family"] == "flux2-klein"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["int8", "gguf"])
+def test_lora_on_a_quantized_denoiser(tmp_path, mode):
+    """``--quantize`` and ``--lora`` together (a 12-32B transformer on one GPU with a LoRA): on a
+    tiny Z-Image loaded int8 (torchao) or from a Q8_0 GGUF file, the LoRA's change of the guided
+    denoiser output is the float32 model's within 5% (relative L2; measured int8 1.8%, Q8_0 1.5%,
+    fp8 11% not tested; a LoRA with other weights is off by about 107%), and unloading gives back
+    the same modules and the bit-identical output."""
+    from blendedit.latent import quantize as q
+    from blendedit.latent.backbones import load_backbone
+    from test_quantize import write_gguf
+    from tiny_models import tiny_zimage_parts
+
+    if importlib.util.find_spec(q.MODES[mode].package) is None:
+        pytest.skip(f"{q.MODES[mode].package} is not installed")
+    folder = tmp_path / "zimage"
+    diffusers.ZImagePipeline(**tiny_zimage_parts(tmp_path / "vocab")).save_pretrained(folder)
+    plain = load_backbone(folder, torch.float32, True)
+    lora, other = _save_for(plain, tmp_path / "lora"), tmp_path / "other"
+    save_lora(other, plain.lora_loader, plain.unet, seed=7)
+    model, config = folder, None
+    if mode == "gguf":
+        model, config = tmp_path / "zimage-Q8_0.gguf", str(folder)
+        write_gguf(folder, model)
+    quantized = load_backbone(model, torch.float32, True, config, quantize=mode)
+    z = _latent(plain)
+
+    def change(bb, source):
+        editor = BlendedLatentDiffusion(bb)
+        base = _denoised(bb, z)
+        editor.load_loras([str(source)])
+        out = _denoised(bb, z)
+        editor.unload_loras()
+        return out - base, base
+
+    want, _ = change(plain, lora)
+    modules = dict(quantized.unet.named_modules())
+    got, base = change(quantized, lora)
+    assert float((got - want).norm() / want.norm()) < 0.05
+    assert dict(quantized.unet.named_modules()) == modules  # the same objects, no LoRA layer
+    assert torch.equal(_denoised(quantized, z), base)
+    far, _ = change(quantized, other)
+    assert float((far - want).norm() / want.norm()) > 0.5

@@ -2,9 +2,8 @@
 where the family's diffusers loader takes them, its text encoder(s), loaded as PEFT adapters and
 never fused, so removal gives back the very same base modules and weights.
 
-Each family names its diffusers LoRA mixin (``Backbone.lora_loader``: ``StableDiffusion(XL)``,
-``SD3``, ``Flux`` (FLUX.1, Kontext, Chroma), ``Flux2`` (FLUX.2 klein and dev), ``QwenImage``
-(Qwen-Image, 2.1, Edit), ``ZImage``, ``Krea2`` ``LoraLoaderMixin``); one code path loads for all.
+Each family names the diffusers LoRA mixin its own pipelines inherit (``Backbone.lora_loader``,
+e.g. ``"Flux2LoraLoaderMixin"``); one code path loads through whichever it names.
 
 Sources: a local ``.safetensors`` file (diffusers/PEFT, kohya/A1111 or the other formats the
 family's mixin converts), a local folder holding ``pytorch_lora_weights.safetensors`` (or one other

@@ -330,3 +330,25 @@ def test_lora_on_a_quantized_denoiser(tmp_path, mode):
     assert torch.equal(_denoised(quantized, z), base)
     far, _ = change(quantized, other)
     assert float((far - want).norm() / want.norm()) > 0.5
+
+
+def test_lora_loaded_and_removed_under_offload(tmp_path):
+    """``--offload model|sequential`` (the web editor loads LoRAs while offloaded): loaded after
+    the offload, the LoRA gives the output of the same LoRA on the model in place, and removal the
+    base output again. Control: sequential offload keeps the weights on "meta" between calls, and
+    without its hooks taken off around the loading the adapter's weights would be lost there (the
+    LoRA a no-op), which the first check catches."""
+    plain = _backbone("zimage", tmp_path)
+    lora = _save_for(plain, tmp_path / "lora")
+    z = _latent(plain)
+    base = _denoised(plain, z)
+    BlendedLatentDiffusion(plain).load_loras([str(lora)])
+    want = _denoised(plain, z)
+    for mode in ("model", "sequential"):
+        bb = _backbone("zimage", tmp_path)
+        editor = BlendedLatentDiffusion(bb).enable_offload(mode, "cpu")
+        editor.load_loras([str(lora)])
+        assert bb.offload == mode
+        torch.testing.assert_close(_denoised(bb, z), want, atol=1e-6, rtol=1e-6)
+        editor.unload_loras()
+        assert torch.equal(_denoised(bb, z), base)

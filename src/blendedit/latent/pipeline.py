@@ -118,16 +118,18 @@ class BlendedLatentDiffusion(FrameMethod):
             kinds = family_names(lambda c: bool(c.lora_loader))
             raise InputError(f"lora: LoRAs apply to {kinds} models, not {self.family}")
         self.unload_loras()
-        self._lora = apply_loras(
-            bb.unet, bb.text_encoders(), list(loras), local_files_only=local_files_only,
-            loader=bb.lora_loader,
-        )  # fmt: skip
+        with bb.offload_paused():
+            self._lora = apply_loras(
+                bb.unet, bb.text_encoders(), list(loras), local_files_only=local_files_only,
+                loader=bb.lora_loader,
+            )  # fmt: skip
         self._forget_prompts()
         return self
 
     def unload_loras(self) -> BlendedLatentDiffusion:
         if self._lora is not None:
-            self._lora.remove()
+            with self.backbone.offload_paused():
+                self._lora.remove()
             self._lora = None
             self._forget_prompts()
         return self

@@ -192,6 +192,26 @@ class Backbone:
             raise ValueError(f"offload: {mode!r} is not model or sequential")
         self.offload, self.execution_device = mode, dev
 
+    @contextmanager
+    def offload_paused(self) -> Iterator[None]:
+        """Around a change of the modules (LoRA layers put on or taken off): sequential offload
+        keeps the weights off the modules (on "meta") between calls, so its hooks come off first
+        (each weight back in its module, in CPU memory) and on again after. Whole-module offload
+        keeps real weights in CPU memory: nothing to do."""
+        if self.offload != "sequential":
+            yield
+            return
+        from accelerate.hooks import remove_hook_from_module
+
+        device = self.execution_device
+        for m in [m for m in self.text_encoders() if m is not None] + [self.unet, self.vae]:
+            remove_hook_from_module(m, recurse=True)
+        self.offload, self.execution_device = None, None
+        try:
+            yield
+        finally:
+            self.enable_offload("sequential", device)
+
     @property
     def dtype(self) -> torch.dtype:
         return self.unet.dtype

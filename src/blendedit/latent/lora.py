@@ -355,7 +355,7 @@ def _weights_per_component(
             strays.append(key)
     if strays:
         hint = ""
-        if any(k.startswith("text_encoder_2.") for k in strays) and "text_encoder" in counts:
+        if any(k.startswith("text_encoder_2.") for k in strays) and "unet" in counts:
             hint = " (an SDXL LoRA on a one-text-encoder model?)"
         elif all(k.startswith("text_encoder") for k in strays):
             hint = " (text-encoder weights, which this family's LoRA loader does not take)"

@@ -1,5 +1,5 @@
-"""LoRA on the transformer families (issue 20: SD3, FLUX.1, Chroma, Z-Image, Qwen-Image and 2.1,
-FLUX.2 [klein] and [dev], Krea 2): each family names its diffusers LoRA mixin
+"""LoRA on the transformer families (issue 20: SD3, FLUX.1 and Kontext, Chroma, Z-Image, Qwen-Image
+and 2.1, FLUX.2 [klein] and [dev], Krea 2): each family names its diffusers LoRA mixin
 (``Backbone.lora_loader``) and ``latent/lora.py`` loads through it. On each family's tiny random
 model, a random LoRA made with PEFT and written by the mixin's own ``save_lora_weights``
 (diffusers' file format, the transformer and, where the mixin loads into one, the text encoder):
@@ -35,6 +35,7 @@ SIZE = (64, 48)  # (W, H) px, a multiple of every tiny family's token
 TINY = {  # family -> its tiny bench preset (random weights)
     "sd3": "tiny-sd3",
     "flux": "tiny-flux",
+    "flux-kontext": "tiny-flux-kontext",
     "chroma": "tiny-chroma",
     "zimage": "tiny-zimage",
     "qwen-image": "tiny-qwen-image",
@@ -105,18 +106,22 @@ def _pipeline(bb):
     return pipe
 
 
-def _denoised(bb, z, c_args=("a red flower", "")):
+def _denoised(bb, inputs, c_args=("a red flower", "")):
     """One call of blendedit's guided model function (CFG 3 where the family takes it) on the
-    prompt's encoding: (1, C, h, w)."""
+    prompt's encoding (with the photo's for a family made for editing): (1, C, h, w)."""
+    x, z0, z = inputs
     c = bb.encode_text(*c_args, SIZE, SIZE)
+    c = bb.condition_on_image(c, x, torch.ones(1, 1, SIZE[1], SIZE[0]), z0)
     with torch.no_grad():
         return bb.model_fn(c, 1, 3.0)(z, torch.tensor(700.0))
 
 
-def _latent(bb):
+def _inputs(bb):
+    """A photo x (1, 3, H, W) in [-1, 1], its latents z0 = E(x) and a noisy latent of them."""
     torch.manual_seed(3)
-    z0 = bb.encode_image(torch.rand(1, 3, SIZE[1], SIZE[0]) * 2 - 1)
-    return 0.3 * z0 + 0.7 * torch.randn_like(z0)  # a noisy latent of the family's shape
+    x = torch.rand(1, 3, SIZE[1], SIZE[0]) * 2 - 1
+    z0 = bb.encode_image(x)
+    return x, z0, 0.3 * z0 + 0.7 * torch.randn_like(z0)
 
 
 def _photo_and_mask():
@@ -195,27 +200,27 @@ def test_lora_changes_the_edit_matches_diffusers_and_removes_bit_identically(tmp
     editor = BlendedLatentDiffusion(bb)
     models = [bb.unet, *(m for m in bb.text_encoders() if m is not None)]
     snaps = _snapshot(models)
-    z = _latent(bb)
-    base_edit, base_out = _edit(editor), _denoised(bb, z)
+    inp = _inputs(bb)
+    base_edit, base_out = _edit(editor), _denoised(bb, inp)
 
     editor.load_loras([f"{folder}:0.7"])
     assert editor.loras == [f"{folder}:0.7"]
-    ours = _denoised(bb, z)
+    ours = _denoised(bb, inp)
     assert (ours - base_out).abs().max() > 1e-3
     assert (_edit(editor) - base_edit).abs().max() > 1e-3
 
     pipe = _pipeline(ref)
     pipe.load_lora_weights(str(folder), adapter_name="x")
     pipe.set_adapters(["x"], [0.7])
-    torch.testing.assert_close(ours, _denoised(ref, z), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours, _denoised(ref, inp), atol=1e-5, rtol=1e-5)
     pipe.set_adapters(["x"], [1.0])
     with pytest.raises(AssertionError):  # the same check fails at another scale
-        torch.testing.assert_close(ours, _denoised(ref, z), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours, _denoised(ref, inp), atol=1e-5, rtol=1e-5)
 
     editor.unload_loras()
     assert editor.loras == []
     _assert_restored(models, snaps)
-    assert torch.equal(_denoised(bb, z), base_out)
+    assert torch.equal(_denoised(bb, inp), base_out)
     assert torch.equal(_edit(editor), base_edit)
 
 
@@ -312,13 +317,13 @@ def test_lora_on_a_quantized_denoiser(tmp_path, mode):
         model, config = tmp_path / "zimage-Q8_0.gguf", str(folder)
         write_gguf(folder, model)
     quantized = load_backbone(model, torch.float32, True, config, quantize=mode)
-    z = _latent(plain)
+    inp = _inputs(plain)
 
     def change(bb, source):
         editor = BlendedLatentDiffusion(bb)
-        base = _denoised(bb, z)
+        base = _denoised(bb, inp)
         editor.load_loras([str(source)])
-        out = _denoised(bb, z)
+        out = _denoised(bb, inp)
         editor.unload_loras()
         return out - base, base
 
@@ -327,7 +332,7 @@ def test_lora_on_a_quantized_denoiser(tmp_path, mode):
     got, base = change(quantized, lora)
     assert float((got - want).norm() / want.norm()) < 0.05
     assert dict(quantized.unet.named_modules()) == modules  # the same objects, no LoRA layer
-    assert torch.equal(_denoised(quantized, z), base)
+    assert torch.equal(_denoised(quantized, inp), base)
     far, _ = change(quantized, other)
     assert float((far - want).norm() / want.norm()) > 0.5
 
@@ -340,15 +345,15 @@ def test_lora_loaded_and_removed_under_offload(tmp_path):
     LoRA a no-op), which the first check catches."""
     plain = _backbone("zimage", tmp_path)
     lora = _save_for(plain, tmp_path / "lora")
-    z = _latent(plain)
-    base = _denoised(plain, z)
+    inp = _inputs(plain)
+    base = _denoised(plain, inp)
     BlendedLatentDiffusion(plain).load_loras([str(lora)])
-    want = _denoised(plain, z)
+    want = _denoised(plain, inp)
     for mode in ("model", "sequential"):
         bb = _backbone("zimage", tmp_path)
         editor = BlendedLatentDiffusion(bb).enable_offload(mode, "cpu")
         editor.load_loras([str(lora)])
         assert bb.offload == mode
-        torch.testing.assert_close(_denoised(bb, z), want, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(_denoised(bb, inp), want, atol=1e-6, rtol=1e-6)
         editor.unload_loras()
-        assert torch.equal(_denoised(bb, z), base)
+        assert torch.equal(_denoised(bb, inp), base)

@@ -1,5 +1,5 @@
-"""LoRA on the transformer families (issue 20: SD3, FLUX.1 and Kontext, Chroma, Z-Image, Qwen-Image
-and 2.1, FLUX.2 [klein] and [dev], Krea 2): each family names its diffusers LoRA mixin
+"""LoRA on the transformer families (issue 20: SD3, FLUX.1 and Kontext, Chroma, Z-Image, Qwen-Image,
+2.1 and Edit, FLUX.2 [klein] and [dev], Krea 2): each family names its diffusers LoRA mixin
 (``Backbone.lora_loader``) and ``latent/lora.py`` loads through it. On each family's tiny random
 model, a random LoRA made with PEFT and written by the mixin's own ``save_lora_weights``
 (diffusers' file format, the transformer and, where the mixin loads into one, the text encoder):
@@ -40,6 +40,7 @@ TINY = {  # family -> its tiny bench preset (random weights)
     "zimage": "tiny-zimage",
     "qwen-image": "tiny-qwen-image",
     "qwen-image-2.1": "tiny-qwen-image-2.1",
+    "qwen-image-edit": "",  # tiny_models.tiny_qwen_edit_parts
     "flux2-klein": "tiny-flux2-klein",
     "flux2-dev": "tiny-flux2-dev",
     "krea2": "tiny-krea2",
@@ -49,6 +50,13 @@ TARGETS = ["to_q", "to_v", "to_out.0"]  # attention projections every transforme
 
 def _backbone(family, tmp_path):
     torch.manual_seed(0)
+    if family == "qwen-image-edit":  # no bench preset: the parts of its own tests
+        from blendedit.latent.backbones import QwenImageEdit
+        from tiny_models import tiny_qwen_edit_parts
+
+        p = tiny_qwen_edit_parts(tmp_path / "parts")
+        names = ("vae", "transformer", "text_encoder", "tokenizer", "processor", "scheduler")
+        return QwenImageEdit(*(p[n] for n in names))
     return build_backbone(ARCHITECTURES[TINY[family]], "cpu", tmp_path / "parts")
 
 

@@ -29,6 +29,7 @@ from blendedit.bench.build import build_backbone
 from blendedit.cli import main
 from blendedit.errors import InputError
 from blendedit.latent.backbones import FAMILIES, Flux2Klein
+from blendedit.latent.lora import apply_loras
 from test_qwenimage21 import StandInProcessor
 
 SIZE = (64, 48)  # (W, H) px, a multiple of every tiny family's token
@@ -257,6 +258,9 @@ def test_a_lora_of_another_family_or_other_shapes_is_one_line(tmp_path):
         assert folder.name in _one_line(e) and words in str(e.value)
         assert editor.loras == []
         _assert_restored([bb.unet], snaps)
+    with pytest.raises(InputError) as e:  # a family naming a loader diffusers does not have
+        apply_loras(klein.unet, [], [str(wide_lora)], loader="Flux9LoraLoaderMixin")
+    assert "'Flux9LoraLoaderMixin'" in _one_line(e)
 
 
 @pytest.mark.slow

@@ -84,8 +84,8 @@ OPTIONS: dict[str, Option] = {
     ),
     "loras": _opt(
         "--lora",
-        help="latent, SD 1.x/2.x and SDXL: apply a LoRA (.safetensors file, folder or hub id) at "
-        "SCALE (default 1); repeat for several",
+        help="latent, every family but the paper's LDM: apply a LoRA (.safetensors file, folder "
+        "or hub id) at SCALE (default 1); repeat for several",
         action="append",
         metavar="FILE_OR_ID[:SCALE]",
     ),

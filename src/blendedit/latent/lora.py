@@ -1,20 +1,26 @@
-"""LoRA adapters (Hu et al. 2021, W + s·B·A) on a Stable Diffusion 1.x/2.x or SDXL UNet and its CLIP
-text encoder(s), loaded as PEFT adapters and never fused, so removal gives back the very same base
-modules and weights.
+"""LoRA adapters (Hu et al. 2021, W + s·B·A) on a model's denoiser (a UNet or a transformer) and,
+where the family's diffusers loader takes them, its text encoder(s), loaded as PEFT adapters and
+never fused, so removal gives back the very same base modules and weights.
 
-Sources: a local ``.safetensors`` file (diffusers/PEFT or kohya/A1111 key format), a local folder
-holding ``pytorch_lora_weights.safetensors`` (or one other weights file), or a hub id
-``owner/name`` (``owner/name/file.safetensors`` names the file), from the Hugging Face cache first.
-Pickled ``.bin``/``.pt`` files are read only with ``torch.load(weights_only=True)``.
+Each family names the diffusers LoRA mixin its own pipelines inherit (``Backbone.lora_loader``,
+e.g. ``"Flux2LoraLoaderMixin"``); one code path loads through whichever it names.
 
-Built on diffusers' public LoRA contract: ``StableDiffusion(XL)LoraLoaderMixin.lora_state_dict``
-(format conversion), ``load_lora_into_unet`` / ``load_lora_into_text_encoder`` (PEFT injection),
-and the mixin's ``set_adapters`` / ``unload_lora_weights`` on a small host object that carries the
-given components under the names the mixin expects.
+Sources: a local ``.safetensors`` file (diffusers/PEFT, kohya/A1111 or the other formats the
+family's mixin converts), a local folder holding ``pytorch_lora_weights.safetensors`` (or one other
+weights file), or a hub id ``owner/name`` (``owner/name/file.safetensors`` names the file), from
+the Hugging Face cache first. Pickled ``.bin``/``.pt`` files are read only with
+``torch.load(weights_only=True)``.
+
+Built on diffusers' public LoRA contract: the mixin's ``lora_state_dict`` (format conversion),
+``load_lora_into_unet`` / ``load_lora_into_transformer`` / ``load_lora_into_text_encoder`` (PEFT
+injection), and its ``set_adapters`` / ``unload_lora_weights`` on a small host object that
+carries the given components under the names the mixin expects (``_lora_loadable_modules``).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 import os
@@ -34,6 +40,8 @@ LORA_WEIGHT_FILE = "pytorch_lora_weights.safetensors"  # what diffusers' save_lo
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[^:]+)?$")
 _ADAPTER_PREFIX = "blendedit_lora_"
+# diffusers' mixins of Stable Diffusion 1.x/2.x and SDXL: apply_loras without a loader
+_SD_LOADERS = ("StableDiffusionLoraLoaderMixin", "StableDiffusionXLLoraLoaderMixin")
 _SIZE_MISMATCH = re.compile(
     r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from "
     r"checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)"
@@ -116,27 +124,32 @@ def apply_loras(
     specs: Sequence[LoraSpec | str],
     *,
     local_files_only: bool | None = None,
+    loader: str | None = None,
 ) -> LoraHandle:
-    """Load each LoRA as a PEFT adapter on ``unet`` and, where it has text-encoder weights, on the
-    text encoder(s): ``[text_encoder]`` for SD 1.x/2.x, ``[text_encoder, text_encoder_2]`` for SDXL
-    (``None`` for a missing one). Adapters stay separate and unfused; the output is
-    W x + Σ_i s_i·B_i A_i x. On any failure nothing stays loaded and one ``lora: ...`` line is
-    raised."""
+    """Load each LoRA as a PEFT adapter on the denoiser ``unet`` (a UNet or a transformer) and,
+    where it has text-encoder weights and ``loader`` takes them, on the text encoder(s), given in
+    the order the loader names them (``Backbone.text_encoders()``; ``None`` for a missing one).
+    ``loader``: the family's diffusers LoRA mixin (``Backbone.lora_loader``, e.g.
+    ``"Flux2LoraLoaderMixin"``); None: Stable Diffusion's for one text encoder, SDXL's for two.
+    Adapters stay separate and unfused; the output is W x + Σ_i s_i·B_i A_i x. On any failure
+    nothing stays loaded and one ``lora: ...`` line is raised."""
     parsed = [s if isinstance(s, LoraSpec) else parse_lora_spec(s) for s in specs]
     if not parsed:
         return LoraHandle([], [], [])
     bad = [s for s in parsed if not math.isfinite(s.scale)]
     if bad:
         raise InputError(f"lora: scale {bad[0].scale!r} of {bad[0].source!r} is not finite")
-    if len(text_encoders) not in (1, 2):
-        raise InputError(
-            f"lora: expected 1 (SD) or 2 (SDXL) text encoders, got {len(text_encoders)}"
-        )
+    if loader is None:
+        if len(text_encoders) not in (1, 2):
+            raise InputError(
+                f"lora: expected 1 (SD) or 2 (SDXL) text encoders, got {len(text_encoders)}"
+            )
+        loader = _SD_LOADERS[len(text_encoders) - 1]
     try:
         import peft  # noqa: F401
     except ImportError:
         raise InputError("lora: needs the `peft` package (pip install 'peft>=0.17')") from None
-    host = _host_for(unet, list(text_encoders))
+    host = _host_for(loader, unet, list(text_encoders))
     if _has_lora_layers(host):
         raise InputError("lora: the model already carries LoRA layers; remove those first")
 
@@ -201,31 +214,38 @@ def resolve_lora_file(source: str, *, local_files_only: bool | None = None) -> P
 # --- loading -------------------------------------------------------------------------------------
 
 
-def _host_for(unet: Any, text_encoders: list[Any]) -> Any:
-    """An object with the attributes diffusers' LoRA mixin works on (unet, text_encoder[_2])."""
-    from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
-
-    if len(text_encoders) == 2:
-
-        class _SDXLHost(StableDiffusionXLLoraLoaderMixin):
-            pass
-
-        host: Any = _SDXLHost()
-        host.text_encoder_2 = text_encoders[1]
-    else:
-
-        class _SDHost(StableDiffusionLoraLoaderMixin):
-            pass
-
-        host = _SDHost()
-    host.unet = unet
-    host.text_encoder = text_encoders[0]
+def _host_for(loader: str, denoiser: Any, text_encoders: list[Any]) -> Any:
+    """An object of the mixin ``loader`` carrying the denoiser and text encoders under the names
+    the mixin works on (``unet`` or ``transformer``, ``text_encoder``, ``text_encoder_2``)."""
+    host = _host_class(loader)()
+    setattr(host, host.denoiser_attr, denoiser)
+    for attr, model in zip(host.text_encoder_attrs, text_encoders, strict=False):
+        setattr(host, attr, model)
     return host
 
 
+@functools.cache
+def _host_class(loader: str) -> type:
+    """A subclass of diffusers' LoRA mixin ``loader`` that knows which of its loadable modules
+    is the denoiser and which are text encoders."""
+    import diffusers.loaders
+    from diffusers.loaders.lora_base import LoraBaseMixin
+
+    mixin = getattr(diffusers.loaders, loader, None)
+    if not (isinstance(mixin, type) and issubclass(mixin, LoraBaseMixin)):
+        raise InputError(f"lora: diffusers has no LoRA loader {loader!r}")
+    modules = list(mixin._lora_loadable_modules)
+    attrs = {
+        "denoiser_attr": "unet" if "unet" in modules else "transformer",
+        "text_encoder_attrs": tuple(m for m in modules if m.startswith("text_encoder")),
+    }
+    return type(f"_{loader}Host", (mixin,), attrs)
+
+
 def _components(host: Any) -> dict[str, Any]:
-    """Prefix in the converted state dict -> model (only the models that are present)."""
-    names = ["unet", "text_encoder", "text_encoder_2"]
+    """Prefix in the converted state dict -> model (only the models that are present), the
+    denoiser first."""
+    names = [host.denoiser_attr, *host.text_encoder_attrs]
     return {n: getattr(host, n, None) for n in names if getattr(host, n, None) is not None}
 
 
@@ -258,75 +278,33 @@ def _read_weights(path: Path, source: str) -> dict[str, torch.Tensor] | str:
 
 
 def _load_one(host: Any, path: Path, source: str, name: str) -> None:
-    """One LoRA under adapter ``name``: convert its keys (kohya -> diffusers), check that every
-    weight has a home in these models, inject and load."""
+    """One LoRA under adapter ``name``: convert its keys (kohya, ... -> diffusers), check that
+    every weight has a home in these models, inject and load."""
     components = _components(host)
-    unet = components["unet"]
-    kwargs: dict[str, Any] = {"return_lora_metadata": True}
-    if "text_encoder_2" in type(host)._lora_loadable_modules:
-        kwargs["unet_config"] = unet.config  # kohya SDXL: SGM block numbers -> diffusers
+    state_dict, alphas, metadata = _converted(host, path, source)
+    counts = _weights_per_component(state_dict, components, source)
     try:
-        state_dict, alphas, metadata = host.lora_state_dict(_read_weights(path, source), **kwargs)
-    except InputError:
-        raise
-    except Exception as e:
-        raise InputError(f"lora: could not read {source!r}: {first_line(e)}") from None
-    if not state_dict or not all("lora" in k for k in state_dict):
-        example = next((k for k in state_dict if "lora" not in k), None)
-        what = f"weights such as {example!r}" if example else "no weights"
-        raise InputError(f"lora: {source!r} is not a LoRA file ({what})")
-
-    counts = {prefix: 0 for prefix in components}
-    strays: list[str] = []
-    for key in state_dict:
-        prefix = key.split(".", 1)[0]
-        if prefix in counts:
-            counts[prefix] += 1
-        else:
-            strays.append(key)
-    if strays:
-        hint = (
-            " (an SDXL LoRA on a one-text-encoder model?)"
-            if any(k.startswith("text_encoder_2.") for k in strays)
-            else ""
-        )
-        raise InputError(
-            f"lora: {source!r} has {len(strays)} weights for no part of this model, such as "
-            f"{strays[0]!r}{hint}; is it a LoRA for another architecture?"
-        )
-
-    try:
-        if counts["unet"]:
-            host.load_lora_into_unet(
-                state_dict, network_alphas=alphas, unet=unet, adapter_name=name, metadata=metadata
-            )
-        for prefix in ("text_encoder", "text_encoder_2"):
-            if counts.get(prefix):
+        for prefix, model in components.items():
+            if not counts[prefix]:
+                continue
+            if prefix == host.denoiser_attr:  # load_lora_into_unet / load_lora_into_transformer
+                load = getattr(host, f"load_lora_into_{prefix}")
+                given = {"network_alphas": alphas, prefix: model}
+                accepted = inspect.signature(load).parameters
+                given = {k: v for k, v in given.items() if k in accepted}
+                load(state_dict, adapter_name=name, metadata=metadata, **given)
+            else:
                 host.load_lora_into_text_encoder(
                     state_dict,
                     network_alphas=alphas,
-                    text_encoder=components[prefix],
+                    text_encoder=model,
                     prefix=prefix,
                     adapter_name=name,
                     metadata=metadata,
                 )
     except Exception as e:
-        msg = first_line(e)
-        found = _SIZE_MISMATCH.search(str(e))
-        if found:
-            layer = found.group(1).split(".lora_")[0]
-            msg = (
-                f"its shapes do not fit this model (at {layer}: [{found.group(2)}] in the file, "
-                f"[{found.group(3)}] in the model); is it a LoRA for another architecture?"
-            )
-        elif "size mismatch" in str(e):
-            msg = "its shapes do not fit this model; is it a LoRA for another architecture?"
-        else:
-            msg = (
-                f"its weights do not fit this model ({type(e).__name__}: {msg}); is it a LoRA "
-                "for another architecture?"
-            )
-        raise InputError(f"lora: could not load {source!r}: {msg}") from None
+        layer = next(iter(state_dict)).split(".", 1)[-1].split(".lora_")[0]  # no component
+        raise InputError(f"lora: could not load {source!r}: {_misfit(e, layer)}") from None
 
     for prefix, model in components.items():
         loaded = _count_adapter_tensors(model, name)
@@ -336,6 +314,80 @@ def _load_one(host: Any, path: Path, source: str, name: str) -> None:
                 f"layer of this model; is it a LoRA for another architecture?"
             )
     _match_devices(components, name)
+
+
+def _converted(host: Any, path: Path, source: str) -> tuple[dict[str, Any], Any, Any]:
+    """The mixin's ``lora_state_dict`` of the file: (state dict with diffusers keys, network
+    alphas or None, the LoRA config stored in the file's header or None)."""
+    kwargs: dict[str, Any] = {"return_lora_metadata": True}
+    if "return_alphas" in inspect.signature(host.lora_state_dict).parameters:
+        kwargs["return_alphas"] = True  # FLUX.1's mixin: alphas only when asked
+    if host.denoiser_attr == "unet" and "text_encoder_2" in host.text_encoder_attrs:
+        kwargs["unet_config"] = host.unet.config  # kohya SDXL: SGM block numbers -> diffusers
+    try:
+        out = host.lora_state_dict(_read_weights(path, source), **kwargs)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"lora: could not read {source!r}: {first_line(e)}") from None
+    # (state_dict, alphas, metadata) where the mixin has alphas, else (state_dict, metadata)
+    state_dict, alphas, metadata = out if len(out) == 3 else (out[0], None, out[1])
+    if not state_dict or not all("lora" in k for k in state_dict):
+        example = next((k for k in state_dict if "lora" not in k), None)
+        what = f"weights such as {example!r}" if example else "no weights"
+        raise InputError(f"lora: {source!r} is not a LoRA file ({what})")
+    return state_dict, alphas, metadata
+
+
+def _weights_per_component(
+    state_dict: dict[str, Any], components: dict[str, Any], source: str
+) -> dict[str, int]:
+    """Prefix -> how many of the LoRA's weights address that component; one line for weights
+    addressing none of them (a LoRA of another family, or for a text encoder the loader does
+    not load into)."""
+    counts = {prefix: 0 for prefix in components}
+    strays: list[str] = []
+    for key in state_dict:
+        prefix = key.split(".", 1)[0]
+        if prefix in counts:
+            counts[prefix] += 1
+        else:
+            strays.append(key)
+    if strays:
+        hint = ""
+        if any(k.startswith("text_encoder_2.") for k in strays) and "unet" in counts:
+            hint = " (an SDXL LoRA on a one-text-encoder model?)"
+        elif all(k.startswith("text_encoder") for k in strays):
+            hint = " (text-encoder weights, which this family's LoRA loader does not take)"
+        raise InputError(
+            f"lora: {source!r} has {len(strays)} weights for no part of this model, such as "
+            f"{strays[0]!r}{hint}; is it a LoRA for another architecture?"
+        )
+    return counts
+
+
+def _misfit(e: Exception, layer: str) -> str:
+    """Why loading failed, for the one line: the first mismatched layer's shapes where PEFT's
+    size mismatch names them; ``layer`` (one the LoRA addresses) where PEFT finds none of its
+    layers in the model."""
+    found = _SIZE_MISMATCH.search(str(e))
+    if found:
+        layer = found.group(1).split(".lora_")[0]
+        return (
+            f"its shapes do not fit this model (at {layer}: [{found.group(2)}] in the file, "
+            f"[{found.group(3)}] in the model); is it a LoRA for another architecture?"
+        )
+    if "size mismatch" in str(e):
+        return "its shapes do not fit this model; is it a LoRA for another architecture?"
+    if type(e).__name__ == "NoMatchingPeftModuleError" or "not found in the base model" in str(e):
+        return (
+            f"none of its layers (such as {layer}) is in this model; is it a LoRA for another "
+            "architecture?"
+        )
+    return (
+        f"its weights do not fit this model ({type(e).__name__}: {first_line(e)}); is it a LoRA "
+        "for another architecture?"
+    )
 
 
 def _count_adapter_tensors(model: Any, name: str) -> int:

@@ -108,24 +108,37 @@ class BlendedLatentDiffusion(FrameMethod):
     def load_loras(
         self, loras: Sequence[str | LoraSpec], *, local_files_only: bool | None = None
     ) -> BlendedLatentDiffusion:
-        """Apply LoRAs ("FILE_OR_ID[:SCALE]": a .safetensors file in the kohya/A1111 or diffusers
-        format, a folder or a hub id) as unfused PEFT adapters on the UNet and text encoder(s),
-        replacing any applied before; :meth:`unload_loras` restores the base weights bit for bit."""
-        if not self.backbone.supports_lora:
-            kinds = family_names(lambda c: c.supports_lora)
+        """Apply LoRAs ("FILE_OR_ID[:SCALE]": a .safetensors file in the diffusers, kohya/A1111
+        or another format the family's diffusers loader converts, a folder or a hub id) as
+        unfused PEFT adapters on the denoiser and, where the family's loader takes them, the text
+        encoder(s), replacing any applied before; :meth:`unload_loras` restores the base weights
+        bit for bit."""
+        bb = self.backbone
+        if not bb.lora_loader:
+            kinds = family_names(lambda c: bool(c.lora_loader))
             raise InputError(f"lora: LoRAs apply to {kinds} models, not {self.family}")
         self.unload_loras()
-        bb = self.backbone
-        self._lora = apply_loras(
-            bb.unet, bb.text_encoders(), list(loras), local_files_only=local_files_only
-        )
+        with bb.offload_paused():
+            self._lora = apply_loras(
+                bb.unet, bb.text_encoders(), list(loras), local_files_only=local_files_only,
+                loader=bb.lora_loader,
+            )  # fmt: skip
+        self._forget_prompts()
         return self
 
     def unload_loras(self) -> BlendedLatentDiffusion:
         if self._lora is not None:
-            self._lora.remove()
+            with self.backbone.offload_paused():
+                self._lora.remove()
             self._lora = None
+            self._forget_prompts()
         return self
+
+    def _forget_prompts(self) -> None:
+        """A LoRA on a text encoder changes its encodings: the family's kept ones go."""
+        prompts = getattr(self.backbone, "prompts", None)  # common.PromptCache, where kept
+        if prompts is not None:
+            prompts.clear()
 
     @property
     def loras(self) -> list[str]:

@@ -94,7 +94,9 @@ class Backbone:
     refused: ClassVar[dict[str, str]] = {}
     single_file: ClassVar[bool] = False  # has a single-file key rule (:meth:`claims_keys`)
     bare_folder: ClassVar[bool] = False  # loads a folder of parts without model_index.json
-    supports_lora: ClassVar[bool] = False
+    # ``--lora``: the diffusers LoRA mixin the family's pipelines load LoRAs with (its
+    # ``lora_state_dict`` converts the formats, its ``load_lora_into_*`` injects); "" takes none.
+    lora_loader: ClassVar[str] = ""
     can_drop_t5: ClassVar[bool] = False  # ``--no-t5``
     # ``--quantize``: the parts diffusers' quantization backends load quantized (part -> its
     # library: the denoiser, the language-model text encoder); empty: the family takes none.
@@ -191,6 +193,26 @@ class Backbone:
         else:
             raise ValueError(f"offload: {mode!r} is not model or sequential")
         self.offload, self.execution_device = mode, dev
+
+    @contextmanager
+    def offload_paused(self) -> Iterator[None]:
+        """Around a change of the modules (LoRA layers put on or taken off): sequential offload
+        keeps the weights off the modules (on "meta") between calls, so its hooks come off first
+        (each weight back in its module, in CPU memory) and on again after. Whole-module offload
+        keeps real weights in CPU memory: nothing to do."""
+        if self.offload != "sequential":
+            yield
+            return
+        from accelerate.hooks import remove_hook_from_module
+
+        device = self.execution_device
+        for m in [m for m in self.text_encoders() if m is not None] + [self.unet, self.vae]:
+            remove_hook_from_module(m, recurse=True)
+        self.offload, self.execution_device = None, None
+        try:
+            yield
+        finally:
+            self.enable_offload("sequential", device)
 
     @property
     def dtype(self) -> torch.dtype:

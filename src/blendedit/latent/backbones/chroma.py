@@ -99,6 +99,8 @@ class Chroma(C.OneTextEncoder, Backbone):
     catalogue = _CATALOGUE
     reference_pipeline = "ChromaInpaintPipeline"
     single_file = True  # lodestones' transformer file (Chroma1-HD.safetensors), --model-config
+    # --lora: ChromaPipeline's: FLUX.1's, its text_encoder weights into T5
+    lora_loader = "FluxLoraLoaderMixin"
     # ChromaPipeline's defaults: 35 steps, true CFG at 5.0.
     defaults: ClassVar[dict[str, Any]] = {
         "num_inference_steps": 35,

@@ -130,6 +130,8 @@ class Flux(Backbone):
     single_file = True
     catalogue = _CATALOGUE
     denoiser_name = "transformer"
+    # --lora: the transformer and CLIP-L (not T5); kohya, XLabs and BFL files converted
+    lora_loader = "FluxLoraLoaderMixin"
     quantized_parts: ClassVar[dict[str, str]] = {
         "transformer": "diffusers",
         "text_encoder_2": "transformers",

@@ -159,6 +159,7 @@ class Flux2Klein(C.OneTextEncoder, C.FlagDefaults, Backbone):
     catalogue = _CATALOGUE
     # bench and eval time the inpaint pipeline (what a diffusers user runs); parity: see above
     reference_pipeline = "Flux2KleinInpaintPipeline"
+    lora_loader = "Flux2LoraLoaderMixin"  # the transformer
     max_sequence_length: int = 512
     single_file = True  # BFL's transformer file (flux-2-klein-4b.safetensors), --model-config
 

@@ -119,6 +119,7 @@ class FluxKontext(Flux):
     refused: ClassVar[dict[str, str]] = {}
     catalogue = _CATALOGUE
     reference_pipeline = "FluxKontextInpaintPipeline"
+    lora_loader = "FluxLoraLoaderMixin"  # FLUX.1's
     # FluxKontextInpaintPipeline's defaults: 28 steps, guidance 3.5, strength 1.
     defaults: ClassVar[dict[str, Any]] = {  # type: ignore[assignment]
         "num_inference_steps": 28,

@@ -151,6 +151,7 @@ class Krea2(C.FlagDefaults, QwenImage):
     refused: ClassVar[dict[str, str]] = {}
     catalogue = _CATALOGUE
     reference_pipeline = ""  # diffusers has no Krea 2 inpaint pipeline
+    lora_loader = "Krea2LoraLoaderMixin"  # the transformer
     max_sequence_length = TEXT_TOKENS
     single_file = True  # Krea's transformer file, with --model-config
 

@@ -100,7 +100,7 @@ class LatentDiffusion(StableDiffusion):
     pipelines = ("LDMTextToImagePipeline",)
     single_file = False
     bare_folder = False
-    supports_lora = False
+    lora_loader = ""  # LDMTextToImagePipeline loads no LoRA
     catalogue = _CATALOGUE
     # The paper's setting: DDIM 50 steps, eta 0, guidance 5, 256x256 (appendix C; SPEC 3).
     defaults: ClassVar[dict[str, Any]] = {"guidance_scale": 5.0}

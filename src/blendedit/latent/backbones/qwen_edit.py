@@ -200,6 +200,7 @@ class QwenImageEdit(C.QwenImageLatents, Backbone):
     pipelines = ("QwenImageEditPipeline", "QwenImageEditInpaintPipeline")
     catalogue = _CATALOGUE
     reference_pipeline = "QwenImageEditInpaintPipeline"
+    lora_loader = "QwenImageLoraLoaderMixin"  # Qwen-Image's: the transformer
     denoiser_name = "transformer"
     flow = True
     # QwenImageEditInpaintPipeline's defaults (true_cfg_scale 4, strength 0.6, its example's " ").

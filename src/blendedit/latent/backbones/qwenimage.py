@@ -167,6 +167,7 @@ class QwenImage(C.OneTextEncoder, C.QwenImageLatents, Backbone):
     catalogue = _CATALOGUE
     reference_pipeline = "QwenImageInpaintPipeline"
     single_file = True  # ComfyUI's transformer file (diffusers' names), with --model-config
+    lora_loader = "QwenImageLoraLoaderMixin"  # the transformer
     # QwenImagePipeline's defaults: 50 steps, true CFG at 4.0.
     defaults: ClassVar[dict[str, Any]] = {
         "num_inference_steps": 50,

@@ -69,6 +69,7 @@ class QwenImage21(QwenImage):
     catalogue = _CATALOGUE
     reference_pipeline = ""  # diffusers has no Qwen-Image 2.1 inpaint pipeline
     single_file = True  # ComfyUI's transformer file, with --model-config
+    lora_loader = "QwenImageLoraLoaderMixin"  # QwenImage21Pipeline's: the transformer
     defaults: ClassVar[dict[str, Any]] = {  # QwenImage21Pipeline's 40 steps; CFG 4 (1 = off)
         "num_inference_steps": 40,
         "guidance_scale": 4.0,

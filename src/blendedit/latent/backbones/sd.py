@@ -189,7 +189,7 @@ class StableDiffusion(C.InpaintingUNet, Backbone):
     )
     single_file = True
     bare_folder = True  # a folder of SD parts; load_sd_components names the gaps
-    supports_lora = True
+    lora_loader = "StableDiffusionLoraLoaderMixin"
     catalogue = _CATALOGUE
     reference_pipeline = "StableDiffusionInpaintPipeline"
 

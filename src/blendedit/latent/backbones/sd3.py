@@ -117,6 +117,7 @@ class StableDiffusion3(Backbone):
     can_drop_t5 = True
     catalogue = _CATALOGUE
     reference_pipeline = "StableDiffusion3InpaintPipeline"
+    lora_loader = "SD3LoraLoaderMixin"  # the transformer, CLIP-L and CLIP-G (not T5)
     denoiser_name = "transformer"
     quantized_parts: ClassVar[dict[str, str]] = {
         "transformer": "diffusers",

@@ -168,7 +168,7 @@ class StableDiffusionXL(C.InpaintingUNet, Backbone):
         "StableDiffusionXLInpaintPipeline",
     )
     single_file = True
-    supports_lora = True
+    lora_loader = "StableDiffusionXLLoraLoaderMixin"
     catalogue = _CATALOGUE
     reference_pipeline = "StableDiffusionXLInpaintPipeline"
     # The official BLD SDXL script (text_editing_SDXL.py): guidance 5 at 1024x1024, 50 steps.

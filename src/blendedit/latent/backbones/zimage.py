@@ -125,6 +125,7 @@ class ZImage(C.OneTextEncoder, C.FlagDefaults, Backbone):
     }
     catalogue = _CATALOGUE
     reference_pipeline = "ZImageInpaintPipeline"
+    lora_loader = "ZImageLoraLoaderMixin"  # the transformer
     flag = "turbo"
     single_file = True  # Tongyi's or ComfyUI's transformer file, with --model-config
     max_sequence_length: int = 512  # ZImagePipeline's default

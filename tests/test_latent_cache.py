@@ -155,6 +155,21 @@ def test_fastercache_starting_inside_its_timesteps(flow_editors, shared_images):
     assert result.settings["cache_calls"] == 4 and result.settings["cache_skipped"] == 1
 
 
+def test_fastercache_on_two_calls_a_step_is_one_line_and_leaves_no_hook(tmp_path, shared_images):
+    """Qwen-Image with guidance runs the prompt and the negative in two calls a step: one line
+    after the chunk's first (uncached) call, and the next uncached edit is unchanged."""
+    import test_latent_2026 as t26
+
+    editor = BlendedLatentDiffusion(t26._backbone("qwen", tmp_path))
+    args = (t26._photo(shared_images), t26._mask(), "a red flower")
+    kw = {"seeds": [3], "num_inference_steps": 4, "guidance_scale": 3.0, "rank": False}
+    kw |= {"negative_prompt": "blurry", "size": t26.SIZE[0], "mask_shrink": "off"}
+    before = editor(*args, **kw).candidates[0].latent
+    with pytest.raises(InputError, match=r"^cache: 'fastercache' needs one denoiser call a step"):
+        editor(*args, cache="fastercache", **kw)
+    assert torch.equal(editor(*args, **kw).candidates[0].latent, before)
+
+
 def test_fastercache_layouts_it_cannot_split_are_one_line():
     """The call's layout as the first call shows it: SD3's guided call splits on its 2B
     arguments; one pass is guidance-distilled; two calls a step (Qwen-Image's prompt and

@@ -230,13 +230,13 @@ def test_tiny_family_bench_runs_against_its_reference(preset, dtype, reference, 
     import blendedit.bench.reference as bench
 
     seen = []
-    real = bench.time_diffusers
+    real = bench.DiffusersRun.__init__
 
-    def spy(editor, *args, **kwargs):
-        seen.append((type(editor.diffusers_inpaint(args[2])[0]).__name__, editor.dtype))
-        return real(editor, *args, **kwargs)
+    def spy(self, editor, *args, **kwargs):
+        real(self, editor, *args, **kwargs)
+        seen.append((type(self.pipe).__name__, editor.dtype))
 
-    monkeypatch.setattr(bench, "time_diffusers", spy)
+    monkeypatch.setattr(bench.DiffusersRun, "__init__", spy)
     res = run_bench(preset, "cpu", dtype, batch=2, steps=4, repeats=1)
     assert seen == [(reference, dtype)]
     assert res.family == ARCHITECTURES[preset].family and res.dtype == str(dtype)[6:]

@@ -186,6 +186,9 @@ PUBLISHED = {
     "krea2": {"unet": "12.8", "text_encoder": "4.44", "vae": 126_892_531},
     # FLUX.2 [dev] "32B" (32.2B), Mistral Small 3.1 "24B" (24.0B)
     "flux2-dev": {"unet": "32", "text_encoder": "24", "vae": 84_046_115},
+    # Qwen-Image 2.1 "7B" (7.12B), Qwen3-VL-8B-Instruct "8.8B" (vision tower and untied head); its
+    # VAE is AutoencoderKLQwenImage21's default config (no published figure checked here)
+    "qwen-image-2.1": {"unet": "7", "text_encoder": "8.8", "vae": 337_740_404},
 }
 
 
@@ -201,7 +204,8 @@ def test_bench_presets_are_the_published_sizes(name, tmp_path):
         else:
             assert count[part] == published
     assert bb.native_size == ARCHITECTURES[name].resolution == 1024
-    assert ARCHITECTURES[name].family == bb.family and bb.size_multiple == 16
+    multiple = 32 if name == "qwen-image-2.1" else 16  # its 16x VAE, an even latent grid
+    assert ARCHITECTURES[name].family == bb.family and bb.size_multiple == multiple
 
 
 @pytest.mark.slow

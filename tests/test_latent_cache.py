@@ -10,7 +10,7 @@ import torch
 from blendedit import BlendedLatentDiffusion
 from blendedit.config import parse_cache
 from blendedit.errors import InputError
-from blendedit.latent.cache import masked_change, token_mask
+from blendedit.latent.cache import faster_cache_config, masked_change, token_mask
 from test_latent_flow import SIZE, _flux, _mask, _photo, _sd3
 
 STEPS = 8  # blend_start 0.25: 6 denoiser calls per chunk
@@ -49,7 +49,7 @@ def flow_editors(tmp_path_factory):
     ("family", "spec"),
     [("sd3", "first-block:0"), ("flux", "first-block:0"), ("sd3", "taylorseer:1"),
      ("flux", "taylorseer:1"), ("flux", "magcache:0"),
-     ("sd3", "pab:1"), ("flux", "pab:1")],
+     ("sd3", "pab:1"), ("flux", "pab:1"), ("sd3", "fastercache:1"), ("flux", "fastercache:1")],
 )  # fmt: skip
 def test_transformer_cache_skipping_nothing_is_bit_identical(
     flow_editors, shared_images, family, spec
@@ -120,6 +120,73 @@ def test_pab_broadcasts_inside_its_timesteps_and_leaves_no_state(
     assert result.settings["cache_skipped"] == skipped
 
 
+@pytest.mark.parametrize(("family", "skipped"), [("sd3", 3), ("flux", 2)])
+def test_fastercache_matches_the_guidance_layout_and_leaves_no_state(
+    flow_editors, shared_images, family, skipped
+):
+    """FasterCache, attention interval 2. A chunk's first call runs uncached (it shows the call's
+    layout), the hooks' first computes everything. SD3 (guidance 7: [uncond; cond] batched, an
+    image out) at t = 883, 801, 694, 548, 338, 9: the unconditional half is approximated below
+    t = 641 (calls 3-5) and the attention extrapolated at call 4: 3 calls of 6 not whole. FLUX.1
+    (distilled guidance, one pass) at 830, 731, 620, 495, 352, 189: the attention extrapolated at
+    the odd hook calls below t = 681 (calls 2 and 4). Chunks and edits share no state."""
+    editor = flow_editors[family]
+    _, before = _edit(editor, shared_images, [5, 6])
+    result, two = _edit(editor, shared_images, [5, 6], cache="fastercache", batch_size=1)
+    assert result.settings["cache_calls"] == 2 * (STEPS - 2)
+    assert result.settings["cache_skipped"] == 2 * skipped
+    assert not torch.equal(two, before) and torch.isfinite(two).all()
+    _, alone = _edit(editor, shared_images, [6], cache="fastercache")
+    assert torch.equal(two[1:], alone)
+    _, after = _edit(editor, shared_images, [5, 6])
+    assert torch.equal(after, before)
+
+
+def test_fastercache_starting_inside_its_timesteps(flow_editors, shared_images):
+    """blend_start 0.5: FLUX.1's chunk starts at t = 620, inside the attention's range, where
+    diffusers' hook would extrapolate from nothing on its first call (a pipeline starts at
+    1000); blendedit's timestep callback puts that call before the range: t = 620 (uncached),
+    495 (the hooks' first, computed), 352 (extrapolated), 189 (computed)."""
+    result = flow_editors["flux"](
+        _photo(shared_images), _mask(), "a red flower", seeds=[5], blend_start=0.5,
+        mask_shrink="off", rank=False, background="decoded", region="full", size=SIZE[0],
+        num_inference_steps=STEPS, cache="fastercache",
+    )  # fmt: skip
+    assert result.settings["cache_calls"] == 4 and result.settings["cache_skipped"] == 1
+
+
+def test_fastercache_on_two_calls_a_step_is_one_line_and_leaves_no_hook(tmp_path, shared_images):
+    """Qwen-Image with guidance runs the prompt and the negative in two calls a step: one line
+    after the chunk's first (uncached) call, and the next uncached edit is unchanged."""
+    import test_latent_2026 as t26
+
+    editor = BlendedLatentDiffusion(t26._backbone("qwen", tmp_path))
+    args = (t26._photo(shared_images), t26._mask(), "a red flower")
+    kw = {"seeds": [3], "num_inference_steps": 4, "guidance_scale": 3.0, "rank": False}
+    kw |= {"negative_prompt": "blurry", "size": t26.SIZE[0], "mask_shrink": "off"}
+    before = editor(*args, **kw).candidates[0].latent
+    with pytest.raises(InputError, match=r"^cache: 'fastercache' needs one denoiser call a step"):
+        editor(*args, cache="fastercache", **kw)
+    assert torch.equal(editor(*args, **kw).candidates[0].latent, before)
+
+
+def test_fastercache_layouts_it_cannot_split_are_one_line():
+    """The call's layout as the first call shows it: SD3's guided call splits on its 2B
+    arguments; one pass is guidance-distilled; two calls a step (Qwen-Image's prompt and
+    negative apart) or a guided call returning tokens (Chroma) are one line."""
+    sd3 = {"hidden_states": 4, "timestep": 4, "encoder_hidden_states": 4, "pooled_projections": 4}
+    config, full = faster_cache_config([sd3], [4], 2, 2, "SD3Transformer2DModel")
+    assert full == 4 and not config.is_guidance_distilled
+    assert set(config._unconditional_conditional_input_kwargs_identifiers) == set(sd3)
+    flux = {"hidden_states": 2, "timestep": 2, "img_ids": 4}  # img_ids: (N, 3), not a batch
+    config, full = faster_cache_config([flux], [3], 2, 2, "FluxTransformer2DModel")
+    assert full == 2 and config.is_guidance_distilled
+    with pytest.raises(InputError, match=r"^cache: 'fastercache' needs one denoiser call a step"):
+        faster_cache_config([flux, flux], [3, 3], 2, 2, "QwenImageTransformer2DModel")
+    with pytest.raises(InputError, match=r"^cache: 'fastercache' approximates .* returns tokens"):
+        faster_cache_config([{"hidden_states": 4}], [3], 2, 2, "ChromaTransformer2DModel")
+
+
 def test_deepcache_on_a_unet(editor, shared_images):
     """DeepCache interval 1 is bit-identical; interval 2 skips every other call, changes the
     result a little, and a second edit repeats the first (no state across edits)."""
@@ -165,6 +232,8 @@ def test_cache_errors_are_one_line(editor, shared_images):
     args = (shared_images / "chelsea.png", shared_images / "chelsea.mask-eyes.png", "hat")
     with pytest.raises(InputError, match=r"^cache: 'first-block' does not apply to a .* deepcache"):
         editor(*args, cache="first-block")
+    with pytest.raises(InputError, match=r"^cache: 'fastercache' does not apply to a .* deepc"):
+        editor(*args, cache="fastercache")
     with pytest.raises(InputError, match=r"^cache: 'fast' is unknown; choose one of none"):
         editor(*args, cache="fast")
     with pytest.raises(InputError, match=r"^cache: 'deepcache:x' needs a number"):

@@ -234,6 +234,7 @@ def _kernels(text: str) -> tuple[int, ...]:
 # Step caches (blendedit.latent.cache): name -> default value (a threshold or an interval).
 CACHE_DEFAULTS = {"first-block": 0.05, "taylorseer": 5.0, "deepcache": 3.0, "magcache": 0.06,
                   "pab": 2.0}  # fmt: skip
+CACHE_DEFAULTS["fastercache"] = 2.0  # the attention's interval (diffusers' default)
 CACHES = ("none", *CACHE_DEFAULTS)
 
 
@@ -424,7 +425,8 @@ class EditConfig(FrameConfig):
     cache: str = setting(
         "none", "step cache, NAME[:VALUE]: first-block[:THRESHOLD] (transformers, default 0.05), "
         "taylorseer[:INTERVAL] (transformers, 5), deepcache[:INTERVAL] (UNets, 3), "
-        "magcache[:THRESHOLD] (FLUX.1, 0.06), pab[:INTERVAL] (transformers, 2); skipped "
+        "magcache[:THRESHOLD] (FLUX.1, 0.06), pab[:INTERVAL] (transformers, 2), "
+        "fastercache[:INTERVAL] (transformers, 2); skipped "
         "calls in result.json", flag="--cache", eval=True,
     )  # fmt: skip
     compile: bool = setting(

@@ -170,12 +170,14 @@ def run_bench(
     edit = partial(editor, photo, photo_mask, PROMPT, config=cfg)
     res.cache = cache
     _time_edits(edit, dev, res, repeats)
-    _time_steps(edit, editor.backbone, dev, res, repeats, latent_hw, peak_tflops)
+    ref = None
     if compare_diffusers and editor.backbone.reference_pipeline:  # Krea 2: diffusers has none
-        total, per_step = reference.time_diffusers(editor, photo, photo_mask, cfg, dev, repeats)
-        res.diffusers_total_s, res.diffusers_per_step_ms = total, per_step
-        res.speedup_vs_diffusers = total / res.total_s
-        res.per_step_ratio_vs_diffusers = res.per_step_ms / per_step
+        ref = reference.DiffusersRun(editor, photo, photo_mask, cfg, dev)
+        res.diffusers_total_s = ref.total_s(repeats)
+        res.speedup_vs_diffusers = res.diffusers_total_s / res.total_s
+    _time_steps(edit, editor.backbone, dev, res, repeats, latent_hw, peak_tflops, ref)
+    if res.diffusers_per_step_ms:
+        res.per_step_ratio_vs_diffusers = res.per_step_ms / res.diffusers_per_step_ms
     return res
 
 
@@ -266,13 +268,18 @@ def _time_edits(
 def _time_steps(
     edit: Callable[..., Any], backbone: Backbone, dev: torch.device, res: BenchResult,
     repeats: int, latent_hw: tuple[int, int], peak_tflops: float | None,
+    ref: reference.DiffusersRun | None = None,
 ) -> None:  # fmt: skip
-    """Per-step time (best of ``repeats``), the model's TFLOP per step and TFLOP/s in the denoise
-    stage, and their share of the device's dense peak."""
-    res.per_step_ms = min(
-        timed_steps(dev, lambda mark: edit(seed=7, progress=lambda done, all_: mark()))
-        for _ in range(repeats)
-    )
+    """Per-step time (best of ``repeats``; with diffusers' ``ref``, each of ours followed by one of
+    its, so both see the same load), the model's TFLOP per step and TFLOP/s in the denoise stage,
+    and their share of the device's dense peak."""
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(timed_steps(dev, lambda mark: edit(seed=7, progress=lambda d, n: mark())))
+        if ref is not None:
+            theirs.append(ref.step_ms())
+    res.per_step_ms = min(ours)
+    res.diffusers_per_step_ms = min(theirs) if theirs else None
     flops = unet_flops(backbone, res.batch, latent_hw, res.guidance_scale)  # type: ignore[arg-type]
     res.unet_tflop_per_step = flops / 1e12
     res.unet_tflops = flops / (res.stages_s["denoise"] / res.steps_run) / 1e12

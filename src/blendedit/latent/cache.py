@@ -23,6 +23,17 @@ denoiser's previous call instead of running the whole network.
   every VALUE-th call (default 2) and broadcast to the calls between; outside the range every
   call computes. The hook counts calls from the chunk's first (which always computes) and reads
   the loop's timestep, so starting at blend_start needs no offset.
+- ``fastercache``: FasterCache (Lv et al. 2024, sec. 3.2-3.3), diffusers' hooks on a transformer
+  and its blocks' attention: the attention runs every VALUE-th call (default 2) below t = 681
+  and is extrapolated from its last two outputs between; with classifier-free guidance batched
+  [unconditional; conditional] in one call (blendedit's order is diffusers') the unconditional
+  half is skipped below t = 641 but every 5th call and approximated from the conditional output
+  in the frequency domain. The chunk's first call runs uncached and shows the layout
+  (:func:`faster_cache_config`): one pass is ``is_guidance_distilled``; a guided call splits on
+  its arguments of twice the batch; two calls a step (the prompt and the negative apart) or a
+  guided call returning tokens instead of an image cannot be matched (one line). The hooks'
+  first call computes everything (the timestep callback puts it before the ranges: diffusers'
+  hook assumes a pipeline's first step at t = 1000, not blend_start's).
 - ``deepcache``: DeepCache (Ma, Fang, Wang 2024, sec. 3.2-3.3, uniform 1:N strategy) for UNets,
   for which diffusers has no cache: every VALUE-th call (default 3) runs in full and keeps the
   features entering the outermost up block; the calls between run only the outermost down block,
@@ -47,7 +58,7 @@ from blendedit.config import CACHE_DEFAULTS, parse_cache
 from blendedit.errors import InputError
 from blendedit.latent.sampling import ModelFn
 
-TRANSFORMER_CACHES = ("first-block", "taylorseer", "magcache", "pab")
+TRANSFORMER_CACHES = ("first-block", "taylorseer", "magcache", "pab", "fastercache")
 MAGCACHE_MODELS = ("FluxTransformer2DModel",)  # those with diffusers' published ratios
 UNET_CACHES = ("deepcache",)
 _HOOKS = {  # diffusers' hook names, removed after each chunk
@@ -55,6 +66,7 @@ _HOOKS = {  # diffusers' hook names, removed after each chunk
     "taylorseer": ("taylorseer_cache",),
     "magcache": ("mag_cache_leader_block_hook", "mag_cache_block_hook"),
     "pab": ("pyramid_attention_broadcast",),
+    "fastercache": ("faster_cache_denoiser", "faster_cache_block"),
 }
 _BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")  # in call order
 
@@ -186,6 +198,54 @@ def _end_early(blocks: list[torch.nn.Module], state_manager: Any) -> torch.nn.Mo
     return tail
 
 
+def faster_cache_config(
+    seen: list[dict[str, int]], shapes: list[int], batch: int, interval: int, model: str
+) -> tuple[Any, int]:
+    """FasterCache (Lv et al. 2024, sec. 3.2-3.3) for the layout of one loop call: ``seen``, each
+    denoiser call's tensor arguments -> batch size; ``shapes``, each output's dimensions; ``batch``
+    the loop's candidates B. Returns diffusers' config and the batch of a whole-network call.
+
+    One call a step is needed (the hooks count calls as steps). A call of 2B is classifier-free
+    guidance batched [unconditional; conditional], blendedit's order and diffusers'; its
+    unconditional half is then approximated from the conditional one every call but each 5th
+    (diffusers' default) in the frequency domain, which needs an output image (B, C, h, w), and
+    the arguments of 2B are the ones split. A call of B (no guidance, or distilled guidance) is
+    ``is_guidance_distilled``: the attention alone is extrapolated. The attention of the blocks
+    runs every ``interval``-th call and is extrapolated between (weight 0.5, diffusers' default);
+    1 computes everything."""
+    from diffusers.hooks import FasterCacheConfig
+
+    if len(seen) != 1:
+        raise InputError(
+            f"cache: 'fastercache' needs one denoiser call a step; a {model} model makes "
+            f"{len(seen)} here (the prompt and the negative apart): use --guidance 1 or another cache"
+        )
+    sizes = seen[0]
+    full = sizes.get("hidden_states", sizes.get("0", batch))  # the latents' batch
+    guided = full == 2 * batch
+    if guided and any(b != full for k, b in sizes.items() if k.isdigit()):
+        raise InputError(  # diffusers' hook splits every positional tensor
+            f"cache: 'fastercache' cannot split this {model} model's call in two halves; "
+            "use --guidance 1 or another cache"
+        )
+    if guided and shapes[0] != 4:
+        raise InputError(
+            f"cache: 'fastercache' approximates the unconditional half from an output image "
+            f"(B, C, h, w); a {model} model returns tokens: use --guidance 1 or another cache"
+        )
+    config = FasterCacheConfig(
+        spatial_attention_block_skip_range=interval,
+        unconditional_batch_skip_range=5 if interval > 1 else 1,
+        attention_weight_callback=lambda _: 0.5,
+        tensor_format="BCHW",
+        is_guidance_distilled=not guided,
+        _unconditional_conditional_input_kwargs_identifiers=[
+            k for k, b in sizes.items() if guided and b == full
+        ],
+    )
+    return config, full
+
+
 class StepCache:
     """One chunk's cache on a denoiser: :meth:`wrap` the model function, :attr:`stats` after."""
 
@@ -208,7 +268,11 @@ class StepCache:
         self._first, self._total = steps  # this chunk's first call and the schedule's length
         self._mag: Any = None  # MagCache's head hook
         self._t = 0.0  # the loop's current timestep, for Pyramid Attention Broadcast
-        if self.name in TRANSFORMER_CACHES:
+        self._full_batch: int | None = None  # FasterCache: the batch of a whole-network call
+        self._fresh = False  # FasterCache: its hooks' first call is still to come
+        if self.name == "fastercache":
+            pass  # installed at the chunk's first call, once its layout is seen (:meth:`_faster`)
+        elif self.name in TRANSFORMER_CACHES:
             self._install_diffusers(token_mask(mask, patch).to(mask.device))
         elif self.name == "deepcache":
             self.deep = DeepCache(self.module)
@@ -267,11 +331,55 @@ class StepCache:
             apply_taylorseer_cache(
                 self.module, TaylorSeerCacheConfig(cache_interval=n, taylor_factors_dtype=None)
             )
+        self._probe_last_attention(last)
+
+    def _probe_last_attention(self, last: torch.nn.Module) -> None:
+        """A full call runs the last cached block's attention on the whole batch; a skipped or
+        predicted one does not (FasterCache: nor one without the unconditional half)."""
+        from diffusers.hooks import HookRegistry
+
         # diffusers caches which submodules carry hooks: new ones were just added.
         HookRegistry.check_if_exists_or_initialize(self.module).invalidate_child_registries_cache()
-        # A full call runs the last cached block's attention; a skipped or predicted one does not.
         probe = next(m for n, m in last.named_modules() if n.endswith("to_q"))
-        self._probe = probe.register_forward_hook(lambda *_: setattr(self, "_ran", True))
+
+        def ran(module: Any, args: Any, out: Any) -> None:
+            self._ran = self._full_batch is None or args[0].shape[0] == self._full_batch
+
+        self._probe = probe.register_forward_hook(ran)
+
+    def _faster(self, model_fn: ModelFn, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The chunk's first call runs uncached and shows the call's layout; FasterCache is then
+        installed to match it (:func:`faster_cache_config`). Returns that call's output."""
+        from diffusers.hooks import apply_faster_cache
+
+        seen: list[dict[str, int]] = []  # per denoiser call: argument -> batch size
+        shapes: list[int] = []  # per call: the output's number of dimensions
+
+        def pre(module: Any, args: Any, kwargs: Any) -> None:
+            named = {**{str(i): a for i, a in enumerate(args)}, **kwargs}
+            seen.append({k: v.shape[0] for k, v in named.items() if torch.is_tensor(v) and v.ndim})
+
+        def post(module: Any, args: Any, kwargs: Any, out: Any) -> None:
+            shapes.append((out if torch.is_tensor(out) else out[0]).ndim)
+
+        hooks = [
+            self.module.register_forward_pre_hook(pre, with_kwargs=True),
+            self.module.register_forward_hook(post, with_kwargs=True),
+        ]
+        try:
+            out = model_fn(z, t)
+        finally:
+            for h in hooks:
+                h.remove()
+        model = type(self.module).__name__
+        config, self._full_batch = faster_cache_config(
+            seen, shapes, z.shape[0], int(max(1, self.value)), model
+        )
+        config.current_timestep_callback = lambda: 1000.0 if self._fresh else self._t
+        apply_faster_cache(self.module, config)
+        self._fresh = True
+        self._probe_last_attention(blocks_of(self.module)[-1])
+        return out
 
     def wrap(self, model_fn: ModelFn) -> ModelFn:
         """The model function with this cache's bookkeeping around each call."""
@@ -292,7 +400,11 @@ class StepCache:
                     if self._mag is not None and self.stats.calls == 0:
                         # MagCache counts calls from 0: the BLD loop starts at blend_start.
                         self._mag.state_manager.get_state().step_index = self._first
-                    out = model_fn(z, t)
+                    if self.name == "fastercache" and self.stats.calls == 0:
+                        out, self._ran = self._faster(model_fn, z, t), True
+                    else:
+                        out = model_fn(z, t)
+                        self._fresh = False
             self.stats.calls += 1
             self.stats.full += int(self._ran)
             return out

@@ -481,9 +481,16 @@ def norm_rescaled_cfg(both: Any, guidance_scale: float) -> Any:
     negative's and the prompt's predictions for ``cat([z, z])``."""
 
     def guided(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (B, C, h, w)
-        uncond, cond = (pack(o) for o in both(torch.cat([z, z]), t).chunk(2))  # (B, N, 4C)
+        uncond, cond = both(torch.cat([z, z]), t).chunk(2)  # (B, C, h, w) each
         mixed = uncond + guidance_scale * (cond - uncond)
-        mixed = mixed * (cond.norm(dim=-1, keepdim=True) / mixed.norm(dim=-1, keepdim=True))
-        return unpack(mixed, *z.shape[-2:])
+        # The norms on the cells, no packing: a step of a tiny model is 5x faster here.
+        return mixed * (token_norm(cond) / token_norm(mixed))
 
     return guided
+
+
+def token_norm(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, 1, h, w): the norm of each 2x2 token's C x 2 x 2 values (the norm of
+    :func:`pack`'s rows), on each of its cells."""
+    sq = torch.nn.functional.avg_pool2d(x.square().sum(1, keepdim=True), 2) * 4  # (B, 1, h/2, w/2)
+    return sq.sqrt().repeat_interleave(2, -2).repeat_interleave(2, -1)

@@ -32,7 +32,50 @@ TEMPLATE = SYSTEM + "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 _FLOW = {**P.FLOW, "use_dynamic_shifting": True, "base_image_seq_len": 256}
 _FLOW |= {"max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
 _TINY_Z = 8
+# -- bench preset: Qwen-Image 2.1 (Qwen/Qwen-Image-2.1, "7B"). No config of the published model is
+# reachable here; the shapes are diffusers' own defaults for both classes, which match the two
+# public descriptions found: ling0322/libwaifu docs/qwen_image.md (the checkpoint's config.json:
+# 32 single-stream blocks, 4096 = 32 heads x 128, SwiGLU 12288, 64 latent channels in and out,
+# rope axes (16, 56, 56); VAE base 96 in, 144 out, dim_mult (1, 2, 4, 8, 8), 16x, z 64) and a
+# "real Qwen-Image-2.1 transformer config" in a public fp8 test (the same values); the text
+# encoder is Qwen/Qwen3-VL-8B-Instruct's config.json ("8.8B", vision tower and untied head).
+QWEN3_VL_8B: P.Config = {
+    "text_config": {
+        "vocab_size": 151936,
+        "hidden_size": 4096,
+        "intermediate_size": 12288,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "tie_word_embeddings": False,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 5000000.0,
+            "mrope_section": [24, 20, 20],
+            "mrope_interleaved": True,
+        },
+    },
+    "vision_config": {
+        "depth": 27,
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_heads": 16,
+        "out_hidden_size": 4096,
+        "deepstack_visual_indexes": [8, 16, 24],
+        "num_position_embeddings": 2304,
+        "patch_size": 16,
+    },
+    "tie_word_embeddings": False,
+}
 _CATALOGUE = {
+    "qwen-image-2.1": P.Architecture(
+        {"transformer": {}, "vae": {}, "text": QWEN3_VL_8B},  # diffusers' defaults: see above
+        1024,
+        scheduler=_FLOW,
+        batch=4,
+        source="Qwen/Qwen-Image-2.1",
+    ),
     "tiny-qwen-image-2.1": P.Architecture(  # tests/test_qwenimage21.py
         {
             "transformer": {

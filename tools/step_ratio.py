@@ -1,0 +1,124 @@
+"""blendedit's per-step time against its family's diffusers inpaint pipeline, on the tiny presets,
+interleaved so a loaded machine does not bias the ratio (issue 20: within 0.9-1.1x).
+
+For each preset: the editor built once with random weights (``blendedit.bench.build``), the edit
+``blendedit bench`` times (``--steps 8 --batch 4``: 6 steps blended after ``blend_start`` 0.25),
+and diffusers' pipeline on the same components (``blendedit.bench.reference.DiffusersRun``). Each
+round times one of ours then one of diffusers' (mean ms per step from step-end stamps, as the
+bench does) and, from forward hooks, the time in denoiser calls per edit on each side (diffusers'
+FLUX.2 pipeline calls it twice a step for guidance, blendedit once on a doubled batch); the table
+gives the medians over rounds and the median of the rounds' ratios, with the load average
+before and after.
+
+One intra-op thread by default (``--threads``): with other jobs on the two cores, a two-thread
+step waits for whichever thread was descheduled, and single calls vary by 10x; one thread keeps a
+round's two measurements comparable.
+
+    nice -n 5 python tools/step_ratio.py --rounds 9 > /tmp/ratio.md
+
+The table goes into docs/benchmarks.md ("The models of 2025-2026").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blendedit.bench.build import build_editor
+from blendedit.bench.measure import _config, _inputs, architecture
+from blendedit.bench.reference import PROMPT, DiffusersRun
+from blendedit.bench.timing import timed_steps
+
+PRESETS = ("tiny-flux", "tiny-chroma", "tiny-zimage", "tiny-qwen-image", "tiny-flux2-klein")
+
+
+class CallClock:
+    """Forward hooks on the denoiser: the duration of each call while installed."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module, self.times, self.t0 = module, [], 0.0
+
+    def __enter__(self) -> CallClock:
+        self.times = []
+        self.hooks = [
+            self.module.register_forward_pre_hook(
+                lambda *a: setattr(self, "t0", time.perf_counter())
+            ),
+            self.module.register_forward_hook(
+                lambda *a: self.times.append(time.perf_counter() - self.t0)
+            ),
+        ]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+def measure(preset: str, rounds: int, steps: int, batch: int) -> dict[str, Any]:
+    """One preset: per round (ours step ms, diffusers step ms, ours and diffusers' seconds in
+    denoiser calls)."""
+    arch = architecture(preset)
+    dev = torch.device("cpu")
+    photo, mask = _inputs(None, None, arch.resolution)
+    with tempfile.TemporaryDirectory() as tmp:
+        editor = build_editor(arch, dev, torch.float32, Path(tmp))
+    cfg = _config(editor, arch, False, batch, steps, None, 0.25, "stitch", None)
+    edit = partial(editor, photo, mask, PROMPT, config=cfg)
+    ref = DiffusersRun(editor, photo, mask, cfg, dev)
+    edit(seed=0)
+    ref.edit(0)  # warm-up of both
+    clock = CallClock(editor.backbone.unet)
+    rows = []
+    for _ in range(rounds):
+        with clock:
+            ours = timed_steps(dev, lambda mark: edit(seed=7, progress=lambda d, n: mark()))
+        ours_call = sum(clock.times)
+        with clock:
+            theirs = ref.step_ms()
+        theirs_call = sum(clock.times)
+        rows.append((ours, theirs, ours_call, theirs_call))
+    return {
+        "preset": preset,
+        "reference": type(ref.pipe).__name__,
+        "ours_ms": statistics.median(r[0] for r in rows),
+        "theirs_ms": statistics.median(r[1] for r in rows),
+        "ratio": statistics.median(r[0] / r[1] for r in rows),
+        "call_ratio": statistics.median(r[2] / r[3] for r in rows),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--presets", default=",".join(PRESETS))
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_flush_denormal(True)
+    torch.set_num_threads(args.threads)
+    print(f"load average before: {os.getloadavg()[0]:.1f}; {args.threads} thread(s)")
+    print("\n| preset | ours per step (ms) | diffusers per step (ms) | reference | per-step ratio "
+          "(median of rounds) | time in denoiser calls, ratio |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for preset in args.presets.split(","):
+        r = measure(preset, args.rounds, args.steps, args.batch)
+        print(
+            f"| {r['preset']} | {r['ours_ms']:.1f} | {r['theirs_ms']:.1f} | `{r['reference']}` "
+            f"| {r['ratio']:.2f} | {r['call_ratio']:.2f} |",
+            flush=True,
+        )
+    print(f"\nload average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

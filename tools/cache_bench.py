@@ -62,7 +62,15 @@ MORE = {
         [("none", 4), ("first-block:1e9", 4), ("taylorseer", 5), ("pab", 4), ("magcache:1e9", 4)],
     ),
 }
-DEPTH = {"flux-dev": {"num_layers": 2, "num_single_layers": 4}}  # transformer config overrides
+# --set others: more transformers the same way, at reduced depth (DEPTH), one pass. Chroma,
+# Qwen-Image and FLUX.2 are not here: their text encoders' attention masks cannot be built on
+# "meta" (transformers reads the mask's values), so _setup has no conditioning shapes for them.
+_LOOPS = [("none", 4), ("first-block:1e9", 4), ("taylorseer", 5), ("pab", 4)]
+OTHERS = {"sd35-large": (128, _LOOPS)}
+DEPTH = {  # transformer config overrides: full width, fewer blocks
+    "flux-dev": {"num_layers": 2, "num_single_layers": 4},
+    "sd35-large": {"num_layers": 3},
+}
 GUIDANCE_MORE = {"sd35-medium": 1.0, "flux-dev": 1.0}  # one pass per call (dev: embedded)
 SMOKE = {  # --smoke: the test suite's tiny shapes, to check the script in seconds
     "tiny": (128, [("none", 4), ("deepcache", 4)]),
@@ -289,7 +297,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="*", default=None, help="default: every model of the set")
     p.add_argument("--smoke", action="store_true", help="the tiny shapes instead (SMOKE)")
-    p.add_argument("--set", choices=("first", "more"), default="first", help="MODELS or MORE")
+    p.add_argument("--set", choices=("first", "more", "others"), default="first",
+                   help="MODELS, MORE or OTHERS")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("docs/cache-bench.json"))
     p.add_argument("--append", action="store_true", help="add to the rows already in --out")
     p.add_argument("--rederive", action="store_true", help="only recompute --out's derived rows")
@@ -298,8 +307,8 @@ def main() -> None:
     torch.set_num_threads(2)
     if args.rederive:
         return _write(args.out, json.loads(args.out.read_text())["rows"])
-    more = args.set == "more"
-    table = SMOKE if args.smoke else MORE if more else MODELS
+    more = args.set in ("more", "others")  # rows marked "run": "more", derived_more
+    table = SMOKE if args.smoke else {"first": MODELS, "more": MORE, "others": OTHERS}[args.set]
     rows = json.loads(args.out.read_text())["rows"] if args.append and args.out.is_file() else []
     for preset in args.models or list(table):
         px, specs = table[preset]
@@ -311,7 +320,7 @@ def main() -> None:
         specs = [s for s in specs if s[0].partition(":")[0] in ("none", *kinds_for(bb.unet))]
         again = [specs[0]] if len(specs) > 1 else []  # "none" again last: the run's drift
         for spec, steps in [*specs, *again]:
-            g = (GUIDANCE_MORE if more else GUIDANCE).get(preset, 7.5)
+            g = GUIDANCE_MORE.get(preset, 1.0) if more else GUIDANCE.get(preset, 7.5)
             row = {"model": preset, "px": px, "steps": steps, "guidance": g}
             if more:
                 row = {"run": "more", **row, "load": _load()}

@@ -86,6 +86,18 @@ _CATALOGUE = {
         batch=4,
     ),
 }
+# Issue 24: whether a step cache helps each preset, by measurement (tools/cache_presets.py,
+# docs/cache-presets.md): schedule, cache, calls, skipped, skipped call / full, source, quality.
+P.record_caches(
+    _CATALOGUE,
+    {
+        "chroma": (
+            P.CacheVerdict(
+                "default", "taylorseer", 27, 19, None, "skipped call not measured", None
+            ),
+        ),
+    },
+)
 
 
 class Chroma(C.OneTextEncoder, Backbone):

@@ -113,6 +113,29 @@ _CATALOGUE = {
         realtime="realtime-klein",
     ),
 }
+# Issue 24: whether a step cache helps each preset, by measurement (tools/cache_presets.py,
+# docs/cache-presets.md): schedule, cache, calls, skipped, skipped call / full, source, quality.
+P.record_caches(
+    _CATALOGUE,
+    {
+        "flux2-klein-4b": (
+            P.CacheVerdict(
+                "default", "taylorseer", 38, 28, None, "skipped call not measured", None
+            ),
+            P.CacheVerdict(
+                "realtime-klein", "taylorseer", 3, 0, None, "skipped call not measured", None
+            ),
+        ),
+        "flux2-klein-9b": (
+            P.CacheVerdict(
+                "default", "taylorseer", 38, 28, None, "skipped call not measured", None
+            ),
+            P.CacheVerdict(
+                "realtime-klein", "taylorseer", 3, 0, None, "skipped call not measured", None
+            ),
+        ),
+    },
+)
 TEXT_LAYERS = (9, 18, 27)  # Flux2KleinPipeline's hidden layers, side by side
 
 

@@ -18,6 +18,17 @@ skipped.
 One call of the full-size models takes tens of seconds to minutes on 2 shared cores, hence the
 reduced resolutions (MODELS) and short loops. The table goes into docs/benchmarks.md ("Step caches
 on the CPU").
+
+The second run (issue 24: TaylorSeer, PAB, MagCache; docs/benchmarks.md, "Step caches on the CPU:
+TaylorSeer, PAB, MagCache") adds rows marked ``"run": "more"`` to the same file:
+
+    nice -n 10 python tools/cache_bench.py --set more --append      # SD3.5-medium, FLUX.1 (MORE)
+    nice -n 10 python tools/cache_bench.py --set others --append    # SD3.5-large (OTHERS)
+    python tools/cache_bench.py --rederive                          # derived rows only
+
+Every block's time is recorded, so a model run at reduced depth (DEPTH: FLUX.1 does not fit 24 GB
+in float32) is scaled to its published depth (``_scaled``), and the full calls of the default
+schedule are counted with each cache's own hook (``derived_more``, tools/cache_presets.py).
 """
 
 from __future__ import annotations

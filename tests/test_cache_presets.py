@@ -81,3 +81,32 @@ def test_bench_report_records_the_verdict(tmp_path: Path):
     append_report([r], tmp_path / "b.md", "blendedit bench --preset sd2-base")
     assert (tmp_path / "b.md").read_text().count(line) == 1
     assert json.loads((tmp_path / "b.json").read_text())[0]["cache_verdict"] == line
+
+
+@pytest.mark.parametrize(("spec", "full"), [("taylorseer:1", 4), ("taylorseer", 3), ("pab", 2)])
+def test_flux2_takes_the_attention_caches(tmp_path: Path, spec: str, full: int):
+    """FLUX.2's single blocks have no ``to_q`` (one fused q, k, v and MLP projection), where the
+    cache probed for a full call: the cache then failed to install (StopIteration). Over 4 calls
+    TaylorSeer every call runs 4 in full, at its default 3 (warm-up) and PAB 2 (calls 1 and 3
+    inside timesteps 100-800). First Block Cache is refused in one line (diffusers' hook expects
+    the last block to return both streams; FLUX.2's returns one)."""
+    import torch
+
+    from blendedit.bench.build import build_backbone
+    from blendedit.errors import InputError
+    from blendedit.latent.cache import step_cache
+
+    bb = build_backbone(ARCHITECTURES["tiny-flux2-klein"], "cpu", tmp_path)
+    with pytest.raises(InputError, match=r"^cache: 'first-block' does not apply to a Flux2"):
+        step_cache(bb.unet, "first-block", torch.ones(1, 1, 8, 8), bb.patch_size).__enter__()
+    c = bb.encode_text("a photo", "", (64, 64), (64, 64))
+    h = w = 64 // bb.latent_factor
+    z = torch.randn(1, bb.latent_channels, h, w, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(1, 1, h, w)
+    mask[..., : h // 2, :] = 1
+    with torch.no_grad(), step_cache(bb.unet, spec, mask, bb.patch_size) as cache:
+        model = cache.wrap(bb.model_fn(c, 1, 1.0))
+        for t in (900.0, 700.0, 500.0, 300.0):
+            z = z + 0.01 * model(z, torch.tensor([t]))
+    assert (cache.stats.calls, cache.stats.full) == (4, full)
+    assert torch.isfinite(z).all()

@@ -23,7 +23,7 @@ The second run (issue 24: TaylorSeer, PAB, MagCache; docs/benchmarks.md, "Step c
 TaylorSeer, PAB, MagCache") adds rows marked ``"run": "more"`` to the same file:
 
     nice -n 10 python tools/cache_bench.py --set more --append      # SD3.5-medium, FLUX.1 (MORE)
-    nice -n 10 python tools/cache_bench.py --set others --append    # SD3.5-large (OTHERS)
+    nice -n 10 python tools/cache_bench.py --set others --append    # SD3.5-large, ... (OTHERS)
     python tools/cache_bench.py --rederive                          # derived rows only
 
 Every block's time is recorded, so a model run at reduced depth (DEPTH: FLUX.1 does not fit 24 GB
@@ -34,6 +34,7 @@ schedule are counted with each cache's own hook (``derived_more``, tools/cache_p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import platform
@@ -73,14 +74,15 @@ MORE = {
         [("none", 4), ("first-block:1e9", 4), ("taylorseer", 5), ("pab", 4), ("magcache:1e9", 4)],
     ),
 }
-# --set others: more transformers the same way, at reduced depth (DEPTH), one pass. Chroma,
-# Qwen-Image and FLUX.2 are not here: their text encoders' attention masks cannot be built on
-# "meta" (transformers reads the mask's values), so _setup has no conditioning shapes for them.
+# --set others: more transformers the same way, at reduced depth (DEPTH), one pass.
 _LOOPS = [("none", 4), ("first-block:1e9", 4), ("taylorseer", 5), ("pab", 4)]
-OTHERS = {"sd35-large": (128, _LOOPS)}
+OTHERS = {m: (128, _LOOPS) for m in ("sd35-large", "flux2-klein-4b", "chroma", "qwen-image")}
 DEPTH = {  # transformer config overrides: full width, fewer blocks
     "flux-dev": {"num_layers": 2, "num_single_layers": 4},
     "sd35-large": {"num_layers": 3},
+    "flux2-klein-4b": {"num_layers": 1, "num_single_layers": 2},
+    "chroma": {"num_layers": 1, "num_single_layers": 2},
+    "qwen-image": {"num_layers": 2},
 }
 GUIDANCE_MORE = {"sd35-medium": 1.0, "flux-dev": 1.0}  # one pass per call (dev: embedded)
 SMOKE = {  # --smoke: the test suite's tiny shapes, to check the script in seconds
@@ -90,8 +92,23 @@ SMOKE = {  # --smoke: the test suite's tiny shapes, to check the script in secon
 CALLS, FULL = {"deepcache": 13}, 38  # the default schedule: 50 steps, 38 calls
 
 
-def _random(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    return torch.randn(t.shape, generator=g)
+def _random(t: torch.Tensor, g: torch.Generator, key: str = "") -> torch.Tensor:
+    """Random conditioning of ``t``'s shape; an attention mask (``key`` "mask") all ones."""
+    return torch.ones(t.shape) if key == "mask" else torch.randn(t.shape, generator=g)
+
+
+@contextlib.contextmanager
+def _meta_masks():
+    """transformers' attention-mask shortcuts read the mask's values (``.all()``), which a meta
+    tensor has not: while encoding on "meta", they answer "build the mask" (the same shapes)."""
+    from transformers import masking_utils as mu
+
+    saved = mu._ignore_causal_mask_sdpa, mu._ignore_bidirectional_mask_sdpa
+    mu._ignore_causal_mask_sdpa = mu._ignore_bidirectional_mask_sdpa = lambda *a, **k: False
+    try:
+        yield
+    finally:
+        mu._ignore_causal_mask_sdpa, mu._ignore_bidirectional_mask_sdpa = saved
 
 
 def _setup(preset: str, px: int, workdir: Path, depth: dict | None = None):
@@ -103,12 +120,13 @@ def _setup(preset: str, px: int, workdir: Path, depth: dict | None = None):
             arch, parts={**arch.parts, "transformer": {**arch.parts["transformer"], **depth}}
         )
     meta = build_backbone(arch, "meta", workdir)
-    c = meta.encode_text("a photo", "", (px, px), (px, px))  # meta tensors: the shapes only
+    with _meta_masks():
+        c = meta.encode_text("a photo", "", (px, px), (px, px))  # meta tensors: the shapes only
     g = torch.Generator().manual_seed(0)
     cond = Conditioning(
         _random(c.cond, g), _random(c.uncond, g),
-        {k: _random(v, g) for k, v in c.added.items()},
-        {k: _random(v, g) for k, v in c.added_uncond.items()},
+        {k: _random(v, g, k) for k, v in c.added.items()},
+        {k: _random(v, g, k) for k, v in c.added_uncond.items()},
     )  # fmt: skip
     torch.manual_seed(0)
     meta.unet = type(meta.unet).from_config(meta.unet.config).eval()  # diffusers' random init
@@ -166,7 +184,7 @@ def _block_means(clock: _BlockClock, calls: list[tuple[float, bool, dict]]) -> d
 def _one_run(bb, cond, spec: str, px: int, steps: int, guidance: float = 7.5) -> dict:
     f = bb.latent_factor
     h = w = px // f
-    channels = bb.vae.config.latent_channels
+    channels = bb.latent_channels  # FLUX.2: the VAE's 32 folded 2x2 into 128
     g = torch.Generator().manual_seed(1)
     z0 = torch.randn(1, channels, h, w, generator=g)
     mask = torch.zeros(1, 1, h, w)

@@ -60,7 +60,8 @@ COST_FROM = {
     **dict.fromkeys(("sdxl", "sdxl-turbo", "sdxl-inpaint"), "sdxl"),
     "sd35-medium": "sd35-medium",
     **dict.fromkeys(("flux-dev", "flux-schnell", "flux-fill", "flux-kontext-dev"), "flux-dev"),
-    "sd35-large": "sd35-large",  # --set others
+    **{m: m for m in ("sd35-large", "flux2-klein-4b", "chroma")},  # --set others
+    **dict.fromkeys(("qwen-image", "qwen-image-edit"), "qwen-image"),
 }
 BENCH = Path("docs/cache-bench.json")
 

@@ -49,6 +49,9 @@ from blendedit.latent.sampling import ModelFn
 
 TRANSFORMER_CACHES = ("first-block", "taylorseer", "magcache", "pab")
 MAGCACHE_MODELS = ("FluxTransformer2DModel",)  # those with diffusers' published ratios
+# diffusers 0.42's First Block Cache subtracts the first block's (image, text) pair from the last
+# block's output; FLUX.2's single blocks return the image stream alone, so it fails there.
+NO_FIRST_BLOCK_MODELS = ("Flux2Transformer2DModel",)
 UNET_CACHES = ("deepcache",)
 _HOOKS = {  # diffusers' hook names, removed after each chunk
     "first-block": ("fbc_leader_block_hook", "fbc_block_hook"),
@@ -57,6 +60,7 @@ _HOOKS = {  # diffusers' hook names, removed after each chunk
     "pab": ("pyramid_attention_broadcast",),
 }
 _BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")  # in call order
+_QUERY_PROJECTIONS = ("to_q", "to_qkv_mlp_proj")  # an attention's first projection, by name
 
 
 @dataclass
@@ -95,9 +99,10 @@ def kinds_for(module: torch.nn.Module) -> tuple[str, ...]:
     module = getattr(module, "_orig_mod", module)
     blocks = blocks_of(module)
     if len(blocks) >= 2 + (len(blocks) > 0 and _context_pre_only(blocks[-1])):
-        if type(module).__name__ in MAGCACHE_MODELS:
-            return TRANSFORMER_CACHES
-        return tuple(c for c in TRANSFORMER_CACHES if c != "magcache")
+        name = type(module).__name__
+        drop = ("magcache",) * (name not in MAGCACHE_MODELS)
+        drop += ("first-block",) * (name in NO_FIRST_BLOCK_MODELS)
+        return tuple(c for c in TRANSFORMER_CACHES if c not in drop)
     return UNET_CACHES if _is_unet(module) else ()
 
 
@@ -270,7 +275,8 @@ class StepCache:
         # diffusers caches which submodules carry hooks: new ones were just added.
         HookRegistry.check_if_exists_or_initialize(self.module).invalidate_child_registries_cache()
         # A full call runs the last cached block's attention; a skipped or predicted one does not.
-        probe = next(m for n, m in last.named_modules() if n.endswith("to_q"))
+        # (FLUX.2's single blocks project q, k, v and the MLP's input in one: to_qkv_mlp_proj.)
+        probe = next(m for n, m in last.named_modules() if n.endswith(_QUERY_PROJECTIONS))
         self._probe = probe.register_forward_hook(lambda *_: setattr(self, "_ran", True))
 
     def wrap(self, model_fn: ModelFn) -> ModelFn:

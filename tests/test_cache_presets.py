@@ -110,3 +110,18 @@ def test_flux2_takes_the_attention_caches(tmp_path: Path, spec: str, full: int):
             z = z + 0.01 * model(z, torch.tensor([t]))
     assert (cache.stats.calls, cache.stats.full) == (4, full)
     assert torch.isfinite(z).all()
+
+
+def test_first_block_needs_a_block_diffusers_knows(tmp_path: Path):
+    """diffusers' First Block Cache reads each block's signature from its registry, which has no
+    Chroma block: refused in one line, not a ValueError from inside the hook."""
+    import torch
+
+    from blendedit.bench.build import build_backbone
+    from blendedit.errors import InputError
+    from blendedit.latent.cache import kinds_for, step_cache
+
+    bb = build_backbone(ARCHITECTURES["tiny-chroma"], "meta", tmp_path)
+    assert kinds_for(bb.unet) == ("taylorseer", "pab")
+    with pytest.raises(InputError, match=r"^cache: 'first-block' does not apply to a Chroma"):
+        step_cache(bb.unet, "first-block", torch.ones(1, 1, 8, 8), bb.patch_size).__enter__()

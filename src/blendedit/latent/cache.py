@@ -94,6 +94,19 @@ def _context_pre_only(block: torch.nn.Module) -> bool:
     return bool(getattr(block, "context_pre_only", False))
 
 
+def _registered(blocks: list[torch.nn.Module]) -> bool:
+    """diffusers' First Block Cache and MagCache read each block's signature from its registry
+    (diffusers.hooks._helpers); a block class it does not know (Chroma's) fails inside the hook."""
+    from diffusers.hooks._helpers import TransformerBlockRegistry
+
+    try:
+        for cls in {type(b) for b in blocks}:
+            TransformerBlockRegistry.get(cls)
+    except ValueError:
+        return False
+    return True
+
+
 def kinds_for(module: torch.nn.Module) -> tuple[str, ...]:
     """The caches a denoiser takes: the transformer ones, or DeepCache for a UNet."""
     module = getattr(module, "_orig_mod", module)
@@ -101,7 +114,7 @@ def kinds_for(module: torch.nn.Module) -> tuple[str, ...]:
     if len(blocks) >= 2 + (len(blocks) > 0 and _context_pre_only(blocks[-1])):
         name = type(module).__name__
         drop = ("magcache",) * (name not in MAGCACHE_MODELS)
-        drop += ("first-block",) * (name in NO_FIRST_BLOCK_MODELS)
+        drop += ("first-block",) * (name in NO_FIRST_BLOCK_MODELS or not _registered(blocks))
         return tuple(c for c in TRANSFORMER_CACHES if c not in drop)
     return UNET_CACHES if _is_unet(module) else ()
 

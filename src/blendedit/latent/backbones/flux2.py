@@ -120,10 +120,22 @@ P.record_caches(
     {
         "flux2-klein-4b": (
             P.CacheVerdict(
-                "default", "taylorseer", 38, 28, None, "skipped call not measured", None
+                "default",
+                "taylorseer",
+                38,
+                28,
+                0.15,
+                "flux2-klein-4b, 128 px, from 1+2 of 5+20 blocks, cache-bench.json",
+                None,
             ),
             P.CacheVerdict(
-                "realtime-klein", "taylorseer", 3, 0, None, "skipped call not measured", None
+                "realtime-klein",
+                "taylorseer",
+                3,
+                0,
+                0.15,
+                "flux2-klein-4b, 128 px, from 1+2 of 5+20 blocks, cache-bench.json",
+                None,
             ),
         ),
         "flux2-klein-9b": (

@@ -111,7 +111,13 @@ P.record_caches(
     {
         "qwen-image-edit": (
             P.CacheVerdict(
-                "default", "taylorseer", 30, 21, None, "skipped call not measured", None
+                "default",
+                "taylorseer",
+                30,
+                21,
+                0.634,
+                "qwen-image, 128 px, from 2 of 60 blocks, cache-bench.json",
+                None,
             ),
         ),
     },

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 def build_backbone(arch: Architecture, device: torch.device | str, workdir: Path) -> Backbone:
     """The architecture's backbone with random weights (seed 0), float32, built on ``device``
     (``"meta"``: shapes only, nothing allocated); ``workdir`` receives the tokenizer files."""
+    import diffusers.hooks  # noqa: F401  its module-level tensors (MagCache's FLUX ratios) made
+    # now, not on "meta" by the first model class imported under the family's device context
+
     torch.manual_seed(0)
     family = FAMILIES[arch.family]
     return family.build(arch.parts, own_scheduler(arch.scheduler), torch.device(device), workdir)

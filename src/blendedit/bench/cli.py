@@ -146,6 +146,8 @@ def run(args: Any) -> int:
         print(realtime_line(result))
     if result.cache != "none":
         print(cache_line(result))
+    if result.cache_verdict:
+        print(result.cache_verdict)
     append_report([result], Path(args.report), "blendedit " + " ".join(sys.argv[1:]))
     print(f"appended to {args.report}", file=sys.stderr)
     return 0

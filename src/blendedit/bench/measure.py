@@ -91,6 +91,7 @@ class BenchResult:
     cache: str = "none"  # --cache
     cache_calls: int = 0  # denoiser calls of the timed edit
     cache_skipped: int = 0  # of which skipped the whole network
+    cache_verdict: str = ""  # the preset's recorded step-cache verdict (Architecture.caches)
 
 
 def unet_flops(
@@ -169,6 +170,8 @@ def run_bench(
     )  # fmt: skip
     edit = partial(editor, photo, photo_mask, PROMPT, config=cfg)
     res.cache = cache
+    found = arch.cache_verdict(res.realtime or "default")
+    res.cache_verdict = found.line() if found else ""
     _time_edits(edit, dev, res, repeats)
     ref = None
     if compare_diffusers and editor.backbone.reference_pipeline:  # Krea 2: diffusers has none

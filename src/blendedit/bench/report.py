@@ -56,6 +56,31 @@ def cache_line(r: BenchResult) -> str:
     )
 
 
+def cache_verdict_table() -> str:
+    """Every published bench preset's step-cache verdicts (``Architecture.caches``, issue 24) as
+    the markdown table of docs/cache-presets.md."""
+    from blendedit.bench.catalogue import ARCHITECTURES
+
+    lines = [
+        "| preset | schedule | calls | cache | skipped | skipped call / full | speed-up "
+        "| toy-world quality | helps | measured on |",
+        "|" + "---|" * 10,
+    ]
+    for name, arch in ARCHITECTURES.items():
+        for v in arch.caches if arch.source else ():
+            cost = "-" if v.cost is None else f"{v.cost:.3f}"
+            speed = "-" if v.speedup is None else f"{v.speedup:.2f}x"
+            helps = {True: "yes", False: "no", None: "faster, quality not measured"}[v.helps]
+            helps = "not measured" if v.speedup is None else helps
+            helps = "no cache applies" if v.cache == "none" else helps
+            quality = {True: "within noise", False: "drops", None: "-"}[v.quality]
+            lines.append(
+                f"| {name} | {v.schedule} | {v.calls} | {v.cache} | {v.skipped} | {cost} | "
+                f"{speed} | {quality} | {helps} | {v.measured} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def stages_table(results: list[BenchResult]) -> str:
     names = ["encode", "denoise", "decode", "rank", "background"]
     lines = [
@@ -91,6 +116,7 @@ def append_report(results: list[BenchResult], path: Path, command: str) -> None:
         + stages_table(results)
         + "".join(f"\n{realtime_line(r)}.\n" for r in results if r.realtime)
         + "".join(f"\n{cache_line(r)}.\n" for r in results if r.cache != "none")
+        + "".join(f"\n{r.cache_verdict}.\n" for r in results if r.cache_verdict)
     )
     append_section(path, section)
     json_path = path.with_suffix(".json")

@@ -60,6 +60,9 @@ from blendedit.latent.sampling import ModelFn
 
 TRANSFORMER_CACHES = ("first-block", "taylorseer", "magcache", "pab", "fastercache")
 MAGCACHE_MODELS = ("FluxTransformer2DModel",)  # those with diffusers' published ratios
+# diffusers 0.42's First Block Cache subtracts the first block's (image, text) pair from the last
+# block's output; FLUX.2's single blocks return the image stream alone, so it fails there.
+NO_FIRST_BLOCK_MODELS = ("Flux2Transformer2DModel",)
 UNET_CACHES = ("deepcache",)
 _HOOKS = {  # diffusers' hook names, removed after each chunk
     "first-block": ("fbc_leader_block_hook", "fbc_block_hook"),
@@ -69,6 +72,7 @@ _HOOKS = {  # diffusers' hook names, removed after each chunk
     "fastercache": ("faster_cache_denoiser", "faster_cache_block"),
 }
 _BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")  # in call order
+_QUERY_PROJECTIONS = ("to_q", "to_qkv_mlp_proj")  # an attention's first projection, by name
 
 
 @dataclass
@@ -102,14 +106,28 @@ def _context_pre_only(block: torch.nn.Module) -> bool:
     return bool(getattr(block, "context_pre_only", False))
 
 
+def _registered(blocks: list[torch.nn.Module]) -> bool:
+    """diffusers' First Block Cache and MagCache read each block's signature from its registry
+    (diffusers.hooks._helpers); a block class it does not know (Chroma's) fails inside the hook."""
+    from diffusers.hooks._helpers import TransformerBlockRegistry
+
+    try:
+        for cls in {type(b) for b in blocks}:
+            TransformerBlockRegistry.get(cls)
+    except ValueError:
+        return False
+    return True
+
+
 def kinds_for(module: torch.nn.Module) -> tuple[str, ...]:
     """The caches a denoiser takes: the transformer ones, or DeepCache for a UNet."""
     module = getattr(module, "_orig_mod", module)
     blocks = blocks_of(module)
     if len(blocks) >= 2 + (len(blocks) > 0 and _context_pre_only(blocks[-1])):
-        if type(module).__name__ in MAGCACHE_MODELS:
-            return TRANSFORMER_CACHES
-        return tuple(c for c in TRANSFORMER_CACHES if c != "magcache")
+        name = type(module).__name__
+        drop = ("magcache",) * (name not in MAGCACHE_MODELS)
+        drop += ("first-block",) * (name in NO_FIRST_BLOCK_MODELS or not _registered(blocks))
+        return tuple(c for c in TRANSFORMER_CACHES if c not in drop)
     return UNET_CACHES if _is_unet(module) else ()
 
 
@@ -340,7 +358,8 @@ class StepCache:
 
         # diffusers caches which submodules carry hooks: new ones were just added.
         HookRegistry.check_if_exists_or_initialize(self.module).invalidate_child_registries_cache()
-        probe = next(m for n, m in last.named_modules() if n.endswith("to_q"))
+        # (FLUX.2's single blocks project q, k, v and the MLP's input in one: to_qkv_mlp_proj.)
+        probe = next(m for n, m in last.named_modules() if n.endswith(_QUERY_PROJECTIONS))
 
         def ran(module: Any, args: Any, out: Any) -> None:
             self._ran = self._full_batch is None or args[0].shape[0] == self._full_batch

@@ -87,6 +87,24 @@ _CATALOGUE = {
         batch=4,
     ),
 }
+# Issue 24: whether a step cache helps each preset, by measurement (tools/cache_presets.py,
+# docs/cache-presets.md): schedule, cache, calls, skipped, skipped call / full, source, quality.
+P.record_caches(
+    _CATALOGUE,
+    {
+        "chroma": (
+            P.CacheVerdict(
+                "default",
+                "taylorseer",
+                27,
+                19,
+                0.651,
+                "chroma, 128 px, from 1+2 of 19+38 blocks, cache-bench.json",
+                None,
+            ),
+        ),
+    },
+)
 
 
 class Chroma(C.OneTextEncoder, Backbone):

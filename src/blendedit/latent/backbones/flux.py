@@ -111,6 +111,55 @@ _CATALOGUE = {
         realtime="realtime-schnell",
     ),
 }
+# Issue 24: whether a step cache helps each preset, by measurement (tools/cache_presets.py,
+# docs/cache-presets.md): schedule, cache, calls, skipped, skipped call / full, source, quality.
+P.record_caches(
+    _CATALOGUE,
+    {
+        "flux-dev": (
+            P.CacheVerdict(
+                "default",
+                "magcache",
+                21,
+                13,
+                0.001,
+                "flux-dev, 128 px, from 2+4 of 19+38 blocks, cache-bench.json",
+                None,
+            ),
+        ),
+        "flux-schnell": (
+            P.CacheVerdict(
+                "default",
+                "magcache",
+                3,
+                1,
+                0.001,
+                "flux-dev, 128 px, from 2+4 of 19+38 blocks, cache-bench.json",
+                None,
+            ),
+            P.CacheVerdict(
+                "realtime-schnell",
+                "magcache",
+                3,
+                1,
+                0.001,
+                "flux-dev, 128 px, from 2+4 of 19+38 blocks, cache-bench.json",
+                None,
+            ),
+        ),
+        "flux-fill": (
+            P.CacheVerdict(
+                "default",
+                "magcache",
+                50,
+                24,
+                0.001,
+                "flux-dev, 128 px, from 2+4 of 19+38 blocks, cache-bench.json",
+                None,
+            ),
+        ),
+    },
+)
 
 
 class Flux(Backbone):

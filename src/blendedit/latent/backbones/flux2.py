@@ -114,6 +114,41 @@ _CATALOGUE = {
         realtime="realtime-klein",
     ),
 }
+# Issue 24: whether a step cache helps each preset, by measurement (tools/cache_presets.py,
+# docs/cache-presets.md): schedule, cache, calls, skipped, skipped call / full, source, quality.
+P.record_caches(
+    _CATALOGUE,
+    {
+        "flux2-klein-4b": (
+            P.CacheVerdict(
+                "default",
+                "taylorseer",
+                38,
+                28,
+                0.15,
+                "flux2-klein-4b, 128 px, from 1+2 of 5+20 blocks, cache-bench.json",
+                None,
+            ),
+            P.CacheVerdict(
+                "realtime-klein",
+                "taylorseer",
+                3,
+                0,
+                0.15,
+                "flux2-klein-4b, 128 px, from 1+2 of 5+20 blocks, cache-bench.json",
+                None,
+            ),
+        ),
+        "flux2-klein-9b": (
+            P.CacheVerdict(
+                "default", "taylorseer", 38, 28, None, "skipped call not measured", None
+            ),
+            P.CacheVerdict(
+                "realtime-klein", "taylorseer", 3, 0, None, "skipped call not measured", None
+            ),
+        ),
+    },
+)
 TEXT_LAYERS = (9, 18, 27)  # Flux2KleinPipeline's hidden layers, side by side
 
 

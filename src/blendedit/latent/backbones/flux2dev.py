@@ -100,6 +100,18 @@ _CATALOGUE = {
         batch=4,
     ),
 }
+# Issue 24: whether a step cache helps each preset, by measurement (tools/cache_presets.py,
+# docs/cache-presets.md): schedule, cache, calls, skipped, skipped call / full, source, quality.
+P.record_caches(
+    _CATALOGUE,
+    {
+        "flux2-dev": (
+            P.CacheVerdict(
+                "default", "taylorseer", 38, 28, None, "skipped call not measured", None
+            ),
+        ),
+    },
+)
 TEXT_LAYERS = (10, 20, 30)  # Flux2Pipeline's hidden layers, side by side
 
 

@@ -95,6 +95,24 @@ _CATALOGUE = {
         batch=4,
     ),
 }
+# Issue 24: whether a step cache helps each preset, by measurement (tools/cache_presets.py,
+# docs/cache-presets.md): schedule, cache, calls, skipped, skipped call / full, source, quality.
+P.record_caches(
+    _CATALOGUE,
+    {
+        "flux-kontext-dev": (
+            P.CacheVerdict(
+                "default",
+                "magcache",
+                28,
+                14,
+                0.001,
+                "flux-dev, 128 px, from 2+4 of 19+38 blocks, cache-bench.json",
+                None,
+            ),
+        ),
+    },
+)
 
 
 def is_kontext_file(name: str) -> bool:

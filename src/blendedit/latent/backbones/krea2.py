@@ -130,6 +130,18 @@ _CATALOGUE = {
         batch=4,
     ),
 }
+# Issue 24: whether a step cache helps each preset, by measurement (tools/cache_presets.py,
+# docs/cache-presets.md): schedule, cache, calls, skipped, skipped call / full, source, quality.
+P.record_caches(
+    _CATALOGUE,
+    {
+        "krea2": (
+            P.CacheVerdict(
+                "default", "taylorseer", 21, 14, None, "skipped call not measured", None
+            ),
+        ),
+    },
+)
 PREFIX = (  # Krea2Pipeline's template: [prefix | prompt | padding | suffix]; 34 prefix tokens
     "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, "
     "quantity, text, spatial relationships of the objects and background:<|im_end|>\n"

@@ -83,6 +83,18 @@ _CATALOGUE = {
         scheduler=_LDM_DDIM,
     ),
 }
+# Issue 24: whether a step cache helps each preset, by measurement (tools/cache_presets.py,
+# docs/cache-presets.md): schedule, cache, calls, skipped, skipped call / full, source, quality.
+P.record_caches(
+    _CATALOGUE,
+    {
+        "ldm-1.45b": (
+            P.CacheVerdict(
+                "default", "deepcache", 38, 25, 0.181, "sd2-base, 256 px, cache-bench.json", True
+            ),
+        ),
+    },
+)
 
 
 class LatentDiffusion(StableDiffusion):

@@ -5,7 +5,7 @@ own entries (``Backbone.catalogue``); ``blendedit bench`` collects them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 Config = dict[str, Any]
@@ -165,6 +165,67 @@ TINY_FLOW_VAE: Config = {
 
 
 @dataclass(frozen=True)
+class CacheVerdict:
+    """Whether a step cache (``--cache``, ``blendedit.latent.cache``) helps one schedule of a
+    preset, by measurement (issue 24), derived by ``tools/cache_presets.py``
+    (docs/cache-presets.md): the cache of the largest speed-up ``calls / (calls - skipped +
+    skipped * cost)`` (DeepCache, Ma et al. 2024, sec. 3.3's 1:N count; TaylorSeer, PAB and
+    MagCache counted with diffusers' hooks on the schedule). It helps where it saves 10% and the
+    toy world's quality measurement (docs/quality.md, "Step caches") does not refute it."""
+
+    schedule: str  # "default" (the family's defaults) or a realtime preset's name
+    cache: str  # the best cache by that speed-up ("none": no cache applies to the denoiser)
+    calls: int  # denoiser calls per candidate (the steps after blend start)
+    skipped: int  # of them the cache skips on this schedule, counted with its hook
+    cost: float | None = None  # a skipped call's time over a full one's (None: not measured)
+    measured: str = ""  # what ``cost`` rests on (cache-bench.json's model and size), or why none
+    quality: bool | None = None  # within noise of the uncached edit (toy world), None: unmeasured
+
+    @property
+    def speedup(self) -> float | None:
+        """The time per candidate without the cache over the time with it (None: unmeasured;
+        1 where the cache skips no call, whatever a skipped call would cost)."""
+        if self.skipped == 0 and self.cache != "none":
+            return 1.0
+        if self.cost is None:
+            return None
+        return self.calls / (self.calls - self.skipped + self.skipped * self.cost)
+
+    @property
+    def helps(self) -> bool | None:
+        """A saving of 10% or more with the quality kept; None: faster, but the cost or the
+        quality was not measured."""
+        speed = self.speedup
+        if (speed is not None and speed < 1.1) or self.quality is False:
+            return False
+        return None if speed is None or self.quality is None else True
+
+    def line(self) -> str:
+        """The verdict in one line (``blendedit bench``'s report)."""
+        head = f"Step cache verdict ({self.schedule}, {self.calls} calls a candidate): "
+        if self.cache == "none":
+            return head + f"no cache applies ({self.measured})"
+        skips = f"{self.cache} skips {self.skipped} of {self.calls} calls"
+        if self.speedup is None:
+            return head + f"not measured: {skips}; {self.measured}"
+        word = {True: "helps", False: "does not help", None: "faster, quality not measured"}
+        quality = {True: "; toy world within noise", False: "; toy world: quality drops"}
+        cost = "" if self.cost is None else f", a skipped call costs {self.cost:.2f} of a full one"
+        return head + (
+            f"{word[self.helps]}: {skips}{cost}, {self.speedup:.2f}x ({self.measured}"
+            f"{'' if self.quality is None else quality[self.quality]})"
+        )
+
+
+def record_caches(
+    catalogue: dict[str, Architecture], verdicts: dict[str, tuple[CacheVerdict, ...]]
+) -> None:
+    """Each catalogue entry named in ``verdicts`` gets its :class:`CacheVerdict` s (in place)."""
+    for name, found in verdicts.items():
+        catalogue[name] = replace(catalogue[name], caches=found)
+
+
+@dataclass(frozen=True)
 class Architecture:
     """A published model's shape: the configs of its parts (by the names its family's
     ``Backbone.build`` reads: unet or transformer, vae, text, text_2, text_3), its resolution, its
@@ -178,3 +239,9 @@ class Architecture:
     source: str = ""  # the published model it copies ("": the test suite's tiny shapes)
     realtime: str | None = None  # its few-step preset (blendedit.config), for ``--realtime``
     family: str = ""  # the family listing it (filled in by the catalogue)
+    caches: tuple[CacheVerdict, ...] = ()  # whether a step cache helps, by measurement (issue 24)
+
+    def cache_verdict(self, schedule: str = "default") -> CacheVerdict | None:
+        """The step-cache verdict of this preset on ``schedule`` (a realtime preset's name, or
+        "default"), None if none is recorded."""
+        return next((v for v in self.caches if v.schedule == schedule), None)

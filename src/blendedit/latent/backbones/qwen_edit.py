@@ -104,6 +104,24 @@ _CATALOGUE = {
         batch=4,
     ),
 }
+# Issue 24: whether a step cache helps each preset, by measurement (tools/cache_presets.py,
+# docs/cache-presets.md): schedule, cache, calls, skipped, skipped call / full, source, quality.
+P.record_caches(
+    _CATALOGUE,
+    {
+        "qwen-image-edit": (
+            P.CacheVerdict(
+                "default",
+                "taylorseer",
+                30,
+                21,
+                0.634,
+                "qwen-image, 128 px, from 2 of 60 blocks, cache-bench.json",
+                None,
+            ),
+        ),
+    },
+)
 
 
 # Qwen2.5-VL's special tokens and their ids (Qwen/Qwen2.5-VL-7B-Instruct's tokenizer).

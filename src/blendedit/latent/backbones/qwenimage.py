@@ -141,6 +141,24 @@ _CATALOGUE = {
         batch=4,
     ),
 }
+# Issue 24: whether a step cache helps each preset, by measurement (tools/cache_presets.py,
+# docs/cache-presets.md): schedule, cache, calls, skipped, skipped call / full, source, quality.
+P.record_caches(
+    _CATALOGUE,
+    {
+        "qwen-image": (
+            P.CacheVerdict(
+                "default",
+                "taylorseer",
+                38,
+                28,
+                0.634,
+                "qwen-image, 128 px, from 2 of 60 blocks, cache-bench.json",
+                None,
+            ),
+        ),
+    },
+)
 TEMPLATE = (  # QwenImagePipeline's prompt template; its first 34 tokens are dropped
     "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, "
     "quantity, text, spatial relationships of the objects and background:<|im_end|>\n"

@@ -90,6 +90,60 @@ _CATALOGUE = {
         {"unet": P.TINY_UNET, "vae": P.TINY_VAE, "text": P.TINY_TEXT}, 128, clip=P.TINY_CLIP
     ),
 }
+# Issue 24: whether a step cache helps each preset, by measurement (tools/cache_presets.py,
+# docs/cache-presets.md): schedule, cache, calls, skipped, skipped call / full, source, quality.
+P.record_caches(
+    _CATALOGUE,
+    {
+        "sd15": (
+            P.CacheVerdict(
+                "default", "deepcache", 38, 25, 0.181, "sd2-base, 256 px, cache-bench.json", True
+            ),
+            P.CacheVerdict(
+                "realtime-lcm",
+                "deepcache",
+                3,
+                2,
+                0.181,
+                "sd2-base, 256 px, cache-bench.json",
+                False,
+            ),
+            P.CacheVerdict(
+                "realtime-lcm-distilled",
+                "deepcache",
+                3,
+                2,
+                0.181,
+                "sd2-base, 256 px, cache-bench.json",
+                False,
+            ),
+        ),
+        "sd2-base": (
+            P.CacheVerdict(
+                "default", "deepcache", 38, 25, 0.181, "sd2-base, 256 px, cache-bench.json", True
+            ),
+            P.CacheVerdict(
+                "realtime-sd-turbo",
+                "deepcache",
+                3,
+                2,
+                0.181,
+                "sd2-base, 256 px, cache-bench.json",
+                False,
+            ),
+        ),
+        "sd2": (
+            P.CacheVerdict(
+                "default", "deepcache", 38, 25, 0.181, "sd2-base, 256 px, cache-bench.json", True
+            ),
+        ),
+        "sd15-inpaint": (
+            P.CacheVerdict(
+                "default", "deepcache", 50, 33, 0.181, "sd2-base, 256 px, cache-bench.json", True
+            ),
+        ),
+    },
+)
 
 # -- loading ---------------------------------------------------------------------------------------
 

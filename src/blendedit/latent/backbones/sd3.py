@@ -98,6 +98,35 @@ _CATALOGUE = {
         scheduler=_SD3_FLOW,
     ),
 }
+# Issue 24: whether a step cache helps each preset, by measurement (tools/cache_presets.py,
+# docs/cache-presets.md): schedule, cache, calls, skipped, skipped call / full, source, quality.
+P.record_caches(
+    _CATALOGUE,
+    {
+        "sd35-medium": (
+            P.CacheVerdict(
+                "default",
+                "taylorseer",
+                21,
+                14,
+                0.711,
+                "sd35-medium, 128 px, cache-bench.json",
+                None,
+            ),
+        ),
+        "sd35-large": (
+            P.CacheVerdict(
+                "default",
+                "taylorseer",
+                21,
+                14,
+                0.611,
+                "sd35-large, 128 px, from 3 of 38 blocks, cache-bench.json",
+                None,
+            ),
+        ),
+    },
+)
 
 
 class StableDiffusion3(Backbone):

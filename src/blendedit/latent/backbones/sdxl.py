@@ -122,6 +122,58 @@ _CATALOGUE = {
         realtime="realtime-sdxl-turbo",  # the code path of `--preset sdxl-turbo --realtime`
     ),
 }
+# Issue 24: whether a step cache helps each preset, by measurement (tools/cache_presets.py,
+# docs/cache-presets.md): schedule, cache, calls, skipped, skipped call / full, source, quality.
+P.record_caches(
+    _CATALOGUE,
+    {
+        "sdxl": (
+            P.CacheVerdict(
+                "default", "deepcache", 38, 25, 0.043, "sdxl, 128 px, cache-bench.json", True
+            ),
+            P.CacheVerdict(
+                "realtime-lcm", "deepcache", 3, 2, 0.043, "sdxl, 128 px, cache-bench.json", False
+            ),
+            P.CacheVerdict(
+                "realtime-lcm-distilled",
+                "deepcache",
+                3,
+                2,
+                0.043,
+                "sdxl, 128 px, cache-bench.json",
+                False,
+            ),
+            P.CacheVerdict(
+                "realtime-lightning",
+                "deepcache",
+                3,
+                2,
+                0.043,
+                "sdxl, 128 px, cache-bench.json",
+                False,
+            ),
+        ),
+        "sdxl-turbo": (
+            P.CacheVerdict(
+                "default", "deepcache", 38, 25, 0.043, "sdxl, 128 px, cache-bench.json", True
+            ),
+            P.CacheVerdict(
+                "realtime-sdxl-turbo",
+                "deepcache",
+                3,
+                2,
+                0.043,
+                "sdxl, 128 px, cache-bench.json",
+                False,
+            ),
+        ),
+        "sdxl-inpaint": (
+            P.CacheVerdict(
+                "default", "deepcache", 50, 33, 0.043, "sdxl, 128 px, cache-bench.json", True
+            ),
+        ),
+    },
+)
 
 
 _ARGS = ("vae", "unet", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")

@@ -107,6 +107,33 @@ _CATALOGUE = {
         realtime="realtime-zimage-turbo",
     ),
 }
+# Issue 24: whether a step cache helps each preset, by measurement (tools/cache_presets.py,
+# docs/cache-presets.md): schedule, cache, calls, skipped, skipped call / full, source, quality.
+P.record_caches(
+    _CATALOGUE,
+    {
+        "zimage-turbo": (
+            P.CacheVerdict(
+                "default",
+                "none",
+                7,
+                0,
+                None,
+                "ZImageTransformer2DModel takes no cache of blendedit.latent.cache",
+                None,
+            ),
+            P.CacheVerdict(
+                "realtime-zimage-turbo",
+                "none",
+                7,
+                0,
+                None,
+                "ZImageTransformer2DModel takes no cache of blendedit.latent.cache",
+                None,
+            ),
+        ),
+    },
+)
 
 
 class ZImage(C.OneTextEncoder, C.FlagDefaults, Backbone):

@@ -122,6 +122,6 @@ def test_first_block_needs_a_block_diffusers_knows(tmp_path: Path):
     from blendedit.latent.cache import kinds_for, step_cache
 
     bb = build_backbone(ARCHITECTURES["tiny-chroma"], "meta", tmp_path)
-    assert kinds_for(bb.unet) == ("taylorseer", "pab")
+    assert kinds_for(bb.unet) == ("taylorseer", "pab", "fastercache")
     with pytest.raises(InputError, match=r"^cache: 'first-block' does not apply to a Chroma"):
         step_cache(bb.unet, "first-block", torch.ones(1, 1, 8, 8), bb.patch_size).__enter__()

@@ -61,7 +61,7 @@ COST_FROM = {
     "sd35-medium": "sd35-medium",
     **dict.fromkeys(("flux-dev", "flux-schnell", "flux-fill", "flux-kontext-dev"), "flux-dev"),
     **{m: m for m in ("sd35-large", "flux2-klein-4b", "chroma")},  # --set others
-    **dict.fromkeys(("qwen-image", "qwen-image-edit"), "qwen-image"),
+    **dict.fromkeys(("qwen-image", "qwen-image-edit", "qwen-image-2.1"), "qwen-image"),
 }
 BENCH = Path("docs/cache-bench.json")
 

@@ -98,6 +98,25 @@ _CATALOGUE = {
     ),
 }  # fmt: skip
 
+# Issue 24: whether a step cache helps each preset, by measurement (tools/cache_presets.py,
+# docs/cache-presets.md): schedule, cache, calls, skipped, skipped call / full, source, quality.
+P.record_caches(
+    _CATALOGUE,
+    {
+        "qwen-image-2.1": (
+            P.CacheVerdict(
+                "default",
+                "taylorseer",
+                30,
+                21,
+                0.634,
+                "qwen-image, 128 px, from 2 of 60 blocks, cache-bench.json",
+                None,
+            ),
+        ),
+    },
+)
+
 
 class QwenImage21(QwenImage):
     """Qwen-Image 2.1: ``transformer`` (QwenImage21Transformer2DModel), ``vae``

@@ -10,6 +10,7 @@ parity reference."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -178,22 +179,36 @@ class Chroma(C.OneTextEncoder, Backbone):
     def denoiser(
         self, c: Conditioning, batch: int, parts: Sequence[str], guidance_scale: float
     ) -> ModelFn:
-        context, added = self.stack(c, batch, parts)  # (B, T, D), mask (B, T)
-        n = len(context)
+        """One transformer call per run of parts sharing a T5 mask (the negative's and the
+        prompt's differ in length: two calls of B, as ChromaPipeline makes them), each with its
+        mask once, (1, T + N), broadcast over the run's rows. The transformer expands the mask
+        to (batch, 1, T + N, T + N) in every block: one call of 2B with a per-row mask made twice
+        the mask of diffusers' two calls and cost 1.17x their step on the tiny preset (1 CPU
+        thread, docs/benchmarks.md); the outputs are the same to the bit. With a step cache's
+        hooks on the transformer, each part keeps its own cache state (diffusers'
+        ``cache_context``, as the pipeline's ``"cond"`` / ``"uncond"``)."""
+        context, added = self.stack(c, batch, parts)  # (P * B, T, D), mask (P * B, T)
         txt_ids = torch.zeros(context.shape[1], 3, device=self.device, dtype=self.dtype)
+        runs = _runs(added["mask"][::batch], parts, batch)  # [(rows, (1, T) mask, name)]
         img_ids: dict[tuple[int, int], torch.Tensor] = {}  # made once per latent size
+        masks: dict[tuple[int, int, int], torch.Tensor] = {}  # (1, T + N) per run and size
 
-        def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (B, 16, h, w)
+        def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, 16, h, w)
             h, w = z.shape[-2:]
             if (h, w) not in img_ids:
                 img_ids[h, w] = C.image_ids(h, w).to(self.device, self.dtype)
-            ones = added["mask"].new_ones(n, (h // 2) * (w // 2))  # image tokens: all attended
-            out = self.unet(
-                hidden_states=C.pack(z), timestep=t.expand(n).to(z.dtype) / 1000,
-                encoder_hidden_states=context, txt_ids=txt_ids, img_ids=img_ids[h, w],
-                attention_mask=torch.cat([added["mask"], ones], dim=1), return_dict=False,
-            )[0]  # fmt: skip
-            return C.unpack(out, h, w)
+            time = t.expand(len(z)).to(z.dtype) / 1000
+            outs = []
+            for i, (rows, mask, name) in enumerate(runs):
+                if (i, h, w) not in masks:  # image tokens: all attended
+                    masks[i, h, w] = torch.cat([mask, mask.new_ones(1, (h // 2) * (w // 2))], 1)
+                with _cache_context(self.unet, name if len(runs) > 1 else None):
+                    outs.append(self.unet(
+                        hidden_states=C.pack(z[rows]), timestep=time[rows],
+                        encoder_hidden_states=context[rows], txt_ids=txt_ids,
+                        img_ids=img_ids[h, w], attention_mask=masks[i, h, w], return_dict=False,
+                    )[0])  # fmt: skip  # (rows, N, 64) tokens
+            return C.unpack(outs[0] if len(outs) == 1 else torch.cat(outs), h, w)
 
         return denoise
 
@@ -215,3 +230,28 @@ class Chroma(C.OneTextEncoder, Backbone):
         """The text and T5 length (ChromaInpaintPipeline's own default is 256 tokens)."""
         given = super().reference_prompt(prompt, negative, n, embeddings)
         return {**given, "max_sequence_length": self.max_sequence_length}
+
+
+def _runs(
+    masks: torch.Tensor, parts: Sequence[str], batch: int
+) -> list[tuple[slice, torch.Tensor, str]]:
+    """(P, T) text masks, one per part -> the runs of consecutive parts with the same mask: their
+    rows of the (P * B) batch, the mask (1, T), a name ("uncond", "cond", "uncond+cond")."""
+    runs: list[tuple[slice, torch.Tensor, str]] = []
+    for i, part in enumerate(parts):
+        if runs and torch.equal(runs[-1][1][0], masks[i]):
+            rows, mask, name = runs[-1]
+            runs[-1] = (slice(rows.start, rows.stop + batch), mask, f"{name}+{part}")
+        else:
+            runs.append((slice(i * batch, (i + 1) * batch), masks[i : i + 1], part))
+    return runs
+
+
+def _cache_context(module: torch.nn.Module, name: str | None) -> Any:
+    """diffusers' per-call cache state ``name`` when a step cache's hooks are on ``module``
+    (``CacheMixin.cache_context``); nothing otherwise, or for a single call a step."""
+    if name is None or getattr(module, "_diffusers_hook", None) is None:
+        return contextlib.nullcontext()
+    from diffusers.models.cache_utils import CacheMixin
+
+    return CacheMixin.cache_context(module, name)

@@ -472,3 +472,42 @@ def test_eval_and_batch_run_the_family(tmp_path, shared_images, tiny_clip_dir, c
     (done,) = [p for p in (tmp_path / "batch").iterdir() if (p / "result.json").is_file()]
     result = json.loads((done / "result.json").read_text())
     assert result["settings"]["family"] == FAMILY_NAMES[family] and len(result["results"]) == 2
+
+
+def test_chroma_calls_one_per_part_as_one_batched_call(tmp_path):
+    """Chroma's guided denoiser calls the transformer once per part (the prompt's and the
+    negative's T5 masks differ in length), each with its mask once, (1, T + N): the outputs are
+    those of one call of 2B with a mask per row. Under a step cache's hooks it makes that one
+    call: Pyramid Attention Broadcast keeps one state for every call, so with two calls the
+    prompt's call of the first step would reuse the negative's attention and the comparison
+    with the uncached output fails (measured: 0.24 off)."""
+    from blendedit.latent.backbones import common as C
+    from blendedit.latent.cache import step_cache
+
+    ch = _backbone("chroma", tmp_path, point_mass=False)
+    c = ch.encode_text("a red flower", "", SIZE, SIZE)
+    parts = ("uncond", "cond")
+    z, t = (
+        torch.randn(4, 16, 24, 32, generator=torch.Generator().manual_seed(0)),
+        torch.tensor(700.0),
+    )
+    calls = []
+    hook = ch.unet.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(tuple(kw["attention_mask"].shape)), with_kwargs=True
+    )
+    out = ch.denoiser(c, 2, parts, 3.0)(z, t)
+    assert calls == [(1, 512 + 12 * 16)] * 2
+    ctx, added = ch.stack(c, 2, parts)  # (4, 512, 64), mask (4, 512)
+    with torch.no_grad():
+        ref = ch.unet(
+            hidden_states=C.pack(z), timestep=t.expand(4) / 1000, encoder_hidden_states=ctx,
+            txt_ids=torch.zeros(ctx.shape[1], 3), img_ids=C.image_ids(24, 32),
+            attention_mask=torch.cat([added["mask"], torch.ones(4, 12 * 16)], 1),
+            return_dict=False,
+        )[0]  # fmt: skip
+    torch.testing.assert_close(out, C.unpack(ref, 24, 32))
+    calls.clear()
+    with step_cache(ch.unet, "pab:2", torch.ones(1, 1, 24, 32), 2) as cache:
+        torch.testing.assert_close(cache.wrap(ch.denoiser(c, 2, parts, 3.0))(z, t), out)
+    assert calls == [(4, 512 + 12 * 16)]
+    hook.remove()

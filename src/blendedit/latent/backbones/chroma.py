@@ -10,7 +10,6 @@ parity reference."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -182,32 +181,36 @@ class Chroma(C.OneTextEncoder, Backbone):
         """One transformer call per run of parts sharing a T5 mask (the negative's and the
         prompt's differ in length: two calls of B, as ChromaPipeline makes them), each with its
         mask once, (1, T + N), broadcast over the run's rows. The transformer expands the mask
-        to (batch, 1, T + N, T + N) in every block: one call of 2B with a per-row mask made twice
-        the mask of diffusers' two calls and cost 1.17x their step on the tiny preset (1 CPU
-        thread, docs/benchmarks.md); the outputs are the same to the bit. With a step cache's
-        hooks on the transformer, each part keeps its own cache state (diffusers'
-        ``cache_context``, as the pipeline's ``"cond"`` / ``"uncond"``)."""
+        to (batch, 1, T + N, T + N) in every block: one call of 2B with a mask per row made
+        twice the masks of diffusers' two calls and cost 1.17x its step on the tiny preset (1
+        CPU thread, docs/benchmarks.md); the outputs are the same to the bit. While a step
+        cache's hooks are on the transformer, one call of 2B with a mask per row: the caches
+        count calls as steps and some keep one state for every call (Pyramid Attention
+        Broadcast would give the prompt's call the negative's attention)."""
         context, added = self.stack(c, batch, parts)  # (P * B, T, D), mask (P * B, T)
         txt_ids = torch.zeros(context.shape[1], 3, device=self.device, dtype=self.dtype)
-        runs = _runs(added["mask"][::batch], parts, batch)  # [(rows, (1, T) mask, name)]
+        split = _runs(added["mask"][::batch], batch)  # [(rows, (1, T) mask)]
+        whole = [(slice(None), added["mask"])]  # one call, (P * B, T) mask
         img_ids: dict[tuple[int, int], torch.Tensor] = {}  # made once per latent size
-        masks: dict[tuple[int, int, int], torch.Tensor] = {}  # (1, T + N) per run and size
+        masks: dict[tuple[bool, int, int, int], torch.Tensor] = {}  # (k, T + N) per run, size
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, 16, h, w)
             h, w = z.shape[-2:]
             if (h, w) not in img_ids:
                 img_ids[h, w] = C.image_ids(h, w).to(self.device, self.dtype)
             time = t.expand(len(z)).to(z.dtype) / 1000
+            hooked = _hooked(self.unet)
             outs = []
-            for i, (rows, mask, name) in enumerate(runs):
-                if (i, h, w) not in masks:  # image tokens: all attended
-                    masks[i, h, w] = torch.cat([mask, mask.new_ones(1, (h // 2) * (w // 2))], 1)
-                with _cache_context(self.unet, name if len(runs) > 1 else None):
-                    outs.append(self.unet(
-                        hidden_states=C.pack(z[rows]), timestep=time[rows],
-                        encoder_hidden_states=context[rows], txt_ids=txt_ids,
-                        img_ids=img_ids[h, w], attention_mask=masks[i, h, w], return_dict=False,
-                    )[0])  # fmt: skip  # (rows, N, 64) tokens
+            for i, (rows, mask) in enumerate(whole if hooked else split):
+                if (hooked, i, h, w) not in masks:  # image tokens: all attended
+                    ones = mask.new_ones(len(mask), (h // 2) * (w // 2))
+                    masks[hooked, i, h, w] = torch.cat([mask, ones], 1)
+                out = self.unet(
+                    hidden_states=C.pack(z[rows]), timestep=time[rows],
+                    encoder_hidden_states=context[rows], txt_ids=txt_ids, img_ids=img_ids[h, w],
+                    attention_mask=masks[hooked, i, h, w], return_dict=False,
+                )[0]  # fmt: skip
+                outs.append(out)  # (rows, N, 64) tokens
             return C.unpack(outs[0] if len(outs) == 1 else torch.cat(outs), h, w)
 
         return denoise
@@ -232,26 +235,20 @@ class Chroma(C.OneTextEncoder, Backbone):
         return {**given, "max_sequence_length": self.max_sequence_length}
 
 
-def _runs(
-    masks: torch.Tensor, parts: Sequence[str], batch: int
-) -> list[tuple[slice, torch.Tensor, str]]:
-    """(P, T) text masks, one per part -> the runs of consecutive parts with the same mask: their
-    rows of the (P * B) batch, the mask (1, T), a name ("uncond", "cond", "uncond+cond")."""
-    runs: list[tuple[slice, torch.Tensor, str]] = []
-    for i, part in enumerate(parts):
-        if runs and torch.equal(runs[-1][1][0], masks[i]):
-            rows, mask, name = runs[-1]
-            runs[-1] = (slice(rows.start, rows.stop + batch), mask, f"{name}+{part}")
+def _runs(masks: torch.Tensor, batch: int) -> list[tuple[slice, torch.Tensor]]:
+    """(P, T) text masks, one per part of ``batch`` rows -> the runs of consecutive parts with
+    the same mask: their rows of the (P * B) batch and the mask (1, T)."""
+    runs: list[tuple[slice, torch.Tensor]] = []
+    for i, mask in enumerate(masks):
+        if runs and torch.equal(runs[-1][1][0], mask):
+            runs[-1] = (slice(runs[-1][0].start, (i + 1) * batch), runs[-1][1])
         else:
-            runs.append((slice(i * batch, (i + 1) * batch), masks[i : i + 1], part))
+            runs.append((slice(i * batch, (i + 1) * batch), masks[i : i + 1]))
     return runs
 
 
-def _cache_context(module: torch.nn.Module, name: str | None) -> Any:
-    """diffusers' per-call cache state ``name`` when a step cache's hooks are on ``module``
-    (``CacheMixin.cache_context``); nothing otherwise, or for a single call a step."""
-    if name is None or getattr(module, "_diffusers_hook", None) is None:
-        return contextlib.nullcontext()
-    from diffusers.models.cache_utils import CacheMixin
-
-    return CacheMixin.cache_context(module, name)
+def _hooked(module: torch.nn.Module) -> bool:
+    """diffusers' hooks (a step cache's: ``diffusers.hooks.HookRegistry``) on ``module`` or in it."""
+    return any(
+        getattr(getattr(m, "_diffusers_hook", None), "hooks", None) for m in module.modules()
+    )

@@ -511,3 +511,34 @@ def test_chroma_calls_one_per_part_as_one_batched_call(tmp_path):
         torch.testing.assert_close(cache.wrap(ch.denoiser(c, 2, parts, 3.0))(z, t), out)
     assert calls == [(4, 512 + 12 * 16)]
     hook.remove()
+
+
+def test_klein_timing_reference_is_the_same_work(tmp_path, shared_images):
+    """``blendedit bench`` times FLUX.2 [klein] against ``Flux2KleinPipeline``'s own loop run as
+    an img2img with diffusers' blend in a callback (``bench.reference.LoopRun``; the inpaint
+    pipeline also attends to the source's tokens): that run reproduces blendedit's latents with a
+    partial mask and CFG, so the per-step ratio compares equal work; the inpaint pipeline stays
+    the parity reference. Control: the same run with the blend's noise level one step off."""
+    from blendedit.bench.reference import PROMPT, LoopRun, reference_run
+    from blendedit.latent.backbones.flux2 import unfold
+
+    bb = _backbone("klein", tmp_path)
+    editor = BlendedLatentDiffusion(bb)
+    settings = {"num_inference_steps": 4, "guidance_scale": 3.0, "blend_start": 0.25}
+    result = editor(
+        _photo(shared_images), _mask(), PROMPT, seeds=[4, 5], mask_shrink="off", rank=False,
+        background="decoded", region="full", size=SIZE[0], batch_size=2, **settings,
+    )  # fmt: skip
+    ours = torch.stack([c.latent for c in result.candidates])  # (2, 128, 12, 16)
+    mean, std = Flux2Klein._stats(bb.vae, ours)
+    cfg = editor.default_config().replace(num_images=2, **settings)
+    mask = np.asarray(_mask()) > 0
+    run = reference_run(editor, _photo(shared_images), mask, cfg, torch.device("cpu"))
+    assert isinstance(run, LoopRun) and type(run.pipe).__name__ == "Flux2KleinPipeline"
+    assert bb.reference_pipeline == "Flux2KleinInpaintPipeline"
+    ref = run.edit(4, output_type="latent").images  # unfolded, the batch norm undone
+    torch.testing.assert_close(unfold(ours * std + mean), ref, atol=2e-4, rtol=1e-4)
+    run.pipe.scheduler = NoiseLevelOff.from_config(bb.scheduler.config)
+    with pytest.raises(AssertionError):
+        off = run.edit(4, output_type="latent").images
+        torch.testing.assert_close(unfold(ours * std + mean), off, atol=2e-4, rtol=1e-4)

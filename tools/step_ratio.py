@@ -1,12 +1,14 @@
-"""blendedit's per-step time against its family's diffusers inpaint pipeline, on the tiny presets,
+"""blendedit's per-step time against its family's diffusers pipeline, on the tiny presets,
 interleaved so a loaded machine does not bias the ratio (issue 20: within 0.9-1.1x).
 
 For each preset: the editor built once with random weights (``blendedit.bench.build``), the edit
 ``blendedit bench`` times (``--steps 8 --batch 4``: 6 steps blended after ``blend_start`` 0.25),
-and diffusers' pipeline on the same components (``blendedit.bench.reference.DiffusersRun``). Each
+and diffusers' pipeline on the same components (``blendedit.bench.reference.reference_run``: the
+inpaint pipeline, or where the family names a ``timing_pipeline``, FLUX.2 [klein]'s, its
+text-to-image pipeline's loop run as an img2img with diffusers' blend in a callback). Each
 round times one of ours then one of diffusers' (mean ms per step from step-end stamps, as the
 bench does) and, from forward hooks, the time in denoiser calls per edit on each side (diffusers'
-FLUX.2 pipeline calls it twice a step for guidance, blendedit once on a doubled batch); the table
+FLUX.2 and Chroma pipelines call it twice a step for guidance, as blendedit's Chroma does); the table
 gives the medians over rounds and the median of the rounds' ratios, with the load average
 before and after.
 
@@ -34,7 +36,7 @@ import torch
 
 from blendedit.bench.build import build_editor
 from blendedit.bench.measure import _config, _inputs, architecture
-from blendedit.bench.reference import PROMPT, DiffusersRun
+from blendedit.bench.reference import PROMPT, reference_run
 from blendedit.bench.timing import timed_steps
 
 PRESETS = ("tiny-flux", "tiny-chroma", "tiny-zimage", "tiny-qwen-image", "tiny-flux2-klein")
@@ -73,7 +75,7 @@ def measure(preset: str, rounds: int, steps: int, batch: int) -> dict[str, Any]:
         editor = build_editor(arch, dev, torch.float32, Path(tmp))
     cfg = _config(editor, arch, False, batch, steps, None, 0.25, "stitch", None)
     edit = partial(editor, photo, mask, PROMPT, config=cfg)
-    ref = DiffusersRun(editor, photo, mask, cfg, dev)
+    ref = reference_run(editor, photo, mask, cfg, dev)
     edit(seed=0)
     ref.edit(0)  # warm-up of both
     clock = CallClock(editor.backbone.unet)

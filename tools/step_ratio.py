@@ -16,6 +16,11 @@ One intra-op thread by default (``--threads``): with other jobs on the two cores
 step waits for whichever thread was descheduled, and single calls vary by 10x; one thread keeps a
 round's two measurements comparable.
 
+``--keep-heap``: glibc's malloc keeps freed memory instead of returning it to the kernel
+(``mallopt``: no trimming, no mmap for large blocks), so no side page-faults its large tensors
+afresh on every call; by default a call of 2B (blendedit's batched guidance) faults thousands of
+pages a call where diffusers' two calls of B fault few (docs/benchmarks.md).
+
     nice -n 5 python tools/step_ratio.py --rounds 9 > /tmp/ratio.md
 
 The table goes into docs/benchmarks.md ("The models of 2025-2026").
@@ -98,6 +103,17 @@ def measure(preset: str, rounds: int, steps: int, batch: int) -> dict[str, Any]:
     }
 
 
+def keep_heap() -> None:
+    """glibc's ``mallopt``: never trim the heap (M_TRIM_THRESHOLD -1), no mmap below 1 GB
+    (M_MMAP_THRESHOLD -3), 256 MB of top padding (M_TOP_PAD -2)."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    for option, value in ((-1, 2**31 - 1), (-3, 2**30), (-2, 2**28)):
+        if not libc.mallopt(option, value):
+            raise SystemExit(f"--keep-heap: mallopt({option}, {value}) failed")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", default=",".join(PRESETS))
@@ -105,10 +121,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--keep-heap", action="store_true", help="glibc keeps freed memory")
     args = p.parse_args()
+    if args.keep_heap:
+        keep_heap()
     torch.set_flush_denormal(True)
     torch.set_num_threads(args.threads)
-    print(f"load average before: {os.getloadavg()[0]:.1f}; {args.threads} thread(s)")
+    heap = "; glibc keeps freed memory" if args.keep_heap else ""
+    print(f"load average before: {os.getloadavg()[0]:.1f}; {args.threads} thread(s){heap}")
     print("\n| preset | ours per step (ms) | diffusers per step (ms) | reference | per-step ratio "
           "(median of rounds) | time in denoiser calls, ratio |")  # fmt: skip
     print("|---|---|---|---|---|---|")

@@ -472,3 +472,73 @@ def test_eval_and_batch_run_the_family(tmp_path, shared_images, tiny_clip_dir, c
     (done,) = [p for p in (tmp_path / "batch").iterdir() if (p / "result.json").is_file()]
     result = json.loads((done / "result.json").read_text())
     assert result["settings"]["family"] == FAMILY_NAMES[family] and len(result["results"]) == 2
+
+
+def test_chroma_calls_one_per_part_as_one_batched_call(tmp_path):
+    """Chroma's guided denoiser calls the transformer once per part (the prompt's and the
+    negative's T5 masks differ in length), each with its mask once, (1, T + N): the outputs are
+    those of one call of 2B with a mask per row. Under a step cache's hooks it makes that one
+    call: Pyramid Attention Broadcast keeps one state for every call, so with two calls the
+    prompt's call of the first step would reuse the negative's attention and the comparison
+    with the uncached output fails (measured: 0.24 off)."""
+    from blendedit.latent.backbones import common as C
+    from blendedit.latent.cache import step_cache
+
+    ch = _backbone("chroma", tmp_path, point_mass=False)
+    c = ch.encode_text("a red flower", "", SIZE, SIZE)
+    parts = ("uncond", "cond")
+    z, t = (
+        torch.randn(4, 16, 24, 32, generator=torch.Generator().manual_seed(0)),
+        torch.tensor(700.0),
+    )
+    calls = []
+    hook = ch.unet.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(tuple(kw["attention_mask"].shape)), with_kwargs=True
+    )
+    out = ch.denoiser(c, 2, parts, 3.0)(z, t)
+    assert calls == [(1, 512 + 12 * 16)] * 2
+    ctx, added = ch.stack(c, 2, parts)  # (4, 512, 64), mask (4, 512)
+    with torch.no_grad():
+        ref = ch.unet(
+            hidden_states=C.pack(z), timestep=t.expand(4) / 1000, encoder_hidden_states=ctx,
+            txt_ids=torch.zeros(ctx.shape[1], 3), img_ids=C.image_ids(24, 32),
+            attention_mask=torch.cat([added["mask"], torch.ones(4, 12 * 16)], 1),
+            return_dict=False,
+        )[0]  # fmt: skip
+    torch.testing.assert_close(out, C.unpack(ref, 24, 32))
+    calls.clear()
+    with step_cache(ch.unet, "pab:2", torch.ones(1, 1, 24, 32), 2) as cache:
+        torch.testing.assert_close(cache.wrap(ch.denoiser(c, 2, parts, 3.0))(z, t), out)
+    assert calls == [(4, 512 + 12 * 16)]
+    hook.remove()
+
+
+def test_klein_timing_reference_is_the_same_work(tmp_path, shared_images):
+    """``blendedit bench`` times FLUX.2 [klein] against ``Flux2KleinPipeline``'s own loop run as
+    an img2img with diffusers' blend in a callback (``bench.reference.LoopRun``; the inpaint
+    pipeline also attends to the source's tokens): that run reproduces blendedit's latents with a
+    partial mask and CFG, so the per-step ratio compares equal work; the inpaint pipeline stays
+    the parity reference. Control: the same run with the blend's noise level one step off."""
+    from blendedit.bench.reference import PROMPT, LoopRun, reference_run
+    from blendedit.latent.backbones.flux2 import unfold
+
+    bb = _backbone("klein", tmp_path)
+    editor = BlendedLatentDiffusion(bb)
+    settings = {"num_inference_steps": 4, "guidance_scale": 3.0, "blend_start": 0.25}
+    result = editor(
+        _photo(shared_images), _mask(), PROMPT, seeds=[4, 5], mask_shrink="off", rank=False,
+        background="decoded", region="full", size=SIZE[0], batch_size=2, **settings,
+    )  # fmt: skip
+    ours = torch.stack([c.latent for c in result.candidates])  # (2, 128, 12, 16)
+    mean, std = Flux2Klein._stats(bb.vae, ours)
+    cfg = editor.default_config().replace(num_images=2, **settings)
+    mask = np.asarray(_mask()) > 0
+    run = reference_run(editor, _photo(shared_images), mask, cfg, torch.device("cpu"))
+    assert isinstance(run, LoopRun) and type(run.pipe).__name__ == "Flux2KleinPipeline"
+    assert bb.reference_pipeline == "Flux2KleinInpaintPipeline"
+    ref = run.edit(4, output_type="latent").images  # unfolded, the batch norm undone
+    torch.testing.assert_close(unfold(ours * std + mean), ref, atol=2e-4, rtol=1e-4)
+    run.pipe.scheduler = NoiseLevelOff.from_config(bb.scheduler.config)
+    with pytest.raises(AssertionError):
+        off = run.edit(4, output_type="latent").images
+        torch.testing.assert_close(unfold(ours * std + mean), off, atol=2e-4, rtol=1e-4)

@@ -175,7 +175,7 @@ def run_bench(
     _time_edits(edit, dev, res, repeats)
     ref = None
     if compare_diffusers and editor.backbone.reference_pipeline:  # Krea 2: diffusers has none
-        ref = reference.DiffusersRun(editor, photo, photo_mask, cfg, dev)
+        ref = reference.reference_run(editor, photo, photo_mask, cfg, dev)
         res.diffusers_total_s = ref.total_s(repeats)
         res.speedup_vs_diffusers = res.diffusers_total_s / res.total_s
     _time_steps(edit, editor.backbone, dev, res, repeats, latent_hw, peak_tflops, ref)

@@ -54,3 +54,72 @@ class DiffusersRun:
             self.dev,
             lambda mark: self.edit(7, callback_on_step_end=lambda p, i, t, kw: (mark(), kw)[1]),
         )
+
+
+class LoopRun(DiffusersRun):
+    """The family's text-to-image pipeline (``Backbone.timing_pipeline``) on ``editor``'s
+    components, its own loop run as an img2img with diffusers' blend added by a callback, the
+    reference issue 20 allows where the inpaint pipeline does other work: the schedule's tail
+    after the skipped steps (``sigmas``), started at ``scale_noise(z0, t_k, noise)``, and after
+    each step ``(1 - m) scale_noise(z0, t_{i+1}, noise) + m z`` (the clean z0 after the last), m
+    the mask on the latent cells. Timing only: the parity reference stays the inpaint pipeline
+    (tests/test_latent_2026.py checks this loop against blendedit's latents)."""
+
+    def __init__(
+        self, editor: Any, photo: Image.Image, mask: np.ndarray, cfg: Any, dev: torch.device
+    ):
+        import diffusers
+
+        super().__init__(editor, photo, mask, cfg, dev)
+        self.pipe = getattr(diffusers, self.backbone.timing_pipeline).from_pipe(self.pipe)
+        self.pipe.set_progress_bar_config(disable=True)
+        m = torch.from_numpy(np.asarray(mask, np.float32))[None, None]  # (1, 1, H, W)
+        cells = torch.nn.functional.max_pool2d(m, self.backbone.latent_factor)  # (1, 1, h, w)
+        self.cells = self.backbone.reference_tokens(cells.to(dev, editor.dtype))
+
+    def edit(self, seed: int, **kw: Any) -> Any:
+        """One call: ``cfg.num_images`` images, seeds ``seed``, ``seed + 1``... (the source
+        encoded inside the call, as the inpaint pipeline encodes it)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        cfg, bb, sched = self.cfg, self.backbone, self.pipe.scheduler
+        n, k, b = (
+            cfg.num_inference_steps,
+            int(cfg.num_inference_steps * cfg.blend_start),
+            cfg.num_images,
+        )
+        w, h = self.photo.size
+        gens = [torch.Generator().manual_seed(seed + i) for i in range(b)]
+        image = self.pipe.image_processor.preprocess(self.photo, h, w)
+        z0 = bb.encode_image(image).expand(b, -1, -1, -1)  # (B, C, h, w) the loop's latents
+        noise = torch.cat([randn_tensor((1, *z0.shape[1:]), generator=g) for g in gens])
+        noise = noise.to(z0)
+        full = bb.timestep_kwargs(n, tuple(z0.shape[-2:]))
+        sched.set_timesteps(**full)
+        tail = sched.timesteps[k:]
+        start = sched.scale_noise(z0, tail[:1], noise)
+        z0p, noisep, m = bb.reference_tokens(z0), bb.reference_tokens(noise), self.cells
+        after = kw.pop("callback_on_step_end", None)
+
+        def blend(pipe: Any, i: int, t: Any, out: dict[str, Any]) -> dict[str, Any]:
+            last = i == len(tail) - 1
+            bg = z0p if last else pipe.scheduler.scale_noise(z0p, tail[i + 1 : i + 2], noisep)
+            blended = {"latents": (1 - m) * bg + m * out["latents"]}
+            return after(pipe, i, t, blended) if after else blended
+
+        prompt = bb.reference_prompt(PROMPT, "", b, embeddings=True)
+        with bb.keeping_vae_dtype():
+            return self.pipe(
+                **prompt, height=h, width=w, num_inference_steps=n, sigmas=full["sigmas"][k:],
+                guidance_scale=cfg.guidance_scale, latents=start, generator=gens,
+                callback_on_step_end=blend, **{"output_type": "pil", **kw},
+            )  # fmt: skip
+
+
+def reference_run(
+    editor: Any, photo: Image.Image, mask: np.ndarray, cfg: Any, dev: torch.device
+) -> DiffusersRun:
+    """The timing reference of ``editor``'s family: :class:`LoopRun` where the family names a
+    ``timing_pipeline``, else its inpaint pipeline (:class:`DiffusersRun`)."""
+    run = LoopRun if editor.backbone.timing_pipeline else DiffusersRun
+    return run(editor, photo, mask, cfg, dev)

@@ -105,6 +105,11 @@ class Backbone:
     # The reference: diffusers' inpaint pipeline of the family, and the name it gives the denoiser.
     reference_pipeline: ClassVar[str] = ""
     denoiser_name: ClassVar[str] = "unet"
+    # The timing reference where the inpaint pipeline does other work (FLUX.2 [klein]'s also
+    # attends to the source's tokens): the family's text-to-image pipeline, its own loop run as an
+    # img2img with diffusers' blend added by a callback (``bench.reference.LoopRun``); "": the
+    # inpaint pipeline is timed.
+    timing_pipeline: ClassVar[str] = ""
 
     defaults: ClassVar[dict[str, Any]] = {}  # EditConfig fields this family changes (its presets)
     # ... and those a model of the family trained for inpainting changes on top (its pipeline's)
@@ -375,6 +380,11 @@ class Backbone:
         parts = {"vae": self.vae, self.denoiser_name: self.unet, **texts}
         pipeline = getattr(diffusers, self.reference_pipeline)
         return pipeline(**parts, scheduler=scheduler, **self.reference_options())
+
+    def reference_tokens(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) latents of the loop -> the timing pipeline's own latents (those its
+        step callbacks see); as they are by default."""
+        return z
 
     def reference_embeddings(self, prompt: str, negative: str, n: int) -> dict[str, Any] | None:
         """The reference pipeline's prompt arguments as this family's own embeddings, for ``n``

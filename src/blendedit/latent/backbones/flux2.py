@@ -194,6 +194,7 @@ class Flux2Klein(C.OneTextEncoder, C.FlagDefaults, Backbone):
     catalogue = _CATALOGUE
     # bench and eval time the inpaint pipeline (what a diffusers user runs); parity: see above
     reference_pipeline = "Flux2KleinInpaintPipeline"
+    timing_pipeline = "Flux2KleinPipeline"  # the same tokens as blendedit's (bench, step ratio)
     lora_loader = "Flux2LoraLoaderMixin"  # the transformer
     max_sequence_length: int = 512
     single_file = True  # BFL's transformer file (flux-2-klein-4b.safetensors), --model-config
@@ -376,3 +377,7 @@ class Flux2Klein(C.OneTextEncoder, C.FlagDefaults, Backbone):
 
     def reference_options(self) -> dict[str, Any]:
         return {"is_distilled": self.is_distilled}
+
+    def reference_tokens(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, 128, h, w) -> (B, h * w, 128): Flux2KleinPipeline's packed latents."""
+        return z.flatten(2).transpose(1, 2)

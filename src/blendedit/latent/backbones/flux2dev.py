@@ -126,6 +126,7 @@ class Flux2Dev(Flux2Klein):
     pipelines = ("Flux2Pipeline",)
     catalogue = _CATALOGUE
     reference_pipeline = ""  # diffusers has no FLUX.2 [dev] inpaint pipeline
+    timing_pipeline = ""  # not klein's
     lora_loader = "Flux2LoraLoaderMixin"  # klein's: the transformer
     # Flux2Pipeline's defaults, 50 steps at guidance 4, are klein's base ones (not distilled).
 

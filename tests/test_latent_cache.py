@@ -294,3 +294,47 @@ def test_deepcache_puts_back_an_offload_hook():
     cache.close()
     assert unet.mid_block.__dict__["forward"] is hooked
     assert "forward" not in unet.up_blocks[0].__dict__
+
+
+@pytest.mark.parametrize("spec", ["pab", "taylorseer:2"])
+def test_two_calls_a_step_keep_a_cache_state_each(tmp_path, spec):
+    """Qwen-Image runs the negative and the prompt as two transformer calls a step (their own
+    lengths): under TaylorSeer each keeps its own state (diffusers' ``cache_context``, as its
+    pipeline does), so a guided step equals the two branches cached apart; without the contexts
+    diffusers' hook fails on the second call's other length. PAB's hooks have no context (one
+    state for every call would broadcast the negative's attention to the prompt): one line."""
+    from blendedit.bench import ARCHITECTURES
+    from blendedit.bench.build import build_backbone
+    from blendedit.latent.cache import step_cache
+
+    bb = build_backbone(ARCHITECTURES["tiny-qwen-image"], "cpu", tmp_path)
+    c = bb.encode_text("a red flower", "a blue car", (64, 64), (64, 64))
+    h = w = 64 // bb.latent_factor
+    z0 = torch.randn(1, bb.latent_channels, h, w, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(1, 1, h, w)
+    mask[..., : h // 2, :] = 1
+    times = (900.0, 700.0, 500.0, 300.0, 200.0)
+
+    def run(parts):
+        z, outs = z0.clone(), []
+        with torch.no_grad(), step_cache(bb.unet, spec, mask, bb.patch_size) as cache:
+            model = cache.wrap(bb.denoiser(c, 1, parts, 4.0))
+            for t in times:
+                zz = z.repeat(len(parts), 1, 1, 1)
+                outs.append(model(zz, torch.tensor([t])))  # (P, C, h, w)
+                z = z + 0.01 * outs[-1][-1:]
+        return outs, cache.stats
+
+    if spec == "pab":
+        with pytest.raises(InputError, match=r"^cache: 'pab' keeps one state for every call"):
+            run(("uncond", "cond"))
+        assert run(("cond",))[1].skipped > 0  # one call a step (guidance 1): PAB applies
+        return
+    both, stats = run(("uncond", "cond"))
+    uncond, _ = run(("uncond",))
+    assert stats.skipped > 0  # the cache did skip work
+    assert torch.allclose(both[0][:1], uncond[0], atol=1e-6)  # the first step: no cache yet
+    # the prompt's branch on its own, along the same path (its z follows the cond output)
+    cond, _ = run(("cond",))
+    for b, k in zip(both, cond, strict=True):
+        assert torch.allclose(b[1:], k, atol=1e-5)

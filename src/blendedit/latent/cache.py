@@ -22,7 +22,9 @@ denoiser's previous call instead of running the whole network.
   transformer's (joint) attention: inside timesteps (100, 800) the attention outputs are computed
   every VALUE-th call (default 2) and broadcast to the calls between; outside the range every
   call computes. The hook counts calls from the chunk's first (which always computes) and reads
-  the loop's timestep, so starting at blend_start needs no offset.
+  the loop's timestep, so starting at blend_start needs no offset. One state for every call: a
+  family calling the denoiser twice a step (Qwen-Image's prompt and negative apart; TaylorSeer's,
+  First Block Cache's and MagCache's states are kept per branch by ``cache_context``) is one line.
 - ``fastercache``: FasterCache (Lv et al. 2024, sec. 3.2-3.3), diffusers' hooks on a transformer
   and its blocks' attention: the attention runs every VALUE-th call (default 2) below t = 681
   and is extrapolated from its last two outputs between; with classifier-free guidance batched
@@ -400,6 +402,25 @@ class StepCache:
         self._probe_last_attention(blocks_of(self.module)[-1])
         return out
 
+    def _one_call_a_step(self, model_fn: ModelFn, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """PAB's hooks keep one state for every call (no cache context, unlike TaylorSeer's,
+        First Block Cache's and MagCache's): a family that calls the denoiser twice a step
+        (Qwen-Image's prompt and negative apart) would broadcast one branch's attention to the
+        other. The chunk's first call counts them; more than one is one line."""
+        calls = [0]
+        hook = self.module.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        try:
+            out = model_fn(z, t)
+        finally:
+            hook.remove()
+        if calls[0] > 1:
+            raise InputError(
+                f"cache: 'pab' keeps one state for every call; a {type(self.module).__name__} "
+                f"model makes {calls[0]} calls a step here (the prompt and the negative apart): "
+                "use taylorseer or --guidance 1"
+            )
+        return out
+
     def wrap(self, model_fn: ModelFn) -> ModelFn:
         """The model function with this cache's bookkeeping around each call."""
         if self.name == "none":
@@ -421,6 +442,9 @@ class StepCache:
                         self._mag.state_manager.get_state().step_index = self._first
                     if self.name == "fastercache" and self.stats.calls == 0:
                         out, self._ran = self._faster(model_fn, z, t), True
+                    elif self.name == "pab" and self.stats.calls == 0:
+                        out = self._one_call_a_step(model_fn, z, t)
+                        self._fresh = False
                     else:
                         out = model_fn(z, t)
                         self._fresh = False

@@ -13,6 +13,7 @@ is above 1, as for the other families."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -259,19 +260,23 @@ class QwenImage(C.OneTextEncoder, C.QwenImageLatents, Backbone):
     def denoiser(
         self, c: Conditioning, batch: int, parts: Sequence[str], guidance_scale: float
     ) -> ModelFn:
-        """One transformer call per part (prompt and negative have their own lengths)."""
+        """One transformer call per part (prompt and negative have their own lengths), each in
+        its own cache context (diffusers' ``cache_context``, as QwenImagePipeline calls it): a
+        step cache keeps one state per branch instead of mixing the two."""
         contexts = [(c.cond if p == "cond" else c.uncond).expand(batch, -1, -1) for p in parts]
+        scope = getattr(self.unet, "cache_context", None) if len(parts) > 1 else None
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, 16, h, w)
             h, w = z.shape[-2:]
             shapes = [[(1, h // 2, w // 2)]] * batch
             time = t.expand(batch).to(z.dtype) / 1000
             outs = []
-            for zp, ctx in zip(z.split(batch), contexts, strict=True):
-                out = self.unet(
-                    hidden_states=C.pack(zp), encoder_hidden_states=ctx, timestep=time,
-                    img_shapes=shapes, return_dict=False,
-                )[0]  # fmt: skip
+            for part, zp, ctx in zip(parts, z.split(batch), contexts, strict=True):
+                with scope(part) if scope else nullcontext():
+                    out = self.unet(
+                        hidden_states=C.pack(zp), encoder_hidden_states=ctx, timestep=time,
+                        img_shapes=shapes, return_dict=False,
+                    )[0]  # fmt: skip
                 outs.append(out)  # (B, N, 64) tokens
             return C.unpack(torch.cat(outs), h, w)
 

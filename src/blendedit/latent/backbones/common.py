@@ -1,7 +1,7 @@
 """Helpers several families share, beside the base class (a family never imports a sibling's):
 tokenizing, the LCM guidance input, the flow models' timestep shift and schedule, the one-encoder
 families' parts and prompt cache (:class:`OneTextEncoder`) and flag-chosen defaults
-(:class:`FlagDefaults`), and the random-weight text encoders and character-level tokenizers the
+(:class:`FlagDefaults`), a step cache's state per branch (:func:`branch_context`), and the random-weight text encoders and character-level tokenizers the
 families' builders use (``Backbone.build``)."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -494,3 +496,12 @@ def token_norm(x: torch.Tensor) -> torch.Tensor:
     :func:`pack`'s rows), on each of its cells."""
     sq = torch.nn.functional.avg_pool2d(x.square().sum(1, keepdim=True), 2) * 4  # (B, 1, h/2, w/2)
     return sq.sqrt().repeat_interleave(2, -2).repeat_interleave(2, -1)
+
+
+def branch_context(module: Any, part: str, parts: Sequence[str]) -> Any:
+    """Around one of a step's several denoiser calls (the prompt and the negative apart, each at
+    its own length): diffusers' ``cache_context(part)``, as the Qwen-Image pipelines call it, so a
+    step cache keeps one state per branch instead of mixing them; nothing for a single call."""
+    if len(parts) > 1 and hasattr(module, "cache_context"):
+        return module.cache_context(part)
+    return nullcontext()

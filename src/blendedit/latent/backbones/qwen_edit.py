@@ -353,14 +353,15 @@ class QwenImageEdit(C.QwenImageLatents, Backbone):
             h, w = z.shape[-2:]
             shapes = [[(1, h // 2, w // 2), (1, hs, ws)]] * batch
             outs = []
-            for zp, text in zip(z.split(batch), texts, strict=True):
+            for part, zp, text in zip(parts, z.split(batch), texts, strict=True):
                 tokens = C.pack(zp)  # (B, h/2 * w/2, 64)
-                out = self.unet(
-                    hidden_states=torch.cat([tokens, src_tokens], dim=1),
-                    timestep=t.expand(batch) / 1000, guidance=guidance,
-                    encoder_hidden_states=text, encoder_hidden_states_mask=None,
-                    img_shapes=shapes, return_dict=False,
-                )[0]  # fmt: skip
+                with C.branch_context(self.unet, part, parts):  # a step cache's state each
+                    out = self.unet(
+                        hidden_states=torch.cat([tokens, src_tokens], dim=1),
+                        timestep=t.expand(batch) / 1000, guidance=guidance,
+                        encoder_hidden_states=text, encoder_hidden_states_mask=None,
+                        img_shapes=shapes, return_dict=False,
+                    )[0]  # fmt: skip
                 outs.append(C.unpack(out[:, : tokens.shape[1]], h, w))
             return torch.cat(outs)
 

@@ -13,7 +13,6 @@ is above 1, as for the other families."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -264,7 +263,6 @@ class QwenImage(C.OneTextEncoder, C.QwenImageLatents, Backbone):
         its own cache context (diffusers' ``cache_context``, as QwenImagePipeline calls it): a
         step cache keeps one state per branch instead of mixing the two."""
         contexts = [(c.cond if p == "cond" else c.uncond).expand(batch, -1, -1) for p in parts]
-        scope = getattr(self.unet, "cache_context", None) if len(parts) > 1 else None
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # z: (P * B, 16, h, w)
             h, w = z.shape[-2:]
@@ -272,7 +270,7 @@ class QwenImage(C.OneTextEncoder, C.QwenImageLatents, Backbone):
             time = t.expand(batch).to(z.dtype) / 1000
             outs = []
             for part, zp, ctx in zip(parts, z.split(batch), contexts, strict=True):
-                with scope(part) if scope else nullcontext():
+                with C.branch_context(self.unet, part, parts):
                     out = self.unet(
                         hidden_states=C.pack(zp), encoder_hidden_states=ctx, timestep=time,
                         img_shapes=shapes, return_dict=False,

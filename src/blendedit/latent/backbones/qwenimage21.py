@@ -270,14 +270,15 @@ class QwenImage21(QwenImage):
             _, ch, h, w = z.shape
             time = (t / self.scheduler.config.num_train_timesteps).expand(batch).to(z.dtype)
             outs = []
-            for zp, ctx in zip(z.split(batch), contexts, strict=True):
+            for part, zp, ctx in zip(parts, z.split(batch), contexts, strict=True):
                 tokens = zp.reshape(batch, ch, h * w).transpose(1, 2)  # (B, h * w, C)
                 text = torch.zeros(batch, ctx.shape[1], dtype=torch.bool, device=z.device)
                 img_mask = torch.cat([text, text.new_ones(batch, h * w // 4)], dim=1)
-                out = self.unet(
-                    hidden_states=tokens, encoder_hidden_states=ctx, timestep=time,
-                    img_shapes=[[(1, h, w)]] * batch, img_mask=img_mask, return_dict=False,
-                )[0]  # fmt: skip
+                with C.branch_context(self.unet, part, parts):  # a step cache's state each
+                    out = self.unet(
+                        hidden_states=tokens, encoder_hidden_states=ctx, timestep=time,
+                        img_shapes=[[(1, h, w)]] * batch, img_mask=img_mask, return_dict=False,
+                    )[0]  # fmt: skip
                 out = out[:, -h * w :]  # the image tokens: the sequence is [text, image]
                 outs.append(out.transpose(1, 2).reshape(batch, ch, h, w))
             return torch.cat(outs)

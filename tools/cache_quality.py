@@ -61,7 +61,7 @@ def measure(world, editor, judge, cache: str, cases, steps: int, guidance: float
         ok = verdicts(judge, images, case.box, case.target)
         top = ok[rerank(clip, images, case.mask, caption)] if control else ok[0]
         m = r.best.metrics
-        rows.append((ok.mean(), top, m["background_psnr"], m["seam"]))
+        rows.append((ok.mean(), top, m["background_psnr"], m["seam"], colours(judge, images, case)))
         skipped += r.settings["cache_skipped"]
         calls += r.settings["cache_calls"]
     mean = np.array(rows, float).mean(0)
@@ -70,9 +70,19 @@ def measure(world, editor, judge, cache: str, cases, steps: int, guidance: float
         "cache": cache, "steps": steps, "guidance": guidance, "cases": len(cases),
         "batch": round(mean[0], 3), "batch_se": round(sd[0] / np.sqrt(len(cases)), 3),
         "top1": round(mean[1], 3), "background_psnr": round(mean[2], 2),
-        "seam": round(mean[3], 4), "skipped": skipped, "calls": calls,
+        "seam": round(mean[3], 4), "colour": round(mean[4], 3), "skipped": skipped, "calls": calls,
         "seconds": round(time.perf_counter() - t0, 1), **({"control": "empty prompt"} if control else {}),
     }  # fmt: skip
+
+
+def colours(judge, images, case) -> float:
+    """The fraction of candidates whose object in the box has the prompt's colour (class id =
+    colour * 5 + shape): the toy FLUX follows colours, not yet shapes."""
+    from blendedit.eval.metrics import images_to_tensor
+
+    x = images_to_tensor([im.convert("RGB") for im in images])
+    pred = judge.classify(x, torch.tensor([case.box] * len(images)))
+    return float((pred // 5 == case.target // 5).float().mean())
 
 
 def rerank(clip, images, mask: np.ndarray, caption: str) -> int:
@@ -117,6 +127,7 @@ def main() -> None:
     p.add_argument("--folder", type=Path, default=TOY_FLUX, help="the toy FLUX folder")
     p.add_argument("--scenes", type=int, default=5)
     p.add_argument("--candidates", type=int, default=8)
+    p.add_argument("--blend-start", type=float, help="the model's default (0.25) if not given")
     p.add_argument("--steps", type=int, nargs="*", default=[20, 4])
     p.add_argument("--out", type=Path, default=Path("docs/cache-quality.json"))
     p.add_argument(
@@ -140,6 +151,8 @@ def main() -> None:
     old = json.loads(args.out.read_text()) if args.append and args.out.is_file() else {}
     rows, extra = old.get("rows", []), {k: v for k, v in old.items() if k not in ("rows",)}
     run: dict = {"num_images": args.candidates}
+    if args.blend_start is not None:
+        run["blend_start"] = args.blend_start
     if flux:
         from blendedit.frame.ranking import ClipScorer
 

@@ -113,6 +113,20 @@ def test_pack_is_a_permutation_and_ids_follow_the_grid() -> None:
     assert ids.shape == (12, 3) and ids[5].tolist() == [0.0, 1.0, 1.0]
 
 
+def test_flux_t5_length_is_capped_by_the_t5_positions(tmp_path) -> None:
+    """schnell 256 and dev 512 T5 tokens, at most the T5's ``n_positions`` (the toy world's FLUX,
+    examples/toy-flux, was trained on 16): the prompt's states are that long."""
+    assert _flux(tmp_path, dev=False).max_sequence_length == 256
+    bb = _flux(tmp_path, dev=True)
+    assert bb.max_sequence_length == 512
+    bb.text_encoder_2.config.n_positions = 16
+    bb = Flux(
+        bb.vae, bb.unet, bb.text_encoder, bb.text_encoder_2, bb.tokenizer, bb.tokenizer_2,
+        bb.scheduler,
+    )  # fmt: skip
+    assert bb.max_sequence_length == 16 and bb.encode_prompt("a red flower")[0].shape[1] == 16
+
+
 def test_thin_stroke_survives_token_packing(tmp_path) -> None:
     """A 1 px line: max-pooled to latent cells, then any cell masks its whole 2x2 token."""
     mask = torch.zeros(1, 1, 48, 64)

@@ -200,8 +200,10 @@ class Flux(Backbone):
         self.vae, self.unet, self.scheduler = vae, transformer, scheduler
         self.text_encoder, self.text_encoder_2 = text_encoder, text_encoder_2
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
-        # T5 tokens: 512 for dev, 256 for schnell (diffusers' docs)
-        self.max_sequence_length = max_sequence_length or (512 if self.is_dev else 256)
+        # T5 tokens: 512 for dev, 256 for schnell (diffusers' docs), at most the T5's n_positions
+        # (T5-XXL's config: 512; the toy world's FLUX, examples/toy-flux: 16)
+        cap = getattr(getattr(text_encoder_2, "config", None), "n_positions", None) or 512
+        self.max_sequence_length = max_sequence_length or min(512 if self.is_dev else 256, cap)
         for m in self.modules().values():
             m.eval().requires_grad_(False)
 

@@ -282,6 +282,41 @@ def test_flux2_parity_with_its_own_loop_and_diffusers_blend(
         torch.testing.assert_close(ours, reference(NoiseLevelOff), atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("family", "pipeline"), [("krea", "Krea2Pipeline"), ("dev", "Flux2Pipeline")]
+)
+def test_loop_timing_reference_is_the_same_work(tmp_path, shared_images, family, pipeline):
+    """Krea 2 and FLUX.2 [dev] have no diffusers inpaint pipeline: ``blendedit bench`` times them
+    against their text-to-image pipeline's own loop run as an img2img with diffusers' blend in a
+    callback (``bench.reference.LoopRun``, the pipeline built from the backbone's components).
+    That run reproduces blendedit's latents in the pipeline's own layout (packed tokens) with a
+    partial mask and guidance on (Krea's scale s - 1, FLUX.2 [dev]'s embedded scale), so the
+    per-step ratio compares equal work. Control: the same run with the blend's noise level one
+    step off."""
+    from blendedit.bench.reference import PROMPT, LoopRun, reference_run
+
+    bb = _backbone(family, tmp_path)
+    editor = BlendedLatentDiffusion(bb)
+    settings = {"num_inference_steps": 4, "guidance_scale": 3.0, "blend_start": 0.25}
+    result = editor(
+        _photo(shared_images), _mask(), PROMPT, seeds=[4, 5], mask_shrink="off", rank=False,
+        background="decoded", region="full", size=SIZE[0], batch_size=2, **settings,
+    )  # fmt: skip
+    ours = bb.reference_tokens(torch.stack([c.latent for c in result.candidates]))
+    cfg = editor.default_config().replace(num_images=2, **settings)
+    mask = np.asarray(_mask()) > 0
+    run = reference_run(editor, _photo(shared_images), mask, cfg, torch.device("cpu"))
+    assert isinstance(run, LoopRun) and type(run.pipe).__name__ == pipeline
+    assert not bb.reference_pipeline
+    ref = run.edit(4, output_type="latent").images  # packed tokens (2, 192, 64 or 128)
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, atol=2e-4, rtol=1e-4)
+    run.pipe.scheduler = NoiseLevelOff.from_config(bb.scheduler.config)
+    with pytest.raises(AssertionError):
+        off = run.edit(4, output_type="latent").images
+        torch.testing.assert_close(ours, off, atol=2e-4, rtol=1e-4)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ALL)
 def test_cli_edit_ranked_size_kept_deterministic(tmp_path, shared_images, tiny_clip_dir, family):

@@ -4,8 +4,9 @@ interleaved so a loaded machine does not bias the ratio (issue 20: within 0.9-1.
 For each preset: the editor built once with random weights (``blendedit.bench.build``), the edit
 ``blendedit bench`` times (``--steps 8 --batch 4``: 6 steps blended after ``blend_start`` 0.25),
 and diffusers' pipeline on the same components (``blendedit.bench.reference.reference_run``: the
-inpaint pipeline, or where the family names a ``timing_pipeline``, FLUX.2 [klein]'s, its
-text-to-image pipeline's loop run as an img2img with diffusers' blend in a callback). Each
+inpaint pipeline, or where the family names a ``timing_pipeline``, FLUX.2 [klein]'s, [dev]'s
+and Krea 2's, its text-to-image pipeline's loop run as an img2img with diffusers' blend in a
+callback). Each
 round times one of ours then one of diffusers' (mean ms per step from step-end stamps, as the
 bench does) and, from forward hooks, the time in denoiser calls per edit on each side (diffusers'
 FLUX.2 and Chroma pipelines call it twice a step for guidance, as blendedit's Chroma does); the table

@@ -174,7 +174,8 @@ def run_bench(
     res.cache_verdict = found.line() if found else ""
     _time_edits(edit, dev, res, repeats)
     ref = None
-    if compare_diffusers and editor.backbone.reference_pipeline:  # Krea 2: diffusers has none
+    bb = editor.backbone  # Krea 2, FLUX.2 [dev]: no inpaint pipeline, their own loop (LoopRun)
+    if compare_diffusers and (bb.reference_pipeline or bb.timing_pipeline):
         ref = reference.reference_run(editor, photo, photo_mask, cfg, dev)
         res.diffusers_total_s = ref.total_s(repeats)
         res.speedup_vs_diffusers = res.diffusers_total_s / res.total_s

@@ -59,23 +59,29 @@ class DiffusersRun:
 class LoopRun(DiffusersRun):
     """The family's text-to-image pipeline (``Backbone.timing_pipeline``) on ``editor``'s
     components, its own loop run as an img2img with diffusers' blend added by a callback, the
-    reference issue 20 allows where the inpaint pipeline does other work: the schedule's tail
+    reference issue 20 allows where the inpaint pipeline does other work or there is none (Krea
+    2, FLUX.2 [dev]; the pipeline is built from the backbone's components,
+    ``Backbone.diffusers_pipeline``): the schedule's tail
     after the skipped steps (``sigmas``), started at ``scale_noise(z0, t_k, noise)``, and after
     each step ``(1 - m) scale_noise(z0, t_{i+1}, noise) + m z`` (the clean z0 after the last), m
-    the mask on the latent cells. Timing only: the parity reference stays the inpaint pipeline
-    (tests/test_latent_2026.py checks this loop against blendedit's latents)."""
+    the mask on the latent cells (whole tokens). Timing only: the parity reference stays the
+    inpaint pipeline where there is one (tests/test_latent_2026.py checks this loop against
+    blendedit's latents)."""
 
     def __init__(
         self, editor: Any, photo: Image.Image, mask: np.ndarray, cfg: Any, dev: torch.device
     ):
-        import diffusers
-
-        super().__init__(editor, photo, mask, cfg, dev)
-        self.pipe = getattr(diffusers, self.backbone.timing_pipeline).from_pipe(self.pipe)
-        self.pipe.set_progress_bar_config(disable=True)
+        # built from the components (the family may have no inpaint pipeline at all)
+        self.pipe = editor.diffusers_timing(cfg)
+        self.backbone, self.cfg, self.dev, self.photo = editor.backbone, cfg, dev, photo
+        self.mask_image = Image.fromarray(mask.astype(np.uint8) * 255)
+        bb, p = self.backbone, self.backbone.patch_size
         m = torch.from_numpy(np.asarray(mask, np.float32))[None, None]  # (1, 1, H, W)
-        cells = torch.nn.functional.max_pool2d(m, self.backbone.latent_factor)  # (1, 1, h, w)
-        self.cells = self.backbone.reference_tokens(cells.to(dev, editor.dtype))
+        # whole tokens, as blendedit masks them: (1, 1, h / p, w / p) -> (1, 1, h, w)
+        cells = torch.nn.functional.max_pool2d(m, bb.latent_factor * p)
+        cells = cells.repeat_interleave(p, -2).repeat_interleave(p, -1)
+        cells = cells.expand(-1, bb.latent_channels, -1, -1)  # (1, C, h, w)
+        self.cells = bb.reference_tokens(cells.to(dev, editor.dtype))  # the pipeline's layout
 
     def edit(self, seed: int, **kw: Any) -> Any:
         """One call: ``cfg.num_images`` images, seeds ``seed``, ``seed + 1``... (the source
@@ -111,7 +117,8 @@ class LoopRun(DiffusersRun):
         with bb.keeping_vae_dtype():
             return self.pipe(
                 **prompt, height=h, width=w, num_inference_steps=n, sigmas=full["sigmas"][k:],
-                guidance_scale=cfg.guidance_scale, latents=start, generator=gens,
+                guidance_scale=bb.reference_guidance(cfg.guidance_scale),
+                latents=bb.reference_latents(start), generator=gens,
                 callback_on_step_end=blend, **{"output_type": "pil", **kw},
             )  # fmt: skip
 

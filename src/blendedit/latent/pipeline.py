@@ -400,6 +400,14 @@ class BlendedLatentDiffusion(FrameMethod):
         n = cfg.num_inference_steps
         return pipe, self.backbone.reference_strength(n, int(n * cfg.blend_start))
 
+    def diffusers_timing(self, cfg: EditConfig) -> Any:
+        """diffusers' text-to-image pipeline of this family (``Backbone.timing_pipeline``) on this
+        editor's own components and a fresh scheduler of ``cfg``: ``bench``'s timing reference
+        where the family has no inpaint pipeline doing the same work (``bench.reference.LoopRun``)."""
+        pipe = self.backbone.diffusers_pipeline(self.backbone.timing_pipeline, self._scheduler(cfg))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
     def optimize(self, channels_last: bool = True, compile: bool = False) -> BlendedLatentDiffusion:
         """The fast path for GPUs: channels-last UNet/VAE memory layout and, optionally,
         ``torch.compile`` of the UNet (its first call compiles; ``blendedit bench`` reports that

@@ -369,22 +369,36 @@ class Backbone:
     def inpaint_reference(self, scheduler: Any) -> Any:
         """diffusers' inpaint pipeline of this family on these components (a 4-channel model
         blends like BLD, SPEC 5), for parity tests, ``bench`` and ``eval``."""
-        import diffusers
-
         if not self.reference_pipeline:
             raise InputError(
                 f"methods: diffusers has no inpaint pipeline for {self.title} models; compare "
                 "without diffusers-inpaint"
             )
+        return self.diffusers_pipeline(self.reference_pipeline, scheduler)
+
+    def diffusers_pipeline(self, name: str, scheduler: Any) -> Any:
+        """diffusers' pipeline class ``name`` (the inpaint reference, the ``timing_pipeline``) on
+        these components, ``scheduler`` and :meth:`reference_options`."""
+        import diffusers
+
         texts = {k: getattr(self, k) for k in TEXT_PARTS if hasattr(self, k)}
         parts = {"vae": self.vae, self.denoiser_name: self.unet, **texts}
-        pipeline = getattr(diffusers, self.reference_pipeline)
-        return pipeline(**parts, scheduler=scheduler, **self.reference_options())
+        return getattr(diffusers, name)(**parts, scheduler=scheduler, **self.reference_options())
 
     def reference_tokens(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latents of the loop -> the timing pipeline's own latents (those its
         step callbacks see); as they are by default."""
         return z
+
+    def reference_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) latents of the loop -> the timing pipeline's ``latents`` argument; as
+        they are by default (the pipeline packs them itself)."""
+        return z
+
+    def reference_guidance(self, guidance_scale: float) -> float:
+        """blendedit's guidance scale -> the timing pipeline's ``guidance_scale``; the same by
+        default."""
+        return guidance_scale
 
     def reference_embeddings(self, prompt: str, negative: str, n: int) -> dict[str, Any] | None:
         """The reference pipeline's prompt arguments as this family's own embeddings, for ``n``

@@ -6,9 +6,10 @@ a step.
 The VAE, the fold, the 4D positions and the schedule are klein's, so this class extends
 :class:`Flux2Klein`. diffusers has no FLUX.2 [dev] inpaint pipeline: the parity reference is
 ``Flux2Pipeline``'s own denoising loop run as an img2img with diffusers' blend added by a callback
-(tests/test_latent_2026.py), and ``bench`` runs without a diffusers comparison. Its processor
-(Pixtral's) needs torchvision: a real model loads where torchvision is installed; the tests build
-the pipeline with a tokenizer in the processor's place (only its chat template is used for text)."""
+(tests/test_latent_2026.py), and ``bench`` times that loop (``bench.reference.LoopRun``). Its
+processor (Pixtral's) needs torchvision: a real model loads where torchvision is installed; the
+tests build the pipeline with a tokenizer in the processor's place (only its chat template is used
+for text)."""
 
 from __future__ import annotations
 
@@ -126,7 +127,7 @@ class Flux2Dev(Flux2Klein):
     pipelines = ("Flux2Pipeline",)
     catalogue = _CATALOGUE
     reference_pipeline = ""  # diffusers has no FLUX.2 [dev] inpaint pipeline
-    timing_pipeline = ""  # not klein's
+    timing_pipeline = "Flux2Pipeline"  # bench's step ratio: its own loop, the blend added
     lora_loader = "Flux2LoraLoaderMixin"  # klein's: the transformer
     # Flux2Pipeline's defaults, 50 steps at guidance 4, are klein's base ones (not distilled).
 
@@ -189,3 +190,11 @@ class Flux2Dev(Flux2Klein):
 
     def reference_options(self) -> dict[str, Any]:
         return {}
+
+    def reference_prompt(
+        self, prompt: str, negative: str, n: int, embeddings: bool = False
+    ) -> dict[str, Any]:
+        """The text, or blendedit's embeddings ``n`` times (one pass: no negative)."""
+        if embeddings:
+            return {"prompt_embeds": self.encode_prompt(prompt).expand(n, -1, -1)}
+        return {"prompt": prompt, "num_images_per_prompt": n}

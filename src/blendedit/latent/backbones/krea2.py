@@ -9,7 +9,7 @@ rules, one place). blendedit's ``guidance_scale`` keeps the house meaning (1: th
 prediction alone), so Krea 2's s is blendedit's s + 1: Krea2Pipeline's 4.5 is 5.5 here. diffusers
 has no inpaint pipeline for Krea 2: the parity reference is ``Krea2Pipeline``'s own denoising loop
 run as an img2img with diffusers' blend added by a callback (tests/test_latent_2026.py), and
-``bench`` runs without a diffusers comparison."""
+``bench`` times that loop (``timing_pipeline``, ``bench.reference.LoopRun``)."""
 
 from __future__ import annotations
 
@@ -163,6 +163,7 @@ class Krea2(C.FlagDefaults, QwenImage):
     refused: ClassVar[dict[str, str]] = {}
     catalogue = _CATALOGUE
     reference_pipeline = ""  # diffusers has no Krea 2 inpaint pipeline
+    timing_pipeline = "Krea2Pipeline"  # bench's step ratio: its own loop, the blend added
     lora_loader = "Krea2LoraLoaderMixin"  # the transformer
     max_sequence_length = TEXT_TOKENS
     single_file = True  # Krea's transformer file, with --model-config
@@ -278,3 +279,35 @@ class Krea2(C.FlagDefaults, QwenImage):
     def model_fn(self, c: Conditioning, batch: int, guidance_scale: float) -> ModelFn:
         """Classifier-free guidance as every family but Qwen-Image (no norm rescaling)."""
         return Backbone.model_fn(self, c, batch, guidance_scale)
+
+    # -- bench's timing reference: Krea2Pipeline's own loop (``bench.reference.LoopRun``) ----------
+
+    def reference_options(self) -> dict[str, Any]:
+        return {"text_encoder_select_layers": self.layers, "is_distilled": self.is_distilled}
+
+    def reference_prompt(
+        self, prompt: str, negative: str, n: int, embeddings: bool = False
+    ) -> dict[str, Any]:
+        """The text (negative "" when none), or blendedit's own embeddings ``n`` times."""
+        if not embeddings:
+            return {"prompt": prompt, "negative_prompt": negative, "num_images_per_prompt": n}
+        (cond, mask), (uncond, mask_u) = self.encode_prompt(prompt), self.encode_prompt(negative)
+        return {
+            "prompt_embeds": cond.expand(n, -1, -1, -1),  # (n, 512, K, D)
+            "prompt_embeds_mask": mask.expand(n, -1),  # (n, 512) bool
+            "negative_prompt_embeds": uncond.expand(n, -1, -1, -1),
+            "negative_prompt_embeds_mask": mask_u.expand(n, -1),
+            "num_images_per_prompt": 1,
+        }
+
+    def reference_guidance(self, guidance_scale: float) -> float:
+        """Krea2Pipeline writes ``cond + s (cond - uncond)``: its s is blendedit's s - 1."""
+        return guidance_scale - 1.0
+
+    def reference_tokens(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, 16, h, w) -> (B, h * w / 4, 64): Krea2Pipeline's packed 2x2 patches."""
+        return C.pack(z)
+
+    def reference_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Krea2Pipeline takes its ``latents`` packed."""
+        return C.pack(z)

@@ -244,6 +244,29 @@ def test_tiny_family_bench_runs_against_its_reference(preset, dtype, reference, 
     assert res.diffusers_per_step_ms > 0 and res.per_step_ratio_vs_diffusers > 0
 
 
+@pytest.mark.parametrize(
+    ("preset", "reference"), [("tiny-krea2", "Krea2Pipeline"), ("tiny-flux2-dev", "Flux2Pipeline")]
+)
+def test_family_without_inpaint_pipeline_bench_times_its_own_loop(preset, reference, monkeypatch):
+    """Krea 2 and FLUX.2 [dev] have no diffusers inpaint pipeline: ``blendedit bench`` compares
+    against their text-to-image pipeline's own loop with diffusers' blend (``LoopRun``, built
+    from the backbone's components; tests/test_latent_2026.py shows it is the same work)."""
+    import blendedit.bench.reference as bench
+
+    seen = []
+    real = bench.reference_run
+
+    def spy(*args, **kwargs):
+        run = real(*args, **kwargs)
+        seen.append((type(run).__name__, type(run.pipe).__name__))
+        return run
+
+    monkeypatch.setattr(bench, "reference_run", spy)
+    res = run_bench(preset, "cpu", torch.float32, batch=2, steps=4, repeats=1)
+    assert seen == [("LoopRun", reference)] and res.family == ARCHITECTURES[preset].family
+    assert res.diffusers_per_step_ms > 0 and res.per_step_ratio_vs_diffusers > 0
+
+
 def test_realtime_bench_times_a_ranked_batch_of_8(tmp_path, capsys, monkeypatch):
     """`--realtime`: the architecture's few-step preset (FLUX.1-schnell: realtime-schnell, flow
     Euler, 4 steps of which 3 run, no guidance), 8 candidates ranked, the warm time reported."""

@@ -46,6 +46,7 @@ from blendedit.bench.reference import PROMPT, reference_run
 from blendedit.bench.timing import timed_steps
 
 PRESETS = ("tiny-flux", "tiny-chroma", "tiny-zimage", "tiny-qwen-image", "tiny-flux2-klein")
+PRESETS += ("tiny-krea2", "tiny-flux2-dev")  # their text-to-image pipeline's loop (LoopRun)
 
 
 class CallClock:

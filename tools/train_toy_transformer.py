@@ -14,6 +14,13 @@ learns to read both. No guidance embedding (FLUX.1 schnell's shape): blendedit r
 the conditional prediction only (no classifier-free guidance), as FluxPipeline does.
 
     nice -n 5 python tools/train_toy_transformer.py examples/toy-flux [--minutes 22]
+    nice -n 5 python tools/train_toy_transformer.py examples/toy-flux --resume examples/toy-flux \
+        --minutes 30 --lr 5e-4 --warmup 20 --object-weight 3
+
+``--resume FOLDER`` continues from a saved folder's transformer (same architecture; fresh
+optimizer, short warm-up, cosine from ``--lr``). ``--object-weight w`` weighs the loss on the
+tokens of the main object's box ``w`` times the rest (object-sized content is what a BLD edit
+draws inside its mask; the labels give the box).
 
 writes a ``FluxPipeline`` folder (``blendedit edit --model examples/toy-flux --size 64``). Training
 scenes: generator seed 0 (the toy world's training seed); the evaluation's are seed 1. Measured
@@ -104,8 +111,21 @@ def encode_captions(te, t5, tok, captions: list[str]) -> tuple[torch.Tensor, tor
     return t5(ids2)[0], pooled  # (N, 256, 64), (N, 64)
 
 
-def train(model, latents, y_all, text, args, log) -> torch.nn.Module:
-    """Flow matching with EMA; stops at ``args.steps`` or ``args.minutes``. Returns the EMA."""
+def object_weights(labels: np.ndarray, w: float) -> torch.Tensor:
+    """(N, 64) per-token loss weights: ``w`` on the 8 x 8 token grid's cells (8 px each) that the
+    main object's box [size, cx, cy] = labels[:, 2:5] touches, 1 elsewhere; mean 1 per scene."""
+    s, cx, cy = (torch.from_numpy(labels[:, k].astype(np.float32)) for k in (2, 3, 4))
+    c = torch.arange(8).float() * 8  # cell left/top edges in px
+    inx = (c + 8 > (cx - s / 2)[:, None]) & (c < (cx + s / 2)[:, None])  # (N, 8)
+    iny = (c + 8 > (cy - s / 2)[:, None]) & (c < (cy + s / 2)[:, None])  # (N, 8)
+    m = (iny[:, :, None] & inx[:, None, :]).reshape(-1, 64).float()  # (N, 64) row-major as pack
+    wt = 1 + (w - 1) * m
+    return wt / wt.mean(1, keepdim=True)
+
+
+def train(model, latents, y_all, text, args, log, weights=None) -> torch.nn.Module:
+    """Flow matching with EMA; stops at ``args.steps`` or ``args.minutes``. Returns the EMA.
+    ``weights`` (N, 64): per-token loss weights (:func:`object_weights`), or None."""
     from blendedit.latent.backbones.common import image_ids, pack
 
     t5_all, pooled_all = text
@@ -117,7 +137,7 @@ def train(model, latents, y_all, text, args, log) -> torch.nn.Module:
     step, progress = 0, 0.0
     while progress < 1.0:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, progress, args.lr)
+            g["lr"] = lr_at(step, progress, args.lr, args.warmup)
         idx = torch.randint(len(latents), (bs,), generator=gen)
         z0, y = latents[idx], y_all[idx].clone()
         y[torch.rand(bs, generator=gen) < 0.1] = empty  # 10% empty captions
@@ -133,7 +153,8 @@ def train(model, latents, y_all, text, args, log) -> torch.nn.Module:
             img_ids=img_ids,
             return_dict=False,
         )[0]  # fmt: skip  (B, 64, 16)
-        loss = (pred - pack(e - z0)).pow(2).mean()
+        err = (pred - pack(e - z0)).pow(2).mean(-1)  # (B, 64)
+        loss = (err * weights[idx]).mean() if weights is not None else err.mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -177,6 +198,9 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=22.0, help="stop training after this long")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100, help="warm-up steps")
+    p.add_argument("--resume", type=Path, help="continue from this folder's transformer")
+    p.add_argument("--object-weight", type=float, default=1.0, help="loss weight, object's box")
     p.add_argument("--cache", type=Path, default=Path("/tmp/toy-flux-latents.npz"))
     args = p.parse_args()
     torch.set_num_threads(2)
@@ -197,12 +221,21 @@ def main() -> None:
     te = CLIPTextModel.from_pretrained(world / "toy-sd" / "text_encoder").eval()
     tok = CLIPTokenizer.from_pretrained(world / "toy-sd" / "tokenizer")
     t5 = make_t5()
+    if args.resume:  # the saved T5 (make_t5's, seed 1) and transformer
+        from diffusers import FluxTransformer2DModel
+        from transformers import T5EncoderModel
+
+        t5 = T5EncoderModel.from_pretrained(args.resume / "text_encoder_2").eval()
     text = encode_captions(te, t5, tok, [*data.CAPTIONS, ""])  # 30 = the empty caption
     y_all = torch.from_numpy(labels[:, 1].astype(np.int64) * len(data.SHAPES) + labels[:, 0])
     torch.manual_seed(0)
     model = make_transformer()
+    if args.resume:
+        model = FluxTransformer2DModel.from_pretrained(args.resume / "transformer").train()
+        log(f"resumed from {args.resume}")
+    weights = object_weights(labels, args.object_weight) if args.object_weight != 1 else None
     log(f"FluxTransformer2DModel {sum(q.numel() for q in model.parameters()) / 1e6:.2f}M params")
-    ema = train(model, latents, y_all, text, args, log)
+    ema = train(model, latents, y_all, text, args, log, weights)
     save(args.out, ema, world, t5)
     log(f"saved {args.out}")
 

@@ -24,6 +24,7 @@ TaylorSeer, PAB, MagCache") adds rows marked ``"run": "more"`` to the same file:
 
     nice -n 10 python tools/cache_bench.py --set more --append      # SD3.5-medium, FLUX.1 (MORE)
     nice -n 10 python tools/cache_bench.py --set others --append    # SD3.5-large, ... (OTHERS)
+    nice -n 10 python tools/cache_bench.py --set faster --append    # FasterCache, SD3.5-medium
     python tools/cache_bench.py --rederive                          # derived rows only
 
 Every block's time is recorded, so a model run at reduced depth (DEPTH: FLUX.1 does not fit 24 GB
@@ -77,6 +78,8 @@ MORE = {
 # --set others: more transformers the same way, at reduced depth (DEPTH), one pass.
 _LOOPS = [("none", 4), ("first-block:1e9", 4), ("taylorseer", 5), ("pab", 4)]
 OTHERS = {m: (128, _LOOPS) for m in ("sd35-large", "flux2-klein-4b", "chroma", "qwen-image")}
+# --set faster: FasterCache (wired after the runs above) beside the uncached call, one pass
+FASTER = {"sd35-medium": (128, [("none", 3), ("fastercache", 5)])}
 DEPTH = {  # transformer config overrides: full width, fewer blocks
     "flux-dev": {"num_layers": 2, "num_single_layers": 4},
     "sd35-large": {"num_layers": 3},
@@ -326,8 +329,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="*", default=None, help="default: every model of the set")
     p.add_argument("--smoke", action="store_true", help="the tiny shapes instead (SMOKE)")
-    p.add_argument("--set", choices=("first", "more", "others"), default="first",
-                   help="MODELS, MORE or OTHERS")  # fmt: skip
+    p.add_argument("--set", choices=("first", "more", "others", "faster"), default="first",
+                   help="MODELS, MORE, OTHERS or FASTER")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("docs/cache-bench.json"))
     p.add_argument("--append", action="store_true", help="add to the rows already in --out")
     p.add_argument("--rederive", action="store_true", help="only recompute --out's derived rows")
@@ -336,8 +339,12 @@ def main() -> None:
     torch.set_num_threads(2)
     if args.rederive:
         return _write(args.out, json.loads(args.out.read_text())["rows"])
-    more = args.set in ("more", "others")  # rows marked "run": "more", derived_more
-    table = SMOKE if args.smoke else {"first": MODELS, "more": MORE, "others": OTHERS}[args.set]
+    more = args.set in ("more", "others", "faster")  # rows marked "run": "more", derived_more
+    table = (
+        SMOKE
+        if args.smoke
+        else {"first": MODELS, "more": MORE, "others": OTHERS, "faster": FASTER}[args.set]
+    )
     rows = json.loads(args.out.read_text())["rows"] if args.append and args.out.is_file() else []
     for preset in args.models or list(table):
         px, specs = table[preset]
@@ -351,8 +358,9 @@ def main() -> None:
         for spec, steps in [*specs, *again]:
             g = GUIDANCE_MORE.get(preset, 1.0) if more else GUIDANCE.get(preset, 7.5)
             row = {"model": preset, "px": px, "steps": steps, "guidance": g}
-            if more:
-                row = {"run": "more", **row, "load": _load()}
+            if more:  # FasterCache's idle-machine rows apart: derived on their own loop only
+                run = "faster" if args.set == "faster" else "more"
+                row = {"run": run, **row, "load": _load()}
             row.update(_one_run(bb, cond, spec, px, steps, g))
             print(json.dumps(row), flush=True)
             rows.append(row)

@@ -82,7 +82,7 @@ FLUX_RUN = {"num_inference_steps": 12, "num_images": 4, "size": 64, "background"
 FLUX_SCENES = 3
 # Tolerances (docs/quality.md): inside the mask the cached candidates differ from the uncached
 # ones on the same seeds by at most MAX_CHANGE of the change a different seed makes (measured
-# here: TaylorSeer 0.49, PAB 0.62, MagCache 0.64, First Block Cache skips none at its default so
+# here: TaylorSeer 0.49, PAB 0.62, MagCache 0.64, FasterCache 0.09, First Block Cache skips none at its default so
 # 0; a cache skipping all but the first call 1.32); background PSNR within 1 dB, seam within 0.01, colour precision within
 # 0.25 (12 predictions: 3 of them).
 MAX_CHANGE = 0.85
@@ -138,7 +138,7 @@ def flux_measured(toyworld, toy_judge):
     return out
 
 
-FLUX_CACHES = ("first-block", "taylorseer", "pab", "magcache")
+FLUX_CACHES = ("first-block", "taylorseer", "pab", "magcache", "fastercache")
 
 
 def _within(run: dict, none: dict, noise: float) -> tuple[bool, str]:
